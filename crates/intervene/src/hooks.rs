@@ -1,0 +1,98 @@
+//! The contract between a model and the intervention graph.
+//!
+//! A model calls [`Hooks::begin_forward`] once at the start of every forward call (the prompt
+//! and each decode step of generation), then, at each site in execution order,
+//! [`Hooks::wants`] and, only if that says yes, [`Hooks::visit`] with the activation, which the
+//! hook may replace. With [`NoHooks`] a forward pays one branch per site and nothing else.
+
+use tch::Tensor;
+
+use crate::site::{Site, SiteCatalog};
+use crate::Error;
+
+/// Facts about the forward call that is starting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardInfo {
+    /// Batch size.
+    pub batch: i64,
+    /// Number of positions in this call (the whole prompt, or 1 for a cached decode step).
+    pub chunk_len: i64,
+    /// Positions already in the KV cache before this call (0 for a fresh forward or a prompt).
+    pub past_len: i64,
+}
+
+/// Hooks a model calls while it runs.
+pub trait Hooks {
+    /// Called at the start of every forward call, before any site is visited.
+    fn begin_forward(&mut self, info: &ForwardInfo) -> Result<(), Error> {
+        let _ = info;
+        Ok(())
+    }
+
+    /// Whether anything is attached at `site` for the current forward call. Models skip all work
+    /// for a site (clones, views) when this is false.
+    fn wants(&self, site: Site) -> bool;
+
+    /// The activation at `site`, `[batch, chunk_len, width]` in the model's dtype and device.
+    /// The hook may read it or assign a new tensor of the same shape, dtype and device.
+    fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), Error>;
+}
+
+/// No hooks at all: the plain model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn wants(&self, _site: Site) -> bool {
+        false
+    }
+
+    fn visit(&mut self, _site: Site, _activation: &mut Tensor) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Options that cut a forward call short.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Stop after this decoder layer: later layers, the final norm and the unembedding are not
+    /// computed and the output carries no logits. Used when only activations are wanted.
+    pub stop_after_layer: Option<usize>,
+}
+
+/// A model the intervention graph can drive.
+///
+/// The associated types keep this crate free of any model: `gemma-model` implements it with
+/// its own batch, output and generation types.
+pub trait HookedModel {
+    /// A batch of inputs (token ids, attention mask).
+    type Input;
+    /// What a forward call returns (logits, unless stopped early).
+    type Output;
+    /// Generation settings (length, sampling, stop tokens).
+    type GenerateConfig;
+    /// What generation returns (token ids).
+    type Generated;
+    /// The model's error type.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Every site the model exposes.
+    fn site_catalog(&self) -> SiteCatalog;
+
+    /// One forward call over `input`, visiting `hooks` at each site.
+    fn forward_hooked(
+        &self,
+        input: &Self::Input,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Self::Output, Self::Error>;
+
+    /// Generation over `input`, with one forward call for the prompt and one per decode step,
+    /// each visiting `hooks` (preceded by [`Hooks::begin_forward`]).
+    fn generate_hooked(
+        &self,
+        input: &Self::Input,
+        config: &Self::GenerateConfig,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Self::Generated, Self::Error>;
+}
