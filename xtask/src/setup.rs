@@ -1,0 +1,232 @@
+//! `cargo xtask setup`: libtorch from the PyPI wheel, in a project-local venv.
+//!
+//! The torch 2.11.0 wheel carries libtorch (the C++ library tch links against). On a CPU
+//! machine only three wheels are needed (~580 MB on disk instead of 3.2 GB): torch itself without
+//! its dependencies, plus the CUDA runtime and CUPTI, which libtorch_cpu links even on CPU. On a
+//! machine with an NVIDIA GPU (or with `--cuda`) the full dependency set is installed so that
+//! libtorch_cuda can load. `.libtorch` then points at the wheel's `torch/` directory; the
+//! workspace's `.cargo/config.toml` sets `LIBTORCH` to it and bakes an rpath into every binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{project_root, run_checked, Failure, Result};
+
+/// The libtorch release tch 0.24 is built for.
+const TORCH: &str = "torch==2.11.0";
+/// What libtorch_cpu needs besides itself on a CPU-only machine.
+const LEAN_EXTRAS: [&str; 2] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
+/// The Python reference stack the fixture generator runs on.
+const REFERENCE_STACK: [&str; 6] = [
+    "transformers==5.17.0",
+    "pyvene==0.1.8",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "numpy==2.4.6",
+    "huggingface-hub==1.33.0",
+];
+
+/// The project's virtual environment.
+pub struct Venv {
+    dir: PathBuf,
+}
+
+impl Venv {
+    fn at_project_root() -> Self {
+        Venv {
+            dir: project_root().join(".venv"),
+        }
+    }
+
+    /// Its Python interpreter.
+    pub fn python(&self) -> PathBuf {
+        self.dir.join("bin").join("python")
+    }
+
+    fn site_packages(&self) -> Option<PathBuf> {
+        let lib = std::fs::read_dir(self.dir.join("lib")).ok()?;
+        lib.filter_map(|entry| entry.ok())
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
+            .map(|path| path.join("site-packages"))
+    }
+
+    fn has_dist(&self, prefix: &str) -> bool {
+        let Some(site) = self.site_packages() else {
+            return false;
+        };
+        std::fs::read_dir(site)
+            .map(|entries| {
+                entries.filter_map(|e| e.ok()).any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(prefix) && name.ends_with(".dist-info")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    fn pip_install(&self, packages: &[&str], no_deps: bool) -> Result {
+        let mut cmd = Command::new(self.python());
+        cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+        if no_deps {
+            cmd.arg("--no-deps");
+        }
+        cmd.args(packages);
+        run_checked(&mut cmd, &format!("pip install {}", packages.join(" "))).map_err(|_| {
+            Failure::new(format!(
+                "pip could not install {}. Check that PyPI is reachable (pip's message is above) \
+                 and that there is disk space (~0.6 GB for CPU, ~3.5 GB with CUDA), then run \
+                 `cargo xtask setup` again.",
+                packages.join(" ")
+            ))
+        })
+    }
+}
+
+/// Set up when needed, quickly confirming an existing setup otherwise.
+pub fn ensure() -> Result<Venv> {
+    let venv = Venv::at_project_root();
+    if is_ready(&venv) {
+        return Ok(venv);
+    }
+    run(&[])
+}
+
+fn is_ready(venv: &Venv) -> bool {
+    venv.has_dist("torch-2.11.0")
+        && project_root()
+            .join(".libtorch")
+            .join("lib")
+            .join("libtorch_cpu.so")
+            .exists()
+}
+
+/// `cargo xtask setup [--cuda]`.
+pub fn run(args: &[&str]) -> Result<Venv> {
+    let cuda = args.contains(&"--cuda") || has_nvidia_gpu();
+    let venv = Venv::at_project_root();
+    let started = Instant::now();
+    if !venv.python().exists() {
+        create_venv(&venv)?;
+    }
+    if !venv.has_dist("torch-2.11.0") {
+        println!("setup: installing {TORCH} (libtorch) into .venv ...");
+        if cuda {
+            venv.pip_install(&[TORCH], false)?;
+        } else {
+            let mut lean = vec![TORCH];
+            lean.extend(LEAN_EXTRAS);
+            venv.pip_install(&lean, true)?;
+        }
+    } else if cuda && !venv.has_dist("nvidia_cublas") {
+        println!("setup: a GPU is present: installing torch's CUDA dependencies ...");
+        venv.pip_install(&[TORCH], false)?;
+    }
+    link_libtorch(&venv)?;
+    println!(
+        "setup: libtorch ready at .libtorch ({}; {:.0} s, .venv is {})",
+        if cuda { "CPU + CUDA" } else { "CPU" },
+        started.elapsed().as_secs_f64(),
+        human_size(dir_size(&venv.dir)),
+    );
+    Ok(venv)
+}
+
+/// Install transformers, pyvene and torch with its dependencies (for `import torch`).
+pub fn install_reference_stack(venv: &Venv) -> Result {
+    if venv.has_dist("pyvene-0.1.8") && venv.has_dist("transformers-5.17.0") {
+        return Ok(());
+    }
+    println!("fixtures: installing the Python reference stack (torch with deps, transformers 5.17.0, pyvene 0.1.8) ...");
+    let mut packages = vec![TORCH];
+    packages.extend(REFERENCE_STACK);
+    venv.pip_install(&packages, false)
+}
+
+fn create_venv(venv: &Venv) -> Result {
+    let python = which_python()?;
+    println!("setup: creating .venv with {python}");
+    let status = Command::new(&python)
+        .args(["-m", "venv"])
+        .arg(&venv.dir)
+        .status()
+        .map_err(|e| Failure::new(format!("could not run {python}: {e}")))?;
+    if !status.success() {
+        return Err(Failure::new(format!(
+            "`{python} -m venv .venv` failed. Install Python's venv and pip support \
+             (Debian/Ubuntu: `apt-get install python3-venv python3-pip`) and run `cargo xtask setup` again."
+        )));
+    }
+    Ok(())
+}
+
+fn which_python() -> Result<String> {
+    for candidate in ["python3", "python"] {
+        let works = Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if works {
+            return Ok(candidate.to_string());
+        }
+    }
+    Err(Failure::new(
+        "python3 was not found. scope takes libtorch from the PyPI torch wheel: install Python 3.9+ \
+         with pip and venv (Debian/Ubuntu: `apt-get install python3 python3-venv python3-pip`), \
+         then run `cargo xtask setup`.",
+    ))
+}
+
+fn link_libtorch(venv: &Venv) -> Result {
+    let site = venv
+        .site_packages()
+        .ok_or_else(|| Failure::new("the venv has no lib/python3*/site-packages directory"))?;
+    let torch = site.join("torch");
+    if !torch.join("lib").join("libtorch_cpu.so").exists() {
+        return Err(Failure::new(format!(
+            "{} has no lib/libtorch_cpu.so: the torch wheel is incomplete; delete .venv and run `cargo xtask setup`",
+            torch.display()
+        )));
+    }
+    let root = project_root();
+    let link = root.join(".libtorch");
+    let target = torch.strip_prefix(&root).unwrap_or(&torch).to_path_buf();
+    if std::fs::read_link(&link).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|e| Failure::new(format!("could not create {}: {e}", link.display())))
+}
+
+fn has_nvidia_gpu() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists()
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| dir_size(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
