@@ -1,7 +1,247 @@
-//! `cargo xtask bench-compare`: scope's benchmarks and the Python peer in one invocation.
+//! `cargo xtask bench-compare`: scope and the Python peer (HF transformers + pyvene, the
+//! script in `../shared/bench/pyvene_baseline.py`) on the same shapes, one after the other in
+//! one invocation, and the ratios.
+//!
+//! Both sides print one JSON line per measurement with the same `what` keys; this reads them
+//! and prints a table. `--quick` runs fewer repetitions; `--size`, `--device`, `--dtype`,
+//! `--batch`, `--seq`, `--new`, `--reps` are passed to both sides.
 
-use crate::{Failure, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
 
-pub fn run(_args: &[&str]) -> Result {
-    Err(Failure::new("bench-compare is not built yet"))
+use crate::{cargo, project_root, setup, Failure, Result};
+
+/// The shared settings of one race.
+struct Race {
+    size: String,
+    device: String,
+    dtype: String,
+    batch: String,
+    seq: String,
+    new: String,
+    reps: String,
+}
+
+impl Race {
+    fn from_args(args: &[&str]) -> Result<Race> {
+        let gpu = std::path::Path::new("/proc/driver/nvidia/version").exists();
+        let mut race = if gpu {
+            Race {
+                size: "2b".into(),
+                device: "cuda".into(),
+                dtype: "bfloat16".into(),
+                batch: "16".into(),
+                seq: "128".into(),
+                new: "128".into(),
+                reps: "5".into(),
+            }
+        } else {
+            Race {
+                size: "small".into(),
+                device: "cpu".into(),
+                dtype: "float32".into(),
+                batch: "4".into(),
+                seq: "128".into(),
+                new: "32".into(),
+                reps: "3".into(),
+            }
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            if *flag == "--quick" {
+                race.reps = "1".into();
+                continue;
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| Failure::with_code(format!("{flag} needs a value"), 2))?
+                .to_string();
+            match *flag {
+                "--size" => race.size = value,
+                "--device" => race.device = value,
+                "--dtype" => race.dtype = value,
+                "--batch" => race.batch = value,
+                "--seq" => race.seq = value,
+                "--new" => race.new = value,
+                "--reps" => race.reps = value,
+                other => return Err(Failure::with_code(format!("unknown flag {other}"), 2)),
+            }
+        }
+        Ok(race)
+    }
+
+    fn flags(&self) -> Vec<String> {
+        [
+            ("--size", &self.size),
+            ("--device", &self.device),
+            ("--dtype", &self.dtype),
+            ("--batch", &self.batch),
+            ("--seq", &self.seq),
+            ("--new", &self.new),
+            ("--reps", &self.reps),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect()
+    }
+}
+
+/// Measurements of one side: `what` → the JSON line's numeric fields.
+type Measurements = BTreeMap<String, BTreeMap<String, f64>>;
+
+pub fn run(args: &[&str]) -> Result {
+    let race = Race::from_args(args)?;
+    let venv = setup::ensure()?;
+    println!("bench-compare: building scope's race binary (release) ...");
+    crate::run_checked(
+        cargo().args(["build", "--quiet", "--release", "-p", "scope-benches", "--bin", "race"]),
+        "cargo build -p scope-benches --bin race",
+    )?;
+    println!("bench-compare: scope ({}) ...", race.flags().join(" "));
+    let ours = measure(
+        Command::new(project_root().join("target/release/race")).args(race.flags()),
+        "scope",
+    )?;
+    let peer_script = peer_script()?;
+    setup::install_reference_stack(&venv)?;
+    println!("bench-compare: peer, HF transformers + pyvene (eager attention) ...");
+    let peer = measure(
+        Command::new(venv.python())
+            .arg(&peer_script)
+            .args(race.flags())
+            .args(["--attn", "eager"]),
+        "the peer",
+    )?;
+    print_ratios(&race, &ours, &peer);
+    Ok(())
+}
+
+fn peer_script() -> Result<PathBuf> {
+    let path = project_root().join("../shared/bench/pyvene_baseline.py");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Failure::new(format!(
+            "the peer baseline {} is missing: it lives in the shared folder beside the checkout",
+            path.display()
+        )))
+    }
+}
+
+fn measure(cmd: &mut Command, who: &str) -> Result<Measurements> {
+    let out = cmd
+        .current_dir(project_root())
+        .output()
+        .map_err(|e| Failure::new(format!("could not run {who}: {e}")))?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        return Err(Failure::new(format!("{who} failed ({})", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = Measurements::new();
+    for line in text.lines().filter(|l| l.starts_with('{')) {
+        println!("  {who}: {line}");
+        if let Some((what, fields)) = parse_line(line) {
+            found.insert(what, fields);
+        }
+    }
+    Ok(found)
+}
+
+/// `{"what": "x", "a": 1.5, ...}` → ("x", {a: 1.5, ...}); non-numeric fields are skipped.
+fn parse_line(line: &str) -> Option<(String, BTreeMap<String, f64>)> {
+    let body = line.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut what = None;
+    let mut fields = BTreeMap::new();
+    for part in split_top_level(body) {
+        let (key, value) = part.split_once(':')?;
+        let key = key.trim().trim_matches('"').to_string();
+        let value = value.trim();
+        if key == "what" {
+            what = Some(value.trim_matches('"').to_string());
+        } else if let Ok(v) = value.parse::<f64>() {
+            fields.insert(key, v);
+        }
+    }
+    Some((what?, fields))
+}
+
+/// Split on commas that are not inside brackets or strings.
+fn split_top_level(body: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut in_string, mut start) = (0i32, false, 0usize);
+    for (i, c) in body.char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            '[' | '{' if !in_string => depth += 1,
+            ']' | '}' if !in_string => depth -= 1,
+            ',' if !in_string && depth == 0 => {
+                parts.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&body[start..]);
+    parts
+}
+
+/// A row of the ratio table: the measurement, the field, and whether larger is better.
+const ROWS: [(&str, &str, bool); 6] = [
+    ("forward_plain", "tok_per_s", true),
+    ("collect_latents", "tok_per_s", true),
+    ("generate_plain", "tok_per_s", true),
+    ("generate_steered", "tok_per_s", true),
+    ("interchange", "ms", false),
+    ("peak_mem_gib_after_collect", "gib", false),
+];
+
+fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
+    println!(
+        "\nscope vs HF transformers + pyvene — size {}, {}, {}, batch {} x {}, {} new tokens",
+        race.size, race.device, race.dtype, race.batch, race.seq, race.new
+    );
+    println!("{:<28} {:>14} {:>14} {:>10}", "workflow", "scope", "peer", "speed-up");
+    for (what, field, larger_is_better) in ROWS {
+        let a = ours.get(what).and_then(|m| m.get(field));
+        let b = peer.get(what).and_then(|m| m.get(field));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if *a > 0.0 && *b > 0.0 => {
+                let r = if larger_is_better { a / b } else { b / a };
+                format!("{r:.2}x")
+            }
+            _ => "n/a".to_string(),
+        };
+        let show = |v: Option<&f64>| v.map(|v| format!("{v:.2} {field}")).unwrap_or("-".into());
+        println!("{:<28} {:>14} {:>14} {:>10}", what, show(a), show(b), ratio);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peer_lines() {
+        let (what, fields) = parse_line(
+            r#"{"what": "interchange", "ms": 99.7, "topk": [1, 2, 3], "name": "x"}"#,
+        )
+        .expect("a measurement");
+        assert_eq!(what, "interchange");
+        assert_eq!(fields.get("ms"), Some(&99.7));
+        assert!(!fields.contains_key("topk"));
+        assert!(!fields.contains_key("name"));
+    }
+
+    #[test]
+    fn speedups_follow_direction() {
+        let mut ours = Measurements::new();
+        let mut peer = Measurements::new();
+        ours.insert("interchange".into(), [("ms".to_string(), 10.0)].into());
+        peer.insert("interchange".into(), [("ms".to_string(), 30.0)].into());
+        // Printing must not panic with missing rows either.
+        let race = Race::from_args(&["--quick"]).expect("defaults");
+        print_ratios(&race, &ours, &peer);
+    }
 }
