@@ -1,1 +1,54 @@
-fn main() {}
+//! `scope`: Gemma 2 + Gemma Scope workflows from the command line.
+//!
+//! Exit codes: 0 success, 2 bad usage (from the argument parser), 1 anything else. Errors are
+//! one line on stderr naming the problem; progress bars go to stderr, results to stdout.
+
+mod args;
+mod commands;
+mod output;
+mod session;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap exits 2 for usage errors and 0 for --help / --version.
+        Err(err) => err.exit(),
+    };
+    let outcome = match cli.command {
+        Command::Generate(a) => commands::generate(&a),
+        Command::Latents(a) => commands::latents(&a),
+        Command::Steer(a) => commands::steer(&a),
+        Command::Patch(a) => commands::patch(&a),
+        Command::Explain(a) => commands::explain(&a),
+        Command::Download(a) => commands::download(&a),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause its parent already quotes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

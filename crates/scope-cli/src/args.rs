@@ -1,0 +1,192 @@
+//! Command-line arguments of `scope`.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Look inside Gemma 2 with Gemma Scope sparse autoencoders, and steer it.
+#[derive(Debug, Parser)]
+#[command(name = "scope", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text (greedy by default, or sampled).
+    Generate(GenerateArgs),
+    /// Read an SAE's latents per token on the residual stream after its layer.
+    Latents(LatentsArgs),
+    /// Generate with `magnitude * W_dec[latent]` added at every position and generated token.
+    Steer(SteerArgs),
+    /// Swap one SAE latent from a source position into a base position; report the logits that moved.
+    Patch(PatchArgs),
+    /// The logit lens of a latent: the tokens its decoder direction promotes and suppresses.
+    Explain(ExplainArgs),
+    /// Fetch a model and/or an SAE into the Hugging Face cache.
+    Download(DownloadArgs),
+}
+
+/// Flags every model command takes.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A local checkpoint directory or a Hugging Face hub id (e.g. google/gemma-2-2b).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16, f16, or auto (bf16 on CUDA, f32 on CPU).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags that name an SAE.
+#[derive(Debug, Args)]
+pub struct SaeArgs {
+    /// A local path, a hub path (google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71),
+    /// or a canonical name (gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical).
+    #[arg(long, value_name = "PATH|HUB_PATH|CANONICAL")]
+    pub sae: String,
+    /// The layer whose residual output the SAE reads; needed only when the SAE's name does not say it.
+    #[arg(long)]
+    pub layer: Option<usize>,
+}
+
+/// Generation flags shared by `generate` and `steer`.
+#[derive(Debug, Args)]
+pub struct GenerationArgs {
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// How many tokens to generate at most.
+    #[arg(long, default_value_t = 50)]
+    pub max_new_tokens: usize,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Keep only the K most likely tokens when sampling (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    /// Keep the smallest set of tokens whose probability reaches P when sampling (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Random seed for sampling (the same seed gives the same text).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt in the Gemma chat template (for -it models).
+    #[arg(long)]
+    pub chat: bool,
+}
+
+/// `scope generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// `scope latents`.
+#[derive(Debug, Args)]
+pub struct LatentsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// A latent counts towards L0 when its activation is above this (the tutorial uses 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub threshold: f64,
+    /// How many of the strongest latents to list per token.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: i64,
+}
+
+/// `scope steer`.
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// The latent whose decoder direction is added.
+    #[arg(long)]
+    pub latent: Option<i64>,
+    /// The magnitude of the added direction.
+    #[arg(long, allow_negative_numbers = true)]
+    pub magnitude: Option<f64>,
+    /// More latents as LATENT:MAGNITUDE (repeatable).
+    #[arg(long = "steer", value_name = "LATENT:MAGNITUDE", allow_negative_numbers = true)]
+    pub steer: Vec<String>,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// `scope patch`.
+#[derive(Debug, Args)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// The prompt that is patched.
+    #[arg(long)]
+    pub base: String,
+    /// The prompt the latent is taken from.
+    #[arg(long)]
+    pub source: String,
+    /// Token position in the source (0-based, counting <bos>; negative counts from the end).
+    #[arg(long, allow_negative_numbers = true)]
+    pub source_pos: i64,
+    /// Token position in the base (0-based, counting <bos>; negative counts from the end).
+    #[arg(long, allow_negative_numbers = true)]
+    pub base_pos: i64,
+    /// The latent to swap.
+    #[arg(long)]
+    pub latent: i64,
+    /// How many of the most-moved next-token logits to report.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: i64,
+    /// Add the SAE's reconstruction error back (pyvene does not).
+    #[arg(long)]
+    pub keep_error: bool,
+}
+
+/// `scope explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// The latent.
+    pub latent: i64,
+    /// How many tokens to list each way.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: i64,
+}
+
+/// `scope download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// A hub model id, e.g. google/gemma-2-2b.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A hub SAE path, e.g. google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71.
+    #[arg(long)]
+    pub sae: Option<String>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
