@@ -1,13 +1,18 @@
 //! One function per subcommand: load, run, report.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use gemma_model::Batch;
+use intervene::{CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces};
+use tch::{Kind, Tensor};
 
 use crate::args::{
     DownloadArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs, SteerArgs,
 };
-use crate::output::{print_json, GenerateReport};
-use crate::session::{generation_config, Session};
+use crate::output::{
+    print_json, DownloadReport, ExplainReport, GenerateReport, LatentValue, LatentsReport,
+    PatchReport, SteeringReport, TokenDiff, TokenScore,
+};
+use crate::session::{generation_config, resolve_position, LoadedSae, Session};
 
 /// `scope generate`.
 pub fn generate(args: &GenerateArgs) -> Result<()> {
@@ -58,26 +63,254 @@ fn emit_generation(report: GenerateReport, json: bool) -> Result<()> {
 }
 
 /// `scope latents`.
-pub fn latents(_args: &LatentsArgs) -> Result<()> {
-    bail!("`scope latents` is not built yet")
+pub fn latents(args: &LatentsArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    if args.top_k < 1 {
+        bail!("--top-k must be at least 1, got {}", args.top_k);
+    }
+    let ids = session.encode_prompt(&args.prompt, false)?;
+    let acts = collect_latents(&session, &loaded, &ids)?; // [T, L] f32
+    let l0 = acts.f_gt(args.threshold)?.f_sum_dim_intlist(-1, false, Kind::Int64)?;
+    let (max_value, max_latent) = acts.f_max_dim(-1, false)?;
+    let k = (args.top_k as usize).min(loaded.sae.d_sae() as usize);
+    let top = loaded.sae.top_k_of(&acts, k)?;
+    let report = LatentsReport {
+        tokens: session.token_strings(&ids)?,
+        l0: Vec::<i64>::try_from(&l0)?,
+        max_latent: Vec::<i64>::try_from(&max_latent)?,
+        max_value: Vec::<f64>::try_from(&max_value.f_to_kind(Kind::Double)?)?,
+        top: (0..ids.len())
+            .map(|t| {
+                top.token(t)
+                    .map(|(latent, value)| LatentValue {
+                        latent,
+                        value: f64::from(value),
+                    })
+                    .collect()
+            })
+            .collect(),
+        token_ids: ids,
+        threshold: args.threshold,
+        layer: loaded.site.layer,
+    };
+    if args.model.json {
+        print_json(&report)
+    } else {
+        report.print_table();
+        Ok(())
+    }
+}
+
+/// The SAE's latents at every position of `ids`, `[T, L]` in f32, through the intervention
+/// graph (the tutorial's collect-with-encoder), stopping after the SAE's layer.
+fn collect_latents(session: &Session, loaded: &LoadedSae, ids: &[i64]) -> Result<Tensor> {
+    let graph = IntervenableModel::new(
+        &session.model,
+        vec![RepresentationConfig::new(
+            loaded.component(),
+            sae::EncodeCollect::new(&loaded.sae),
+        )],
+    )?;
+    let options = CallOptions::new().collect_only_stop_early(true);
+    let out = graph.forward(&Batch::from_ids(ids), Sources::None, &options)?;
+    let acts = out
+        .collected
+        .into_iter()
+        .next()
+        .context("the collect intervention returned nothing")?;
+    Ok(acts.f_squeeze_dim(0)?)
 }
 
 /// `scope steer`.
-pub fn steer(_args: &SteerArgs) -> Result<()> {
-    bail!("`scope steer` is not built yet")
+pub fn steer(args: &SteerArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let pairs = steering_pairs(args, &loaded)?;
+    let graph = IntervenableModel::new(
+        &session.model,
+        vec![RepresentationConfig::new(
+            loaded.component(),
+            sae::Steer::new(&loaded.sae, &pairs)?,
+        )],
+    )?;
+    let prompt_ids = session.encode_prompt(&args.generation.prompt, args.generation.chat)?;
+    session.check_fits(prompt_ids.len(), args.generation.max_new_tokens)?;
+    let config = generation_config(&args.generation)?;
+    // pyvene's tutorial steering: unit_locations=None, intervene_on_prompt=True.
+    let options = CallOptions::new().intervene_on_prompt(true);
+    let out = graph.generate(&Batch::from_ids(&prompt_ids), Sources::None, &options, &config)?;
+    let mut report = report_generation(&session, prompt_ids, &out.intervened)?;
+    report.steering = pairs
+        .iter()
+        .map(|&(latent, magnitude)| SteeringReport { latent, magnitude })
+        .collect();
+    emit_generation(report, args.model.json)
+}
+
+/// `--latent I --magnitude M` and every `--steer I:M`, checked.
+fn steering_pairs(args: &SteerArgs, loaded: &LoadedSae) -> Result<Vec<(i64, f64)>> {
+    let mut pairs = Vec::new();
+    match (args.latent, args.magnitude) {
+        (Some(latent), Some(magnitude)) => pairs.push((latent, magnitude)),
+        (None, None) => {}
+        _ => bail!("--latent and --magnitude go together"),
+    }
+    for spec in &args.steer {
+        let (latent, magnitude) = spec
+            .split_once(':')
+            .with_context(|| format!("--steer `{spec}` is not LATENT:MAGNITUDE"))?;
+        let latent: i64 = latent
+            .trim()
+            .parse()
+            .with_context(|| format!("--steer `{spec}`: `{latent}` is not a latent index"))?;
+        let magnitude: f64 = magnitude
+            .trim()
+            .parse()
+            .with_context(|| format!("--steer `{spec}`: `{magnitude}` is not a number"))?;
+        pairs.push((latent, magnitude));
+    }
+    if pairs.is_empty() {
+        bail!("nothing to steer: give --latent I --magnitude M or --steer I:M");
+    }
+    for &(latent, magnitude) in &pairs {
+        loaded.check_latent(latent)?;
+        if !magnitude.is_finite() {
+            bail!("magnitude {magnitude} for latent {latent} is not finite");
+        }
+    }
+    Ok(pairs)
 }
 
 /// `scope patch`.
-pub fn patch(_args: &PatchArgs) -> Result<()> {
-    bail!("`scope patch` is not built yet")
+pub fn patch(args: &PatchArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let latent = loaded.check_latent(args.latent)?;
+    if args.top_k < 1 {
+        bail!("--top-k must be at least 1, got {}", args.top_k);
+    }
+    let base_ids = session.encode_prompt(&args.base, false)?;
+    let source_ids = session.encode_prompt(&args.source, false)?;
+    let base_pos = resolve_position(args.base_pos, base_ids.len(), "--base-pos")?;
+    let source_pos = resolve_position(args.source_pos, source_ids.len(), "--source-pos")?;
+    let graph = IntervenableModel::new(
+        &session.model,
+        vec![RepresentationConfig::new(
+            loaded.component(),
+            sae::JumpReluInterchange::new(&loaded.sae).keep_error(args.keep_error),
+        )],
+    )?;
+    let options = CallOptions::new()
+        .locations(Locations::pair(source_pos, base_pos))
+        .subspaces(Subspaces::Shared(vec![latent]))
+        .output_original_output(true);
+    let base = Batch::from_ids(&base_ids);
+    let source = Batch::from_ids(&source_ids);
+    let out = graph.forward(&base, Sources::Shared(&source), &options)?;
+    let last_logits = |logits: Option<&Tensor>| -> Result<Tensor> {
+        let logits = logits.context("the model returned no logits")?;
+        Ok(logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Float)?)
+    };
+    let original = out.original.as_ref().context("no original run")?;
+    let diff = (last_logits(out.intervened.logits.as_ref())?
+        - last_logits(original.logits.as_ref())?)
+    .f_to_device(tch::Device::Cpu)?;
+    let k = args.top_k.min(diff.size()[0]);
+    let (values, indices) = diff.f_topk(k, 0, true, true)?;
+    let values = Vec::<f64>::try_from(&values.f_to_kind(Kind::Double)?)?;
+    let indices = Vec::<i64>::try_from(&indices)?;
+    let latent_at = |ids: &[i64], pos: i64| -> Result<f64> {
+        let acts = collect_latents(&session, &loaded, ids)?;
+        Ok(acts.f_select(0, pos)?.f_select(0, latent)?.f_double_value(&[])?)
+    };
+    let report = PatchReport {
+        position: base_ids.len() as i64 - 1,
+        top: indices
+            .iter()
+            .zip(&values)
+            .map(|(&token_id, &logit_diff)| {
+                Ok(TokenDiff {
+                    token_id,
+                    token: session.tokenizer.decode(&[token_id], false)?,
+                    logit_diff,
+                })
+            })
+            .collect::<Result<_>>()?,
+        base_pos,
+        source_pos,
+        latent,
+        base_value: latent_at(&base_ids, base_pos)?,
+        source_value: latent_at(&source_ids, source_pos)?,
+    };
+    if args.model.json {
+        print_json(&report)
+    } else {
+        report.print_table();
+        Ok(())
+    }
 }
 
 /// `scope explain`.
-pub fn explain(_args: &ExplainArgs) -> Result<()> {
-    bail!("`scope explain` is not built yet")
+pub fn explain(args: &ExplainArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let latent = loaded.check_latent(args.latent)?;
+    if args.top_k < 1 {
+        bail!("--top-k must be at least 1, got {}", args.top_k);
+    }
+    let lens = loaded
+        .sae
+        .logit_lens(&[latent], session.model.unembedding(), args.top_k as usize)?;
+    let lens = lens.into_iter().next().context("the logit lens returned nothing")?;
+    let scores = |pairs: &[(i64, f32)]| -> Result<Vec<TokenScore>> {
+        pairs
+            .iter()
+            .map(|&(token_id, score)| {
+                Ok(TokenScore {
+                    token_id,
+                    token: session.tokenizer.decode(&[token_id], false)?,
+                    score: f64::from(score),
+                })
+            })
+            .collect()
+    };
+    let report = ExplainReport {
+        latent,
+        promoted: scores(&lens.promoted)?,
+        suppressed: scores(&lens.suppressed)?,
+    };
+    if args.model.json {
+        print_json(&report)
+    } else {
+        report.print_table();
+        Ok(())
+    }
 }
 
 /// `scope download`.
-pub fn download(_args: &DownloadArgs) -> Result<()> {
-    bail!("`scope download` is not built yet")
+pub fn download(args: &DownloadArgs) -> Result<()> {
+    if args.model.is_none() && args.sae.is_none() {
+        bail!("nothing to download: give --model HUB_ID and/or --sae HUB_PATH");
+    }
+    let mut paths = Vec::new();
+    if let Some(model) = &args.model {
+        let files = gemma_model::ModelFiles::resolve(model, &gemma_model::HubOptions::from_env())
+            .with_context(|| format!("cannot download model `{model}`"))?;
+        paths.push(files.dir.display().to_string());
+    }
+    if let Some(name) = &args.sae {
+        let resolved = sae::resolve(name, &sae::HubOptions::from_env())
+            .with_context(|| format!("cannot download SAE `{name}`"))?;
+        paths.push(resolved.path.display().to_string());
+    }
+    let report = DownloadReport { paths };
+    if args.json {
+        print_json(&report)
+    } else {
+        for path in &report.paths {
+            println!("{path}");
+        }
+        Ok(())
+    }
 }

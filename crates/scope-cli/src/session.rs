@@ -104,3 +104,72 @@ pub fn generation_config(args: &GenerationArgs) -> Result<gemma_model::Generatio
     }
     Ok(config)
 }
+
+/// An SAE loaded next to a model, with the site it reads.
+pub struct LoadedSae {
+    /// The SAE, on the model's device, in f32.
+    pub sae: sae::Sae,
+    /// Where it reads and writes.
+    pub site: intervene::Site,
+}
+
+impl LoadedSae {
+    /// Resolve and load `--sae` for `session`'s model, on its device; `--layer` overrides or
+    /// supplies the layer the name does not say.
+    pub fn open(args: &crate::args::SaeArgs, session: &Session) -> Result<LoadedSae> {
+        let resolved = sae::resolve(&args.sae, &sae::HubOptions::from_env())
+            .with_context(|| format!("cannot find SAE `{}`", args.sae))?;
+        let sae = sae::Sae::load(&resolved, session.model.device())
+            .with_context(|| format!("cannot load SAE `{}`", args.sae))?;
+        let named = sae.site();
+        let site = match (args.layer, named) {
+            (Some(layer), Some(site)) => intervene::Site::new(layer, site.kind),
+            (Some(layer), None) => intervene::Site::new(layer, intervene::SiteKind::BlockOutput),
+            (None, Some(site)) => site,
+            (None, None) => bail!(
+                "the SAE `{}` does not say which layer it reads: pass --layer L",
+                args.sae
+            ),
+        };
+        let layers = session.model.config().num_hidden_layers;
+        if site.layer >= layers {
+            bail!(
+                "layer {} is out of range: the model has {layers} layers (0..={})",
+                site.layer,
+                layers.saturating_sub(1)
+            );
+        }
+        let catalog = intervene::HookedModel::site_catalog(&session.model);
+        let width = catalog
+            .get(site)
+            .map(|info| info.width)
+            .with_context(|| format!("the model has no site {site}"))?;
+        sae.check_d_in(width)
+            .with_context(|| format!("SAE `{}` does not fit this model's {site}", args.sae))?;
+        Ok(LoadedSae { sae, site })
+    }
+
+    /// The intervention-graph component of the SAE's site.
+    pub fn component(&self) -> intervene::Component {
+        intervene::Component::typed(self.site.kind.type_name(), self.site.layer)
+    }
+
+    /// A latent index checked against the SAE's width.
+    pub fn check_latent(&self, latent: i64) -> Result<i64> {
+        let width = self.sae.d_sae();
+        if !(0..width).contains(&latent) {
+            bail!("latent {latent} is out of range: the SAE has {width} latents (0..={})", width - 1);
+        }
+        Ok(latent)
+    }
+}
+
+/// A 0-based position (negative counts from the end) checked against a sequence of `len`.
+pub fn resolve_position(position: i64, len: usize, what: &str) -> Result<i64> {
+    let len = len as i64;
+    let resolved = if position < 0 { len + position } else { position };
+    if !(0..len).contains(&resolved) {
+        bail!("{what} {position} is out of range for a prompt of {len} tokens (0..={})", len - 1);
+    }
+    Ok(resolved)
+}
