@@ -95,7 +95,15 @@ pub fn run(args: &[&str]) -> Result {
     let venv = setup::ensure()?;
     println!("bench-compare: building scope's race binary (release) ...");
     crate::run_checked(
-        cargo().args(["build", "--quiet", "--release", "-p", "scope-benches", "--bin", "race"]),
+        cargo().args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "scope-benches",
+            "--bin",
+            "race",
+        ]),
         "cargo build -p scope-benches --bin race",
     )?;
     println!("bench-compare: scope ({}) ...", race.flags().join(" "));
@@ -202,7 +210,10 @@ fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
         "\nscope vs HF transformers + pyvene — size {}, {}, {}, batch {} x {}, {} new tokens",
         race.size, race.device, race.dtype, race.batch, race.seq, race.new
     );
-    println!("{:<28} {:>14} {:>14} {:>10}", "workflow", "scope", "peer", "speed-up");
+    println!(
+        "{:<28} {:>14} {:>14} {:>10}",
+        "workflow", "scope", "peer", "speed-up"
+    );
     for (what, field, larger_is_better) in ROWS {
         let a = ours.get(what).and_then(|m| m.get(field));
         let b = peer.get(what).and_then(|m| m.get(field));
@@ -224,10 +235,9 @@ mod tests {
 
     #[test]
     fn parses_peer_lines() {
-        let (what, fields) = parse_line(
-            r#"{"what": "interchange", "ms": 99.7, "topk": [1, 2, 3], "name": "x"}"#,
-        )
-        .expect("a measurement");
+        let (what, fields) =
+            parse_line(r#"{"what": "interchange", "ms": 99.7, "topk": [1, 2, 3], "name": "x"}"#)
+                .expect("a measurement");
         assert_eq!(what, "interchange");
         assert_eq!(fields.get("ms"), Some(&99.7));
         assert!(!fields.contains_key("topk"));

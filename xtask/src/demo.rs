@@ -23,7 +23,10 @@ pub fn run() -> Result {
     // Relative paths: the steps run from the root and print as a user would type them.
     let model = PathBuf::from("fixtures/models/tiny-f32");
     let sae_dir = find_sae(&root.join("fixtures/saes/tiny-f32-res"))?;
-    let sae = sae_dir.strip_prefix(&root).unwrap_or(&sae_dir).to_path_buf();
+    let sae = sae_dir
+        .strip_prefix(&root)
+        .unwrap_or(&sae_dir)
+        .to_path_buf();
     println!("demo: building the scope binary ...");
     run_checked(
         cargo().args(["build", "--quiet", "--release", "-p", "scope-cli"]),
@@ -45,7 +48,10 @@ pub fn run() -> Result {
             continue;
         }
         if stderr.contains("unrecognized subcommand") || stderr.contains("not built yet") {
-            println!("(not built yet: `scope {}` does not exist in this build)", step.args[0]);
+            println!(
+                "(not built yet: `scope {}` does not exist in this build)",
+                step.args[0]
+            );
             not_built.push(step.args[0].clone());
         } else {
             eprint!("{stderr}");
@@ -70,36 +76,96 @@ fn steps(model: &Path, sae: &Path) -> Vec<Step> {
     vec![
         with(
             "1. greedy generation",
-            &["generate", "--model", &model, "--prompt", PROMPT, "--max-new-tokens", "20"],
+            &[
+                "generate",
+                "--model",
+                &model,
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "20",
+            ],
         ),
         with(
             "1b. sampled generation (seeded)",
             &[
-                "generate", "--model", &model, "--prompt", PROMPT, "--max-new-tokens", "20",
-                "--sample", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7",
+                "generate",
+                "--model",
+                &model,
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "20",
+                "--sample",
+                "--temperature",
+                "0.8",
+                "--top-p",
+                "0.9",
+                "--seed",
+                "7",
             ],
         ),
         with(
             "2. SAE latents per token (residual after the SAE's layer)",
-            &["latents", "--model", &model, "--sae", &sae, "--prompt", PROMPT, "--threshold", "0", "--top-k", "3"],
+            &[
+                "latents",
+                "--model",
+                &model,
+                "--sae",
+                &sae,
+                "--prompt",
+                PROMPT,
+                "--threshold",
+                "0",
+                "--top-k",
+                "3",
+            ],
         ),
         with(
             "3. steered generation (magnitude * W_dec[latent] at every position)",
             &[
-                "steer", "--model", &model, "--sae", &sae, "--latent", "7", "--magnitude", "8",
-                "--prompt", PROMPT, "--max-new-tokens", "20",
+                "steer",
+                "--model",
+                &model,
+                "--sae",
+                &sae,
+                "--latent",
+                "7",
+                "--magnitude",
+                "8",
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "20",
             ],
         ),
         with(
             "4. latent interchange (source position 5 -> base position 6)",
             &[
-                "patch", "--model", &model, "--sae", &sae, "--base", BASE, "--source", SOURCE,
-                "--source-pos", "5", "--base-pos", "6", "--latent", "7", "--top-k", "5",
+                "patch",
+                "--model",
+                &model,
+                "--sae",
+                &sae,
+                "--base",
+                BASE,
+                "--source",
+                SOURCE,
+                "--source-pos",
+                "5",
+                "--base-pos",
+                "6",
+                "--latent",
+                "7",
+                "--top-k",
+                "5",
             ],
         ),
         with(
             "5. what a latent writes to the logits (logit lens)",
-            &["explain", "--model", &model, "--sae", &sae, "7", "--top-k", "5"],
+            &[
+                "explain", "--model", &model, "--sae", &sae, "7", "--top-k", "5",
+            ],
         ),
     ]
 }

@@ -116,6 +116,9 @@ fn fixtures() -> Result {
         .arg("xtask/fixtures/generate.py")
         .arg("fixtures");
     run_checked(&mut cmd, "the fixture generator")?;
-    println!("fixtures regenerated under {}", root.join("fixtures").display());
+    println!(
+        "fixtures regenerated under {}",
+        root.join("fixtures").display()
+    );
     Ok(())
 }

@@ -73,7 +73,13 @@ impl Venv {
 
     fn pip_install(&self, packages: &[&str], no_deps: bool) -> Result {
         let mut cmd = Command::new(self.python());
-        cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]);
         if no_deps {
             cmd.arg("--no-deps");
         }

@@ -19,11 +19,20 @@ const TUTORIAL_L0: [i64; 14] = [7017, 47, 65, 70, 55, 72, 65, 75, 80, 72, 68, 93
 const TUTORIAL_ARGMAX: [i64; 14] = [
     6631, 5482, 10376, 1670, 11023, 7562, 9407, 8399, 12935, 10004, 10004, 10004, 12935, 3442,
 ];
-const TUTORIAL_CONTINUATION: &str = "\n\n[Answer 1]\n\nYes, you can travel through time using a wormhole.";
+const TUTORIAL_CONTINUATION: &str =
+    "\n\n[Answer 1]\n\nYes, you can travel through time using a wormhole.";
 const SAE_PATH: &str = "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71";
 const INTERCHANGE_TOKENS: [&str; 10] = [
-    "PhysRevD", "transporting", "teleport", "space", "transit", "transported", "transporter",
-    "transpor", "multiverse", "universes",
+    "PhysRevD",
+    "transporting",
+    "teleport",
+    "space",
+    "transit",
+    "transported",
+    "transporter",
+    "transpor",
+    "multiverse",
+    "universes",
 ];
 
 pub fn run() -> Result {
@@ -42,7 +51,14 @@ struct ParityRow {
 fn golden_suite() -> Result {
     println!("verify: running the golden parity suite (cargo test --workspace) ...");
     let out = cargo()
-        .args(["test", "--workspace", "--quiet", "--", "--nocapture", "--test-threads=1"])
+        .args([
+            "test",
+            "--workspace",
+            "--quiet",
+            "--",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .output()
         .map_err(|e| Failure::new(format!("could not run cargo test: {e}")))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -55,12 +71,18 @@ fn golden_suite() -> Result {
     let failed = !out.status.success();
     if failed {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        for line in stdout.lines().filter(|l| l.contains("FAILED") || l.contains("panicked")) {
+        for line in stdout
+            .lines()
+            .filter(|l| l.contains("FAILED") || l.contains("panicked"))
+        {
             eprintln!("{line}");
         }
         return Err(Failure::new("the golden parity suite failed"));
     }
-    println!("verify: golden suite passed ({} test binaries).", summary.len());
+    println!(
+        "verify: golden suite passed ({} test binaries).",
+        summary.len()
+    );
     Ok(())
 }
 
@@ -79,11 +101,22 @@ fn print_table(rows: &[ParityRow]) {
         println!("(no parity rows were reported)");
         return;
     }
-    let width = rows.iter().map(|r| r.workflow.len()).max().unwrap_or(8).max(8);
-    println!("\n{:<width$}  {:>12}  {:>12}", "workflow", "tolerance", "worst seen");
+    let width = rows
+        .iter()
+        .map(|r| r.workflow.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "\n{:<width$}  {:>12}  {:>12}",
+        "workflow", "tolerance", "worst seen"
+    );
     println!("{}", "-".repeat(width + 28));
     for row in rows {
-        println!("{:<width$}  {:>12}  {:>12}", row.workflow, row.tolerance, row.worst);
+        println!(
+            "{:<width$}  {:>12}  {:>12}",
+            row.workflow, row.tolerance, row.worst
+        );
     }
     println!();
 }
@@ -189,35 +222,88 @@ fn check(name: &str, ok: bool, detail: String, failures: &mut Vec<String>) {
 fn tutorial_checks(model: &str) -> Result {
     let mut failures = Vec::new();
     let latents = scope_json(&[
-        "latents", "--model", model, "--sae", SAE_PATH, "--dtype", "f32", "--prompt",
-        TUTORIAL_PROMPT, "--threshold", "1",
+        "latents",
+        "--model",
+        model,
+        "--sae",
+        SAE_PATH,
+        "--dtype",
+        "f32",
+        "--prompt",
+        TUTORIAL_PROMPT,
+        "--threshold",
+        "1",
     ])?;
     let ids = json_int_array(&latents, "token_ids");
-    check("tokenizer: 14 tutorial ids", ids == TUTORIAL_IDS, format!("{ids:?}"), &mut failures);
+    check(
+        "tokenizer: 14 tutorial ids",
+        ids == TUTORIAL_IDS,
+        format!("{ids:?}"),
+        &mut failures,
+    );
     let l0 = json_int_array(&latents, "l0");
     let l0_ok = l0.len() == TUTORIAL_L0.len()
         && l0.iter().zip(TUTORIAL_L0).all(|(a, b)| (a - b).abs() <= 1);
-    check("per-token L0 (>1) within ±1", l0_ok, format!("{l0:?}"), &mut failures);
+    check(
+        "per-token L0 (>1) within ±1",
+        l0_ok,
+        format!("{l0:?}"),
+        &mut failures,
+    );
     let argmax = json_int_array(&latents, "max_latent");
-    check("argmax latents exact", argmax == TUTORIAL_ARGMAX, format!("{argmax:?}"), &mut failures);
+    check(
+        "argmax latents exact",
+        argmax == TUTORIAL_ARGMAX,
+        format!("{argmax:?}"),
+        &mut failures,
+    );
 
     let generated = scope_json(&[
-        "generate", "--model", model, "--dtype", "f32", "--prompt", TUTORIAL_PROMPT,
-        "--max-new-tokens", "50",
+        "generate",
+        "--model",
+        model,
+        "--dtype",
+        "f32",
+        "--prompt",
+        TUTORIAL_PROMPT,
+        "--max-new-tokens",
+        "50",
     ])?;
     let starts = generated.contains(&TUTORIAL_CONTINUATION.replace('\n', "\\n"));
-    check("greedy 50-token continuation", starts, String::new(), &mut failures);
+    check(
+        "greedy 50-token continuation",
+        starts,
+        String::new(),
+        &mut failures,
+    );
 
     if let Some(it) = model_available("SCOPE_GEMMA_2B_IT", "google/gemma-2-2b-it") {
         let patched = scope_json(&[
-            "patch", "--model", &it, "--sae", SAE_PATH, "--dtype", "f32", "--base",
-            "Which dog breed do people think is cuter, poodle or doodle?", "--source",
-            "Origin (general) Space-travel, time-travel", "--source-pos", "11", "--base-pos",
-            "14", "--latent", "10004", "--top-k", "10",
+            "patch",
+            "--model",
+            &it,
+            "--sae",
+            SAE_PATH,
+            "--dtype",
+            "f32",
+            "--base",
+            "Which dog breed do people think is cuter, poodle or doodle?",
+            "--source",
+            "Origin (general) Space-travel, time-travel",
+            "--source-pos",
+            "11",
+            "--base-pos",
+            "14",
+            "--latent",
+            "10004",
+            "--top-k",
+            "10",
         ])?;
         let hits = INTERCHANGE_TOKENS
             .iter()
-            .filter(|t| patched.contains(&format!("\"{t}\"")) || patched.contains(&format!("\"▁{t}\"")))
+            .filter(|t| {
+                patched.contains(&format!("\"{t}\"")) || patched.contains(&format!("\"▁{t}\""))
+            })
             .count();
         check(
             "interchange of latent 10004 ranks time/space-travel tokens on top",

@@ -35,10 +35,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: String,
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = device_flag)]
     pub device: String,
     /// f32, bf16, f16, or auto (bf16 on CUDA, f32 on CPU).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = DTYPES)]
     pub dtype: String,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
@@ -127,7 +127,11 @@ pub struct SteerArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub magnitude: Option<f64>,
     /// More latents as LATENT:MAGNITUDE (repeatable).
-    #[arg(long = "steer", value_name = "LATENT:MAGNITUDE", allow_negative_numbers = true)]
+    #[arg(
+        long = "steer",
+        value_name = "LATENT:MAGNITUDE",
+        allow_negative_numbers = true
+    )]
     pub steer: Vec<String>,
     #[command(flatten)]
     pub generation: GenerationArgs,
@@ -189,4 +193,22 @@ pub struct DownloadArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The spellings `--dtype` accepts.
+const DTYPES: [&str; 8] = [
+    "auto", "f32", "float32", "bf16", "bfloat16", "f16", "float16", "half",
+];
+
+/// `--device` must be `cpu`, `cuda`, `cuda:N` or `auto`; whether CUDA is there is checked later.
+fn device_flag(value: &str) -> Result<String, String> {
+    let ok = matches!(value, "cpu" | "cuda" | "auto")
+        || value
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!("`{value}` is not cpu, cuda, cuda:N or auto"))
+    }
 }

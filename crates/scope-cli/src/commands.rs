@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use gemma_model::Batch;
-use intervene::{CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces};
+use intervene::{
+    CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
+};
 use tch::{Kind, Tensor};
 
 use crate::args::{
@@ -71,7 +73,9 @@ pub fn latents(args: &LatentsArgs) -> Result<()> {
     }
     let ids = session.encode_prompt(&args.prompt, false)?;
     let acts = collect_latents(&session, &loaded, &ids)?; // [T, L] f32
-    let l0 = acts.f_gt(args.threshold)?.f_sum_dim_intlist(-1, false, Kind::Int64)?;
+    let l0 = acts
+        .f_gt(args.threshold)?
+        .f_sum_dim_intlist(-1, false, Kind::Int64)?;
     let (max_value, max_latent) = acts.f_max_dim(-1, false)?;
     let k = (args.top_k as usize).min(loaded.sae.d_sae() as usize);
     let top = loaded.sae.top_k_of(&acts, k)?;
@@ -139,7 +143,12 @@ pub fn steer(args: &SteerArgs) -> Result<()> {
     let config = generation_config(&args.generation)?;
     // pyvene's tutorial steering: unit_locations=None, intervene_on_prompt=True.
     let options = CallOptions::new().intervene_on_prompt(true);
-    let out = graph.generate(&Batch::from_ids(&prompt_ids), Sources::None, &options, &config)?;
+    let out = graph.generate(
+        &Batch::from_ids(&prompt_ids),
+        Sources::None,
+        &options,
+        &config,
+    )?;
     let mut report = report_generation(&session, prompt_ids, &out.intervened)?;
     report.steering = pairs
         .iter()
@@ -210,7 +219,10 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
     let out = graph.forward(&base, Sources::Shared(&source), &options)?;
     let last_logits = |logits: Option<&Tensor>| -> Result<Tensor> {
         let logits = logits.context("the model returned no logits")?;
-        Ok(logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Float)?)
+        Ok(logits
+            .f_select(0, 0)?
+            .f_select(0, -1)?
+            .f_to_kind(Kind::Float)?)
     };
     let original = out.original.as_ref().context("no original run")?;
     let diff = (last_logits(out.intervened.logits.as_ref())?
@@ -222,7 +234,10 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
     let indices = Vec::<i64>::try_from(&indices)?;
     let latent_at = |ids: &[i64], pos: i64| -> Result<f64> {
         let acts = collect_latents(&session, &loaded, ids)?;
-        Ok(acts.f_select(0, pos)?.f_select(0, latent)?.f_double_value(&[])?)
+        Ok(acts
+            .f_select(0, pos)?
+            .f_select(0, latent)?
+            .f_double_value(&[])?)
     };
     let report = PatchReport {
         position: base_ids.len() as i64 - 1,
@@ -259,10 +274,14 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);
     }
-    let lens = loaded
-        .sae
-        .logit_lens(&[latent], session.model.unembedding(), args.top_k as usize)?;
-    let lens = lens.into_iter().next().context("the logit lens returned nothing")?;
+    let lens =
+        loaded
+            .sae
+            .logit_lens(&[latent], session.model.unembedding(), args.top_k as usize)?;
+    let lens = lens
+        .into_iter()
+        .next()
+        .context("the logit lens returned nothing")?;
     let scores = |pairs: &[(i64, f32)]| -> Result<Vec<TokenScore>> {
         pairs
             .iter()

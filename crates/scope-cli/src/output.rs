@@ -137,7 +137,10 @@ impl GenerateReport {
             println!("steering: latent {} x {}", s.latent, s.magnitude);
         }
         println!("prompt tokens: {}", self.prompt_ids.len());
-        println!("new tokens:    {}", self.output_ids.len() - self.prompt_ids.len());
+        println!(
+            "new tokens:    {}",
+            self.output_ids.len() - self.prompt_ids.len()
+        );
         println!("---");
         println!("{}", self.text);
     }
@@ -150,7 +153,10 @@ impl LatentsReport {
             "layer {} residual, L0 counts latents > {}",
             self.layer, self.threshold
         );
-        println!("{:>4}  {:<16} {:>6}  {:>8} {:>10}  top", "pos", "token", "L0", "max", "value");
+        println!(
+            "{:>4}  {:<16} {:>6}  {:>8} {:>10}  top",
+            "pos", "token", "L0", "max", "value"
+        );
         for (i, token) in self.tokens.iter().enumerate() {
             let top: Vec<String> = self.top[i]
                 .iter()
@@ -176,9 +182,17 @@ impl PatchReport {
             "latent {}: source position {} (value {:.4}) -> base position {} (value {:.4})",
             self.latent, self.source_pos, self.source_value, self.base_pos, self.base_value
         );
-        println!("next-token logit differences at base position {} (intervened - original):", self.position);
+        println!(
+            "next-token logit differences at base position {} (intervened - original):",
+            self.position
+        );
         for d in &self.top {
-            println!("  {:>+10.4}  {:>7}  {}", d.logit_diff, d.token_id, cell(&d.token));
+            println!(
+                "  {:>+10.4}  {:>7}  {}",
+                d.logit_diff,
+                d.token_id,
+                cell(&d.token)
+            );
         }
     }
 }
@@ -188,11 +202,21 @@ impl ExplainReport {
     pub fn print_table(&self) {
         println!("latent {}: promoted", self.latent);
         for t in &self.promoted {
-            println!("  {:>+10.4}  {:>7}  {}", t.score, t.token_id, cell(&t.token));
+            println!(
+                "  {:>+10.4}  {:>7}  {}",
+                t.score,
+                t.token_id,
+                cell(&t.token)
+            );
         }
         println!("latent {}: suppressed", self.latent);
         for t in &self.suppressed {
-            println!("  {:>+10.4}  {:>7}  {}", t.score, t.token_id, cell(&t.token));
+            println!(
+                "  {:>+10.4}  {:>7}  {}",
+                t.score,
+                t.token_id,
+                cell(&t.token)
+            );
         }
     }
 }

@@ -26,14 +26,14 @@ impl Session {
         let files = ModelFiles::resolve(&args.model, &hub)
             .with_context(|| format!("cannot find model `{}`", args.model))?;
         let tokenizer_path = files.tokenizer.clone().with_context(|| {
-            format!("model `{}` has no tokenizer.json in {}", args.model, files.dir.display())
+            format!(
+                "model `{}` has no tokenizer.json in {}",
+                args.model,
+                files.dir.display()
+            )
         })?;
         let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
-        let options = LoadOptions {
-            dtype,
-            device,
-            hub,
-        };
+        let options = LoadOptions { dtype, device, hub };
         let model = Gemma2Model::load(&args.model, &options)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
         Ok(Session { model, tokenizer })
@@ -158,7 +158,10 @@ impl LoadedSae {
     pub fn check_latent(&self, latent: i64) -> Result<i64> {
         let width = self.sae.d_sae();
         if !(0..width).contains(&latent) {
-            bail!("latent {latent} is out of range: the SAE has {width} latents (0..={})", width - 1);
+            bail!(
+                "latent {latent} is out of range: the SAE has {width} latents (0..={})",
+                width - 1
+            );
         }
         Ok(latent)
     }
@@ -167,9 +170,16 @@ impl LoadedSae {
 /// A 0-based position (negative counts from the end) checked against a sequence of `len`.
 pub fn resolve_position(position: i64, len: usize, what: &str) -> Result<i64> {
     let len = len as i64;
-    let resolved = if position < 0 { len + position } else { position };
+    let resolved = if position < 0 {
+        len + position
+    } else {
+        position
+    };
     if !(0..len).contains(&resolved) {
-        bail!("{what} {position} is out of range for a prompt of {len} tokens (0..={})", len - 1);
+        bail!(
+            "{what} {position} is out of range for a prompt of {len} tokens (0..={})",
+            len - 1
+        );
     }
     Ok(resolved)
 }

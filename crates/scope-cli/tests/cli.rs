@@ -1,0 +1,486 @@
+//! Drives the `scope` binary: each command's JSON against the HF / pyvene fixtures, and every
+//! kind of bad input to one clear line on stderr with the right exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tch::Tensor;
+
+const F32_MODEL: &str = "models/tiny-f32";
+const F32_SAE: &str = "saes/tiny-f32-res/layer_2/width_256/average_l0_20";
+const BF16_SAE: &str = "saes/tiny-bf16-sharded-res/layer_3/width_192/average_l0_20";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn fixture(rel: &str) -> String {
+    fixtures().join(rel).display().to_string()
+}
+
+fn scope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scope"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("scope runs")
+}
+
+fn scope_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--json", "--device", "cpu"]);
+    let out = scope(&all);
+    assert!(
+        out.status.success(),
+        "scope {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn read_json(rel: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(rel)).expect("fixture json");
+    serde_json::from_str(&text).expect("valid json")
+}
+
+fn read_tensor(rel: &str, name: &str) -> Tensor {
+    Tensor::read_safetensors(fixtures().join(rel))
+        .expect("fixture safetensors")
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("{rel} has no tensor {name}"))
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_i64().expect("int"))
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn parity(workflow: &str, tolerance: f64, worst: f64) {
+    println!("PARITY|{workflow}|{tolerance:e}|{worst:.2e}");
+    assert!(
+        worst <= tolerance,
+        "{workflow}: worst {worst} > {tolerance}"
+    );
+}
+
+#[test]
+fn generate_matches_hf_greedy() {
+    let expected = read_json("expected/tiny-f32/generate.json");
+    let model = fixture(F32_MODEL);
+    let mut compared = 0;
+    for case in expected["cases"].as_array().expect("cases") {
+        let prompts = case["prompts"].as_array().expect("prompts");
+        if prompts.len() != 1 {
+            continue; // the padded batch is the model crate's test
+        }
+        let prompt = prompts[0].as_str().expect("prompt");
+        let out = scope_json(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "20",
+        ]);
+        let want = ints(&case["output_ids"][0]);
+        assert_eq!(
+            ints(&out["output_ids"]),
+            want,
+            "greedy tokens for {prompt:?}"
+        );
+        assert_eq!(ints(&out["prompt_ids"]), ints(&case["input_ids"][0]));
+        assert!(out["text"]
+            .as_str()
+            .expect("text")
+            .starts_with(prompt.trim()));
+        compared += 1;
+    }
+    assert!(compared >= 3, "too few single-prompt cases: {compared}");
+    println!("PARITY|cli generate greedy tokens (tiny-f32, {compared} prompts)|exact|0");
+}
+
+#[test]
+fn latents_match_the_sae_fixture() {
+    let expected = read_json("expected/tiny-f32/sae.json");
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let mut worst = 0.0f64;
+    for p in expected["per_prompt"].as_array().expect("per_prompt") {
+        let prompt = p["prompt"].as_str().expect("prompt");
+        for (threshold, key) in [("0", "l0_gt0"), ("1", "l0_gt1")] {
+            let out = scope_json(&[
+                "latents",
+                "--model",
+                &model,
+                "--sae",
+                &sae,
+                "--prompt",
+                prompt,
+                "--threshold",
+                threshold,
+                "--top-k",
+                "5",
+            ]);
+            assert_eq!(ints(&out["token_ids"]), ints(&p["input_ids"]));
+            assert_eq!(ints(&out["l0"]), ints(&p[key]), "{key} for {prompt:?}");
+            assert_eq!(
+                ints(&out["max_latent"]),
+                ints(&p["argmax"]),
+                "argmax for {prompt:?}"
+            );
+            let top5: Vec<Vec<(i64, f64)>> =
+                serde_json::from_value(p["top5"].clone()).expect("top5");
+            for (t, want) in top5.iter().enumerate() {
+                let got = out["top"][t].as_array().expect("top row");
+                for (g, (latent, value)) in got.iter().zip(want) {
+                    assert_eq!(g["latent"].as_i64(), Some(*latent), "token {t}");
+                    let v = g["value"].as_f64().expect("value");
+                    worst = worst.max((v - value).abs() / value.abs().max(1.0));
+                }
+            }
+        }
+    }
+    parity("cli latents top-5 values (tiny-f32, rel.)", 1e-4, worst);
+}
+
+#[test]
+fn steer_matches_pyvene_tutorial_steering() {
+    let spec = read_json("expected/tiny-f32/pyvene.json");
+    let case = spec["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == "steer_generate")
+        .expect("steer_generate case");
+    let prompt = case["prompts"][0].as_str().expect("prompt");
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    for which in ["a", "b"] {
+        let sub = &case["call"]["subspaces"][which][0];
+        let latent = sub["idx"].as_i64().expect("idx").to_string();
+        let magnitude = sub["mag"].as_f64().expect("mag").to_string();
+        let out = scope_json(&[
+            "steer",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--latent",
+            &latent,
+            "--magnitude",
+            &magnitude,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "20",
+        ]);
+        let want = read_tensor(
+            "expected/tiny-f32/pyvene.safetensors",
+            &format!("steer_generate.{which}.output_ids"),
+        );
+        let want = Vec::<i64>::try_from(&want.flatten(0, -1)).expect("ids");
+        assert_eq!(
+            ints(&out["output_ids"]),
+            want,
+            "steered tokens, case {which}"
+        );
+    }
+    println!("PARITY|cli steer greedy tokens vs pyvene (2 cases)|exact|0");
+}
+
+#[test]
+fn patch_matches_pyvene_jumprelu_interchange() {
+    let spec = read_json("expected/tiny-f32/pyvene.json");
+    let case = spec["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == "jumprelu_interchange")
+        .expect("jumprelu_interchange case");
+    let call = &case["call"]["calls"][0];
+    assert_eq!(call["case"], "a");
+    let latent = ints(&call["subspaces"])[0].to_string();
+    let pair = ints(&call["unit_locations"]["sources->base"]);
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let out = scope_json(&[
+        "patch",
+        "--model",
+        &model,
+        "--sae",
+        &sae,
+        "--base",
+        case["prompts"]["base"].as_str().expect("base"),
+        "--source",
+        case["prompts"]["source"].as_str().expect("source"),
+        "--source-pos",
+        &pair[0].to_string(),
+        "--base-pos",
+        &pair[1].to_string(),
+        "--latent",
+        &latent,
+        "--top-k",
+        "10",
+    ]);
+    let diff = read_tensor(
+        "expected/tiny-f32/pyvene.safetensors",
+        "jumprelu_interchange.a.last_diff",
+    );
+    let diff = Vec::<f32>::try_from(&diff.flatten(0, -1)).expect("diff");
+    let mut worst = 0.0f64;
+    for row in out["top"].as_array().expect("top") {
+        let id = row["token_id"].as_i64().expect("id") as usize;
+        worst = worst.max((row["logit_diff"].as_f64().expect("diff") - f64::from(diff[id])).abs());
+    }
+    // The reported tokens are the largest differences of the reference too.
+    let mut sorted: Vec<f32> = diff.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let reported = floats(
+        &out["top"]
+            .as_array()
+            .expect("top")
+            .iter()
+            .map(|r| r["logit_diff"].clone())
+            .collect(),
+    );
+    for (got, want) in reported.iter().zip(&sorted) {
+        worst = worst.max((got - f64::from(*want)).abs());
+    }
+    parity("cli patch last-position logit diffs vs pyvene", 1e-4, worst);
+}
+
+#[test]
+fn explain_matches_the_logit_lens_fixture() {
+    let expected = read_json("expected/tiny-f32/sae.json");
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let mut worst = 0.0f64;
+    for entry in expected["logit_lens"]["latents"]
+        .as_array()
+        .expect("latents")
+    {
+        let latent = entry["latent"].as_i64().expect("latent").to_string();
+        let out = scope_json(&[
+            "explain", "--model", &model, "--sae", &sae, &latent, "--top-k", "10",
+        ]);
+        for (key, want_key) in [
+            ("promoted", "top10_promoted"),
+            ("suppressed", "top10_suppressed"),
+        ] {
+            let got = out[key].as_array().expect("list");
+            let want = entry[want_key].as_array().expect("list");
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(
+                    g["token_id"].as_i64(),
+                    w[0].as_i64(),
+                    "latent {latent} {key}"
+                );
+                worst = worst
+                    .max((g["score"].as_f64().expect("score") - w[1].as_f64().expect("w")).abs());
+            }
+        }
+    }
+    parity("cli explain logit-lens scores", 1e-4, worst);
+}
+
+/// Run a bad invocation: the exit code, one line on stderr naming `needle`, no panic.
+fn rejects(args: &[&str], code: i32, needle: &str) {
+    let out = scope(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "scope {args:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "scope {args:?}: stderr does not mention {needle:?}: {stderr}"
+    );
+    if code == 1 {
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+fn copy_model_without(tmp: &Path, skip: &str) -> String {
+    let dir = tmp.join(format!("model-without-{skip}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for entry in std::fs::read_dir(fixtures().join(F32_MODEL)).expect("model dir") {
+        let entry = entry.expect("entry");
+        if entry.file_name() != skip {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+        }
+    }
+    dir.display().to_string()
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = fixture(F32_MODEL);
+    let sae = fixture(F32_SAE);
+    let prompt = "Would you be able to travel?";
+
+    rejects(&["generate", "--prompt", prompt], 2, "--model");
+    rejects(
+        &["generate", "--model", "/no/such/model", "--prompt", prompt],
+        1,
+        "/no/such/model",
+    );
+    let no_weights = copy_model_without(tmp.path(), "model.safetensors");
+    rejects(
+        &["generate", "--model", &no_weights, "--prompt", prompt],
+        1,
+        "model.safetensors",
+    );
+
+    let truncated = copy_model_without(tmp.path(), "none");
+    let weights = Path::new(&truncated).join("model.safetensors");
+    let bytes = std::fs::read(&weights).expect("weights");
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
+    rejects(
+        &[
+            "generate", "--model", &truncated, "--prompt", prompt, "--device", "cpu",
+        ],
+        1,
+        "model.safetensors",
+    );
+
+    let bad_npz = tmp.path().join("params.npz");
+    let npz = std::fs::read(Path::new(&sae).join("params.npz")).expect("npz");
+    std::fs::write(&bad_npz, &npz[..npz.len() / 3]).expect("truncate npz");
+    let bad_npz = bad_npz.display().to_string();
+    rejects(
+        &[
+            "latents", "--model", &model, "--sae", &bad_npz, "--layer", "2", "--prompt", prompt,
+            "--device", "cpu",
+        ],
+        1,
+        "params.npz",
+    );
+    let wide = fixture(BF16_SAE);
+    rejects(
+        &[
+            "latents", "--model", &model, "--sae", &wide, "--prompt", prompt, "--device", "cpu",
+        ],
+        1,
+        "120",
+    );
+    rejects(
+        &[
+            "latents", "--model", &model, "--sae", &sae, "--layer", "99", "--prompt", prompt,
+            "--device", "cpu",
+        ],
+        1,
+        "layer 99",
+    );
+    rejects(
+        &[
+            "steer",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--latent",
+            "9999",
+            "--magnitude",
+            "2",
+            "--prompt",
+            prompt,
+            "--device",
+            "cpu",
+        ],
+        1,
+        "latent 9999",
+    );
+    rejects(
+        &[
+            "patch",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--base",
+            prompt,
+            "--source",
+            prompt,
+            "--source-pos",
+            "1",
+            "--base-pos",
+            "99",
+            "--latent",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        1,
+        "--base-pos 99",
+    );
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", "  ", "--device", "cpu",
+        ],
+        1,
+        "empty",
+    );
+    let long = "time travel ".repeat(200);
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", &long, "--device", "cpu",
+        ],
+        1,
+        "context",
+    );
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", prompt, "--device", "cuda",
+        ],
+        1,
+        "cuda",
+    );
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", prompt, "--dtype", "f8",
+        ],
+        2,
+        "f8",
+    );
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", prompt, "--device", "gpu",
+        ],
+        2,
+        "gpu",
+    );
+    let empty_cache = tmp.path().join("hf-cache").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_scope"))
+        .args([
+            "generate",
+            "--model",
+            "google/gemma-2-2b",
+            "--prompt",
+            prompt,
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &empty_cache)
+        .output()
+        .expect("scope runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("google/gemma-2-2b") && stderr.contains("offline"),
+        "{stderr}"
+    );
+}
