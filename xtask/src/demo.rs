@@ -8,8 +8,7 @@ use crate::{cargo, project_root, run_checked, setup, Failure, Result};
 
 /// The tutorial's prompt; the fixture tokenizer was trained on text containing its words.
 const PROMPT: &str = "Would you be able to travel through time using a wormhole?";
-const SOURCE: &str = "Origin (general) Space-travel, time-travel";
-const BASE: &str = "Which dog breed do people think is cuter, poodle or doodle?";
+const BASE: &str = "Physics says time-travel through a wormhole needs enormous energy.";
 
 /// One demo step: a title and the `scope` arguments.
 struct Step {
@@ -69,103 +68,52 @@ pub fn run() -> Result {
 fn steps(model: &Path, sae: &Path) -> Vec<Step> {
     let model = model.display().to_string();
     let sae = sae.display().to_string();
-    let with = |title: &'static str, args: &[&str]| Step {
-        title,
-        args: args.iter().map(|a| a.to_string()).collect(),
+    // `words` are flags without spaces; `texts` are (flag, text) pairs such as prompts.
+    let step = |title: &'static str, words: &str, texts: &[(&str, &str)]| {
+        let mut args: Vec<String> = words
+            .split_whitespace()
+            .map(|w| match w {
+                "MODEL" => model.clone(),
+                "SAE" => sae.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        for (flag, text) in texts {
+            args.push(flag.to_string());
+            args.push(text.to_string());
+        }
+        Step { title, args }
     };
     vec![
-        with(
+        step(
             "1. greedy generation",
-            &[
-                "generate",
-                "--model",
-                &model,
-                "--prompt",
-                PROMPT,
-                "--max-new-tokens",
-                "20",
-            ],
+            "generate --model MODEL --max-new-tokens 20",
+            &[("--prompt", PROMPT)],
         ),
-        with(
-            "1b. sampled generation (seeded)",
-            &[
-                "generate",
-                "--model",
-                &model,
-                "--prompt",
-                PROMPT,
-                "--max-new-tokens",
-                "20",
-                "--sample",
-                "--temperature",
-                "0.8",
-                "--top-p",
-                "0.9",
-                "--seed",
-                "7",
-            ],
+        step(
+            "1b. sampled generation (temperature 0.8, top-p 0.9, seed 7)",
+            "generate --model MODEL --max-new-tokens 20 --sample --temperature 0.8 --top-p 0.9 --seed 7",
+            &[("--prompt", PROMPT)],
         ),
-        with(
-            "2. SAE latents per token (residual after the SAE's layer)",
-            &[
-                "latents",
-                "--model",
-                &model,
-                "--sae",
-                &sae,
-                "--prompt",
-                PROMPT,
-                "--threshold",
-                "0",
-                "--top-k",
-                "3",
-            ],
+        step(
+            "2. SAE latents per token on the residual after the SAE's layer (L0 counts > 1)",
+            "latents --model MODEL --sae SAE --threshold 1 --top-k 3",
+            &[("--prompt", PROMPT)],
         ),
-        with(
-            "3. steered generation (magnitude * W_dec[latent] at every position)",
-            &[
-                "steer",
-                "--model",
-                &model,
-                "--sae",
-                &sae,
-                "--latent",
-                "7",
-                "--magnitude",
-                "8",
-                "--prompt",
-                PROMPT,
-                "--max-new-tokens",
-                "20",
-            ],
+        step(
+            "3. steered generation: 8 * W_dec[51] added at every position and every new token",
+            "steer --model MODEL --sae SAE --latent 51 --magnitude 8 --max-new-tokens 20",
+            &[("--prompt", PROMPT)],
         ),
-        with(
-            "4. latent interchange (source position 5 -> base position 6)",
-            &[
-                "patch",
-                "--model",
-                &model,
-                "--sae",
-                &sae,
-                "--base",
-                BASE,
-                "--source",
-                SOURCE,
-                "--source-pos",
-                "5",
-                "--base-pos",
-                "6",
-                "--latent",
-                "7",
-                "--top-k",
-                "5",
-            ],
+        step(
+            "4. latent interchange: latent 183 of ' time' (source position 9) into the base's last token",
+            "patch --model MODEL --sae SAE --source-pos 9 --base-pos -1 --latent 183 --top-k 5",
+            &[("--base", BASE), ("--source", PROMPT)],
         ),
-        with(
-            "5. what a latent writes to the logits (logit lens)",
-            &[
-                "explain", "--model", &model, "--sae", &sae, "7", "--top-k", "5",
-            ],
+        step(
+            "5. what latent 183 writes to the logits (logit lens)",
+            "explain --model MODEL --sae SAE 183 --top-k 5",
+            &[],
         ),
     ]
 }

@@ -1,0 +1,107 @@
+//! A preallocated key/value cache: one `[B, kv_heads, max_len, head_dim]` buffer per layer,
+//! written in place at the current offset (no concatenation per step).
+//!
+//! Sliding layers keep every position too and let the mask hide what is out of the window
+//! (transformers keeps only `window - 1` entries there; the attended set, and so the numbers,
+//! are identical).
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Gemma2Config;
+use crate::error::{Error, Result};
+
+/// The cached rotated keys and raw values of every layer, plus the 2-D key mask seen so far.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: i64,
+    max_len: i64,
+    batch: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows and up to `max_len` positions.
+    pub fn new(
+        config: &Gemma2Config,
+        batch: i64,
+        max_len: i64,
+        dtype: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let shape = [batch, config.num_key_value_heads, max_len, config.head_dim];
+        let mut keys = Vec::with_capacity(config.num_hidden_layers);
+        let mut values = Vec::with_capacity(config.num_hidden_layers);
+        for _ in 0..config.num_hidden_layers {
+            keys.push(Tensor::f_zeros(shape, (dtype, device))?);
+            values.push(Tensor::f_zeros(shape, (dtype, device))?);
+        }
+        Ok(KvCache {
+            keys,
+            values,
+            len: 0,
+            max_len,
+            batch,
+        })
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Capacity in positions.
+    pub fn max_len(&self) -> i64 {
+        self.max_len
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    /// Checks that `chunk` more positions of `batch` rows fit.
+    pub(crate) fn check_fits(&self, batch: i64, chunk: i64) -> Result<()> {
+        if batch != self.batch {
+            return Err(Error::Input(format!(
+                "batch of {batch} rows for a cache built for {}",
+                self.batch
+            )));
+        }
+        if self.len + chunk > self.max_len {
+            return Err(Error::Input(format!(
+                "{} cached + {chunk} new positions exceed the cache capacity {}",
+                self.len, self.max_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `k`, `v` (`[B, kv, T, hd]`) of `layer` at the current offset and returns views of
+    /// everything cached for that layer including them (`[B, kv, len + T, hd]`).
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let chunk = k.size()[2];
+        let (Some(kc), Some(vc)) = (self.keys.get(layer), self.values.get(layer)) else {
+            return Err(Error::Input(format!("cache has no layer {layer}")));
+        };
+        kc.f_narrow(2, self.len, chunk)?.f_copy_(k)?;
+        vc.f_narrow(2, self.len, chunk)?.f_copy_(v)?;
+        let total = self.len + chunk;
+        Ok((kc.f_narrow(2, 0, total)?, vc.f_narrow(2, 0, total)?))
+    }
+
+    /// Marks `chunk` more positions as cached (after every layer has written them).
+    pub(crate) fn advance(&mut self, chunk: i64) {
+        self.len += chunk;
+    }
+}

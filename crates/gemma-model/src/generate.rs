@@ -1,0 +1,233 @@
+//! Generation with a preallocated KV cache, following transformers' `generate()`:
+//! positions `cumsum(mask) - 1` (pads → 0) for the prompt and `last + 1` afterwards, greedy
+//! argmax or sampling with HF's warper order (temperature, top-k, top-p), finished rows emit the
+//! pad id, and the loop stops when every row has produced an eos id.
+
+use intervene::{Hooks, NoHooks};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{Batch, Gemma2Model};
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampling {
+    /// Argmax (HF `do_sample=False`).
+    Greedy,
+    /// Multinomial sampling after temperature, top-k and top-p, in that order.
+    Sample {
+        /// Divides the logits (must be > 0).
+        temperature: f64,
+        /// Keep the k most likely tokens (`None` or 0 = off).
+        top_k: Option<i64>,
+        /// Keep the smallest set with cumulative probability ≥ p (`None` or 1.0 = off).
+        top_p: Option<f64>,
+        /// Seeds libtorch's global generator before the first draw (same seed → same tokens).
+        seed: i64,
+    },
+}
+
+/// Generation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationConfig {
+    /// At most this many new tokens per row.
+    pub max_new_tokens: usize,
+    /// Greedy or sampling.
+    pub sampling: Sampling,
+    /// Stop ids; `None` = the model's `eos_token_ids`.
+    pub eos_token_ids: Option<Vec<i64>>,
+    /// Emitted by finished rows; `None` = the model's `pad_token_id`.
+    pub pad_token_id: Option<i64>,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens`.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationConfig {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: None,
+            pad_token_id: None,
+        }
+    }
+}
+
+/// What generation returns.
+#[derive(Debug)]
+pub struct Generated {
+    /// `[B, T + steps]`: the (padded) prompt followed by the new tokens, pads after a row's eos
+    /// (HF's `output_ids`).
+    pub sequences: Tensor,
+    /// Each row's new tokens, up to and including its eos.
+    pub new_tokens: Vec<Vec<i64>>,
+}
+
+/// The tokens chosen at one decode step, for streaming.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// 0-based step.
+    pub index: usize,
+    /// The token of every row (the pad id for rows already finished).
+    pub tokens: &'a [i64],
+    /// Whether each row was still running when it produced this token.
+    pub active: &'a [bool],
+}
+
+impl Gemma2Model {
+    /// Generates from `batch` (left-padded rows with an attention mask, or unpadded rows).
+    pub fn generate(&self, batch: &Batch, config: &GenerationConfig) -> Result<Generated> {
+        self.generate_with(batch, config, &mut NoHooks, &mut |_| true)
+    }
+
+    /// Generation visiting `hooks` at every forward call, calling `on_step` after each token;
+    /// `on_step` returning false stops early.
+    pub fn generate_with(
+        &self,
+        batch: &Batch,
+        config: &GenerationConfig,
+        hooks: &mut dyn Hooks,
+        on_step: &mut dyn FnMut(&Step<'_>) -> bool,
+    ) -> Result<Generated> {
+        let _guard = tch::no_grad_guard();
+        let (b, t) = batch.shape()?;
+        let eos = config
+            .eos_token_ids
+            .clone()
+            .unwrap_or_else(|| self.config.eos_token_ids.clone());
+        let pad = config.pad_token_id.unwrap_or(self.config.pad_token_id);
+        if let Sampling::Sample {
+            temperature, seed, ..
+        } = config.sampling
+        {
+            if temperature <= 0.0 || !temperature.is_finite() {
+                return Err(Error::Input(format!(
+                    "temperature must be > 0, got {temperature}"
+                )));
+            }
+            tch::manual_seed(seed);
+        }
+        let device = self.device;
+        let input_ids = batch.input_ids.f_to_device(device)?;
+        let mut mask = match &batch.attention_mask {
+            Some(m) => m.f_to_device(device)?.f_to_kind(Kind::Int64)?,
+            None => Tensor::f_ones([b, t], (Kind::Int64, device))?,
+        };
+        let positions = match &batch.position_ids {
+            Some(p) => p.f_to_device(device)?,
+            None => generation_positions(&mask)?,
+        };
+        let mut cache = self.new_cache(b, t + config.max_new_tokens as i64)?;
+        let mut pieces = vec![input_ids.shallow_clone()];
+        let mut new_tokens = vec![Vec::new(); b as usize];
+        let mut active = vec![true; b as usize];
+        let mut step_input = Batch {
+            input_ids,
+            attention_mask: Some(mask.shallow_clone()),
+            position_ids: Some(positions.shallow_clone()),
+        };
+        let mut last_pos = positions.f_narrow(1, t - 1, 1)?;
+
+        for index in 0..config.max_new_tokens {
+            let out = self.forward_step(&step_input, &mut cache, hooks)?;
+            let logits = out
+                .logits
+                .ok_or_else(|| Error::Input("forward returned no logits".into()))?;
+            // HF copies the last position's logits to f32 before any processing.
+            let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
+            let next = choose(&scores, &config.sampling)?;
+            let active_t =
+                Tensor::f_from_slice(&active.iter().map(|&a| i64::from(a)).collect::<Vec<_>>())?
+                    .f_to_device(device)?;
+            let next = next
+                .f_mul(&active_t)?
+                .f_add(&active_t.f_neg()?.f_add_scalar(1)?.f_mul_scalar(pad)?)?;
+            // The one host sync per step: stopping needs the tokens.
+            let tokens: Vec<i64> = Vec::<i64>::try_from(&next.f_to_device(tch::Device::Cpu)?)?;
+            let was_active = active.clone();
+            for (row, &tok) in tokens.iter().enumerate() {
+                if was_active[row] {
+                    new_tokens[row].push(tok);
+                    if eos.contains(&tok) {
+                        active[row] = false;
+                    }
+                }
+            }
+            pieces.push(next.f_unsqueeze(1)?);
+            let keep_going = on_step(&Step {
+                index,
+                tokens: &tokens,
+                active: &was_active,
+            });
+            if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
+                break;
+            }
+            mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, device))?], 1)?;
+            last_pos = last_pos.f_add_scalar(1)?;
+            step_input = Batch {
+                input_ids: next.f_unsqueeze(1)?,
+                attention_mask: Some(mask.shallow_clone()),
+                position_ids: Some(last_pos.shallow_clone()),
+            };
+        }
+        Ok(Generated {
+            sequences: Tensor::f_cat(&pieces, 1)?,
+            new_tokens,
+        })
+    }
+}
+
+/// HF `generate()` positions: `cumsum(mask) - 1`, pads set to 0.
+pub fn generation_positions(mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.f_to_kind(Kind::Int64)?;
+    Ok(mask
+        .f_cumsum(-1, Kind::Int64)?
+        .f_sub_scalar(1)?
+        .f_masked_fill(&mask.f_eq(0)?, 0)?)
+}
+
+/// The next token of every row from f32 scores `[B, vocab]`.
+fn choose(scores: &Tensor, sampling: &Sampling) -> Result<Tensor> {
+    match *sampling {
+        Sampling::Greedy => Ok(scores.f_argmax(-1, false)?),
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } => {
+            let mut s = scores.f_div_scalar(temperature)?;
+            if let Some(k) = top_k.filter(|&k| k > 0) {
+                s = top_k_filter(&s, k)?;
+            }
+            if let Some(p) = top_p.filter(|&p| p < 1.0) {
+                s = top_p_filter(&s, p)?;
+            }
+            let probs = s.f_softmax(-1, Kind::Float)?;
+            Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?)
+        }
+    }
+}
+
+/// HF `TopKLogitsWarper`: drop scores below the k-th largest.
+pub fn top_k_filter(scores: &Tensor, k: i64) -> Result<Tensor> {
+    let vocab = scores.size().last().copied().unwrap_or(0);
+    let k = k.min(vocab);
+    let (values, _) = scores.f_topk(k, -1, true, true)?;
+    let kth = values.f_narrow(-1, k - 1, 1)?;
+    Ok(scores.f_masked_fill(&scores.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?)
+}
+
+/// HF `TopPLogitsWarper`: sort ascending, drop tokens whose cumulative probability is
+/// `<= 1 - p`, always keep the most likely token.
+pub fn top_p_filter(scores: &Tensor, p: f64) -> Result<Tensor> {
+    let (sorted, indices) = scores.f_sort(-1, false)?;
+    let cumulative = sorted
+        .f_softmax(-1, Kind::Float)?
+        .f_cumsum(-1, Kind::Float)?;
+    let remove_sorted = cumulative.f_le(1.0 - p)?;
+    let vocab = scores.size().last().copied().unwrap_or(0);
+    let mut keep_top = remove_sorted.f_narrow(-1, vocab - 1, 1)?;
+    let _ = keep_top.f_fill_(0)?;
+    let remove = remove_sorted.f_scatter(-1, &indices, &remove_sorted)?;
+    Ok(scores.f_masked_fill(&remove, f64::NEG_INFINITY)?)
+}

@@ -1,0 +1,37 @@
+//! [`intervene::HookedModel`] for [`Gemma2Model`].
+
+use intervene::{ForwardOptions, HookedModel, Hooks, SiteCatalog};
+
+use crate::error::Error;
+use crate::generate::{Generated, GenerationConfig};
+use crate::model::{Batch, Gemma2Model, ModelOutput};
+
+impl HookedModel for Gemma2Model {
+    type Input = Batch;
+    type Output = ModelOutput;
+    type GenerateConfig = GenerationConfig;
+    type Generated = Generated;
+    type Error = Error;
+
+    fn site_catalog(&self) -> SiteCatalog {
+        Gemma2Model::site_catalog(self)
+    }
+
+    fn forward_hooked(
+        &self,
+        input: &Batch,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput, Error> {
+        self.forward_with(input, options, hooks)
+    }
+
+    fn generate_hooked(
+        &self,
+        input: &Batch,
+        config: &GenerationConfig,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Generated, Error> {
+        self.generate_with(input, config, hooks, &mut |_| true)
+    }
+}

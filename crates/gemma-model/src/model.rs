@@ -1,0 +1,472 @@
+//! `Gemma2Model`: the decoder stack, the forward pass with every hook site, and the
+//! [`intervene::HookedModel`] implementation.
+
+use intervene::{
+    ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Site, SiteCatalog, SiteInfo, SiteKind,
+};
+use tch::{Device, Kind, Tensor};
+
+use crate::attention::{Attention, AttentionContext};
+use crate::cache::KvCache;
+use crate::config::{Gemma2Config, LayerType};
+use crate::error::{Error, Result};
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+
+/// Token ids with optional padding mask and position ids.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[B, T]`, int64.
+    pub input_ids: Tensor,
+    /// `[B, T]` (or `[B, past + T]` for a cached call), 1 = real token, 0 = padding.
+    pub attention_mask: Option<Tensor>,
+    /// `[B, T]` int64 positions; default `arange(T) + past_len` (pads counted, as HF forward).
+    pub position_ids: Option<Tensor>,
+}
+
+impl Batch {
+    /// A batch of `input_ids` (`[B, T]`) without padding.
+    pub fn new(input_ids: Tensor) -> Self {
+        Batch {
+            input_ids,
+            attention_mask: None,
+            position_ids: None,
+        }
+    }
+
+    /// One unpadded row `[1, len]`.
+    ///
+    /// Infallible for callers' convenience: building a 1-D int64 tensor from a slice and adding a
+    /// leading axis can only fail on allocation failure, where libtorch aborts anyway.
+    pub fn from_ids(ids: &[i64]) -> Self {
+        Batch::new(Tensor::from_slice(ids).unsqueeze(0))
+    }
+
+    /// Rows of different lengths, left-padded with `pad_id` (the convention for generation),
+    /// with the matching attention mask. Positions are left to the caller (forward uses
+    /// arange, generate uses `cumsum(mask) - 1`).
+    pub fn left_padded(rows: &[Vec<i64>], pad_id: i64) -> Result<Self> {
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if rows.is_empty() || width == 0 {
+            return Err(Error::Input(
+                "a batch needs at least one non-empty row".into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(rows.len() * width);
+        let mut mask = Vec::with_capacity(rows.len() * width);
+        for row in rows {
+            let pad = width - row.len();
+            ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.iter().copied()));
+            mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, row.len())));
+        }
+        let shape = [rows.len() as i64, width as i64];
+        Ok(Batch {
+            input_ids: Tensor::f_from_slice(&ids)?.f_reshape(shape)?,
+            attention_mask: Some(Tensor::f_from_slice(&mask)?.f_reshape(shape)?),
+            position_ids: None,
+        })
+    }
+
+    /// The same batch with `position_ids`.
+    pub fn with_position_ids(mut self, position_ids: Tensor) -> Self {
+        self.position_ids = Some(position_ids);
+        self
+    }
+
+    /// The same batch with `attention_mask`.
+    pub fn with_attention_mask(mut self, attention_mask: Tensor) -> Self {
+        self.attention_mask = Some(attention_mask);
+        self
+    }
+
+    /// `[B, T]`.
+    pub fn shape(&self) -> Result<(i64, i64)> {
+        match self.input_ids.size().as_slice() {
+            [b, t] => Ok((*b, *t)),
+            other => Err(Error::Input(format!(
+                "input_ids must be [batch, seq], got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// What a forward call returns.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[B, T, vocab]` in the model dtype, soft-capped; `None` when stopped early.
+    pub logits: Option<Tensor>,
+    /// The residual stream after the last layer computed (before the final norm), `[B, T, hidden]`.
+    pub hidden: Tensor,
+}
+
+/// One decoder layer: sandwich norms around attention and MLP.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm on the attention output, before the residual add.
+    pub post_attention_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub pre_feedforward_layernorm: RmsNorm,
+    /// GeGLU MLP.
+    pub mlp: Mlp,
+    /// Norm on the MLP output, before the residual add.
+    pub post_feedforward_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor,
+        ctx: &AttentionContext<'_>,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let mut x = x;
+        visit(hooks, layer, SiteKind::BlockInput, &mut x)?;
+        let mut h = self.input_layernorm.forward(&x)?;
+        visit(hooks, layer, SiteKind::AttentionInput, &mut h)?;
+        let mut a = self.self_attn.forward(&h, ctx, cache, layer, hooks)?;
+        visit(hooks, layer, SiteKind::AttentionOutput, &mut a)?;
+        let x = x.f_add(&self.post_attention_layernorm.forward(&a)?)?;
+
+        let mut h = self.pre_feedforward_layernorm.forward(&x)?;
+        visit(hooks, layer, SiteKind::MlpInput, &mut h)?;
+        let mut m = self.mlp.forward(&h, layer, hooks)?;
+        visit(hooks, layer, SiteKind::MlpOutput, &mut m)?;
+        let mut m = self.post_feedforward_layernorm.forward(&m)?;
+        visit(hooks, layer, SiteKind::PostFeedforwardNormOutput, &mut m)?;
+        let mut x = x.f_add(&m)?;
+        visit(hooks, layer, SiteKind::BlockOutput, &mut x)?;
+        Ok(x)
+    }
+}
+
+/// Visits `kind` at `layer` only when a hook wants it (one branch otherwise).
+fn visit(hooks: &mut dyn Hooks, layer: usize, kind: SiteKind, t: &mut Tensor) -> Result<()> {
+    let site = Site::new(layer, kind);
+    if hooks.wants(site) {
+        hooks.visit(site, t)?;
+    }
+    Ok(())
+}
+
+/// Gemma 2 for causal LM, weights in one dtype on one device, never tracking gradients.
+#[derive(Debug)]
+pub struct Gemma2Model {
+    pub(crate) config: Gemma2Config,
+    pub(crate) dtype: Kind,
+    pub(crate) device: Device,
+    /// `[vocab, hidden]`; also the unembedding when tied.
+    pub(crate) embed_tokens: Tensor,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
+    /// A separate unembedding, only for untied checkpoints.
+    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) rope: Rope,
+}
+
+impl Gemma2Model {
+    /// The hyper-parameters.
+    pub fn config(&self) -> &Gemma2Config {
+        &self.config
+    }
+
+    /// The compute (and weight) dtype.
+    pub fn dtype(&self) -> Kind {
+        self.dtype
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The embedding matrix `[vocab, hidden]`.
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// The unembedding `[vocab, hidden]` (the embedding when tied).
+    pub fn unembedding(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// The decoder layers.
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// Scaled embeddings `embed(ids) * sqrt(hidden)`, with the scale rounded to the model dtype
+    /// first, as transformers does (59.75 for 9b in bf16).
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let ids = input_ids.f_to_device(self.device)?;
+        let rows = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)?;
+        let scale = Tensor::f_from_slice(&[self.config.embedding_scale() as f32])?
+            .f_reshape([] as [i64; 0])?
+            .f_to_kind(self.dtype)?
+            .f_to_device(self.device)?;
+        Ok(rows.f_mul(&scale)?)
+    }
+
+    /// Full forward over `batch` without hooks: logits for every position.
+    pub fn forward(&self, batch: &Batch) -> Result<ModelOutput> {
+        self.forward_with(batch, &ForwardOptions::default(), &mut NoHooks)
+    }
+
+    /// Forward over `batch` visiting `hooks`, optionally stopping after a layer.
+    pub fn forward_with(
+        &self,
+        batch: &Batch,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        self.run(batch, options, None, false, hooks)
+    }
+
+    /// An empty KV cache for `batch` rows and up to `max_len` positions.
+    pub fn new_cache(&self, batch: i64, max_len: i64) -> Result<KvCache> {
+        KvCache::new(&self.config, batch, max_len, self.dtype, self.device)
+    }
+
+    /// Forward over the next chunk of positions, reading and extending `cache`.
+    ///
+    /// `batch.attention_mask`, when given, covers every key: `[B, cache.len() + T]` (HF's
+    /// convention). Default positions are `arange(T) + cache.len()`.
+    pub fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        self.run(batch, &ForwardOptions::default(), Some(cache), false, hooks)
+    }
+
+    /// Like [`forward_cached`](Self::forward_cached) but unembeds only the last position
+    /// (`[B, 1, vocab]`), as transformers' `generate()` does with `logits_to_keep=1`.
+    pub(crate) fn forward_step(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        self.run(batch, &ForwardOptions::default(), Some(cache), true, hooks)
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
+        options: &ForwardOptions,
+        mut cache: Option<&mut KvCache>,
+        last_only: bool,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        let _guard = tch::no_grad_guard();
+        let (b, t) = batch.shape()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = cache.as_ref() {
+            c.check_fits(b, t)?;
+        }
+        let last_layer = self.last_layer(options)?;
+        hooks.begin_forward(&ForwardInfo {
+            batch: b,
+            chunk_len: t,
+            past_len: past,
+        })?;
+
+        let positions = self.positions(batch, b, t, past)?;
+        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype)?;
+        let key_mask = self.key_mask(batch, b, past + t)?;
+        let masks = self.masks(key_mask.as_ref(), b, t, past)?;
+
+        let mut x = self.embed(&batch.input_ids)?;
+        for (layer, block) in self.layers.iter().enumerate().take(last_layer + 1) {
+            let ctx = AttentionContext {
+                cos: &cos,
+                sin: &sin,
+                mask: if self.config.is_sliding(layer) {
+                    &masks.sliding
+                } else {
+                    &masks.full
+                },
+            };
+            x = block.forward(x, &ctx, cache.as_deref_mut(), layer, hooks)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let logits = if last_layer + 1 == self.layers.len() {
+            // The final norm and unembedding are per position, so slicing first changes nothing
+            // but the cost.
+            let keep = if last_only {
+                x.f_narrow(1, t - 1, 1)?
+            } else {
+                x.shallow_clone()
+            };
+            Some(self.unembed(&keep)?)
+        } else {
+            None
+        };
+        Ok(ModelOutput { logits, hidden: x })
+    }
+
+    /// The index of the last layer to run.
+    fn last_layer(&self, options: &ForwardOptions) -> Result<usize> {
+        let n = self.layers.len();
+        match options.stop_after_layer {
+            Some(l) if l >= n => Err(Error::LayerOutOfRange {
+                layer: l,
+                num_layers: n,
+            }),
+            Some(l) => Ok(l),
+            None => Ok(n.saturating_sub(1)),
+        }
+    }
+
+    /// Final norm, tied unembedding and final soft-cap, all in the model dtype.
+    fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        let normed = self.norm.forward(x)?;
+        let mut logits = normed.f_linear::<&Tensor>(self.unembedding(), None)?;
+        if let Some(cap) = self.config.final_logit_softcapping {
+            logits = logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
+        }
+        Ok(logits)
+    }
+
+    fn positions(&self, batch: &Batch, b: i64, t: i64, past: i64) -> Result<Tensor> {
+        match &batch.position_ids {
+            Some(p) => {
+                if p.size() != [b, t] && p.size() != [1, t] {
+                    return Err(Error::Input(format!(
+                        "position_ids must be [{b}, {t}] or [1, {t}], got {:?}",
+                        p.size()
+                    )));
+                }
+                Ok(p.f_to_device(self.device)?.f_expand([b, t], false)?)
+            }
+            None => Ok(
+                Tensor::f_arange_start(past, past + t, (Kind::Int64, self.device))?
+                    .f_unsqueeze(0)?
+                    .f_expand([b, t], false)?,
+            ),
+        }
+    }
+
+    /// The 2-D key mask as bool `[B, S]`, or `None` when every key is real.
+    fn key_mask(&self, batch: &Batch, b: i64, total: i64) -> Result<Option<Tensor>> {
+        let Some(mask) = &batch.attention_mask else {
+            return Ok(None);
+        };
+        if mask.size() != [b, total] {
+            return Err(Error::Input(format!(
+                "attention_mask must be [{b}, {total}] (cached + new positions), got {:?}",
+                mask.size()
+            )));
+        }
+        Ok(Some(mask.f_to_device(self.device)?.f_ne(0)?))
+    }
+
+    fn masks(&self, key_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Masks> {
+        let full = additive_mask(key_mask, b, t, past, None, self.dtype, self.device)?;
+        let sliding = match self.config.sliding_window {
+            Some(w) if self.config.layer_types.contains(&LayerType::Sliding) => {
+                additive_mask(key_mask, b, t, past, Some(w), self.dtype, self.device)?
+            }
+            _ => full.shallow_clone(),
+        };
+        Ok(Masks { full, sliding })
+    }
+
+    /// Every hook site at every layer, with pyvene module paths and widths.
+    pub fn site_catalog(&self) -> SiteCatalog {
+        let c = &self.config;
+        let mut sites = Vec::with_capacity(c.num_hidden_layers * SiteKind::ALL.len());
+        for layer in 0..c.num_hidden_layers {
+            for kind in SiteKind::ALL {
+                let (suffix, hook, width, heads) = site_layout(c, kind);
+                sites.push(SiteInfo {
+                    site: Site::new(layer, kind),
+                    module_path: format!("model.layers[{layer}]{suffix}"),
+                    hook,
+                    width,
+                    heads,
+                });
+            }
+        }
+        SiteCatalog {
+            num_layers: c.num_hidden_layers,
+            sites,
+        }
+    }
+}
+
+/// Where a kind lives in HF's module tree (suffix after `model.layers[L]`), which side of the
+/// module, its width and head count.
+fn site_layout(c: &Gemma2Config, kind: SiteKind) -> (&'static str, HookPoint, i64, Option<i64>) {
+    use HookPoint::{Input, Output};
+    let heads = Some(c.num_attention_heads);
+    let kv_heads = Some(c.num_key_value_heads);
+    match kind {
+        SiteKind::BlockInput => ("", Input, c.hidden_size, None),
+        SiteKind::BlockOutput => ("", Output, c.hidden_size, None),
+        SiteKind::AttentionInput => (".self_attn", Input, c.hidden_size, None),
+        SiteKind::AttentionOutput => (".self_attn", Output, c.hidden_size, None),
+        SiteKind::AttentionValueOutput => (".self_attn.o_proj", Input, c.q_width(), heads),
+        SiteKind::QueryOutput => (".self_attn.q_proj", Output, c.q_width(), heads),
+        SiteKind::KeyOutput => (".self_attn.k_proj", Output, c.kv_width(), kv_heads),
+        SiteKind::ValueOutput => (".self_attn.v_proj", Output, c.kv_width(), kv_heads),
+        SiteKind::MlpInput => (".mlp", Input, c.hidden_size, None),
+        SiteKind::MlpOutput => (".mlp", Output, c.hidden_size, None),
+        SiteKind::MlpActivation => (".mlp.act_fn", Output, c.intermediate_size, None),
+        SiteKind::PostFeedforwardNormOutput => {
+            (".post_feedforward_layernorm", Output, c.hidden_size, None)
+        }
+    }
+}
+
+struct Masks {
+    full: Tensor,
+    sliding: Tensor,
+}
+
+/// The smallest finite value of `dtype` (transformers masks with it, not `-inf`).
+pub fn finfo_min(dtype: Kind) -> f64 {
+    match dtype {
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// The additive mask `[B, 1, T, S]` (S = past + T) in `dtype`: 0 where query `past + i` may see
+/// key `j`, `finfo(dtype).min` elsewhere. Key `j` is visible iff `j <= i`, it is a real token,
+/// and for sliding layers `i - window < j` (physical cache indices, pads counted).
+pub fn additive_mask(
+    key_mask: Option<&Tensor>,
+    b: i64,
+    t: i64,
+    past: i64,
+    window: Option<i64>,
+    dtype: Kind,
+    device: Device,
+) -> Result<Tensor> {
+    let s = past + t;
+    let q = Tensor::f_arange_start(past, s, (Kind::Int64, device))?.f_unsqueeze(1)?;
+    let k = Tensor::f_arange(s, (Kind::Int64, device))?.f_unsqueeze(0)?;
+    let mut allowed = k.f_le_tensor(&q)?;
+    if let Some(w) = window {
+        allowed = allowed.f_logical_and(&k.f_gt_tensor(&q.f_sub_scalar(w)?)?)?;
+    }
+    let mut allowed = allowed.f_unsqueeze(0)?.f_unsqueeze(0)?; // [1, 1, T, S]
+    if let Some(km) = key_mask {
+        allowed = allowed.f_logical_and(&km.f_unsqueeze(1)?.f_unsqueeze(1)?)?; // [B, 1, T, S]
+    }
+    let allowed = allowed.f_expand([b, 1, t, s], false)?;
+    Ok(Tensor::f_zeros([b, 1, t, s], (dtype, device))?
+        .f_masked_fill(&allowed.f_logical_not()?, finfo_min(dtype))?)
+}

@@ -1,0 +1,234 @@
+//! Loading: local directories, shards, the Hub cache layout, and errors that name the facts.
+
+use std::path::Path;
+
+use gemma_model::{Error, Gemma2Model, HubOptions, ModelFiles};
+use tch::{Device, Kind};
+
+use crate::common::*;
+
+/// Copies a fixture model directory (optionally without some files) into `dst`.
+fn copy_model(name: &str, dst: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(model_dir(name)).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let file = entry.file_name();
+        if !skip.contains(&file.to_str().expect("utf8")) {
+            std::fs::copy(entry.path(), dst.join(&file)).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn sharded_bf16_loads_with_derived_config() {
+    let model = load("tiny-bf16-sharded", Kind::BFloat16);
+    let c = model.config();
+    // No layer_types / tie_word_embeddings in this config: derived and defaulted.
+    assert!(c.tie_word_embeddings);
+    assert_eq!(
+        (0..6).map(|l| c.is_sliding(l)).collect::<Vec<_>>(),
+        [true, false, true, false, true, false]
+    );
+    assert_eq!(c.eos_token_ids, vec![1, 6]); // list from generation_config.json
+    assert_eq!(model.dtype(), Kind::BFloat16);
+    assert_eq!(model.embed_tokens().kind(), Kind::BFloat16);
+    assert!(!model.embed_tokens().requires_grad());
+    let auto = Gemma2Model::load(
+        model_dir("tiny-bf16-sharded").to_str().expect("utf8"),
+        &gemma_model::LoadOptions {
+            hub: HubOptions::from_env(),
+            ..Default::default()
+        },
+    )
+    .expect("auto dtype");
+    assert_eq!(
+        auto.dtype(),
+        Kind::BFloat16,
+        "auto = torch_dtype of the checkpoint"
+    );
+}
+
+#[test]
+fn missing_weights_file_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    copy_model("tiny-f32", dir.path(), &["model.safetensors"]);
+    let err = Gemma2Model::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("no weights");
+    match err {
+        Error::MissingFile { path } => assert!(path.ends_with("model.safetensors"), "{path:?}"),
+        other => panic!("unexpected {other}"),
+    }
+    copy_model(
+        "tiny-bf16-sharded",
+        &dir.path().join("sharded"),
+        &["model-00002-of-00002.safetensors"],
+    );
+    let err = Gemma2Model::from_dir(dir.path().join("sharded"), Kind::Float, Device::Cpu)
+        .expect_err("no shard");
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_tensor_and_both_shapes() {
+    let files = ModelFiles::from_dir(model_dir("tiny-f32")).expect("files");
+    let mut config = files.read_config().expect("config");
+    config.intermediate_size = 96;
+    let err = Gemma2Model::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("shape");
+    let text = err.to_string();
+    match err {
+        Error::ShapeMismatch {
+            name,
+            expected,
+            got,
+            path,
+        } => {
+            assert_eq!(name, "model.layers.0.mlp.gate_proj.weight");
+            assert_eq!((expected, got), (vec![96, 64], vec![128, 64]));
+            assert!(path.ends_with("model.safetensors"));
+            assert!(
+                text.contains("[128, 64]") && text.contains("[96, 64]"),
+                "{text}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn untied_config_requires_lm_head() {
+    let files = ModelFiles::from_dir(model_dir("tiny-f32")).expect("files");
+    let mut config = files.read_config().expect("config");
+    config.tie_word_embeddings = false;
+    let err =
+        Gemma2Model::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("no head");
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "lm_head.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_key_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    copy_model("tiny-f32", dir.path(), &[]);
+    let path = dir.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    json.as_object_mut().expect("obj").remove("head_dim");
+    std::fs::write(&path, json.to_string()).expect("write");
+    let err = Gemma2Model::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("missing key");
+    assert!(
+        matches!(&err, Error::MissingConfigKey { key, .. } if key == "head_dim"),
+        "{err}"
+    );
+}
+
+#[test]
+fn devices_and_dtypes_parse_or_fail_cleanly() {
+    use gemma_model::{parse_device, parse_dtype, DTypeSpec};
+    assert_eq!(parse_device("cpu").expect("cpu"), Device::Cpu);
+    assert!(matches!(
+        parse_device("tpu"),
+        Err(Error::UnknownDevice { .. })
+    ));
+    assert!(matches!(
+        parse_device("cuda:x"),
+        Err(Error::UnknownDevice { .. })
+    ));
+    let auto = parse_device("auto").expect("auto");
+    if !gemma_model::device::cuda_is_available() {
+        assert_eq!(auto, Device::Cpu);
+        let err = parse_device("cuda").expect_err("no gpu here");
+        assert!(err.to_string().contains("CUDA requested"), "{err}");
+        assert!(matches!(
+            parse_device("cuda:1"),
+            Err(Error::CudaUnavailable { .. })
+        ));
+    }
+    assert_eq!(
+        parse_dtype("bf16").expect("bf16"),
+        DTypeSpec::Fixed(Kind::BFloat16)
+    );
+    assert_eq!(
+        parse_dtype("f32").expect("f32"),
+        DTypeSpec::Fixed(Kind::Float)
+    );
+    assert_eq!(
+        parse_dtype("f16").expect("f16"),
+        DTypeSpec::Fixed(Kind::Half)
+    );
+    assert_eq!(parse_dtype("auto").expect("auto"), DTypeSpec::Auto);
+    assert!(matches!(
+        parse_dtype("int8"),
+        Err(Error::UnknownDtype { .. })
+    ));
+}
+
+/// Lays out `cache/models--google--gemma-2-tiny/{refs/main, snapshots/<commit>/...}` like
+/// huggingface_hub does (blobs are plain copies here; HF uses symlinks into blobs/).
+fn fake_hub_cache(root: &Path) -> String {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = root.join("models--google--gemma-2-tiny");
+    std::fs::create_dir_all(repo.join("refs")).expect("refs");
+    std::fs::write(repo.join("refs").join("main"), commit).expect("ref");
+    copy_model(
+        "tiny-bf16-sharded",
+        &repo.join("snapshots").join(commit),
+        &[],
+    );
+    commit.to_string()
+}
+
+#[test]
+fn hub_offline_resolves_from_cache_layout() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let commit = fake_hub_cache(cache.path());
+    let options = HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        revision: "main".into(),
+        offline: true,
+        token: None,
+        endpoint: None,
+    };
+    let files = ModelFiles::resolve("google/gemma-2-tiny", &options).expect("resolve");
+    assert!(files.dir.ends_with(&commit));
+    assert_eq!(files.weights.len(), 2);
+    assert!(files.tokenizer.is_some() && files.generation_config.is_some());
+    let by_commit = HubOptions {
+        revision: commit.clone(),
+        ..options.clone()
+    };
+    assert_eq!(
+        ModelFiles::resolve("google/gemma-2-tiny", &by_commit)
+            .expect("commit")
+            .dir,
+        files.dir
+    );
+
+    let model = Gemma2Model::load(
+        "google/gemma-2-tiny",
+        &gemma_model::LoadOptions {
+            dtype: gemma_model::DTypeSpec::Fixed(Kind::Float),
+            device: Device::Cpu,
+            hub: options.clone(),
+        },
+    )
+    .expect("load from cache");
+    let exp = expected_forward("tiny-bf16-sharded");
+    let logits = model
+        .forward(&gemma_model::Batch::new(
+            exp["p0.input_ids"].shallow_clone(),
+        ))
+        .expect("fwd")
+        .logits
+        .expect("logits");
+    assert!(max_abs_diff(&logits, &exp["f32.p0.logits"]) < 1e-4);
+
+    let err = ModelFiles::resolve("google/not-cached", &options).expect_err("not cached");
+    assert!(
+        matches!(&err, Error::Hub { repo, .. } if repo == "google/not-cached"),
+        "{err}"
+    );
+}

@@ -1,0 +1,347 @@
+//! Unit tests of config parsing and the numeric building blocks.
+
+use gemma_model::config::{Activation, Gemma2Config, LayerType};
+use gemma_model::model::{additive_mask, finfo_min};
+use gemma_model::norm::RmsNorm;
+use gemma_model::rope::{rotate_half, Rope};
+use intervene::{HookPoint, Site, SiteKind};
+use tch::{Device, Kind, Tensor};
+
+/// config.json as on the Hub (reference §1.1): no layer_types, no tie_word_embeddings, both
+/// hidden_act and hidden_activation, rope_theta; 9b also carries `sliding_window_size`.
+/// `dims` = [hidden, layers, heads, kv_heads, head_dim, intermediate, query_pre_attn_scalar].
+fn hub_config(dims: [i64; 7], extra: &str) -> String {
+    let [hidden, layers, heads, kv, head_dim, inter, qpas] = dims;
+    format!(
+        r#"{{"architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid",
+        "eos_token_id": 1, "final_logit_softcapping": 30.0, "head_dim": {head_dim},
+        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": {hidden}, "initializer_range": 0.02, "intermediate_size": {inter},
+        "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": {heads},
+        "num_hidden_layers": {layers}, "num_key_value_heads": {kv}, "pad_token_id": 0,
+        "query_pre_attn_scalar": {qpas}, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+        "sliding_window": 4096, {extra} "torch_dtype": "float32", "transformers_version": "4.42.4",
+        "use_cache": true, "vocab_size": 256000}}"#
+    )
+}
+
+#[test]
+fn hub_configs_of_2b_9b_27b() {
+    let c2 = Gemma2Config::from_json_str(&hub_config([2304, 26, 8, 4, 256, 9216, 256], ""), "2b")
+        .expect("2b");
+    let c9 = Gemma2Config::from_json_str(
+        &hub_config(
+            [3584, 42, 16, 8, 256, 14336, 256],
+            r#""sliding_window_size": 4096,"#,
+        ),
+        "9b",
+    )
+    .expect("9b");
+    let c27 =
+        Gemma2Config::from_json_str(&hub_config([4608, 46, 32, 16, 128, 36864, 144], ""), "27b")
+            .expect("27b");
+    for (c, layers) in [(&c2, 26), (&c9, 42), (&c27, 46)] {
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.layer_types.len(), layers);
+        assert!(c.is_sliding(0) && !c.is_sliding(1) && !c.is_sliding(layers - 1));
+        assert_eq!(
+            c.layer_types
+                .iter()
+                .filter(|t| **t == LayerType::Sliding)
+                .count(),
+            layers / 2
+        );
+        assert_eq!(c.hidden_activation, Activation::GeluTanh);
+        assert_eq!((c.rope_theta, c.sliding_window), (10000.0, Some(4096)));
+        assert_eq!(
+            (c.attn_logit_softcapping, c.final_logit_softcapping),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(c.eos_token_ids, vec![1]);
+    }
+    assert_eq!(c2.attention_scale(), 1.0 / 16.0);
+    assert_eq!(c9.attention_scale(), 1.0 / 16.0);
+    assert!(
+        (c27.attention_scale() - 1.0 / 12.0).abs() < 1e-15,
+        "27b: 144^-0.5, not 128^-0.5"
+    );
+    assert_eq!(
+        (c2.q_width(), c2.kv_width(), c2.kv_groups()),
+        (2048, 1024, 2)
+    );
+    assert_eq!((c9.q_width(), c9.kv_width()), (4096, 2048));
+    assert_eq!((c27.q_width(), c27.kv_width()), (4096, 2048));
+    assert_eq!(
+        c2,
+        Gemma2Config {
+            torch_dtype: Some("float32".into()),
+            ..Gemma2Config::gemma2_2b()
+        }
+    );
+}
+
+#[test]
+fn config_defaults_and_variants() {
+    let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
+    let c = Gemma2Config::from_json_str(&format!("{{{base}}}"), "min").expect("minimal");
+    assert_eq!(
+        (c.rope_theta, c.rms_norm_eps, c.sliding_window),
+        (10000.0, 1e-6, Some(4096))
+    );
+    assert_eq!(
+        c.layer_types,
+        vec![LayerType::Sliding, LayerType::Full, LayerType::Sliding]
+    );
+    assert!(c.tie_word_embeddings);
+    let c = Gemma2Config::from_json_str(
+        &format!(r#"{{{base}, "hidden_act": "gelu", "rope_parameters": {{"rope_theta": 500.0, "rope_type": "default"}},
+            "attn_logit_softcapping": null, "final_logit_softcapping": null, "eos_token_id": [1, 107],
+            "layer_types": ["full_attention", "full_attention", "sliding_attention"], "tie_word_embeddings": false}}"#),
+        "variant",
+    )
+    .expect("variant");
+    assert_eq!(
+        c.hidden_activation,
+        Activation::Gelu,
+        "hidden_activation falls back to hidden_act"
+    );
+    assert_eq!(c.rope_theta, 500.0);
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (None, None)
+    );
+    assert_eq!(c.eos_token_ids, vec![1, 107]);
+    assert_eq!((c.is_sliding(0), c.is_sliding(2)), (false, true));
+    assert!(!c.tie_word_embeddings);
+    let err = Gemma2Config::from_json_str(
+        &format!(r#"{{{base}, "hidden_activation": "relu"}}"#),
+        "bad",
+    )
+    .expect_err("relu");
+    assert!(err.to_string().contains("hidden_activation"), "{err}");
+    let err =
+        Gemma2Config::from_json_str(r#"{"vocab_size": 10}"#, "cfg.json").expect_err("missing");
+    assert!(
+        matches!(&err, gemma_model::Error::MissingConfigKey { key, .. } if key == "num_hidden_layers"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sliding_mask_boundary() {
+    // Window 4, 10 positions: query i sees keys i-3..=i (4 keys incl. itself); full = causal.
+    let m = additive_mask(None, 1, 10, 0, Some(4), Kind::Float, Device::Cpu).expect("mask");
+    let visible = m
+        .eq(0.0)
+        .to_kind(Kind::Int64)
+        .sum_dim_intlist(-1, false, None::<Kind>)
+        .view([-1]);
+    assert_eq!(
+        Vec::<i64>::try_from(&visible).expect("v"),
+        vec![1, 2, 3, 4, 4, 4, 4, 4, 4, 4]
+    );
+    assert_eq!(m.double_value(&[0, 0, 9, 6]), 0.0);
+    assert_eq!(
+        m.double_value(&[0, 0, 9, 5]),
+        finfo_min(Kind::Float),
+        "finfo.min, not -inf"
+    );
+    assert_eq!(
+        m.double_value(&[0, 0, 3, 4]),
+        finfo_min(Kind::Float),
+        "causal"
+    );
+    // With a cache: 2 queries at absolute 8, 9 over 10 keys gives the same rows.
+    let cached = additive_mask(None, 1, 2, 8, Some(4), Kind::Float, Device::Cpu).expect("mask");
+    assert!(cached.equal(&m.narrow(2, 8, 2)));
+    // Padding: key 0 of row 1 is a pad; bf16 mask uses bf16's min.
+    let pad = Tensor::from_slice(&[1i64, 1, 1, 0, 1, 1])
+        .view([2, 3])
+        .ne(0);
+    let m = additive_mask(Some(&pad), 2, 3, 0, None, Kind::BFloat16, Device::Cpu).expect("mask");
+    assert_eq!(m.kind(), Kind::BFloat16);
+    assert_eq!(m.double_value(&[1, 0, 2, 0]), finfo_min(Kind::BFloat16));
+    assert_eq!(m.double_value(&[1, 0, 2, 1]), 0.0);
+    assert!(finfo_min(Kind::BFloat16).is_finite());
+}
+
+#[test]
+fn rope_matches_formula_and_is_half_split() {
+    let rope = Rope::new(8, 10000.0, Device::Cpu).expect("rope");
+    let inv: Vec<f32> = Vec::try_from(rope.inv_freq()).expect("inv");
+    for (i, f) in inv.iter().enumerate() {
+        assert!((f64::from(*f) - 10000f64.powf(-(2.0 * i as f64) / 8.0)).abs() < 1e-7);
+    }
+    // Position 300 is not representable in bf16; the angles must still use exactly 300.
+    let pos = Tensor::from_slice(&[300i64]).view([1, 1]);
+    let (cos, sin) = rope.cos_sin(&pos, Kind::BFloat16).expect("cos/sin");
+    assert_eq!(cos.kind(), Kind::BFloat16);
+    let want = (300.0f32 * inv[1]).cos();
+    assert_eq!(cos.double_value(&[0, 0, 1]) as f32, half_round_bf16(want));
+    assert_eq!(
+        cos.double_value(&[0, 0, 5]),
+        cos.double_value(&[0, 0, 1]),
+        "cat(freqs, freqs)"
+    );
+    assert!(sin.double_value(&[0, 0, 0]).abs() <= 1.0);
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        Vec::<f32>::try_from(rotate_half(&x).expect("rot")).expect("v"),
+        vec![-3.0, -4.0, 1.0, 2.0]
+    );
+}
+
+/// f32 → bf16 → f32 with round-to-nearest-even, through libtorch.
+fn half_round_bf16(x: f32) -> f32 {
+    Tensor::from_slice(&[x])
+        .to_kind(Kind::BFloat16)
+        .to_kind(Kind::Float)
+        .double_value(&[0]) as f32
+}
+
+#[test]
+fn rmsnorm_upcasts_multiplies_then_casts() {
+    tch::manual_seed(0);
+    let x = (Tensor::randn([4, 32], (Kind::Float, Device::Cpu)) * 3.0).to_kind(Kind::BFloat16);
+    let w = (Tensor::randn([32], (Kind::Float, Device::Cpu)) * 0.5).to_kind(Kind::BFloat16);
+    let got = RmsNorm::new(w.shallow_clone(), 1e-6)
+        .forward(&x)
+        .expect("norm");
+    assert_eq!(got.kind(), Kind::BFloat16);
+    let xf = x.to_kind(Kind::Float);
+    let normed = &xf * (xf.pow_tensor_scalar(2).mean_dim(-1, true, None::<Kind>) + 1e-6).rsqrt();
+    let want = (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(Kind::BFloat16);
+    assert!(got.equal(&want));
+    // Precomputing 1 + w in bf16 (a common shortcut) is not the same computation.
+    let shortcut = (normed_bf16(&x) * (w + 1.0)).to_kind(Kind::BFloat16);
+    assert!(!got.equal(&shortcut));
+}
+
+fn normed_bf16(x: &Tensor) -> Tensor {
+    let xf = x.to_kind(Kind::Float);
+    (&xf * (xf.pow_tensor_scalar(2).mean_dim(-1, true, None::<Kind>) + 1e-6).rsqrt())
+        .to_kind(Kind::BFloat16)
+}
+
+#[test]
+fn site_catalog_names_every_site_like_pyvene() {
+    let model =
+        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 0, Kind::Float, Device::Cpu)
+            .expect("random");
+    let cat = model.site_catalog();
+    assert_eq!(cat.num_layers, 4);
+    assert_eq!(cat.sites.len(), 4 * SiteKind::ALL.len());
+    let at = |kind| cat.get(Site::new(3, kind)).expect("site").clone();
+    assert_eq!(
+        (
+            at(SiteKind::BlockOutput).module_path.as_str(),
+            at(SiteKind::BlockOutput).hook
+        ),
+        ("model.layers[3]", HookPoint::Output)
+    );
+    let z = at(SiteKind::AttentionValueOutput);
+    assert_eq!(
+        (z.module_path.as_str(), z.hook, z.width, z.heads),
+        (
+            "model.layers[3].self_attn.o_proj",
+            HookPoint::Input,
+            64,
+            Some(4)
+        )
+    );
+    let k = at(SiteKind::KeyOutput);
+    assert_eq!((k.width, k.heads), (32, Some(2)));
+    assert_eq!(
+        at(SiteKind::MlpActivation).module_path,
+        "model.layers[3].mlp.act_fn"
+    );
+    assert_eq!(at(SiteKind::MlpActivation).width, 128);
+    assert_eq!(
+        cat.by_path(
+            "model.layers[3].post_feedforward_layernorm",
+            HookPoint::Output
+        )
+        .map(|s| s.site),
+        Some(Site::new(3, SiteKind::PostFeedforwardNormOutput))
+    );
+    assert_eq!(
+        cat.by_path("model.layers[2].self_attn", HookPoint::Input)
+            .map(|s| s.site),
+        Some(Site::new(2, SiteKind::AttentionInput))
+    );
+}
+
+#[test]
+fn hooks_visit_in_execution_order_and_can_replace() {
+    struct ZeroMlp(Vec<Site>);
+    impl intervene::Hooks for ZeroMlp {
+        fn wants(&self, _site: Site) -> bool {
+            true
+        }
+        fn visit(&mut self, site: Site, t: &mut Tensor) -> Result<(), intervene::Error> {
+            self.0.push(site);
+            if site.kind == SiteKind::PostFeedforwardNormOutput {
+                *t = t.zeros_like();
+            }
+            Ok(())
+        }
+    }
+    let model =
+        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 1, Kind::Float, Device::Cpu)
+            .expect("random");
+    let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12]);
+    let mut hooks = ZeroMlp(Vec::new());
+    let opts = intervene::ForwardOptions {
+        stop_after_layer: Some(0),
+    };
+    model
+        .forward_with(&batch, &opts, &mut hooks)
+        .expect("forward");
+    let kinds: Vec<SiteKind> = hooks.0.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        SiteKind::ALL.to_vec(),
+        "every site of layer 0, in execution order"
+    );
+    // With the MLP contribution zeroed by the hook, the block output is the block input plus
+    // the normed attention output: the replacement reached the residual add.
+    let mut rec = crate::common::Recorder {
+        kinds: vec![
+            SiteKind::BlockInput,
+            SiteKind::AttentionOutput,
+            SiteKind::BlockOutput,
+        ],
+        ..Default::default()
+    };
+    struct Both<'a>(ZeroMlp, &'a mut crate::common::Recorder);
+    impl intervene::Hooks for Both<'_> {
+        fn wants(&self, _site: Site) -> bool {
+            true
+        }
+        fn visit(&mut self, site: Site, t: &mut Tensor) -> Result<(), intervene::Error> {
+            self.0.visit(site, t)?;
+            if self.1.wants(site) {
+                self.1.visit(site, t)?;
+            }
+            Ok(())
+        }
+    }
+    let mut both = Both(ZeroMlp(Vec::new()), &mut rec);
+    model
+        .forward_with(&batch, &opts, &mut both)
+        .expect("forward");
+    let seen = |k: SiteKind| {
+        rec.seen
+            .iter()
+            .find(|(s, _)| s.kind == k)
+            .map(|(_, t)| t.shallow_clone())
+            .expect("seen")
+    };
+    let attn = model.layers()[0]
+        .post_attention_layernorm
+        .forward(&seen(SiteKind::AttentionOutput))
+        .expect("norm");
+    assert!(seen(SiteKind::BlockOutput).equal(&(seen(SiteKind::BlockInput) + attn)));
+}

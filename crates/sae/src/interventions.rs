@@ -1,0 +1,240 @@
+//! SAE interventions for the `intervene` graph: pyvene's JumpReLU interchange, the tutorial's
+//! collect-with-encoder, and steering along decoder directions.
+//!
+//! All of them compute in float32 on the SAE's device and return float32; the graph casts the
+//! result back to the model's dtype when it writes it into the model.
+
+use intervene::{Intervention, InterventionRole, Subspaces};
+use tch::{Kind, Tensor};
+
+use crate::Sae;
+
+type IResult<T> = std::result::Result<T, intervene::Error>;
+
+/// A boolean mask over latents, `[d_sae]` (shared) or `[batch, 1, …, d_sae]` (per row).
+fn latent_mask(
+    subspaces: &Subspaces,
+    batch: i64,
+    width: i64,
+    ndim: usize,
+    device: tch::Device,
+) -> IResult<Tensor> {
+    let fill = |row: &[i64], out: &mut [u8]| -> IResult<()> {
+        for &j in row {
+            if !(0..width).contains(&j) {
+                return Err(intervene::Error::SubspaceOutOfRange { index: j, width });
+            }
+            out[j as usize] = 1;
+        }
+        Ok(())
+    };
+    let w = width.max(0) as usize;
+    let (host, shape) = match subspaces {
+        Subspaces::Shared(row) => {
+            let mut m = vec![0u8; w];
+            fill(row, &mut m)?;
+            (m, vec![width])
+        }
+        Subspaces::PerRow(rows) => {
+            if rows.len() as i64 != batch {
+                return Err(intervene::Error::Invalid(format!(
+                    "{} rows of subspaces for a batch of {batch}",
+                    rows.len()
+                )));
+            }
+            let mut m = vec![0u8; w * rows.len()];
+            for (b, row) in rows.iter().enumerate() {
+                fill(row, &mut m[b * w..(b + 1) * w])?;
+            }
+            let mut shape = vec![batch];
+            shape.extend(std::iter::repeat_n(1, ndim.saturating_sub(2)));
+            shape.push(width);
+            (m, shape)
+        }
+    };
+    Ok(Tensor::f_from_slice(&host)?
+        .f_reshape(&shape)?
+        .f_to_kind(Kind::Bool)?
+        .f_to_device(device)?)
+}
+
+/// pyvene's `JumpReLUAutoencoderIntervention` (tutorial step 3), exactly:
+///
+/// ```text
+/// z_b = enc(base), z_s = enc(source), z' = z_b with z'[j] = z_s[j] for j in subspaces
+/// base ← dec(z')                      (no error term: the base becomes its reconstruction)
+/// ```
+///
+/// With [`keep_error`](Self::keep_error) the result is `dec(z') + (base − dec(z_b))`, so a swap
+/// that changes nothing leaves the base (up to f32 rounding) unchanged.
+///
+/// With no subspaces, pyvene 0.1.8 swaps the latents `0..embed_dim` (its `interchange_dim` is
+/// the model width, not the SAE width); this is reproduced: latents `0..min(d_in, d_sae)`.
+/// Role: [`InterventionRole::NeedsSource`].
+#[derive(Clone, Debug)]
+pub struct JumpReluInterchange {
+    sae: Sae,
+    keep_error: bool,
+}
+
+impl JumpReluInterchange {
+    /// Interchange through `sae` (shares its weights).
+    pub fn new(sae: &Sae) -> Self {
+        JumpReluInterchange {
+            sae: sae.clone(),
+            keep_error: false,
+        }
+    }
+
+    /// Add the base's reconstruction error back (not pyvene's behaviour; off by default).
+    pub fn keep_error(mut self, keep: bool) -> Self {
+        self.keep_error = keep;
+        self
+    }
+}
+
+impl Intervention for JumpReluInterchange {
+    fn name(&self) -> String {
+        "jumprelu_interchange".into()
+    }
+
+    fn role(&self) -> InterventionRole {
+        InterventionRole::NeedsSource
+    }
+
+    fn apply(
+        &self,
+        base: &Tensor,
+        source: Option<&Tensor>,
+        subspaces: Option<&Subspaces>,
+    ) -> IResult<Tensor> {
+        let source = source.ok_or_else(|| intervene::Error::MissingSource {
+            intervention: self.name(),
+        })?;
+        if source.size() != base.size() {
+            return Err(intervene::Error::Shape {
+                context: "jumprelu interchange: source slice vs base slice".into(),
+                expected: base.size(),
+                got: source.size(),
+            });
+        }
+        let size = base.size();
+        let batch = size.first().copied().unwrap_or(1);
+        let d_sae = self.sae.d_sae();
+        let device = self.sae.device();
+        let z_b = self.sae.encode(base)?;
+        let z_s = self.sae.encode(source)?;
+        let mask = match subspaces {
+            Some(s) => latent_mask(s, batch, d_sae, size.len(), device)?,
+            None => {
+                let n = self.sae.d_in().min(d_sae);
+                latent_mask(
+                    &Subspaces::Shared((0..n).collect()),
+                    batch,
+                    d_sae,
+                    size.len(),
+                    device,
+                )?
+            }
+        };
+        let z = z_s.f_where_self(&mask, &z_b)?;
+        let mut out = self.sae.decode(&z)?;
+        if self.keep_error {
+            let base32 = base.f_to_device(device)?.f_to_kind(Kind::Float)?;
+            let error = base32.f_sub(&self.sae.decode(&z_b)?)?;
+            out = out.f_add(&error)?;
+        }
+        Ok(out.f_to_device(base.device())?)
+    }
+}
+
+/// The tutorial's `JumpReLUSAECollectIntervention`: collects `enc(slice)` in f32
+/// (`[batch, k, d_sae]`); never changes the model. Role: [`InterventionRole::Collect`].
+#[derive(Clone, Debug)]
+pub struct EncodeCollect {
+    sae: Sae,
+}
+
+impl EncodeCollect {
+    /// Collect latents of `sae` (shares its weights).
+    pub fn new(sae: &Sae) -> Self {
+        EncodeCollect { sae: sae.clone() }
+    }
+}
+
+impl Intervention for EncodeCollect {
+    fn name(&self) -> String {
+        "jumprelu_collect".into()
+    }
+
+    fn role(&self) -> InterventionRole {
+        InterventionRole::Collect
+    }
+
+    fn apply(
+        &self,
+        base: &Tensor,
+        _source: Option<&Tensor>,
+        _subspaces: Option<&Subspaces>,
+    ) -> IResult<Tensor> {
+        Ok(self.sae.encode(base)?)
+    }
+}
+
+/// Steering: `base(f32) + Σ magnitude_i · W_dec[latent_i]`, the tutorial's
+/// `JumpReLUSAESteeringIntervention` generalised to several latents. For one latent the result
+/// is bit-identical to pyvene's `base + tensor(mag) * W_dec[idx]` (the sum is computed in f32
+/// and the graph rounds it to the model's dtype). Subspaces are ignored: the latents are fixed
+/// at construction. Role: [`InterventionRole::Sourceless`].
+pub struct Steer {
+    vector: Tensor,
+    pairs: Vec<(i64, f64)>,
+}
+
+impl std::fmt::Debug for Steer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steer").field("pairs", &self.pairs).finish()
+    }
+}
+
+impl Steer {
+    /// Steer along `pairs` of (latent, magnitude) of `sae`.
+    pub fn new(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<Steer> {
+        Ok(Steer {
+            vector: sae.steering_sum(pairs)?,
+            pairs: pairs.to_vec(),
+        })
+    }
+
+    /// The f32 vector added, `[d_in]`.
+    pub fn vector(&self) -> &Tensor {
+        &self.vector
+    }
+}
+
+/// Steering as intervene's built-in [`intervene::Add`] of `Σ magnitude_i · W_dec[latent_i]`
+/// (f32, on the SAE's device). Unlike [`Steer`], `Add` honours subspaces (it then adds only on
+/// those dimensions of the model width).
+pub fn steering_add(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<intervene::Add> {
+    Ok(intervene::Add::new(sae.steering_sum(pairs)?))
+}
+
+impl Intervention for Steer {
+    fn name(&self) -> String {
+        "sae_steer".into()
+    }
+
+    fn role(&self) -> InterventionRole {
+        InterventionRole::Sourceless
+    }
+
+    fn apply(
+        &self,
+        base: &Tensor,
+        _source: Option<&Tensor>,
+        _subspaces: Option<&Subspaces>,
+    ) -> IResult<Tensor> {
+        let v = self.vector.f_to_device(base.device())?;
+        Ok(base.f_to_kind(Kind::Float)?.f_add(&v)?)
+    }
+}

@@ -1,0 +1,113 @@
+//! Logit lens of a latent: its decoder direction read through the unembedding.
+//!
+//! `scores = W_U · W_dec[i]` with `W_U` the unembedding (Gemma ties it to the token embedding
+//! `[vocab, d]`): no final norm and no soft-cap, as Neuronpedia's and SAELens' "top logits" do.
+//! Computed in float32; a bf16 embedding is converted chunk by chunk so a 256k vocabulary never
+//! needs a full f32 copy.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::{Error, Result, Sae};
+
+/// Top promoted and suppressed tokens of one latent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogitLens {
+    /// The latent.
+    pub latent: i64,
+    /// `(token id, score)`, highest score first.
+    pub promoted: Vec<(i64, f32)>,
+    /// `(token id, score)`, lowest (most negative) score first.
+    pub suppressed: Vec<(i64, f32)>,
+}
+
+const CHUNK_ROWS: i64 = 32768;
+
+impl Sae {
+    /// The logit lens of each of `latents` against `unembedding` (`[vocab, d_in]`, any float
+    /// dtype and device), keeping the `k` top promoted and suppressed tokens.
+    pub fn logit_lens(
+        &self,
+        latents: &[i64],
+        unembedding: &Tensor,
+        k: usize,
+    ) -> Result<Vec<LogitLens>> {
+        let size = unembedding.size();
+        let [vocab, d] = size.as_slice() else {
+            return Err(Error::input(
+                "logit lens",
+                format!("unembedding {size:?} is not [vocab, d]"),
+            ));
+        };
+        self.check_d_in(*d)?;
+        if latents.is_empty() {
+            return Ok(Vec::new());
+        }
+        for &l in latents {
+            if !(0..self.d_sae()).contains(&l) {
+                return Err(Error::LatentOutOfRange {
+                    latent: l,
+                    d_sae: self.d_sae(),
+                });
+            }
+        }
+        let device = unembedding.device();
+        let idx = Tensor::f_from_slice(latents)?.f_to_device(self.device())?;
+        // [d, n] decoder directions, on the embedding's device.
+        let dirs = self
+            .w_dec()
+            .f_index_select(0, &idx)?
+            .f_to_device(device)?
+            .f_transpose(0, 1)?
+            .f_contiguous()?;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < *vocab {
+            let len = CHUNK_ROWS.min(vocab - start);
+            let rows = unembedding
+                .f_narrow(0, start, len)?
+                .f_to_kind(Kind::Float)?;
+            parts.push(rows.f_matmul(&dirs)?);
+            start += len;
+        }
+        // [n, vocab]
+        let scores = Tensor::f_cat(&parts, 0)?
+            .f_transpose(0, 1)?
+            .f_contiguous()?;
+        let k = k.min(*vocab as usize) as i64;
+        let (top_v, top_i) = scores.f_topk(k, -1, true, true)?;
+        let (bot_v, bot_i) = scores.f_topk(k, -1, false, true)?;
+        let to_host_f = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(Vec::<f32>::try_from(
+                t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?,
+            )?)
+        };
+        let to_host_i = |t: Tensor| -> Result<Vec<i64>> {
+            Ok(Vec::<i64>::try_from(
+                t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?,
+            )?)
+        };
+        let (top_v, top_i) = (to_host_f(top_v)?, to_host_i(top_i)?);
+        let (bot_v, bot_i) = (to_host_f(bot_v)?, to_host_i(bot_i)?);
+        let k = k as usize;
+        Ok(latents
+            .iter()
+            .enumerate()
+            .map(|(n, &latent)| {
+                let r = n * k..(n + 1) * k;
+                LogitLens {
+                    latent,
+                    promoted: top_i[r.clone()]
+                        .iter()
+                        .copied()
+                        .zip(top_v[r.clone()].iter().copied())
+                        .collect(),
+                    suppressed: bot_i[r.clone()]
+                        .iter()
+                        .copied()
+                        .zip(bot_v[r].iter().copied())
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,394 @@
+//! Reading SAE weights from disk and validating them.
+//!
+//! * Gemma Scope `params.npz`: float32 `W_enc` `[d_in, d_sae]`, `W_dec` `[d_sae, d_in]`, `b_enc`
+//!   `[d_sae]`, `b_dec` `[d_in]`, `threshold` `[d_sae]`, read with `ndarray-npy` (stored or
+//!   deflated entries). Lowercase `w_enc`/`w_dec` are accepted, as in SAELens. An optional
+//!   `scaling_factor` is dropped when all ones and is an error otherwise
+//!   ([`Error::ScalingFactor`]). float64 entries are converted to float32.
+//! * SAELens `sae_weights.safetensors` + `cfg.json` (`d_in`, `d_sae`, `hook_name` at the top level
+//!   or under `metadata`, `architecture`, `apply_b_dec_to_input`, `normalize_activations`).
+//!   float32/float64/float16/bfloat16 tensors are converted to float32. A `standard` (ReLU)
+//!   architecture loads with a zero threshold, which makes JumpReLU exactly ReLU.
+//!   `apply_b_dec_to_input = true` is folded into `b_enc` (`b_enc − b_dec·W_enc`), which is
+//!   the same function up to float rounding.
+//!
+//! Every tensor is checked against the others (`W_enc` fixes `d_in` and `d_sae`); every error
+//! names the file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn, OwnedRepr};
+use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
+use tch::{Kind, Tensor};
+
+use crate::name::{site_from_hook_name, SaeFamily};
+use crate::{Error, Result};
+
+/// Raw SAE parameters on the CPU, float32, validated.
+#[derive(Debug)]
+pub struct SaeWeights {
+    /// `[d_in, d_sae]`.
+    pub w_enc: Tensor,
+    /// `[d_sae, d_in]`.
+    pub w_dec: Tensor,
+    /// `[d_sae]`.
+    pub b_enc: Tensor,
+    /// `[d_in]`.
+    pub b_dec: Tensor,
+    /// `[d_sae]`.
+    pub threshold: Tensor,
+    /// The file they came from.
+    pub path: PathBuf,
+    /// The SAELens hook name, when the file says it (`cfg.json`).
+    pub hook_name: Option<String>,
+}
+
+impl SaeWeights {
+    /// Input width.
+    pub fn d_in(&self) -> i64 {
+        self.w_enc.size().first().copied().unwrap_or(0)
+    }
+
+    /// Number of latents.
+    pub fn d_sae(&self) -> i64 {
+        self.w_enc.size().get(1).copied().unwrap_or(0)
+    }
+}
+
+fn npz_err(path: &Path, key: Option<&str>, source: ReadNpzError) -> Error {
+    Error::Npz {
+        path: path.to_path_buf(),
+        key: key.map(str::to_string),
+        source,
+    }
+}
+
+fn array_to_tensor(a: ArrayD<f32>) -> Result<Tensor> {
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let a = a.as_standard_layout();
+    let data = a
+        .as_slice()
+        .ok_or_else(|| Error::input("npz", "array is not contiguous after as_standard_layout"))?;
+    Ok(Tensor::f_from_slice(data)?.f_reshape(&shape)?)
+}
+
+fn read_npz_entry<R: std::io::Read + std::io::Seek>(
+    npz: &mut NpzReader<R>,
+    path: &Path,
+    key: &str,
+) -> Result<Tensor> {
+    match npz.by_name::<OwnedRepr<f32>, IxDyn>(key) {
+        Ok(a) => array_to_tensor(a),
+        Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(desc))) => {
+            match npz.by_name::<OwnedRepr<f64>, IxDyn>(key) {
+                Ok(a) => array_to_tensor(a.mapv(|v| v as f32)),
+                Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Err(Error::Dtype {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    dtype: desc.to_string(),
+                }),
+                Err(e) => Err(npz_err(path, Some(key), e)),
+            }
+        }
+        Err(e) => Err(npz_err(path, Some(key), e)),
+    }
+}
+
+/// Read a Gemma Scope `params.npz` into validated float32 CPU tensors.
+pub fn read_npz(path: &Path) -> Result<SaeWeights> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut npz =
+        NpzReader::new(std::io::BufReader::new(file)).map_err(|e| npz_err(path, None, e))?;
+    let names = npz.names().map_err(|e| npz_err(path, None, e))?;
+    let mut tensors = BTreeMap::new();
+    for name in &names {
+        let canonical = match name.as_str() {
+            "w_enc" => "W_enc",
+            "w_dec" => "W_dec",
+            other => other,
+        };
+        if !matches!(
+            canonical,
+            "W_enc" | "W_dec" | "b_enc" | "b_dec" | "threshold" | "scaling_factor"
+        ) {
+            continue;
+        }
+        let t = read_npz_entry(&mut npz, path, name)?;
+        tensors.insert(canonical.to_string(), (name.clone(), t));
+    }
+    if let Some((_, sf)) = tensors.remove("scaling_factor") {
+        check_scaling_factor(path, &sf)?;
+    }
+    assemble(path, tensors, &names, true, None)
+}
+
+fn check_scaling_factor(path: &Path, sf: &Tensor) -> Result<()> {
+    let numel = sf.numel();
+    if numel == 0 {
+        return Ok(());
+    }
+    let min = sf.f_min()?.f_double_value(&[])?;
+    let max = sf.f_max()?.f_double_value(&[])?;
+    if min == 1.0 && max == 1.0 {
+        Ok(())
+    } else {
+        Err(Error::ScalingFactor {
+            path: path.to_path_buf(),
+            min,
+            max,
+        })
+    }
+}
+
+/// Check shapes against each other and build [`SaeWeights`]. `tensors` maps the canonical key
+/// to (the key as stored, the tensor).
+fn assemble(
+    path: &Path,
+    mut tensors: BTreeMap<String, (String, Tensor)>,
+    found: &[String],
+    need_threshold: bool,
+    hook_name: Option<String>,
+) -> Result<SaeWeights> {
+    let mut take = |key: &str| -> Result<(String, Tensor)> {
+        tensors.remove(key).ok_or_else(|| Error::MissingKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            found: found.to_vec(),
+        })
+    };
+    let (enc_key, w_enc) = take("W_enc")?;
+    let (dec_key, w_dec) = take("W_dec")?;
+    let (b_enc_key, b_enc) = take("b_enc")?;
+    let (b_dec_key, b_dec) = take("b_dec")?;
+    let threshold = if need_threshold {
+        Some(take("threshold")?)
+    } else {
+        None
+    };
+    let shape_err = |key: &str, got: Vec<i64>, expected: String| Error::Shape {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        got,
+        expected,
+    };
+    let enc_shape = w_enc.size();
+    let [d_in, d_sae] = enc_shape.as_slice() else {
+        return Err(shape_err(
+            &enc_key,
+            enc_shape.clone(),
+            "a matrix [d_in, d_sae]".to_string(),
+        ));
+    };
+    let (d_in, d_sae) = (*d_in, *d_sae);
+    if d_in == 0 || d_sae == 0 {
+        return Err(shape_err(
+            &enc_key,
+            enc_shape.clone(),
+            "non-empty [d_in, d_sae]".to_string(),
+        ));
+    }
+    let check = |key: &str, t: &Tensor, want: &[i64], words: &str| -> Result<()> {
+        if t.size() == want {
+            Ok(())
+        } else {
+            Err(shape_err(
+                key,
+                t.size(),
+                format!("{want:?} ({words}, from {enc_key})"),
+            ))
+        }
+    };
+    check(&dec_key, &w_dec, &[d_sae, d_in], "[d_sae, d_in]")?;
+    check(&b_enc_key, &b_enc, &[d_sae], "[d_sae]")?;
+    check(&b_dec_key, &b_dec, &[d_in], "[d_in]")?;
+    let threshold = match threshold {
+        Some((key, t)) => {
+            check(&key, &t, &[d_sae], "[d_sae]")?;
+            t
+        }
+        None => Tensor::f_zeros([d_sae], (Kind::Float, tch::Device::Cpu))?,
+    };
+    Ok(SaeWeights {
+        w_enc,
+        w_dec,
+        b_enc,
+        b_dec,
+        threshold,
+        path: path.to_path_buf(),
+        hook_name,
+    })
+}
+
+fn st_kind(dtype: safetensors::Dtype) -> Option<Kind> {
+    match dtype {
+        safetensors::Dtype::F32 => Some(Kind::Float),
+        safetensors::Dtype::F64 => Some(Kind::Double),
+        safetensors::Dtype::F16 => Some(Kind::Half),
+        safetensors::Dtype::BF16 => Some(Kind::BFloat16),
+        _ => None,
+    }
+}
+
+/// The parts of a SAELens `cfg.json` this crate uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaeLensConfig {
+    /// Input width.
+    pub d_in: i64,
+    /// Number of latents.
+    pub d_sae: i64,
+    /// `hook_name` (top level in SAELens < 6, under `metadata` in 6.x).
+    pub hook_name: Option<String>,
+    /// `architecture` (`jumprelu` when absent).
+    pub architecture: String,
+    /// `apply_b_dec_to_input`.
+    pub apply_b_dec_to_input: bool,
+}
+
+/// Parse a SAELens `cfg.json`.
+pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let cfg_err = |reason: String| Error::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| cfg_err(format!("not valid JSON: {e}")))?;
+    let int = |key: &str| -> Result<i64> {
+        v.get(key)
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| cfg_err(format!("missing integer key `{key}`")))
+    };
+    let metadata = v.get("metadata");
+    let str_at = |key: &str| -> Option<String> {
+        v.get(key)
+            .or_else(|| metadata.and_then(|m| m.get(key)))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let architecture = str_at("architecture").unwrap_or_else(|| "jumprelu".to_string());
+    if !matches!(architecture.as_str(), "jumprelu" | "standard") {
+        return Err(cfg_err(format!(
+            "architecture `{architecture}` is not supported (jumprelu or standard)"
+        )));
+    }
+    if let Some(norm) = v.get("normalize_activations") {
+        let ok = norm.is_null() || norm.as_str().is_some_and(|s| s == "none");
+        if !ok {
+            return Err(cfg_err(format!(
+                "normalize_activations = {norm} is not supported (only none)"
+            )));
+        }
+    }
+    let head = v
+        .get("hook_head_index")
+        .or_else(|| metadata.and_then(|m| m.get("hook_head_index")));
+    if head.is_some_and(|h| !h.is_null()) {
+        return Err(cfg_err(
+            "hook_head_index is set: single-head SAEs are not supported".to_string(),
+        ));
+    }
+    Ok(SaeLensConfig {
+        d_in: int("d_in")?,
+        d_sae: int("d_sae")?,
+        hook_name: str_at("hook_name"),
+        architecture,
+        apply_b_dec_to_input: v
+            .get("apply_b_dec_to_input")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// Read a SAELens `sae_weights.safetensors` (with `cfg.json` in the same directory).
+pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
+    let cfg_path = path
+        .parent()
+        .map_or_else(|| PathBuf::from("cfg.json"), |d| d.join("cfg.json"));
+    let cfg = read_saelens_config(&cfg_path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
+            path: path.to_path_buf(),
+            key: None,
+            source,
+        })?;
+    let found: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let mut tensors = BTreeMap::new();
+    for name in &found {
+        let canonical = match name.as_str() {
+            "w_enc" => "W_enc",
+            "w_dec" => "W_dec",
+            other => other,
+        };
+        if !matches!(
+            canonical,
+            "W_enc" | "W_dec" | "b_enc" | "b_dec" | "threshold" | "scaling_factor"
+        ) {
+            continue;
+        }
+        let view = st.tensor(name).map_err(|source| Error::Safetensors {
+            path: path.to_path_buf(),
+            key: Some(name.clone()),
+            source,
+        })?;
+        let kind = st_kind(view.dtype()).ok_or_else(|| Error::Dtype {
+            path: path.to_path_buf(),
+            key: name.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.f_to_kind(Kind::Float)?;
+        tensors.insert(canonical.to_string(), (name.clone(), t));
+    }
+    if let Some((_, sf)) = tensors.remove("scaling_factor") {
+        check_scaling_factor(path, &sf)?;
+    }
+    let need_threshold = cfg.architecture == "jumprelu";
+    let mut w = assemble(path, tensors, &found, need_threshold, cfg.hook_name.clone())?;
+    if w.d_in() != cfg.d_in || w.d_sae() != cfg.d_sae {
+        return Err(Error::Shape {
+            path: path.to_path_buf(),
+            key: "W_enc".to_string(),
+            got: w.w_enc.size(),
+            expected: format!(
+                "[{}, {}] (d_in, d_sae from {})",
+                cfg.d_in,
+                cfg.d_sae,
+                cfg_path.display()
+            ),
+        });
+    }
+    if cfg.apply_b_dec_to_input {
+        // (x − b_dec)·W_enc + b_enc = x·W_enc + (b_enc − b_dec·W_enc)
+        let shift = w
+            .b_dec
+            .f_unsqueeze(0)?
+            .f_matmul(&w.w_enc)?
+            .f_squeeze_dim(0)?;
+        w.b_enc = w.b_enc.f_sub(&shift)?;
+    }
+    if let Some(hook) = &cfg.hook_name {
+        if site_from_hook_name(hook).is_none() {
+            return Err(Error::Config {
+                path: cfg_path,
+                reason: format!("hook_name `{hook}` is not a site this crate knows"),
+            });
+        }
+    }
+    Ok(w)
+}
+
+/// Rescale an embedding SAE as SAELens does: `W_enc / sqrt(d_in)`, `W_dec * sqrt(d_in)`, so that
+/// it reads the scaled embedding (the input of decoder layer 0).
+pub(crate) fn rescale_embedding(w: &mut SaeWeights) -> Result<()> {
+    let s = (w.d_in() as f64).sqrt();
+    w.w_enc = w.w_enc.f_div_scalar(s)?;
+    w.w_dec = w.w_dec.f_mul_scalar(s)?;
+    Ok(())
+}
+
+/// The family and layer a SAELens hook name gives, if any.
+pub(crate) fn hook_family(hook: &str) -> Option<(SaeFamily, usize)> {
+    SaeFamily::from_hook_name(hook)
+}
