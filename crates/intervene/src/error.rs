@@ -31,6 +31,32 @@ pub enum Error {
         /// Where.
         site: Site,
     },
+    /// A position beyond the current decode chunk, for an intervention gated to decode calls
+    /// (given positions with `intervene_on_prompt = false`): positions index the chunk, not the
+    /// whole sequence.
+    #[error(
+        "position {position} is out of range for the decode chunk of length {len} at {site}: \
+         with intervene_on_prompt = false, positions index the current decode chunk (length 1 \
+         with a KV cache), not the sequence; use intervene_on_prompt = true for prompt positions"
+    )]
+    DecodePositionOutOfRange {
+        /// The position as given (may be negative).
+        position: i64,
+        /// The chunk length.
+        len: i64,
+        /// Where.
+        site: Site,
+    },
+    /// A head index beyond the component's head count.
+    #[error("head {head} is out of range for {heads} heads at {site}")]
+    HeadOutOfRange {
+        /// The head as given (may be negative).
+        head: i64,
+        /// The number of heads.
+        heads: i64,
+        /// Where.
+        site: Site,
+    },
     /// A subspace (latent or dimension) index beyond the intervention's width.
     #[error("subspace index {index} is out of range for width {width}")]
     SubspaceOutOfRange {

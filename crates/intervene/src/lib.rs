@@ -1,17 +1,155 @@
-//! A generic intervention graph for language models on libtorch, in the spirit of pyvene.
+//! A generic intervention graph for language models on libtorch, in the spirit of pyvene 0.1.8.
 //!
 //! This crate knows no model. A model implements [`HookedModel`] and calls [`Hooks`] at the
-//! [`Site`]s it exposes; interventions (collect, add, zero, interchange, user closures) are
-//! attached to components resolved against the model's [`SiteCatalog`].
+//! [`Site`]s it exposes; interventions (collect, add, zero, interchange, user closures, and the
+//! SAE interventions of the `sae` crate) are attached to [`Component`]s resolved against the
+//! model's [`SiteCatalog`], and run by an [`IntervenableModel`].
+//!
+//! | pyvene | here |
+//! |---|---|
+//! | `IntervenableModel(config, model)` | [`IntervenableModel::new`]`(&model, vec![`[`RepresentationConfig`]`, ..])` |
+//! | `{"component": "model.layers[20].output", "intervention": x}` | `RepresentationConfig::new("model.layers[20].output", x)` |
+//! | `{"layer": 20, "component": "block_output"}` | `RepresentationConfig::new(Component::typed("block_output", 20), x)` |
+//! | `pv_model(base, sources, unit_locations, subspaces=, output_original_output=)` | [`IntervenableModel::forward`]`(&base, `[`Sources`]`, &`[`CallOptions`]`)` |
+//! | `pv_model.generate(base, ..., intervene_on_prompt=)` | [`IntervenableModel::generate`] |
+//! | `unit_locations` | [`Locations`] (typed constructors), per intervention via [`PerIntervention`] |
+//! | `subspaces` | [`Subspaces`] (shared or per row) |
+//! | `(original, intervened)`, `collected_activations` | [`IntervenableOutput`] |
+//! | `mode="serial"` | [`Mode::Serial`] |
+//! | `CollectIntervention`, `AdditionIntervention`, `SubtractionIntervention`, `ZeroIntervention`, `VanillaIntervention` | [`Collect`], [`Add`], [`Subtract`], [`Zero`], [`Vanilla`], [`ConstantSource`] |
+//! | a plain function as intervention | [`FnIntervention`], [`CollectWith`] |
+//!
+//! # The tutorial's three workflows
+//!
+//! `model` is any [`HookedModel`] (the `gemma-model` crate's `Gemma2Model`), `sae` a Gemma Scope
+//! JumpReLU SAE from the `sae` crate; their names here are placeholders. The `sae` crate also
+//! ships these as ready interventions (`EncodeCollect`, `Steer` / `steering_add`,
+//! `JumpReluInterchange`).
+//!
+//! Collect SAE latents at the output of layer 20 (`resid_post`), BOS included:
+//!
+//! ```ignore
+//! use intervene::{CallOptions, CollectWith, IntervenableModel, RepresentationConfig, Sources};
+//!
+//! let encoder = CollectWith::new("sae_encode", move |x| Ok(sae.encode(x)?)); // or sae::EncodeCollect
+//! let pv = IntervenableModel::new(&model, vec![
+//!     RepresentationConfig::new("model.layers[20].output", encoder),
+//! ])?;
+//! let out = pv.forward(&batch, Sources::None, &CallOptions::new())?;
+//! let latents = &out.collected[0];                       // [1, 14, 16384]
+//! let l0 = latents.gt(1.0).sum_dim_intlist(-1, false, None); // [1, 14]: 7017, 47, 65, ...
+//! ```
+//!
+//! Steer generation with latent 10004 at magnitude 100, on every position of the prompt and
+//! every generated token (pyvene's `unit_locations=None, intervene_on_prompt=True`):
+//!
+//! ```ignore
+//! use intervene::{Add, CallOptions, IntervenableModel, RepresentationConfig, Sources};
+//!
+//! // Built once, on the model's device, in f32: the add runs in f32 and rounds to the
+//! // model's dtype on write-back, as pyvene does.
+//! let steer = Add::new(sae.steering_sum(&[(10004, 100.0)])?); // 100 · W_dec[10004]
+//! let pv = IntervenableModel::new(&model, vec![
+//!     RepresentationConfig::new("model.layers[20].output", steer),
+//! ])?;
+//! let opts = CallOptions::new().intervene_on_prompt(true);
+//! let out = pv.generate(&prompt, Sources::None, &opts, &generation_config)?;
+//! let tokens = out.intervened;
+//! ```
+//!
+//! Interchange latent 10004 from source position 11 into base position 14
+//! (`{"sources->base": (11, 14)}, subspaces=[10004]`); the JumpReLU interchange comes from the
+//! `sae` crate and receives the base slice, the source slice and the subspaces:
+//!
+//! ```ignore
+//! use intervene::{CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces};
+//!
+//! let pv = IntervenableModel::new(&model, vec![
+//!     RepresentationConfig::new("model.layers[20].output", JumpReluInterchange::new(&sae)),
+//! ])?;
+//! let opts = CallOptions::new()
+//!     .locations(Locations::pair(11, 14))
+//!     .subspaces(Subspaces::Shared(vec![10004]))
+//!     .output_original_output(true);
+//! let out = pv.forward(&base, Sources::Shared(&source), &opts)?;
+//! let (original, intervened) = (out.original, out.intervened);
+//! // top-10 of intervened.logits[:, -1] − original.logits[:, -1]: PhysRevD, transporting, ...
+//! ```
+//!
+//! # What a call does
+//!
+//! See [`graph`]: validation of every setting first (no model run is wasted on a bad call),
+//! the optional clean run, the source runs (parallel: one forward per distinct source input,
+//! stopped after the deepest layer it feeds, since its logits are thrown away; serial: the
+//! `source_0 → source_1 → … → base` chain), then the base run or generation. Setters at one
+//! site run in config order and compose; a collect listed after a setter at the same site sees
+//! the setter's result. Results are cast back to the activation's dtype on write-back.
+//!
+//! # pyvene's traps and what we decided
+//!
+//! - **Sticky `use_fast`.** In pyvene, any int / 2-int / flat-list location sets
+//!   `use_fast = True` for good, and from then on every scatter writes *row 0's* positions into
+//!   every row while gathers still use each row's own. Not reproduced: a call has no state
+//!   carried from earlier calls, and every row is written at its own positions.
+//! - **`{"base": [a, b]}` read as a pair.** pyvene reads any 2-element list as (source, base),
+//!   even under the `"base"` key, so `{"base": [0, 3]}` selects only position 3. Our locations
+//!   are typed constructors, so there is nothing to guess: [`Locations::base`]`([0, 3])` is two
+//!   base positions, [`Locations::pair`]`(0, 3)` is a pair, [`Locations::same`]`([0, 3])` reads
+//!   and writes positions 0 and 3.
+//! - **`subspaces=None` and the `[0, embed_dim)` prefix.** pyvene acts on the last-dim prefix
+//!   `[:embed_dim]` when it built the intervention itself (`intervention_type`), and its
+//!   JumpReLU interchange with no subspaces swaps latents `[0, D)` — the first `D` of `L`
+//!   latents. Decision: the graph passes `None` through and never implies a prefix; for this
+//!   crate's built-ins `None` means *every* dimension (what pyvene does for an intervention
+//!   instance passed in, as the tutorial does). An intervention that acts on latents decides
+//!   for itself: the `sae` crate's JumpReLU interchange reproduces pyvene's `[0, D)` prefix for
+//!   parity and says so in its docs; pass explicit [`Subspaces`] to avoid it.
+//! - **An interchange called without sources.** pyvene attaches no setter and silently returns
+//!   the clean output. Here it is [`Error::MissingSource`], raised before any model run.
+//! - **Positions relative to the decode chunk.** With given positions and
+//!   `intervene_on_prompt = false`, positions index the current decode chunk (length 1 with a KV
+//!   cache), not the sequence (pyvene#193). Reproduced, documented on
+//!   [`IntervenableModel::generate`], and an out-of-range position is
+//!   [`Error::DecodePositionOutOfRange`], whose message says so.
+//! - **Per-row subspaces unioned.** pyvene 0.1.8 applies the union of all rows' indices to
+//!   every row of a 3-D slice. Not reproduced: [`Subspaces::PerRow`] applies each row's list to
+//!   that row (see [`subspace_mask`]).
+//! - **Removal of foreign hooks.** pyvene strips *every* forward hook from the wrapped model at
+//!   each call. Not applicable: our hooks are an argument of one forward call, nothing is
+//!   registered on the model, and nothing else is removed.
+//! - **Other choices.** Negative positions count from the end (our addition). Every row must
+//!   select the same number of positions (pyvene: `ValueError`). A source slice must have the
+//!   base slice's shape or be a single `[width]` vector, else [`Error::Shape`] (pyvene:
+//!   "cannot be broadcasted"). Sources given to a call with no interchange are not run (pyvene
+//!   runs them and throws the result away). `head_*` components give
+//!   `[batch, heads, positions, head_dim]` slices for [`Locations::all`] too (pyvene skips the
+//!   head split there and passes the unsplit tensor). The original run is a plain forward of
+//!   the base, as in pyvene.
 
+#![deny(missing_docs)]
+
+pub mod builtin;
+pub mod component;
 pub mod error;
+pub mod graph;
 pub mod hooks;
 pub mod intervention;
+pub mod location;
+mod select;
 pub mod site;
 
+pub use builtin::{
+    subspace_mask, Add, Collect, CollectWith, ConstantSource, FnIntervention, MaskCache, Subtract,
+    Vanilla, Zero,
+};
+pub use component::{Component, ResolvedComponent};
 pub use error::Error;
+pub use graph::{
+    CallOptions, IntervenableModel, IntervenableOutput, Mode, RepresentationConfig, Sources,
+};
 pub use hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks};
 pub use intervention::{Intervention, InterventionRole, Subspaces};
+pub use location::{Locations, PerIntervention, RowPositions};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};
 
 /// The result type of this crate.

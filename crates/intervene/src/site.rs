@@ -82,7 +82,10 @@ impl SiteKind {
 
     /// Position of this kind in execution order within a layer (for ordering hooks).
     pub fn execution_rank(self) -> usize {
-        SiteKind::ALL.iter().position(|k| *k == self).unwrap_or(usize::MAX)
+        SiteKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or(usize::MAX)
     }
 }
 

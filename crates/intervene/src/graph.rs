@@ -1,0 +1,840 @@
+//! The intervention graph: several interventions at several components of one model, run
+//! together (pyvene's `IntervenableModel`).
+//!
+//! One call ([`IntervenableModel::forward`] or [`IntervenableModel::generate`]) does, in order:
+//! 1. validate every per-call setting against the config (before any model run);
+//! 2. with `output_original_output`, one clean run of the base (no hooks);
+//! 3. the source runs: in [`Mode::Parallel`], one forward per distinct source input gathers the
+//!    source slices of every interchange that reads it; in [`Mode::Serial`], the chain
+//!    `source_0 → source_1 → … → base`, where source `g` runs with intervention `g-1`'s setter
+//!    active and intervention `g` reads it (pyvene's serial mode);
+//! 4. the base run (or generation) with the setters active: in parallel mode all of them, in
+//!    serial mode the last one. Setters at the same site run in config order and compose.
+
+use tch::Tensor;
+
+use crate::component::{pyvene_key, Component, ResolvedComponent};
+use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks};
+use crate::intervention::{Intervention, InterventionRole, Subspaces};
+use crate::location::{Locations, PerIntervention, RowPositions};
+use crate::select::{cast_to, gather, scatter, IndexCache, Selection};
+use crate::site::Site;
+use crate::{Error, Result};
+
+/// How source runs feed the base run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Every interchange reads its own source run; all write into one base run (pyvene's
+    /// default).
+    #[default]
+    Parallel,
+    /// `source_0 → source_1 → … → base`: intervention `g` reads source `g`, which ran with
+    /// intervention `g-1` active, and writes into source `g+1` (the last one into the base).
+    Serial,
+}
+
+/// One entry of the config: a component and the intervention attached there.
+pub struct RepresentationConfig {
+    /// Where.
+    pub component: Component,
+    /// What.
+    pub intervention: Box<dyn Intervention>,
+}
+
+impl RepresentationConfig {
+    /// `intervention` at `component`.
+    pub fn new(component: impl Into<Component>, intervention: impl Intervention + 'static) -> Self {
+        RepresentationConfig {
+            component: component.into(),
+            intervention: Box::new(intervention),
+        }
+    }
+
+    /// An already boxed intervention at `component`.
+    pub fn boxed(component: impl Into<Component>, intervention: Box<dyn Intervention>) -> Self {
+        RepresentationConfig {
+            component: component.into(),
+            intervention,
+        }
+    }
+}
+
+/// The source inputs of a call.
+pub enum Sources<'a, I> {
+    /// No sources (only sourceless interventions and collects can run).
+    None,
+    /// One source for every intervention that reads one (pyvene repeats a 1-element list). In
+    /// parallel mode it runs once for all of them.
+    Shared(&'a I),
+    /// One source (or none) per intervention, in config order. Entries that are the same
+    /// reference run once.
+    Each(Vec<Option<&'a I>>),
+}
+
+impl<I> Clone for Sources<'_, I> {
+    fn clone(&self) -> Self {
+        match self {
+            Sources::None => Sources::None,
+            Sources::Shared(s) => Sources::Shared(s),
+            Sources::Each(v) => Sources::Each(v.clone()),
+        }
+    }
+}
+
+impl<'a, I> Sources<'a, I> {
+    /// The source of intervention `i`.
+    pub fn get(&self, i: usize) -> Option<&'a I> {
+        match self {
+            Sources::None => None,
+            Sources::Shared(s) => Some(*s),
+            Sources::Each(v) => v.get(i).copied().flatten(),
+        }
+    }
+}
+
+/// The per-call settings (pyvene's keyword arguments of `forward` and `generate`).
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Where each intervention acts. Default: the whole tensor of every call.
+    pub unit_locations: PerIntervention<Locations>,
+    /// Subspaces per intervention (dims for the built-ins, latents for SAE interventions).
+    pub subspaces: PerIntervention<Option<Subspaces>>,
+    /// Also run the base once with no hooks and return it as `original`.
+    pub output_original_output: bool,
+    /// Generation only: whether the prompt call is intervened (pyvene's `intervene_on_prompt`,
+    /// default false). See [`IntervenableModel::generate`] for the four gating cases.
+    pub intervene_on_prompt: bool,
+    /// Forward only: when every intervention is a collect, stop the base run after the deepest
+    /// hooked layer. The model's output then carries no logits.
+    pub collect_only_stop_early: bool,
+}
+
+impl CallOptions {
+    /// Defaults: whole tensor, no subspaces, no original run.
+    pub fn new() -> Self {
+        CallOptions::default()
+    }
+
+    /// The same locations for every intervention.
+    pub fn locations(mut self, locations: Locations) -> Self {
+        self.unit_locations = PerIntervention::All(locations);
+        self
+    }
+
+    /// One [`Locations`] per intervention, in config order.
+    pub fn locations_each(mut self, locations: Vec<Locations>) -> Self {
+        self.unit_locations = PerIntervention::Each(locations);
+        self
+    }
+
+    /// The same subspaces for every intervention.
+    pub fn subspaces(mut self, subspaces: Subspaces) -> Self {
+        self.subspaces = PerIntervention::All(Some(subspaces));
+        self
+    }
+
+    /// Subspaces per intervention, in config order.
+    pub fn subspaces_each(mut self, subspaces: Vec<Option<Subspaces>>) -> Self {
+        self.subspaces = PerIntervention::Each(subspaces);
+        self
+    }
+
+    /// Also return the clean run.
+    pub fn output_original_output(mut self, yes: bool) -> Self {
+        self.output_original_output = yes;
+        self
+    }
+
+    /// Generation: intervene on the prompt call.
+    pub fn intervene_on_prompt(mut self, yes: bool) -> Self {
+        self.intervene_on_prompt = yes;
+        self
+    }
+
+    /// Forward: stop early when only collects are attached.
+    pub fn collect_only_stop_early(mut self, yes: bool) -> Self {
+        self.collect_only_stop_early = yes;
+        self
+    }
+}
+
+/// What a call returns (pyvene's `IntervenableModelOutput`).
+#[derive(Debug)]
+pub struct IntervenableOutput<O> {
+    /// The clean run, when `output_original_output` was set.
+    pub original: Option<O>,
+    /// The intervened run.
+    pub intervened: O,
+    /// Collected activations as pyvene lists them: for each collect intervention in config
+    /// order, one tensor per hook call, in call order.
+    pub collected: Vec<Tensor>,
+    /// For each entry of `collected`, the index of the intervention that produced it.
+    pub collected_from: Vec<usize>,
+}
+
+impl<O> IntervenableOutput<O> {
+    /// The activations collected by intervention `i`, in call order.
+    pub fn collected_for(&self, i: usize) -> Vec<&Tensor> {
+        self.collected
+            .iter()
+            .zip(&self.collected_from)
+            .filter(|(_, &j)| j == i)
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
+struct Entry {
+    component: Component,
+    resolved: ResolvedComponent,
+    key: String,
+    intervention: Box<dyn Intervention>,
+}
+
+/// A model with interventions attached (pyvene's `IntervenableModel`).
+pub struct IntervenableModel<'m, M: HookedModel> {
+    model: &'m M,
+    entries: Vec<Entry>,
+    mode: Mode,
+}
+
+impl<'m, M: HookedModel> IntervenableModel<'m, M> {
+    /// Attach `configs` to `model`, resolving every component against the model's catalog.
+    /// An unknown component or a layer out of range is an error here.
+    pub fn new(model: &'m M, configs: Vec<RepresentationConfig>) -> Result<Self> {
+        let catalog = model.site_catalog();
+        let mut entries: Vec<Entry> = Vec::with_capacity(configs.len());
+        for c in configs {
+            let resolved = c.component.resolve(&catalog)?;
+            let dup = entries
+                .iter()
+                .filter(|e| pyvene_key(&e.component, 0) == pyvene_key(&c.component, 0))
+                .count();
+            entries.push(Entry {
+                key: pyvene_key(&c.component, dup),
+                component: c.component,
+                resolved,
+                intervention: c.intervention,
+            });
+        }
+        Ok(IntervenableModel {
+            model,
+            entries,
+            mode: Mode::Parallel,
+        })
+    }
+
+    /// Use `mode` for source runs.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m M {
+        self.model
+    }
+
+    /// Number of interventions.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no intervention is attached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// pyvene's keys, in config order (`layer_20_comp_block_output_unit_pos_nunit_1#0`, ...).
+    pub fn keys(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    /// The resolved component of intervention `i`.
+    pub fn component(&self, i: usize) -> Option<&ResolvedComponent> {
+        self.entries.get(i).map(|e| &e.resolved)
+    }
+
+    /// Intervention `i`.
+    pub fn intervention(&self, i: usize) -> Option<&dyn Intervention> {
+        self.entries.get(i).map(|e| e.intervention.as_ref())
+    }
+
+    /// One intervened forward of `base` (pyvene's `pv_model(base, sources, unit_locations,
+    /// subspaces=..., output_original_output=...)`).
+    pub fn forward(
+        &self,
+        base: &M::Input,
+        sources: Sources<'_, M::Input>,
+        options: &CallOptions,
+    ) -> Result<IntervenableOutput<M::Output>> {
+        self.validate(&sources, options)?;
+        let original = if options.output_original_output {
+            Some(self.run_forward(base, &ForwardOptions::default(), &mut NoHooks)?)
+        } else {
+            None
+        };
+        let mut runner = self.runner(options, None);
+        self.run_sources(&mut runner, &sources)?;
+        runner.base_phase(self.mode);
+        let all_collect = !self.entries.is_empty()
+            && self
+                .entries
+                .iter()
+                .all(|e| e.intervention.role() == InterventionRole::Collect);
+        let fopts = if options.collect_only_stop_early && all_collect {
+            ForwardOptions {
+                stop_after_layer: self.entries.iter().map(|e| e.resolved.site.layer).max(),
+            }
+        } else {
+            ForwardOptions::default()
+        };
+        let intervened = self.run_forward(base, &fopts, &mut runner)?;
+        let (collected, collected_from) = runner.into_collected();
+        Ok(IntervenableOutput {
+            original,
+            intervened,
+            collected,
+            collected_from,
+        })
+    }
+
+    /// Generation with interventions (pyvene's `pv_model.generate(base, sources,
+    /// unit_locations, intervene_on_prompt=..., subspaces=...)`).
+    ///
+    /// Sources run once, before generation. The model calls
+    /// [`Hooks::begin_forward`] once per forward call; the first call is the prompt. Each
+    /// intervention is gated by its own locations and `options.intervene_on_prompt`:
+    ///
+    /// | locations | intervene_on_prompt | prompt call | each decode call |
+    /// |---|---|---|---|
+    /// | [`Locations::all`] | true | every position (BOS included) | the whole chunk |
+    /// | [`Locations::all`] | false | skipped | chunk position 0 (pyvene's `{"base": 0}`) |
+    /// | given | true | the given positions | not intervened |
+    /// | given | false | skipped | the given positions **of the current chunk** |
+    ///
+    /// In the last row, with a KV cache the chunk has length 1: only `0` and `-1` are valid,
+    /// and anything else is [`Error::DecodePositionOutOfRange`] at the first decode call.
+    /// A collect gives one entry per gated call.
+    pub fn generate(
+        &self,
+        base: &M::Input,
+        sources: Sources<'_, M::Input>,
+        options: &CallOptions,
+        config: &M::GenerateConfig,
+    ) -> Result<IntervenableOutput<M::Generated>> {
+        self.validate(&sources, options)?;
+        let original = if options.output_original_output {
+            Some(self.run_generate(base, config, &mut NoHooks)?)
+        } else {
+            None
+        };
+        let mut runner = self.runner(options, Some(options.intervene_on_prompt));
+        self.run_sources(&mut runner, &sources)?;
+        runner.base_phase(self.mode);
+        let intervened = self.run_generate(base, config, &mut runner)?;
+        let (collected, collected_from) = runner.into_collected();
+        Ok(IntervenableOutput {
+            original,
+            intervened,
+            collected,
+            collected_from,
+        })
+    }
+
+    fn validate(&self, sources: &Sources<'_, M::Input>, options: &CallOptions) -> Result<()> {
+        let n = self.entries.len();
+        options.unit_locations.check_len(n, "unit locations")?;
+        options.subspaces.check_len(n, "subspace settings")?;
+        if let Sources::Each(v) = sources {
+            if v.len() != n {
+                return Err(Error::Invalid(format!(
+                    "source length {} is not equal to intervention length {n}",
+                    v.len()
+                )));
+            }
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            let loc = options
+                .unit_locations
+                .get(i)
+                .ok_or_else(|| Error::Invalid(format!("no unit locations for `{}`", e.key)))?;
+            loc.check()?;
+            if loc.heads.is_some() && e.resolved.heads.is_none() {
+                return Err(Error::Invalid(format!(
+                    "heads selected for `{}`, which is not a head_* component",
+                    e.component
+                )));
+            }
+            let role = e.intervention.role();
+            if role == InterventionRole::NeedsSource && sources.get(i).is_none() {
+                return Err(Error::MissingSource {
+                    intervention: format!("{} ({})", e.intervention.name(), e.key),
+                });
+            }
+            if self.mode == Mode::Serial && sources.get(i).is_none() {
+                return Err(Error::Invalid(format!(
+                    "serial mode runs source_0 → … → base and needs a source for every \
+                     intervention; source {i} (`{}`) is missing",
+                    e.key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn runner(&self, options: &CallOptions, generation: Option<bool>) -> Runner<'_> {
+        let mut slots = Vec::with_capacity(self.entries.len());
+        let mut by_site: Vec<(Site, Vec<usize>)> = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let loc = options.unit_locations.get(i).cloned().unwrap_or_default();
+            let (gate, loc) = match generation {
+                None => (Gate::Always, loc),
+                Some(true) if loc.is_all() => (Gate::Always, loc),
+                Some(false) if loc.is_all() => (
+                    Gate::DecodeOnly,
+                    Locations {
+                        base: Some(RowPositions::Shared(vec![0])),
+                        ..loc
+                    },
+                ),
+                Some(true) => (Gate::PromptOnly, loc),
+                Some(false) => (Gate::DecodeOnly, loc),
+            };
+            slots.push(Slot {
+                entry: e,
+                locations: loc,
+                subspaces: options.subspaces.get(i).cloned().flatten(),
+                gate,
+                setter: false,
+                getter: false,
+                source_slice: None,
+                gathered: None,
+                base_idx: IndexCache::default(),
+                src_idx: IndexCache::default(),
+                head_idx: IndexCache::default(),
+                collected: Vec::new(),
+            });
+            match by_site.iter_mut().find(|(s, _)| *s == e.resolved.site) {
+                Some((_, v)) => v.push(i),
+                None => by_site.push((e.resolved.site, vec![i])),
+            }
+        }
+        Runner {
+            slots,
+            by_site,
+            call: 0,
+            started: false,
+            source_run: false,
+            error: None,
+        }
+    }
+
+    fn run_sources(&self, runner: &mut Runner<'_>, sources: &Sources<'_, M::Input>) -> Result<()> {
+        let n = self.entries.len();
+        match self.mode {
+            Mode::Parallel => {
+                // One forward per distinct source input, gathering for every interchange it feeds.
+                let mut groups: Vec<(&M::Input, Vec<usize>)> = Vec::new();
+                for (i, e) in self.entries.iter().enumerate() {
+                    if e.intervention.role() != InterventionRole::NeedsSource {
+                        continue;
+                    }
+                    let src = sources.get(i).ok_or_else(|| Error::MissingSource {
+                        intervention: e.key.clone(),
+                    })?;
+                    match groups.iter_mut().find(|(s, _)| std::ptr::eq(*s, src)) {
+                        Some((_, v)) => v.push(i),
+                        None => groups.push((src, vec![i])),
+                    }
+                }
+                for (src, members) in groups {
+                    runner.source_phase(None, &members);
+                    let stop = members
+                        .iter()
+                        .map(|&i| self.entries[i].resolved.site.layer)
+                        .max();
+                    self.run_forward(
+                        src,
+                        &ForwardOptions {
+                            stop_after_layer: stop,
+                        },
+                        runner,
+                    )?;
+                    for &i in &members {
+                        runner.keep_gathered(i)?;
+                    }
+                }
+            }
+            Mode::Serial => {
+                for g in 0..n {
+                    let src = sources.get(g).ok_or_else(|| {
+                        Error::Invalid(format!("serial mode: source {g} is missing"))
+                    })?;
+                    let reads =
+                        self.entries[g].intervention.role() == InterventionRole::NeedsSource;
+                    let getters: Vec<usize> = if reads { vec![g] } else { Vec::new() };
+                    let setter = g.checked_sub(1);
+                    runner.source_phase(setter, &getters);
+                    let mut stop = getters
+                        .iter()
+                        .map(|&i| self.entries[i].resolved.site.layer)
+                        .max();
+                    if let Some(p) = setter {
+                        if self.entries[p].intervention.role() == InterventionRole::Collect {
+                            let l = self.entries[p].resolved.site.layer;
+                            stop = Some(stop.map_or(l, |s| s.max(l)));
+                        }
+                    }
+                    self.run_forward(
+                        src,
+                        &ForwardOptions {
+                            stop_after_layer: stop,
+                        },
+                        runner,
+                    )?;
+                    if reads {
+                        runner.keep_gathered(g)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_forward(
+        &self,
+        input: &M::Input,
+        options: &ForwardOptions,
+        hooks: &mut dyn HookErrors,
+    ) -> Result<M::Output> {
+        let result = self.model.forward_hooked(input, options, hooks.as_hooks());
+        finish(result, hooks)
+    }
+
+    fn run_generate(
+        &self,
+        input: &M::Input,
+        config: &M::GenerateConfig,
+        hooks: &mut dyn HookErrors,
+    ) -> Result<M::Generated> {
+        let result = self.model.generate_hooked(input, config, hooks.as_hooks());
+        finish(result, hooks)
+    }
+}
+
+/// The model's result, with a hook's own error (typed) preferred over the model's wrapping of it.
+fn finish<T, E: std::error::Error + Send + Sync + 'static>(
+    result: std::result::Result<T, E>,
+    hooks: &mut dyn HookErrors,
+) -> Result<T> {
+    match result {
+        Ok(v) => match hooks.take_error() {
+            Some(e) => Err(e),
+            None => Ok(v),
+        },
+        Err(e) => Err(hooks
+            .take_error()
+            .unwrap_or_else(|| Error::Model(Box::new(e)))),
+    }
+}
+
+/// Hooks that remember the first error they raised, so the caller gets it back typed.
+trait HookErrors {
+    fn as_hooks(&mut self) -> &mut dyn Hooks;
+    fn take_error(&mut self) -> Option<Error>;
+}
+
+impl HookErrors for NoHooks {
+    fn as_hooks(&mut self) -> &mut dyn Hooks {
+        self
+    }
+    fn take_error(&mut self) -> Option<Error> {
+        None
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    Always,
+    PromptOnly,
+    DecodeOnly,
+}
+
+struct Slot<'e> {
+    entry: &'e Entry,
+    locations: Locations,
+    subspaces: Option<Subspaces>,
+    gate: Gate,
+    setter: bool,
+    getter: bool,
+    source_slice: Option<Tensor>,
+    gathered: Option<Tensor>,
+    base_idx: IndexCache,
+    src_idx: IndexCache,
+    head_idx: IndexCache,
+    collected: Vec<Tensor>,
+}
+
+struct Runner<'e> {
+    slots: Vec<Slot<'e>>,
+    by_site: Vec<(Site, Vec<usize>)>,
+    /// Index of the current forward call within the current run (0 = prompt).
+    call: usize,
+    started: bool,
+    /// Source runs are plain forwards: gates do not apply.
+    source_run: bool,
+    error: Option<Error>,
+}
+
+impl HookErrors for Runner<'_> {
+    fn as_hooks(&mut self) -> &mut dyn Hooks {
+        self
+    }
+    fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+}
+
+impl<'e> Runner<'e> {
+    fn reset_calls(&mut self) {
+        self.call = 0;
+        self.started = false;
+    }
+
+    fn source_phase(&mut self, setter: Option<usize>, getters: &[usize]) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            s.setter = setter == Some(i);
+            s.getter = getters.contains(&i);
+            s.gathered = None;
+        }
+        self.source_run = true;
+        self.reset_calls();
+    }
+
+    fn base_phase(&mut self, mode: Mode) {
+        let last = self.slots.len().checked_sub(1);
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            s.setter = match mode {
+                Mode::Parallel => true,
+                Mode::Serial => Some(i) == last,
+            };
+            s.getter = false;
+        }
+        self.source_run = false;
+        self.reset_calls();
+    }
+
+    fn keep_gathered(&mut self, i: usize) -> Result<()> {
+        let slot = &mut self.slots[i];
+        match slot.gathered.take() {
+            Some(t) => {
+                slot.source_slice = Some(t);
+                Ok(())
+            }
+            None => Err(Error::Invalid(format!(
+                "the source run never visited {} for `{}`",
+                slot.entry.resolved.site, slot.entry.key
+            ))),
+        }
+    }
+
+    fn into_collected(self) -> (Vec<Tensor>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        for (i, s) in self.slots.into_iter().enumerate() {
+            for t in s.collected {
+                out.push(t);
+                from.push(i);
+            }
+        }
+        (out, from)
+    }
+
+    fn open(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.setter
+            && (self.source_run
+                || match s.gate {
+                    Gate::Always => true,
+                    Gate::PromptOnly => self.call == 0,
+                    Gate::DecodeOnly => self.call >= 1,
+                })
+    }
+
+    fn visit_inner(&mut self, site: Site, act: &mut Tensor) -> Result<()> {
+        let Some(j) = self.by_site.iter().position(|(s, _)| *s == site) else {
+            return Ok(());
+        };
+        // Setters first, in config order (each sees the previous one's result); then getters,
+        // which see the site after the setters (pyvene registers a serial stage's setters first).
+        for n in 0..self.by_site[j].1.len() {
+            let i = self.by_site[j].1[n];
+            if self.open(i) {
+                self.apply_setter(i, site, act)?;
+            }
+        }
+        for n in 0..self.by_site[j].1.len() {
+            let i = self.by_site[j].1[n];
+            if self.slots[i].getter {
+                self.apply_getter(i, site, act)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_setter(&mut self, i: usize, site: Site, act: &mut Tensor) -> Result<()> {
+        let decode_gated = self.slots[i].gate == Gate::DecodeOnly && !self.source_run;
+        let slot = &mut self.slots[i];
+        let size = act.size();
+        let (batch, len) = (
+            size.first().copied().unwrap_or(0),
+            size.get(1).copied().unwrap_or(0),
+        );
+        let device = act.device();
+        let pos = match &slot.locations.base {
+            None => None,
+            Some(p) => Some(
+                slot.base_idx
+                    .get(p, batch, len, device, site, false)
+                    .map_err(|e| match e {
+                        Error::PositionOutOfRange {
+                            position,
+                            len,
+                            site,
+                        } if decode_gated => Error::DecodePositionOutOfRange {
+                            position,
+                            len,
+                            site,
+                        },
+                        other => other,
+                    })?,
+            ),
+        };
+        let heads = head_index(slot, batch, device, site)?;
+        let sel = Selection {
+            positions: pos.as_ref(),
+            heads: heads.as_ref().map(|(h, t)| (*h, t.as_ref())),
+        };
+        let base_slice = gather(act, &sel)?;
+        let intervention = slot.entry.intervention.as_ref();
+        let role = intervention.role();
+        let source =
+            match role {
+                InterventionRole::NeedsSource => Some(slot.source_slice.as_ref().ok_or_else(
+                    || Error::MissingSource {
+                        intervention: format!("{} ({})", intervention.name(), slot.entry.key),
+                    },
+                )?),
+                _ => slot.source_slice.as_ref(),
+            };
+        if let Some(src) = source {
+            let (s, b) = (src.size(), base_slice.size());
+            let vector = s.len() == 1 && s.last() == b.last();
+            if s != b && !vector {
+                return Err(Error::Shape {
+                    context: format!(
+                        "source slice for `{}` at {site} (the source must select as many \
+                         rows and positions as the base)",
+                        slot.entry.key
+                    ),
+                    expected: b,
+                    got: s,
+                });
+            }
+        }
+        let y = intervention.apply(&base_slice, source, slot.subspaces.as_ref())?;
+        if role == InterventionRole::Collect {
+            slot.collected.push(y);
+            return Ok(());
+        }
+        if y.size() != base_slice.size() {
+            return Err(Error::Shape {
+                context: format!("result of `{}` at {site}", slot.entry.key),
+                expected: base_slice.size(),
+                got: y.size(),
+            });
+        }
+        let y = cast_to(y, act.kind())?;
+        *act = scatter(act, &sel, &y)?;
+        Ok(())
+    }
+
+    fn apply_getter(&mut self, i: usize, site: Site, act: &Tensor) -> Result<()> {
+        let slot = &mut self.slots[i];
+        let size = act.size();
+        let (batch, len) = (
+            size.first().copied().unwrap_or(0),
+            size.get(1).copied().unwrap_or(0),
+        );
+        let device = act.device();
+        let pos = match &slot.locations.source {
+            None => None,
+            Some(p) => Some(slot.src_idx.get(p, batch, len, device, site, false)?),
+        };
+        let heads = head_index(slot, batch, device, site)?;
+        let sel = Selection {
+            positions: pos.as_ref(),
+            heads: heads.as_ref().map(|(h, t)| (*h, t.as_ref())),
+        };
+        let g = gather(act, &sel)?;
+        // The whole-tensor form is the live activation: keep a copy.
+        let g = if pos.is_none() { g.f_detach_copy()? } else { g };
+        slot.gathered = Some(g);
+        Ok(())
+    }
+}
+
+fn head_index(
+    slot: &mut Slot<'_>,
+    batch: i64,
+    device: tch::Device,
+    site: Site,
+) -> Result<Option<(i64, Option<Tensor>)>> {
+    match slot.entry.resolved.heads {
+        None => Ok(None),
+        Some(h) => {
+            let t = match &slot.locations.heads {
+                None => None,
+                Some(hs) => Some(slot.head_idx.get(hs, batch, h, device, site, true)?),
+            };
+            Ok(Some((h, t)))
+        }
+    }
+}
+
+impl Hooks for Runner<'_> {
+    fn begin_forward(&mut self, _info: &ForwardInfo) -> Result<(), Error> {
+        if self.started {
+            self.call += 1;
+        } else {
+            self.started = true;
+        }
+        Ok(())
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        self.by_site
+            .iter()
+            .find(|(s, _)| *s == site)
+            .is_some_and(|(_, v)| v.iter().any(|&i| self.slots[i].getter || self.open(i)))
+    }
+
+    fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), Error> {
+        match self.visit_inner(site, activation) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let msg = e.to_string();
+                if self.error.is_none() {
+                    self.error = Some(e);
+                }
+                Err(Error::Invalid(msg))
+            }
+        }
+    }
+}

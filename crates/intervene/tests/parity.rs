@@ -1,0 +1,467 @@
+//! pyvene 0.1.8 parity on the tiny f32 Gemma 2 fixture (fixtures/expected/tiny-f32/pyvene.*),
+//! for the non-SAE forms: vanilla interchange (pairs, subspaces, block_input), constant addition,
+//! zero, raw collect, serial mode, per-row positions, and the four generation gating cases
+//! (steering by a decoder row, which is an [`Add`]). The SAE forms are tested in `crates/sae`.
+//!
+//! Tolerances: f32 logits within 1e-4, collected tensors within 1e-6, token ids exact.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use gemma_model::{Batch, Gemma2Model, GenerationConfig};
+use intervene::{
+    Add, CallOptions, Collect, Component, IntervenableModel, Locations, Mode,
+    RepresentationConfig as Rc, Sources, Subspaces, Vanilla, Zero,
+};
+use tch::{Device, Kind, Tensor};
+
+const LOGITS_TOL: f64 = 1e-4;
+const COLLECT_TOL: f64 = 1e-6;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
+}
+
+/// The tiny model, loaded per test (tensors are not `Sync`; loading takes milliseconds).
+fn model() -> Gemma2Model {
+    Gemma2Model::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
+        .expect("load tiny-f32")
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    let path = fixtures().join("expected/tiny-f32/pyvene.safetensors");
+    Tensor::read_safetensors(path)
+        .expect("read pyvene.safetensors")
+        .into_iter()
+        .collect()
+}
+
+fn t(name: &str) -> Tensor {
+    expected()
+        .remove(name)
+        .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
+}
+
+fn batch(name: &str) -> Batch {
+    Batch::new(t(name))
+}
+
+/// Row `idx` of the fixture SAE's decoder, times `mag` (the tutorial's steering vector).
+fn steering(idx: i64, mag: f64) -> Tensor {
+    let path = fixtures().join("saes/tiny-f32-res/layer_2/width_256/average_l0_20/params.npz");
+    let params: HashMap<String, Tensor> = Tensor::read_npz(path)
+        .expect("read params.npz")
+        .into_iter()
+        .collect();
+    params["W_dec"].get(idx) * mag
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) -> f64 {
+    let d = max_diff(a, b);
+    eprintln!("{what}: max |diff| = {d:.3e}");
+    assert!(d <= tol, "{what}: max |diff| = {d} > {tol}");
+    d
+}
+
+fn logits(o: &gemma_model::ModelOutput) -> &Tensor {
+    o.logits.as_ref().expect("logits")
+}
+
+/// The intervention did something (so a match with the fixture is not a clean run matching).
+fn assert_changed(what: &str, o: &intervene::IntervenableOutput<gemma_model::ModelOutput>) {
+    let original = o.original.as_ref().expect("original requested");
+    let d = max_diff(logits(original), logits(&o.intervened));
+    assert!(d > 1e-3, "{what}: the intervention changed nothing ({d})");
+}
+
+#[test]
+fn vanilla_positions() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(Component::typed("block_output", 1), Vanilla::new())],
+    )
+    .unwrap();
+    let (base, src) = (
+        batch("vanilla_positions.base.input_ids"),
+        batch("vanilla_positions.source.input_ids"),
+    );
+    let opts = CallOptions::new()
+        .locations(Locations::pairs([1, 4], [2, 6]))
+        .output_original_output(true);
+    let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
+    assert_changed("vanilla_positions", &o);
+    assert_close(
+        "vanilla_positions",
+        logits(&o.intervened),
+        &t("vanilla_positions.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn vanilla_subspaces() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(Component::typed("block_output", 1), Vanilla::new())],
+    )
+    .unwrap();
+    let (base, src) = (
+        batch("vanilla_subspaces.base.input_ids"),
+        batch("vanilla_subspaces.source.input_ids"),
+    );
+    let opts = CallOptions::new()
+        .output_original_output(true)
+        .locations(Locations::pair(5, 7))
+        .subspaces(Subspaces::PerRow(vec![vec![0, 3, 7, 10, 33]]));
+    let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
+    assert_changed("vanilla_subspaces", &o);
+    assert_close(
+        "vanilla_subspaces",
+        logits(&o.intervened),
+        &t("vanilla_subspaces.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn vanilla_block_input() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(Component::typed("block_input", 3), Vanilla::new())],
+    )
+    .unwrap();
+    let (base, src) = (
+        batch("vanilla_block_input.base.input_ids"),
+        batch("vanilla_block_input.source.input_ids"),
+    );
+    let o = pv
+        .forward(
+            &base,
+            Sources::Shared(&src),
+            &CallOptions::new()
+                .locations(Locations::pair(2, 6))
+                .output_original_output(true),
+        )
+        .unwrap();
+    assert_changed("vanilla_block_input", &o);
+    assert_close(
+        "vanilla_block_input",
+        logits(&o.intervened),
+        &t("vanilla_block_input.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn addition_constant() {
+    let m = &model();
+    let add = Add::new(t("addition_constant.vec"));
+    let pv =
+        IntervenableModel::new(m, vec![Rc::new(Component::typed("block_output", 2), add)]).unwrap();
+    let o = pv
+        .forward(
+            &batch("addition_constant.input_ids"),
+            Sources::None,
+            &CallOptions::new()
+                .locations(Locations::base([3, 8]))
+                .output_original_output(true),
+        )
+        .unwrap();
+    assert_changed("addition_constant", &o);
+    assert_close(
+        "addition_constant",
+        logits(&o.intervened),
+        &t("addition_constant.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn zero_mlp_output() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(Component::typed("mlp_output", 2), Zero::new())],
+    )
+    .unwrap();
+    let o = pv
+        .forward(
+            &batch("zero_mlp_output.input_ids"),
+            Sources::None,
+            &CallOptions::new()
+                .locations(Locations::base([1, 3, 9]))
+                .output_original_output(true),
+        )
+        .unwrap();
+    assert_changed("zero_mlp_output", &o);
+    assert_close(
+        "zero_mlp_output",
+        logits(&o.intervened),
+        &t("zero_mlp_output.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn collect_raw() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![
+            Rc::new(Component::typed("mlp_output", 1), Collect),
+            Rc::new(Component::typed("attention_value_output", 1), Collect),
+            Rc::new(Component::typed("mlp_activation", 1), Collect),
+        ],
+    )
+    .unwrap();
+    let o = pv
+        .forward(
+            &batch("collect_raw.input_ids"),
+            Sources::None,
+            &CallOptions::new().locations(Locations::base([0, 3, 5])),
+        )
+        .unwrap();
+    assert_eq!(o.collected.len(), 3);
+    assert_close(
+        "collect_raw.mlp_output",
+        &o.collected[0],
+        &t("collect_raw.mlp_output"),
+        COLLECT_TOL,
+    );
+    assert_close(
+        "collect_raw.attention_value_output",
+        &o.collected[1],
+        &t("collect_raw.attention_value_output"),
+        COLLECT_TOL,
+    );
+    assert_close(
+        "collect_raw.mlp_activation",
+        &o.collected[2],
+        &t("collect_raw.mlp_activation"),
+        COLLECT_TOL,
+    );
+    assert_close(
+        "collect_raw.logits",
+        logits(&o.intervened),
+        &t("collect_raw.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn batch_per_row_positions() {
+    let m = &model();
+    let comp = Component::typed("block_output", 1);
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(comp.clone(), Collect), Rc::new(comp, Zero::new())],
+    )
+    .unwrap();
+    let loc = Locations::base_per_row(vec![vec![0, 3], vec![1, 2]]);
+    let opts = CallOptions::new()
+        .locations(loc)
+        .output_original_output(true);
+    let o = pv
+        .forward(
+            &batch("batch_per_row_positions.input_ids"),
+            Sources::None,
+            &opts,
+        )
+        .unwrap();
+    assert_changed("batch_per_row_positions", &o);
+    assert_close(
+        "batch_per_row_positions.collected",
+        &o.collected[0],
+        &t("batch_per_row_positions.collected"),
+        COLLECT_TOL,
+    );
+    assert_close(
+        "batch_per_row_positions.logits",
+        logits(&o.intervened),
+        &t("batch_per_row_positions.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
+fn serial_two_layers() {
+    let m = &model();
+    let pv = IntervenableModel::new(
+        m,
+        vec![
+            Rc::new(Component::typed("block_output", 0), Vanilla::new()),
+            Rc::new(Component::typed("block_output", 2), Vanilla::new()),
+        ],
+    )
+    .unwrap()
+    .with_mode(Mode::Serial);
+    let (s0, s1) = (
+        batch("serial_two_layers.source_0.input_ids"),
+        batch("serial_two_layers.source_1.input_ids"),
+    );
+    let opts = CallOptions::new()
+        .locations_each(vec![Locations::pair(1, 2), Locations::pair(3, 4)])
+        .output_original_output(true);
+    let o = pv
+        .forward(
+            &batch("serial_two_layers.base.input_ids"),
+            Sources::Each(vec![Some(&s0), Some(&s1)]),
+            &opts,
+        )
+        .unwrap();
+    assert_changed("serial_two_layers", &o);
+    assert_close(
+        "serial_two_layers",
+        logits(&o.intervened),
+        &t("serial_two_layers.logits"),
+        LOGITS_TOL,
+    );
+}
+
+fn assert_tokens(what: &str, got: &Tensor, name: &str) {
+    let want = t(name);
+    assert_eq!(got.size(), want.size(), "{what}: shapes");
+    assert!(
+        got.to_device(Device::Cpu).equal(&want),
+        "{what}: tokens differ\n got {got}\nwant {want}"
+    );
+    eprintln!("{what}: {} tokens identical", want.size()[1]);
+}
+
+#[test]
+fn generate_gating_four_cases() {
+    let m = &model();
+    let prompt = batch("generate_gating.input_ids");
+    let cfg = GenerationConfig::greedy(20);
+    let plain = IntervenableModel::new(m, vec![]).unwrap();
+    let o = plain
+        .generate(&prompt, Sources::None, &CallOptions::new(), &cfg)
+        .unwrap();
+    assert_tokens(
+        "unsteered",
+        &o.intervened.sequences,
+        "generate_gating.unsteered.output_ids",
+    );
+    // The steering add, then a collect at the same site: it sees the steered activation at
+    // exactly the gated calls and positions.
+    let site = "model.layers[2].output";
+    let vec = steering(3, 8.0);
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::new(site, Add::new(vec.copy())), Rc::new(site, Collect)],
+    )
+    .unwrap();
+    let clean = IntervenableModel::new(m, vec![Rc::new(site, Collect)])
+        .unwrap()
+        .forward(&prompt, Sources::None, &CallOptions::new())
+        .unwrap()
+        .collected
+        .remove(0);
+    // (case, locations, intervene_on_prompt, collected shapes)
+    let n = 20;
+    let cases = [
+        ("none_prompt", Locations::all(), true, {
+            let mut v = vec![vec![1, 12, 64]];
+            v.extend(vec![vec![1, 1, 64]; n - 1]);
+            v
+        }),
+        (
+            "none_noprompt",
+            Locations::all(),
+            false,
+            vec![vec![1, 1, 64]; n - 1],
+        ),
+        (
+            "pos2_prompt",
+            Locations::base([2]),
+            true,
+            vec![vec![1, 1, 64]],
+        ),
+        (
+            "pos0_noprompt",
+            Locations::base([0]),
+            false,
+            vec![vec![1, 1, 64]; n - 1],
+        ),
+    ];
+    for (name, loc, on_prompt, shapes) in cases {
+        let opts = CallOptions::new()
+            .locations(loc)
+            .intervene_on_prompt(on_prompt);
+        let o = pv.generate(&prompt, Sources::None, &opts, &cfg).unwrap();
+        assert_tokens(
+            name,
+            &o.intervened.sequences,
+            &format!("generate_gating.{name}.output_ids"),
+        );
+        let got: Vec<Vec<i64>> = o.collected.iter().map(Tensor::size).collect();
+        assert_eq!(got, shapes, "{name}: one collected entry per gated call");
+        if name == "pos2_prompt" {
+            let want = clean.narrow(1, 2, 1) + &vec;
+            assert_close("pos2_prompt steered", &o.collected[0], &want, COLLECT_TOL);
+        }
+        if name == "none_prompt" {
+            assert_close(
+                "none_prompt steered",
+                &o.collected[0],
+                &(&clean + &vec),
+                COLLECT_TOL,
+            );
+        }
+    }
+}
+
+/// (layer, latent, magnitude)
+type Edit = (usize, i64, f64);
+
+#[test]
+fn steer_generate_and_forward() {
+    let m = &model();
+    let prompt = batch("steer_generate.input_ids");
+    let cfg = GenerationConfig::greedy(20);
+    let opts = CallOptions::new().intervene_on_prompt(true);
+    // (case, [(layer, latent, magnitude)])
+    let cases: [(&str, Vec<Edit>); 3] = [
+        ("a", vec![(2, 3, 0.5)]),
+        ("b", vec![(2, 51, 8.0)]),
+        ("two", vec![(2, 3, 0.5), (3, 51, -8.0)]),
+    ];
+    for (name, edits) in cases {
+        let configs = edits
+            .iter()
+            .map(|&(layer, idx, mag)| {
+                Rc::new(
+                    format!("model.layers[{layer}].output"),
+                    Add::new(steering(idx, mag)),
+                )
+            })
+            .collect();
+        let pv = IntervenableModel::new(m, configs).unwrap();
+        let f = pv
+            .forward(&prompt, Sources::None, &CallOptions::new())
+            .unwrap();
+        assert_close(
+            &format!("steer_generate.{name}.forward_logits"),
+            logits(&f.intervened),
+            &t(&format!("steer_generate.{name}.forward_logits")),
+            LOGITS_TOL,
+        );
+        let g = pv.generate(&prompt, Sources::None, &opts, &cfg).unwrap();
+        assert_tokens(
+            name,
+            &g.intervened.sequences,
+            &format!("steer_generate.{name}.output_ids"),
+        );
+    }
+}
