@@ -22,7 +22,7 @@ pub enum Sampling {
         top_k: Option<i64>,
         /// Keep the smallest set with cumulative probability ≥ p (`None` or 1.0 = off).
         top_p: Option<f64>,
-        /// Seeds libtorch's global generator before the first draw (same seed → same tokens).
+        /// Seeds the sampler (same seed → same tokens, independent of libtorch's global RNG).
         seed: i64,
     },
 }
@@ -95,6 +95,9 @@ impl Gemma2Model {
             .clone()
             .unwrap_or_else(|| self.config.eos_token_ids.clone());
         let pad = config.pad_token_id.unwrap_or(self.config.pad_token_id);
+        // A generator of our own, not libtorch's global one: the same seed gives the same
+        // tokens whatever else the process samples (other threads, other models).
+        let mut rng = None;
         if let Sampling::Sample {
             temperature, seed, ..
         } = config.sampling
@@ -104,7 +107,7 @@ impl Gemma2Model {
                     "temperature must be > 0, got {temperature}"
                 )));
             }
-            tch::manual_seed(seed);
+            rng = Some(SplitMix64::new(seed));
         }
         let device = self.device;
         let input_ids = batch.input_ids.f_to_device(device)?;
@@ -134,7 +137,7 @@ impl Gemma2Model {
                 .ok_or_else(|| Error::Input("forward returned no logits".into()))?;
             // HF copies the last position's logits to f32 before any processing.
             let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
-            let next = choose(&scores, &config.sampling)?;
+            let next = choose(&scores, &config.sampling, rng.as_mut())?;
             let active_t =
                 Tensor::f_from_slice(&active.iter().map(|&a| i64::from(a)).collect::<Vec<_>>())?
                     .f_to_device(device)?;
@@ -185,8 +188,51 @@ pub fn generation_positions(mask: &Tensor) -> Result<Tensor> {
         .f_masked_fill(&mask.f_eq(0)?, 0)?)
 }
 
+/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, well-mixed seeded generator for the
+/// sampling draws.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: i64) -> Self {
+        SplitMix64(seed as u64)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1]: never 0, so the inverse-CDF draw never lands on a token of
+    /// probability 0.
+    fn next_unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One multinomial draw per row by inverse CDF: the first token whose cumulative probability
+/// reaches `u · total`.
+fn draw(probs: &Tensor, rng: &mut SplitMix64) -> Result<Tensor> {
+    let rows = probs.size().first().copied().unwrap_or(0);
+    let u: Vec<f64> = (0..rows).map(|_| rng.next_unit()).collect();
+    let cdf = probs.f_cumsum(-1, Kind::Double)?;
+    let vocab = cdf.size().last().copied().unwrap_or(1);
+    let total = cdf.f_narrow(-1, vocab - 1, 1)?;
+    let target = Tensor::f_from_slice(&u)?
+        .f_to_device(probs.device())?
+        .f_unsqueeze(1)?
+        .f_mul(&total)?;
+    Ok(cdf
+        .f_lt_tensor(&target)?
+        .f_sum_dim_intlist(-1, false, Kind::Int64)?
+        .f_clamp_max(vocab - 1)?)
+}
+
 /// The next token of every row from f32 scores `[B, vocab]`.
-fn choose(scores: &Tensor, sampling: &Sampling) -> Result<Tensor> {
+fn choose(scores: &Tensor, sampling: &Sampling, rng: Option<&mut SplitMix64>) -> Result<Tensor> {
     match *sampling {
         Sampling::Greedy => Ok(scores.f_argmax(-1, false)?),
         Sampling::Sample {
@@ -203,7 +249,8 @@ fn choose(scores: &Tensor, sampling: &Sampling) -> Result<Tensor> {
                 s = top_p_filter(&s, p)?;
             }
             let probs = s.f_softmax(-1, Kind::Float)?;
-            Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?)
+            let rng = rng.ok_or_else(|| Error::Input("sampling without a seeded generator".into()))?;
+            draw(&probs, rng)
         }
     }
 }

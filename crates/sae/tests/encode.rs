@@ -40,6 +40,11 @@ fn encode_decode_match_fixture() {
             "{}: max|diff| pre {:e} acts {:e} recon {:e}",
             case.model, worst[0], worst[1], worst[2]
         );
+        println!(
+            "PARITY|SAE encode/decode ({}, L0 exact)|1e-5|{:.2e}",
+            case.model,
+            worst.iter().cloned().fold(0.0, f64::max)
+        );
         assert!(
             worst.iter().all(|&d| d <= 1e-5),
             "{}: {worst:?}",

@@ -131,6 +131,7 @@ fn pyvene_collect_sae_f32() {
         assert_eq!(max_abs_diff(&out.intervened.logits.unwrap(), &clean), 0.0);
     }
     eprintln!("collect_sae: max|latent diff| {worst:e}");
+    println!("PARITY|pyvene collect with JumpReLU encoder (f32 latents)|1e-4|{worst:.2e}");
     assert!(worst <= 1e-4);
 }
 
@@ -190,6 +191,7 @@ fn pyvene_steer_generate_f32() {
         );
     }
     eprintln!("steer_generate: max|logit diff| {worst:e}");
+    println!("PARITY|pyvene steering: logits + greedy tokens (exact)|1e-4|{worst:.2e}");
     assert!(worst <= 1e-4);
 }
 
@@ -248,4 +250,5 @@ fn pyvene_jumprelu_interchange_f32() {
         assert!(before, "{name}: positions before {b} changed");
     }
     eprintln!("jumprelu_interchange: max|logit diff| {worst:e}");
+    println!("PARITY|pyvene JumpReLU interchange logits + last diff|1e-4|{worst:.2e}");
 }
