@@ -230,6 +230,7 @@ fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

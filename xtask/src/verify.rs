@@ -322,6 +322,7 @@ fn tutorial_checks(model: &str) -> Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Drives the `scope` binary: each command's JSON against the HF / pyvene fixtures, and every
 //! kind of bad input to one clear line on stderr with the right exit code.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
