@@ -28,3 +28,37 @@ pub fn sae_source() -> String {
             .to_string()
     })
 }
+
+/// The model, its tokenizer and the SAE every example starts from, with the SAE's site.
+pub struct Setup {
+    /// The model (f32 on CPU unless the checkpoint says otherwise).
+    pub model: gemma_model::Gemma2Model,
+    /// Its tokenizer.
+    pub tokenizer: gemma_model::GemmaTokenizer,
+    /// The SAE, on the model's device.
+    pub sae: sae::Sae,
+    /// Where the SAE reads and writes, as a graph component.
+    pub component: intervene::Component,
+}
+
+/// Load [`model_source`] and [`sae_source`].
+pub fn setup() -> anyhow::Result<Setup> {
+    use anyhow::Context;
+    let options = gemma_model::LoadOptions::default();
+    let source = model_source();
+    let model = gemma_model::Gemma2Model::load(&source, &options)?;
+    let files = gemma_model::ModelFiles::resolve(&source, &options.hub)?;
+    let tokenizer =
+        gemma_model::GemmaTokenizer::from_file(files.tokenizer.context("no tokenizer.json")?)?;
+    let sae = sae::Sae::from_pretrained(&sae_source(), model.device())?;
+    let site = sae
+        .site()
+        .context("the SAE's name does not say its layer")?;
+    let component = intervene::Component::typed(site.kind.type_name(), site.layer);
+    Ok(Setup {
+        model,
+        tokenizer,
+        sae,
+        component,
+    })
+}

@@ -6,22 +6,19 @@
 //! `cargo run -p scope-examples --example interchange`
 
 use anyhow::{Context, Result};
-use gemma_model::{Batch, Gemma2Model, GemmaTokenizer, LoadOptions, ModelFiles};
+use gemma_model::Batch;
 use intervene::{
-    CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
+    CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
 };
 use tch::Kind;
 
 fn main() -> Result<()> {
-    let options = LoadOptions::default();
-    let source_name = scope_examples::model_source();
-    let model = Gemma2Model::load(&source_name, &options)?;
-    let files = ModelFiles::resolve(&source_name, &options.hub)?;
-    let tokenizer = GemmaTokenizer::from_file(files.tokenizer.context("no tokenizer.json")?)?;
-    let sae = sae::Sae::from_pretrained(&scope_examples::sae_source(), model.device())?;
-    let site = sae
-        .site()
-        .context("the SAE's name does not say its layer")?;
+    let scope_examples::Setup {
+        model,
+        tokenizer,
+        sae,
+        component,
+    } = scope_examples::setup()?;
 
     let base_ids = tokenizer.encode(
         "Physics says time-travel through a wormhole needs enormous energy.",
@@ -36,7 +33,7 @@ fn main() -> Result<()> {
     let graph = IntervenableModel::new(
         &model,
         vec![RepresentationConfig::new(
-            Component::typed(site.kind.type_name(), site.layer),
+            component,
             sae::JumpReluInterchange::new(&sae),
         )],
     )?;

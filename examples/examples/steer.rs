@@ -4,20 +4,17 @@
 //!
 //! `cargo run -p scope-examples --example steer`
 
-use anyhow::{Context, Result};
-use gemma_model::{Batch, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions, ModelFiles};
-use intervene::{CallOptions, Component, IntervenableModel, RepresentationConfig, Sources};
+use anyhow::Result;
+use gemma_model::{Batch, GenerationConfig};
+use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 
 fn main() -> Result<()> {
-    let options = LoadOptions::default();
-    let source = scope_examples::model_source();
-    let model = Gemma2Model::load(&source, &options)?;
-    let files = ModelFiles::resolve(&source, &options.hub)?;
-    let tokenizer = GemmaTokenizer::from_file(files.tokenizer.context("no tokenizer.json")?)?;
-    let sae = sae::Sae::from_pretrained(&scope_examples::sae_source(), model.device())?;
-    let site = sae
-        .site()
-        .context("the SAE's name does not say its layer")?;
+    let scope_examples::Setup {
+        model,
+        tokenizer,
+        sae,
+        component,
+    } = scope_examples::setup()?;
 
     let ids = tokenizer.encode(
         "Would you be able to travel through time using a wormhole?",
@@ -30,7 +27,7 @@ fn main() -> Result<()> {
     let graph = IntervenableModel::new(
         &model,
         vec![RepresentationConfig::new(
-            Component::typed(site.kind.type_name(), site.layer),
+            component,
             sae::Steer::new(&sae, &[(51, 8.0)])?,
         )],
     )?;

@@ -11,53 +11,6 @@ use crate::Sae;
 
 type IResult<T> = std::result::Result<T, intervene::Error>;
 
-/// A boolean mask over latents, `[d_sae]` (shared) or `[batch, 1, …, d_sae]` (per row).
-fn latent_mask(
-    subspaces: &Subspaces,
-    batch: i64,
-    width: i64,
-    ndim: usize,
-    device: tch::Device,
-) -> IResult<Tensor> {
-    let fill = |row: &[i64], out: &mut [u8]| -> IResult<()> {
-        for &j in row {
-            if !(0..width).contains(&j) {
-                return Err(intervene::Error::SubspaceOutOfRange { index: j, width });
-            }
-            out[j as usize] = 1;
-        }
-        Ok(())
-    };
-    let w = width.max(0) as usize;
-    let (host, shape) = match subspaces {
-        Subspaces::Shared(row) => {
-            let mut m = vec![0u8; w];
-            fill(row, &mut m)?;
-            (m, vec![width])
-        }
-        Subspaces::PerRow(rows) => {
-            if rows.len() as i64 != batch {
-                return Err(intervene::Error::Invalid(format!(
-                    "{} rows of subspaces for a batch of {batch}",
-                    rows.len()
-                )));
-            }
-            let mut m = vec![0u8; w * rows.len()];
-            for (b, row) in rows.iter().enumerate() {
-                fill(row, &mut m[b * w..(b + 1) * w])?;
-            }
-            let mut shape = vec![batch];
-            shape.extend(std::iter::repeat_n(1, ndim.saturating_sub(2)));
-            shape.push(width);
-            (m, shape)
-        }
-    };
-    Ok(Tensor::f_from_slice(&host)?
-        .f_reshape(&shape)?
-        .f_to_kind(Kind::Bool)?
-        .f_to_device(device)?)
-}
-
 /// pyvene's `JumpReLUAutoencoderIntervention` (tutorial step 3), exactly:
 ///
 /// ```text
@@ -125,10 +78,10 @@ impl Intervention for JumpReluInterchange {
         let z_b = self.sae.encode(base)?;
         let z_s = self.sae.encode(source)?;
         let mask = match subspaces {
-            Some(s) => latent_mask(s, batch, d_sae, size.len(), device)?,
+            Some(s) => intervene::builtin::subspace_mask(s, batch, d_sae, size.len(), device)?,
             None => {
                 let n = self.sae.d_in().min(d_sae);
-                latent_mask(
+                intervene::builtin::subspace_mask(
                     &Subspaces::Shared((0..n).collect()),
                     batch,
                     d_sae,
