@@ -249,7 +249,8 @@ fn choose(scores: &Tensor, sampling: &Sampling, rng: Option<&mut SplitMix64>) ->
                 s = top_p_filter(&s, p)?;
             }
             let probs = s.f_softmax(-1, Kind::Float)?;
-            let rng = rng.ok_or_else(|| Error::Input("sampling without a seeded generator".into()))?;
+            let rng =
+                rng.ok_or_else(|| Error::Input("sampling without a seeded generator".into()))?;
             draw(&probs, rng)
         }
     }

@@ -84,8 +84,14 @@ fn f32_logits_and_residuals_match_hf() {
     let (logit, resid) = check_prompts(&model, &exp, "");
     let (blogit, bresid) = check_batch(&model, &exp, "");
     eprintln!("tiny-f32: prompts logits {logit:.3e} resid {resid:.3e}; batch logits {blogit:.3e} resid {bresid:.3e}");
-    println!("PARITY|model f32 logits (tiny-f32, prompts + padded batch)|{F32_TOL:e}|{:.2e}", logit.max(blogit));
-    println!("PARITY|model f32 residuals, every layer (tiny-f32)|{F32_TOL:e}|{:.2e}", resid.max(bresid));
+    println!(
+        "PARITY|model f32 logits (tiny-f32, prompts + padded batch)|{F32_TOL:e}|{:.2e}",
+        logit.max(blogit)
+    );
+    println!(
+        "PARITY|model f32 residuals, every layer (tiny-f32)|{F32_TOL:e}|{:.2e}",
+        resid.max(bresid)
+    );
     assert!(logit < F32_TOL && resid < F32_TOL && blogit < F32_TOL && bresid < F32_TOL);
 }
 
@@ -96,7 +102,10 @@ fn bf16_checkpoint_loaded_as_f32_matches_hf_f32() {
     let (logit, resid) = check_prompts(&model, &exp, "f32.");
     let (blogit, bresid) = check_batch(&model, &exp, "f32.");
     eprintln!("tiny-bf16-sharded as f32: prompts logits {logit:.3e} resid {resid:.3e}; batch logits {blogit:.3e} resid {bresid:.3e}");
-    println!("PARITY|model f32 logits (bf16 checkpoint upcast, sharded)|{F32_TOL:e}|{:.2e}", logit.max(blogit));
+    println!(
+        "PARITY|model f32 logits (bf16 checkpoint upcast, sharded)|{F32_TOL:e}|{:.2e}",
+        logit.max(blogit)
+    );
     assert!(logit < F32_TOL && resid < F32_TOL && blogit < F32_TOL && bresid < F32_TOL);
 }
 
@@ -124,7 +133,11 @@ fn bf16_matches_hf_bf16() {
     let (logit, resid) = check_prompts(&model, &exp, "");
     let (blogit, bresid) = check_batch(&model, &exp, "");
     eprintln!("tiny-bf16-sharded bf16: prompts logits {logit:.3e} resid {resid:.3e}; batch logits {blogit:.3e} resid {bresid:.3e}");
-    println!("PARITY|model bf16 logits (5% of HF's bf16-f32 gap)|{:.2e}|{:.2e}", K * hf_bf16_gap("logits"), logit.max(blogit));
+    println!(
+        "PARITY|model bf16 logits (5% of HF's bf16-f32 gap)|{:.2e}|{:.2e}",
+        K * hf_bf16_gap("logits"),
+        logit.max(blogit)
+    );
     assert!(logit <= K * hf_bf16_gap("logits"), "{logit}");
     assert!(
         resid <= K * hf_bf16_gap("resid").min(hf_bf16_gap("embed")),
