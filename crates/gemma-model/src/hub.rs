@@ -103,7 +103,7 @@ fn existing(path: PathBuf) -> Option<PathBuf> {
 
 fn resolve_online(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
     let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(options.cache_dir.clone()))
-        .with_progress(false)
+        .with_progress(options.progress)
         .with_token(options.token.clone());
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint.clone());

@@ -96,6 +96,8 @@ pub struct HubOptions {
     pub token: Option<String>,
     /// Hub endpoint (`HF_ENDPOINT`).
     pub endpoint: Option<String>,
+    /// Show a progress bar on stderr while downloading.
+    pub progress: bool,
 }
 
 impl HubOptions {
@@ -127,6 +129,7 @@ impl HubOptions {
             offline,
             token,
             endpoint: non_empty(std::env::var("HF_ENDPOINT").ok()),
+            progress: true,
         }
     }
 }

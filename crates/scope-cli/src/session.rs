@@ -34,8 +34,10 @@ impl Session {
         })?;
         let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
         let options = LoadOptions { dtype, device, hub };
+        let spinner = progress(format!("loading {} ({device:?})", args.model));
         let model = Gemma2Model::load(&args.model, &options)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
+        spinner.finish_and_clear();
         Ok(Session { model, tokenizer })
     }
 
@@ -73,6 +75,13 @@ impl Session {
             .map(|id| Ok(self.tokenizer.decode(&[*id], false)?))
             .collect()
     }
+}
+
+/// A spinner on stderr for a long step (hidden when stderr is not a terminal).
+fn progress(message: String) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
 }
 
 /// `--dtype auto` means bf16 on CUDA and f32 on CPU (not the stored dtype).
@@ -119,8 +128,10 @@ impl LoadedSae {
     pub fn open(args: &crate::args::SaeArgs, session: &Session) -> Result<LoadedSae> {
         let resolved = sae::resolve(&args.sae, &sae::HubOptions::from_env())
             .with_context(|| format!("cannot find SAE `{}`", args.sae))?;
+        let spinner = progress(format!("loading SAE {}", args.sae));
         let sae = sae::Sae::load(&resolved, session.model.device())
             .with_context(|| format!("cannot load SAE `{}`", args.sae))?;
+        spinner.finish_and_clear();
         let named = sae.site();
         let site = match (args.layer, named) {
             (Some(layer), Some(site)) => intervene::Site::new(layer, site.kind),

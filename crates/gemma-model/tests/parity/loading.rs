@@ -191,6 +191,7 @@ fn hub_offline_resolves_from_cache_layout() {
         offline: true,
         token: None,
         endpoint: None,
+        progress: false,
     };
     let files = ModelFiles::resolve("google/gemma-2-tiny", &options).expect("resolve");
     assert!(files.dir.ends_with(&commit));
