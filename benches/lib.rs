@@ -1,1 +1,420 @@
-//! Shared helpers for the benchmarks.
+//! The scope workflows on random weights, shared by the `race` binary (the head-to-head with
+//! the Python peer, `../shared/bench/pyvene_baseline.py`) and the criterion benches.
+//!
+//! Shapes and semantics follow the peer exactly:
+//!
+//! | size | model | SAE |
+//! |---|---|---|
+//! | `tiny` | hidden 64, 4 layers, 4/2 heads, head_dim 16, MLP 128, vocab 512, window 8 | 256 latents at layer 2 |
+//! | `small` | hidden 512, 8 layers, 8/4 heads, head_dim 64, MLP 2048, vocab 32000, window 64 | 4096 latents at layer 6 |
+//! | `2b` | gemma-2-2b (hidden 2304, 26 layers, 8/4 heads, head_dim 256, MLP 9216, vocab 256000) | 16384 latents at layer 20 |
+//!
+//! SAE parameters are drawn like the peer's: `W_enc ~ N(0,1)/sqrt(d)`, `W_dec ~ N(0,1)/sqrt(d_sae)`,
+//! threshold 0.5, zero biases (seeded). Workflows:
+//!
+//! * [`Workbench::forward_plain`]: one forward over `batch x seq`, logits at every position;
+//! * [`Workbench::collect_latents`]: the SAE's JumpReLU latents at `block_output` of the SAE
+//!   layer, every position, through the intervention graph with an encode-collect and the
+//!   collect-only early stop (nothing after the SAE layer is computed);
+//! * [`Workbench::generate_plain`] / [`Workbench::generate_steered`]: greedy decoding of exactly
+//!   `new` tokens (no eos stop, like the peer's `min_new_tokens`); steering adds
+//!   `magnitude * W_dec[latent]` at every prompt position and every decode step (pyvene's
+//!   `intervene_on_prompt=True`, `unit_locations=None`);
+//! * [`Workbench::interchange`]: pyvene's JumpReLU interchange, source position 11 into base
+//!   position 14 on one latent, with the clean run, giving the logit difference at the last
+//!   position.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use gemma_model::config::derived_layer_types;
+use gemma_model::{Batch, Gemma2Config, Gemma2Model, Generated, GenerationConfig};
+use intervene::{
+    CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
+};
+use sae::{EncodeCollect, JumpReluInterchange, Sae, SaeFamily, SaeFormat, SiteHint, Steer};
+use tch::{Device, Kind, Tensor};
+
+/// The benchmark shapes (the peer's `--size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// Test-sized: hidden 64, 4 layers.
+    Tiny,
+    /// CPU-sized: hidden 512, 8 layers, vocab 32000.
+    Small,
+    /// gemma-2-2b.
+    Gemma2b,
+}
+
+impl Size {
+    /// Parses `tiny | small | 2b`.
+    pub fn parse(s: &str) -> Result<Size> {
+        match s {
+            "tiny" => Ok(Size::Tiny),
+            "small" => Ok(Size::Small),
+            "2b" | "gemma-2-2b" => Ok(Size::Gemma2b),
+            other => bail!("unknown size `{other}` (expected tiny, small or 2b)"),
+        }
+    }
+
+    /// The peer's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Tiny => "tiny",
+            Size::Small => "small",
+            Size::Gemma2b => "2b",
+        }
+    }
+
+    /// The model config.
+    pub fn config(self) -> Gemma2Config {
+        match self {
+            // `Gemma2Config::small()` is the peer's `tiny`.
+            Size::Tiny => Gemma2Config::small(),
+            Size::Small => Gemma2Config {
+                vocab_size: 32000,
+                hidden_size: 512,
+                intermediate_size: 2048,
+                num_hidden_layers: 8,
+                num_attention_heads: 8,
+                num_key_value_heads: 4,
+                head_dim: 64,
+                query_pre_attn_scalar: 64.0,
+                sliding_window: Some(64),
+                layer_types: derived_layer_types(8),
+                ..Gemma2Config::small()
+            },
+            Size::Gemma2b => Gemma2Config::gemma2_2b(),
+        }
+    }
+
+    /// The SAE's layer (its site is `block_output` there).
+    pub fn sae_layer(self) -> usize {
+        match self {
+            Size::Tiny => 2,
+            Size::Small => 6,
+            Size::Gemma2b => 20,
+        }
+    }
+
+    /// The SAE's width.
+    pub fn d_sae(self) -> i64 {
+        match self {
+            Size::Tiny => 256,
+            Size::Small => 4096,
+            Size::Gemma2b => 16384,
+        }
+    }
+}
+
+/// Parses `float32 | bfloat16 | float16` (and the short forms).
+pub fn parse_dtype(s: &str) -> Result<Kind> {
+    match gemma_model::parse_dtype(s)? {
+        gemma_model::DTypeSpec::Fixed(kind) => Ok(kind),
+        gemma_model::DTypeSpec::Auto => bail!("dtype `auto` needs a checkpoint; name one"),
+    }
+}
+
+/// Parses `cpu | cuda | cuda:N` (loading libtorch's CUDA backend when asked for).
+pub fn parse_device(s: &str) -> Result<Device> {
+    Ok(gemma_model::parse_device(s)?)
+}
+
+/// Whether a usable GPU is present (registers libtorch's CUDA backend first).
+pub fn cuda_available() -> bool {
+    matches!(gemma_model::parse_device("auto"), Ok(Device::Cuda(_)))
+}
+
+/// Waits for the device's queued work (a no-op on CPU).
+pub fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Runs `f` once to warm up, then `reps` times (at least once), synchronising the device
+/// before each clock read; returns the median seconds and the last result (the peer's
+/// `timed`).
+pub fn timed<T>(device: Device, reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut last = f()?;
+    sync(device);
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        last = f()?;
+        sync(device);
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok((median(&mut times), last))
+}
+
+/// The median (mean of the two middle values for an even count, like `statistics.median`).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The process' peak resident set size in GiB (`VmHWM`), Linux only.
+pub fn peak_rss_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+/// A random JumpReLU SAE drawn like the peer's (on the CPU generator, `seed`), moved to
+/// `device`. The sae crate keeps SAE weights in f32 whatever the model dtype.
+pub fn random_sae(d_in: i64, d_sae: i64, layer: usize, seed: i64, device: Device) -> Result<Sae> {
+    tch::manual_seed(seed);
+    let opts = (Kind::Float, Device::Cpu);
+    let weights = sae::load::SaeWeights {
+        w_enc: Tensor::f_randn([d_in, d_sae], opts)?.f_div_scalar((d_in as f64).sqrt())?,
+        w_dec: Tensor::f_randn([d_sae, d_in], opts)?.f_div_scalar((d_sae as f64).sqrt())?,
+        b_enc: Tensor::f_zeros([d_sae], opts)?,
+        b_dec: Tensor::f_zeros([d_in], opts)?,
+        threshold: Tensor::f_full([d_sae], 0.5, opts)?,
+        path: "random".into(),
+        hook_name: None,
+    };
+    let hint = SiteHint {
+        family: Some(SaeFamily::Residual),
+        layer: Some(layer),
+    };
+    Ok(Sae::from_weights(
+        weights,
+        "random",
+        SaeFormat::GemmaScopeNpz,
+        hint,
+        device,
+    )?)
+}
+
+/// Token ids `[batch, seq]` drawn uniformly from `3..vocab` (seeded), on the CPU.
+pub fn random_ids(vocab: i64, batch: i64, seq: i64, seed: i64) -> Result<Tensor> {
+    tch::manual_seed(seed);
+    Ok(Tensor::f_randint_low(
+        3,
+        vocab,
+        [batch, seq],
+        (Kind::Int64, Device::Cpu),
+    )?)
+}
+
+/// The latent and magnitude the peer steers with.
+pub const STEER_LATENT: i64 = 7;
+/// See [`STEER_LATENT`].
+pub const STEER_MAGNITUDE: f64 = 100.0;
+/// The prompt length of the generation workflows.
+pub const PROMPT_LEN: i64 = 14;
+/// Base and source lengths of the interchange, and its (source, base) positions and latent.
+pub const INTERCHANGE: (i64, i64, i64, i64, i64) = (15, 12, 11, 14, 7);
+
+/// A random model and SAE of one size on one device.
+pub struct Workbench {
+    /// The shapes.
+    pub size: Size,
+    /// The model (random weights).
+    pub model: Gemma2Model,
+    /// The SAE (random weights, f32).
+    pub sae: Sae,
+    /// The SAE's layer.
+    pub layer: usize,
+}
+
+impl std::fmt::Debug for Workbench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workbench")
+            .field("size", &self.size)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl Workbench {
+    /// A random model (seed 0) and SAE (seed 1) of `size`.
+    pub fn new(size: Size, device: Device, dtype: Kind) -> Result<Self> {
+        let config = size.config();
+        let model = Gemma2Model::random(&config, 0, dtype, device).context("random model")?;
+        let layer = size.sae_layer();
+        let sae = random_sae(config.hidden_size, size.d_sae(), layer, 1, device)?;
+        Ok(Workbench {
+            size,
+            model,
+            sae,
+            layer,
+        })
+    }
+
+    /// The model's device.
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Random ids `[batch, seq]` on the model's device.
+    pub fn ids(&self, batch: i64, seq: i64, seed: i64) -> Result<Tensor> {
+        Ok(
+            random_ids(self.model.config().vocab_size, batch, seq, seed)?
+                .f_to_device(self.device())?,
+        )
+    }
+
+    /// The SAE's component: `block_output` at its layer.
+    pub fn component(&self) -> Component {
+        Component::typed("block_output", self.layer)
+    }
+
+    /// A plain forward; the logits `[B, T, vocab]`.
+    pub fn forward_plain(&self, batch: &Batch) -> Result<Tensor> {
+        self.model
+            .forward(batch)?
+            .logits
+            .ok_or_else(|| anyhow!("the plain forward returned no logits"))
+    }
+
+    /// The graph for [`collect_latents`](Self::collect_latents): an encode-collect at the SAE's
+    /// site.
+    pub fn collector(&self) -> Result<IntervenableModel<'_, Gemma2Model>> {
+        Ok(IntervenableModel::new(
+            &self.model,
+            vec![RepresentationConfig::new(
+                self.component(),
+                EncodeCollect::new(&self.sae),
+            )],
+        )?)
+    }
+
+    /// The SAE latents `[B, T, d_sae]` (f32) at every position, stopping after the SAE layer.
+    pub fn collect_latents(
+        graph: &IntervenableModel<'_, Gemma2Model>,
+        batch: &Batch,
+    ) -> Result<Tensor> {
+        let options = CallOptions::new()
+            .locations(Locations::all())
+            .collect_only_stop_early(true);
+        let mut out = graph.forward(batch, Sources::None, &options)?;
+        if out.collected.len() != 1 {
+            bail!("expected one collected tensor, got {}", out.collected.len());
+        }
+        out.collected
+            .pop()
+            .ok_or_else(|| anyhow!("nothing collected"))
+    }
+
+    /// Greedy decoding of exactly `new` tokens (eos never stops it).
+    pub fn generation_config(new: usize) -> GenerationConfig {
+        GenerationConfig {
+            eos_token_ids: Some(Vec::new()),
+            ..GenerationConfig::greedy(new)
+        }
+    }
+
+    /// Plain greedy generation of `new` tokens after `prompt`.
+    pub fn generate_plain(&self, prompt: &Batch, new: usize) -> Result<Generated> {
+        Ok(self.model.generate(prompt, &Self::generation_config(new))?)
+    }
+
+    /// The graph for [`generate_steered`](Self::generate_steered): `magnitude * W_dec[latent]`
+    /// added at the SAE's site.
+    pub fn steerer(
+        &self,
+        latent: i64,
+        magnitude: f64,
+    ) -> Result<IntervenableModel<'_, Gemma2Model>> {
+        let steer = Steer::new(&self.sae, &[(latent, magnitude)])?;
+        Ok(IntervenableModel::new(
+            &self.model,
+            vec![RepresentationConfig::new(self.component(), steer)],
+        )?)
+    }
+
+    /// Steered greedy generation: the vector is added at every prompt position and at every
+    /// decode step (pyvene's `intervene_on_prompt=True`, `unit_locations=None`).
+    pub fn generate_steered(
+        graph: &IntervenableModel<'_, Gemma2Model>,
+        prompt: &Batch,
+        new: usize,
+    ) -> Result<Generated> {
+        let options = CallOptions::new()
+            .locations(Locations::all())
+            .intervene_on_prompt(true);
+        Ok(graph
+            .generate(
+                prompt,
+                Sources::None,
+                &options,
+                &Self::generation_config(new),
+            )?
+            .intervened)
+    }
+
+    /// The graph for [`interchange`](Self::interchange): pyvene's JumpReLU interchange.
+    pub fn interchanger(&self) -> Result<IntervenableModel<'_, Gemma2Model>> {
+        Ok(IntervenableModel::new(
+            &self.model,
+            vec![RepresentationConfig::new(
+                self.component(),
+                JumpReluInterchange::new(&self.sae),
+            )],
+        )?)
+    }
+
+    /// One interchange: latent `INTERCHANGE.4` of source position 11 into base position 14,
+    /// with the clean run; the logit difference (intervened − clean) at the last position,
+    /// `[1, vocab]` (f32).
+    pub fn interchange(
+        graph: &IntervenableModel<'_, Gemma2Model>,
+        base: &Batch,
+        source: &Batch,
+    ) -> Result<Tensor> {
+        let (_, _, src_pos, base_pos, latent) = INTERCHANGE;
+        let options = CallOptions::new()
+            .locations(Locations::pair(src_pos, base_pos))
+            .subspaces(Subspaces::Shared(vec![latent]))
+            .output_original_output(true);
+        let out = graph.forward(base, Sources::Shared(source), &options)?;
+        let clean = out
+            .original
+            .and_then(|o| o.logits)
+            .ok_or_else(|| anyhow!("the clean run returned no logits"))?;
+        let patched = out
+            .intervened
+            .logits
+            .ok_or_else(|| anyhow!("the intervened run returned no logits"))?;
+        Ok(patched
+            .f_select(1, -1)?
+            .f_to_kind(Kind::Float)?
+            .f_sub(&clean.f_select(1, -1)?.f_to_kind(Kind::Float)?)?)
+    }
+
+    /// The base (`[1, 15]`) and source (`[1, 12]`) of the interchange, from two random rows.
+    pub fn interchange_inputs(&self, seed: i64) -> Result<(Batch, Batch)> {
+        let (base_len, source_len, ..) = INTERCHANGE;
+        let ids = self.ids(2, base_len.max(source_len), seed)?;
+        Ok((
+            Batch::new(ids.f_narrow(0, 0, 1)?.f_narrow(1, 0, base_len)?),
+            Batch::new(ids.f_narrow(0, 1, 1)?.f_narrow(1, 0, source_len)?),
+        ))
+    }
+}
+
+/// The mean number of active latents per token of `acts` (`[..., d_sae]`).
+pub fn mean_l0(acts: &Tensor) -> Result<f64> {
+    Ok(acts
+        .f_gt(0.0)?
+        .f_sum_dim_intlist(-1, false, Kind::Float)?
+        .f_mean(Kind::Float)?
+        .f_double_value(&[])?)
+}
+
+/// The `k` largest entries' indices of the last row of `t` (`[1, vocab]`).
+pub fn top_k_indices(t: &Tensor, k: i64) -> Result<Vec<i64>> {
+    let (_, idx) = t.f_topk(k, -1, true, true)?;
+    Ok(Vec::<i64>::try_from(
+        &idx.f_reshape([-1])?.f_to_device(Device::Cpu)?,
+    )?)
+}
