@@ -34,9 +34,9 @@ pub struct Attention {
 
 /// Per-call inputs shared by every layer.
 pub(crate) struct AttentionContext<'a> {
-    /// RoPE cos, `[B, T, head_dim]`, model dtype.
+    /// RoPE cos, `[B, 1, T, head_dim]`, model dtype.
     pub cos: &'a Tensor,
-    /// RoPE sin, `[B, T, head_dim]`, model dtype.
+    /// RoPE sin, `[B, 1, T, head_dim]`, model dtype.
     pub sin: &'a Tensor,
     /// Additive mask for this layer's type, `[B, 1, T, S]`, model dtype.
     pub mask: &'a Tensor,

@@ -111,7 +111,7 @@ impl Gemma2Model {
         }
         let device = self.device;
         let input_ids = batch.input_ids.f_to_device(device)?;
-        let mut mask = match &batch.attention_mask {
+        let mask = match &batch.attention_mask {
             Some(m) => m.f_to_device(device)?.f_to_kind(Kind::Int64)?,
             None => Tensor::f_ones([b, t], (Kind::Int64, device))?,
         };
@@ -119,31 +119,28 @@ impl Gemma2Model {
             Some(p) => p.f_to_device(device)?,
             None => generation_positions(&mask)?,
         };
-        let mut cache = self.new_cache(b, t + config.max_new_tokens as i64)?;
+        let max_len = t + config.max_new_tokens as i64;
+        let mut cache = self.new_cache(b, max_len)?;
+        let decode_masks = self.decode_masks(&mask, max_len)?;
         let mut pieces = vec![input_ids.shallow_clone()];
         let mut new_tokens = vec![Vec::new(); b as usize];
         let mut active = vec![true; b as usize];
         let mut step_input = Batch {
             input_ids,
-            attention_mask: Some(mask.shallow_clone()),
+            attention_mask: Some(mask),
             position_ids: Some(positions.shallow_clone()),
         };
         let mut last_pos = positions.f_narrow(1, t - 1, 1)?;
 
         for index in 0..config.max_new_tokens {
-            let out = self.forward_step(&step_input, &mut cache, hooks)?;
+            let out = self.forward_step(&step_input, &mut cache, &decode_masks, hooks)?;
             let logits = out
                 .logits
                 .ok_or_else(|| Error::Input("forward returned no logits".into()))?;
             // HF copies the last position's logits to f32 before any processing.
             let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
             let next = choose(&scores, &config.sampling, rng.as_mut())?;
-            let active_t =
-                Tensor::f_from_slice(&active.iter().map(|&a| i64::from(a)).collect::<Vec<_>>())?
-                    .f_to_device(device)?;
-            let next = next
-                .f_mul(&active_t)?
-                .f_add(&active_t.f_neg()?.f_add_scalar(1)?.f_mul_scalar(pad)?)?;
+            let next = pad_finished(next, &active, pad)?;
             // The one host sync per step: stopping needs the tokens.
             let tokens: Vec<i64> = Vec::<i64>::try_from(&next.f_to_device(tch::Device::Cpu)?)?;
             let was_active = active.clone();
@@ -164,11 +161,11 @@ impl Gemma2Model {
             if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
                 break;
             }
-            mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, device))?], 1)?;
             last_pos = last_pos.f_add_scalar(1)?;
+            // One-position steps take their masks from `decode_masks`.
             step_input = Batch {
                 input_ids: next.f_unsqueeze(1)?,
-                attention_mask: Some(mask.shallow_clone()),
+                attention_mask: None,
                 position_ids: Some(last_pos.shallow_clone()),
             };
         }
@@ -177,6 +174,19 @@ impl Gemma2Model {
             new_tokens,
         })
     }
+}
+
+/// `next` with the pad id in the rows no longer `active` (HF's
+/// `next * unfinished + pad * (1 - unfinished)`); `next` itself while every row runs.
+fn pad_finished(next: Tensor, active: &[bool], pad: i64) -> Result<Tensor> {
+    if active.iter().all(|&a| a) {
+        return Ok(next);
+    }
+    let active_t = Tensor::f_from_slice(&active.iter().map(|&a| i64::from(a)).collect::<Vec<_>>())?
+        .f_to_device(next.device())?;
+    Ok(next
+        .f_mul(&active_t)?
+        .f_add(&active_t.f_neg()?.f_add_scalar(1)?.f_mul_scalar(pad)?)?)
 }
 
 /// HF `generate()` positions: `cumsum(mask) - 1`, pads set to 0.

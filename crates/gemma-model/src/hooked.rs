@@ -1,6 +1,7 @@
 //! [`intervene::HookedModel`] for [`Gemma2Model`].
 
 use intervene::{ForwardOptions, HookedModel, Hooks, SiteCatalog};
+use tch::Tensor;
 
 use crate::error::Error;
 use crate::generate::{Generated, GenerationConfig};
@@ -33,5 +34,17 @@ impl HookedModel for Gemma2Model {
         hooks: &mut dyn Hooks,
     ) -> Result<Generated, Error> {
         self.generate_with(input, config, hooks, &mut |_| true)
+    }
+
+    fn forward_hooked_from(
+        &self,
+        input: &Batch,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Option<ModelOutput>, Error> {
+        self.forward_from(input, layer, hidden, options, hooks)
+            .map(Some)
     }
 }

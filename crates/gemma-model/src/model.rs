@@ -225,7 +225,26 @@ impl Gemma2Model {
         options: &ForwardOptions,
         hooks: &mut dyn Hooks,
     ) -> Result<ModelOutput> {
-        self.run(batch, options, None, false, hooks)
+        self.run(batch, options, Call::default(), hooks)
+    }
+
+    /// Like [`forward_with`](Self::forward_with), but starting at the input of decoder layer
+    /// `layer` with the residual stream `hidden` (`[B, T, hidden]`) instead of embedding the
+    /// tokens and running the layers before it. Given the `block_input` activation of `layer`
+    /// from a run over the same `batch`, the result is that run's, bit for bit.
+    pub fn forward_from(
+        &self,
+        batch: &Batch,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        let call = Call {
+            start: Some((layer, hidden)),
+            ..Call::default()
+        };
+        self.run(batch, options, call, hooks)
     }
 
     /// An empty KV cache for `batch` rows and up to `max_len` positions.
@@ -243,28 +262,47 @@ impl Gemma2Model {
         cache: &mut KvCache,
         hooks: &mut dyn Hooks,
     ) -> Result<ModelOutput> {
-        self.run(batch, &ForwardOptions::default(), Some(cache), false, hooks)
+        let call = Call {
+            cache: Some(cache),
+            ..Call::default()
+        };
+        self.run(batch, &ForwardOptions::default(), call, hooks)
     }
 
     /// Like [`forward_cached`](Self::forward_cached) but unembeds only the last position
-    /// (`[B, 1, vocab]`), as transformers' `generate()` does with `logits_to_keep=1`.
+    /// (`[B, 1, vocab]`), as transformers' `generate()` does with `logits_to_keep=1`. One-position
+    /// chunks take their masks from `decode_masks` (and ignore `batch.attention_mask`).
     pub(crate) fn forward_step(
         &self,
         batch: &Batch,
         cache: &mut KvCache,
+        decode_masks: &DecodeMasks,
         hooks: &mut dyn Hooks,
     ) -> Result<ModelOutput> {
-        self.run(batch, &ForwardOptions::default(), Some(cache), true, hooks)
+        let options = ForwardOptions {
+            last_position_logits: true,
+            ..ForwardOptions::default()
+        };
+        let call = Call {
+            cache: Some(cache),
+            decode_masks: Some(decode_masks),
+            ..Call::default()
+        };
+        self.run(batch, &options, call, hooks)
     }
 
     fn run(
         &self,
         batch: &Batch,
         options: &ForwardOptions,
-        mut cache: Option<&mut KvCache>,
-        last_only: bool,
+        call: Call<'_>,
         hooks: &mut dyn Hooks,
     ) -> Result<ModelOutput> {
+        let Call {
+            mut cache,
+            start,
+            decode_masks,
+        } = call;
         let _guard = tch::no_grad_guard();
         let (b, t) = batch.shape()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -280,11 +318,22 @@ impl Gemma2Model {
 
         let positions = self.positions(batch, b, t, past)?;
         let (cos, sin) = self.rope.cos_sin(&positions, self.dtype)?;
-        let key_mask = self.key_mask(batch, b, past + t)?;
-        let masks = self.masks(key_mask.as_ref(), b, t, past)?;
+        // [B, 1, T, hd]: broadcast over heads once here, not in every layer.
+        let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
+        let masks = match decode_masks {
+            Some(d) if t == 1 && past > 0 => d.step(past)?,
+            _ => {
+                let key_mask = self.key_mask(batch, b, past + t)?;
+                self.masks(key_mask.as_ref(), b, t, past)?
+            }
+        };
 
-        let mut x = self.embed(&batch.input_ids)?;
-        for (layer, block) in self.layers.iter().enumerate().take(last_layer + 1) {
+        let (first_layer, mut x) = match start {
+            Some((layer, hidden)) => (layer, self.check_start(layer, hidden, b, t, last_layer)?),
+            None => (0, self.embed(&batch.input_ids)?),
+        };
+        let layers = self.layers.iter().enumerate().take(last_layer + 1);
+        for (layer, block) in layers.skip(first_layer) {
             let ctx = AttentionContext {
                 cos: &cos,
                 sin: &sin,
@@ -300,9 +349,9 @@ impl Gemma2Model {
             c.advance(t);
         }
         let logits = if last_layer + 1 == self.layers.len() {
-            // The final norm and unembedding are per position, so slicing first changes nothing
-            // but the cost.
-            let keep = if last_only {
+            // Slicing before the final norm and unembedding, as transformers does for
+            // `logits_to_keep=1` (the matmul over fewer rows may round differently).
+            let keep = if options.last_position_logits {
                 x.f_narrow(1, t - 1, 1)?
             } else {
                 x.shallow_clone()
@@ -312,6 +361,30 @@ impl Gemma2Model {
             None
         };
         Ok(ModelOutput { logits, hidden: x })
+    }
+
+    /// The residual stream to start layer `layer` from, after checking it fits the call.
+    fn check_start(
+        &self,
+        layer: usize,
+        hidden: &Tensor,
+        b: i64,
+        t: i64,
+        last_layer: usize,
+    ) -> Result<Tensor> {
+        if layer > last_layer {
+            return Err(Error::Input(format!(
+                "cannot start at layer {layer} of a call that stops after layer {last_layer}"
+            )));
+        }
+        let want = [b, t, self.config.hidden_size];
+        if hidden.size() != want {
+            return Err(Error::Input(format!(
+                "the residual stream to start from must be {want:?}, got {:?}",
+                hidden.size()
+            )));
+        }
+        Ok(hidden.f_to_device(self.device)?.f_to_kind(self.dtype)?)
     }
 
     /// The index of the last layer to run.
@@ -372,13 +445,44 @@ impl Gemma2Model {
 
     fn masks(&self, key_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Masks> {
         let full = additive_mask(key_mask, b, t, past, None, self.dtype, self.device)?;
-        let sliding = match self.config.sliding_window {
-            Some(w) if self.config.layer_types.contains(&LayerType::Sliding) => {
-                additive_mask(key_mask, b, t, past, Some(w), self.dtype, self.device)?
-            }
-            _ => full.shallow_clone(),
+        let sliding = match self.window() {
+            Some(w) => additive_mask(key_mask, b, t, past, Some(w), self.dtype, self.device)?,
+            None => full.shallow_clone(),
         };
         Ok(Masks { full, sliding })
+    }
+
+    /// The sliding window, if any layer slides.
+    fn window(&self) -> Option<i64> {
+        self.config
+            .sliding_window
+            .filter(|_| self.config.layer_types.contains(&LayerType::Sliding))
+    }
+
+    /// The masks of every one-position step of a generation over rows with the 2-D key mask
+    /// `prompt_mask` (`[B, T]`, nonzero = real token) and up to `max_len` positions in all.
+    pub(crate) fn decode_masks(&self, prompt_mask: &Tensor, max_len: i64) -> Result<DecodeMasks> {
+        let size = prompt_mask.size();
+        let (b, t) = (size[0], size[1]);
+        // Every generated position is a real token (HF appends ones to the mask).
+        let new = Tensor::f_ones([b, max_len - t], (Kind::Int64, self.device))?;
+        let real = Tensor::f_cat(
+            &[
+                &prompt_mask
+                    .f_to_device(self.device)?
+                    .f_to_kind(Kind::Int64)?,
+                &new,
+            ],
+            1,
+        )?;
+        let min = finfo_min(self.dtype);
+        let keys = Tensor::f_zeros([b, 1, 1, max_len], (self.dtype, self.device))?
+            .f_masked_fill(&real.f_eq(0)?.f_view([b, 1, 1, max_len])?, min)?;
+        Ok(DecodeMasks {
+            keys,
+            window: self.window(),
+            min,
+        })
     }
 
     /// Every hook site at every layer, with pyvene module paths and widths.
@@ -431,6 +535,45 @@ fn site_layout(c: &Gemma2Config, kind: SiteKind) -> (&'static str, HookPoint, i6
 struct Masks {
     full: Tensor,
     sliding: Tensor,
+}
+
+/// What a forward call reads besides the batch and options.
+#[derive(Default)]
+struct Call<'a> {
+    /// The KV cache to read and extend.
+    cache: Option<&'a mut KvCache>,
+    /// Start at this layer from this residual stream instead of embedding the tokens.
+    start: Option<(usize, &'a Tensor)>,
+    /// Prebuilt masks for one-position steps.
+    decode_masks: Option<&'a DecodeMasks>,
+}
+
+/// The additive masks of one generation's decode steps, built once instead of per step: the
+/// same values [`additive_mask`] gives for one query at physical index `past` (keys
+/// `0..=past`, causality is then trivial).
+pub(crate) struct DecodeMasks {
+    /// `[B, 1, 1, max_len]`: 0 at real tokens, `finfo.min` at pads.
+    keys: Tensor,
+    window: Option<i64>,
+    min: f64,
+}
+
+impl DecodeMasks {
+    /// The masks of the query at physical index `past`.
+    fn step(&self, past: i64) -> Result<Masks> {
+        let s = past + 1;
+        let full = self.keys.f_narrow(3, 0, s)?;
+        let sliding = match self.window {
+            // Keys `j <= past - w` are out of the window: the first `s - w`.
+            Some(w) if s > w => {
+                let m = full.f_detach_copy()?;
+                let _ = m.f_narrow(3, 0, s - w)?.f_fill_(self.min)?;
+                m
+            }
+            _ => full.shallow_clone(),
+        };
+        Ok(Masks { full, sliding })
+    }
 }
 
 /// The smallest finite value of `dtype` (transformers masks with it, not `-inf`).

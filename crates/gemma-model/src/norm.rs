@@ -13,22 +13,36 @@ pub struct RmsNorm {
     pub weight: Tensor,
     /// Added to the mean square inside the rsqrt.
     pub eps: f64,
+    /// `1 + w` in f32, computed once (the same f32 ops as per call, so the same values);
+    /// `None` if that failed, and then it is computed per call.
+    scale: Option<Tensor>,
 }
 
 impl RmsNorm {
     /// A norm with weight `weight` (as stored in the checkpoint).
     pub fn new(weight: Tensor, eps: f64) -> Self {
-        RmsNorm { weight, eps }
+        let scale = one_plus(&weight).ok();
+        RmsNorm { weight, eps, scale }
     }
 
     /// `x * rsqrt(mean(x², -1) + eps) * (1 + w)`, computed in f32, returned in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let xf = x.f_to_kind(Kind::Float)?;
-        let mean_sq = xf
+        let mut mean_sq = xf
             .f_pow_tensor_scalar(2)?
             .f_mean_dim(-1, true, None::<Kind>)?;
-        let normed = xf.f_mul(&mean_sq.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
-        Ok(normed.f_mul(&scale)?.f_to_kind(x.kind())?)
+        // In place on fresh temporaries only (`xf` may be `x` itself).
+        let _ = mean_sq.f_add_scalar_(self.eps)?.f_rsqrt_()?;
+        let mut normed = xf.f_mul(&mean_sq)?;
+        let _ = match &self.scale {
+            Some(scale) => normed.f_mul_(scale)?,
+            None => normed.f_mul_(&one_plus(&self.weight)?)?,
+        };
+        Ok(normed.f_to_kind(x.kind())?)
     }
+}
+
+/// `1 + w` in f32.
+fn one_plus(weight: &Tensor) -> Result<Tensor> {
+    Ok(weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?)
 }

@@ -18,7 +18,7 @@ use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks};
 use crate::intervention::{Intervention, InterventionRole, Subspaces};
 use crate::location::{Locations, PerIntervention, RowPositions};
 use crate::select::{cast_to, gather, scatter, IndexCache, Selection};
-use crate::site::Site;
+use crate::site::{Site, SiteKind};
 use crate::{Error, Result};
 
 /// How source runs feed the base run.
@@ -107,6 +107,11 @@ pub struct CallOptions {
     /// Forward only: when every intervention is a collect, stop the base run after the deepest
     /// hooked layer. The model's output then carries no logits.
     pub collect_only_stop_early: bool,
+    /// Forward only: the original and intervened runs compute logits for the last position
+    /// only (`[B, 1, vocab]`, transformers' `logits_to_keep=1`, which may differ in the last
+    /// bits from the last row of full logits). Activations, collects and source runs are
+    /// unaffected.
+    pub last_position_logits: bool,
 }
 
 impl CallOptions {
@@ -148,6 +153,12 @@ impl CallOptions {
     /// Generation: intervene on the prompt call.
     pub fn intervene_on_prompt(mut self, yes: bool) -> Self {
         self.intervene_on_prompt = yes;
+        self
+    }
+
+    /// Forward: logits for the last position only.
+    pub fn last_position_logits(mut self, yes: bool) -> Self {
+        self.last_position_logits = yes;
         self
     }
 
@@ -274,27 +285,25 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         options: &CallOptions,
     ) -> Result<IntervenableOutput<M::Output>> {
         self.validate(&sources, options)?;
-        let original = if options.output_original_output {
-            Some(self.run_forward(base, &ForwardOptions::default(), &mut NoHooks)?)
+        let clean_opts = ForwardOptions {
+            last_position_logits: options.last_position_logits,
+            ..ForwardOptions::default()
+        };
+        let fopts = self.intervened_options(options, clean_opts);
+        // Up to the first hooked layer the intervened base run computes exactly what the clean
+        // run did: resume it there from the clean run's residual stream.
+        let resume = self.first_base_layer().filter(|&l| l > 0);
+        let (original, start) = if options.output_original_output {
+            let mut recorder = Recorder::new(resume);
+            let out = self.run_forward(base, &clean_opts, &mut recorder)?;
+            (Some(out), recorder.take())
         } else {
-            None
+            (None, None)
         };
         let mut runner = self.runner(options, None);
         self.run_sources(&mut runner, &sources)?;
         runner.base_phase(self.mode);
-        let all_collect = !self.entries.is_empty()
-            && self
-                .entries
-                .iter()
-                .all(|e| e.intervention.role() == InterventionRole::Collect);
-        let fopts = if options.collect_only_stop_early && all_collect {
-            ForwardOptions {
-                stop_after_layer: self.entries.iter().map(|e| e.resolved.site.layer).max(),
-            }
-        } else {
-            ForwardOptions::default()
-        };
-        let intervened = self.run_forward(base, &fopts, &mut runner)?;
+        let intervened = self.run_base(base, &fopts, start, &mut runner)?;
         let (collected, collected_from) = runner.into_collected();
         Ok(IntervenableOutput {
             original,
@@ -302,6 +311,55 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
             collected,
             collected_from,
         })
+    }
+
+    /// The options of the intervened base run: `clean`, stopped after the deepest hooked layer
+    /// when asked to and every intervention is a collect.
+    fn intervened_options(&self, options: &CallOptions, clean: ForwardOptions) -> ForwardOptions {
+        let all_collect = !self.entries.is_empty()
+            && self
+                .entries
+                .iter()
+                .all(|e| e.intervention.role() == InterventionRole::Collect);
+        if options.collect_only_stop_early && all_collect {
+            ForwardOptions {
+                stop_after_layer: self.entries.iter().map(|e| e.resolved.site.layer).max(),
+                ..clean
+            }
+        } else {
+            clean
+        }
+    }
+
+    /// The intervened base run: resumed at `start` (a layer and the clean run's residual
+    /// stream there) when the model supports it, a full forward otherwise.
+    fn run_base(
+        &self,
+        base: &M::Input,
+        options: &ForwardOptions,
+        start: Option<(usize, Tensor)>,
+        runner: &mut Runner<'_>,
+    ) -> Result<M::Output> {
+        if let Some((layer, hidden)) = start {
+            let resumed =
+                self.model
+                    .forward_hooked_from(base, layer, &hidden, options, runner.as_hooks());
+            if let Some(out) = finish(resumed, runner)? {
+                return Ok(out);
+            }
+        }
+        self.run_forward(base, options, runner)
+    }
+
+    /// The shallowest layer any hook of the base run acts at (see [`Runner::base_phase`]).
+    fn first_base_layer(&self) -> Option<usize> {
+        let n = self.entries.len();
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| acts_in_base(self.mode, i, n))
+            .map(|(_, e)| e.resolved.site.layer)
+            .min()
     }
 
     /// Generation with interventions (pyvene's `pv_model.generate(base, sources,
@@ -463,6 +521,7 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
                         src,
                         &ForwardOptions {
                             stop_after_layer: stop,
+                            ..ForwardOptions::default()
                         },
                         runner,
                     )?;
@@ -495,6 +554,7 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
                         src,
                         &ForwardOptions {
                             stop_after_layer: stop,
+                            ..ForwardOptions::default()
                         },
                         runner,
                     )?;
@@ -551,6 +611,57 @@ trait HookErrors {
 }
 
 impl HookErrors for NoHooks {
+    fn as_hooks(&mut self) -> &mut dyn Hooks {
+        self
+    }
+    fn take_error(&mut self) -> Option<Error> {
+        None
+    }
+}
+
+/// Whether intervention `i` of `n` acts (as a setter) in the base run of `mode`: all of them in
+/// parallel mode, the last one in serial mode.
+fn acts_in_base(mode: Mode, i: usize, n: usize) -> bool {
+    match mode {
+        Mode::Parallel => true,
+        Mode::Serial => i + 1 == n,
+    }
+}
+
+/// Hooks of the clean run: a copy of the residual stream entering one layer, where the
+/// intervened run can resume.
+struct Recorder {
+    site: Option<Site>,
+    hidden: Option<Tensor>,
+}
+
+impl Recorder {
+    fn new(layer: Option<usize>) -> Self {
+        Recorder {
+            site: layer.map(|l| Site::new(l, SiteKind::BlockInput)),
+            hidden: None,
+        }
+    }
+
+    /// The layer and the residual stream entering it, if the run reached it.
+    fn take(self) -> Option<(usize, Tensor)> {
+        Some((self.site?.layer, self.hidden?))
+    }
+}
+
+impl Hooks for Recorder {
+    fn wants(&self, site: Site) -> bool {
+        self.site == Some(site)
+    }
+
+    fn visit(&mut self, _site: Site, activation: &mut Tensor) -> Result<(), Error> {
+        // A copy: the model may go on to update its residual stream in place.
+        self.hidden = Some(activation.f_detach_copy()?);
+        Ok(())
+    }
+}
+
+impl HookErrors for Recorder {
     fn as_hooks(&mut self) -> &mut dyn Hooks {
         self
     }
@@ -618,12 +729,9 @@ impl<'e> Runner<'e> {
     }
 
     fn base_phase(&mut self, mode: Mode) {
-        let last = self.slots.len().checked_sub(1);
+        let n = self.slots.len();
         for (i, s) in self.slots.iter_mut().enumerate() {
-            s.setter = match mode {
-                Mode::Parallel => true,
-                Mode::Serial => Some(i) == last,
-            };
+            s.setter = acts_in_base(mode, i, n);
             s.getter = false;
         }
         self.source_run = false;
@@ -671,6 +779,7 @@ impl<'e> Runner<'e> {
         let Some(j) = self.by_site.iter().position(|(s, _)| *s == site) else {
             return Ok(());
         };
+
         // Setters first, in config order (each sees the previous one's result); then getters,
         // which see the site after the setters (pyvene registers a serial stage's setters first).
         for n in 0..self.by_site[j].1.len() {

@@ -52,12 +52,17 @@ impl Hooks for NoHooks {
     }
 }
 
-/// Options that cut a forward call short.
+/// Options that cut a forward call short or trim its output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForwardOptions {
     /// Stop after this decoder layer: later layers, the final norm and the unembedding are not
     /// computed and the output carries no logits. Used when only activations are wanted.
     pub stop_after_layer: Option<usize>,
+    /// Compute logits for the last position only (`[B, 1, vocab]`), as transformers'
+    /// `generate()` does with `logits_to_keep=1`. The hidden states are unaffected; the logits
+    /// are transformers' with `logits_to_keep=1`, which may differ in the last bits from the
+    /// last row of a full call (the matmul kernel depends on the number of rows).
+    pub last_position_logits: bool,
 }
 
 /// A model the intervention graph can drive.
@@ -95,4 +100,22 @@ pub trait HookedModel {
         config: &Self::GenerateConfig,
         hooks: &mut dyn Hooks,
     ) -> Result<Self::Generated, Self::Error>;
+
+    /// One forward call over `input` that starts at the input of decoder layer `layer` with the
+    /// residual stream `hidden`, which a call over the same `input` without hooks before `layer`
+    /// carried there (its [`SiteKind::BlockInput`](crate::SiteKind::BlockInput) activation).
+    /// Sites before `layer` are not visited; everything from `layer` on is computed exactly as
+    /// in the full call, so the result is the same bit for bit. `None` (the default): not
+    /// supported, the caller runs the full call.
+    fn forward_hooked_from(
+        &self,
+        input: &Self::Input,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Option<Self::Output>, Self::Error> {
+        let _ = (input, layer, hidden, options, hooks);
+        Ok(None)
+    }
 }

@@ -170,6 +170,7 @@ fn stop_after_layer_returns_no_logits() {
             &batch,
             &ForwardOptions {
                 stop_after_layer: Some(1),
+                last_position_logits: false,
             },
             &mut intervene::NoHooks,
         )
@@ -180,6 +181,7 @@ fn stop_after_layer_returns_no_logits() {
         &batch,
         &ForwardOptions {
             stop_after_layer: Some(4),
+            last_position_logits: false,
         },
         &mut intervene::NoHooks,
     );

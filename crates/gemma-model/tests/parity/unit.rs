@@ -295,6 +295,7 @@ fn hooks_visit_in_execution_order_and_can_replace() {
     let mut hooks = ZeroMlp(Vec::new());
     let opts = intervene::ForwardOptions {
         stop_after_layer: Some(0),
+        last_position_logits: false,
     };
     model
         .forward_with(&batch, &opts, &mut hooks)
