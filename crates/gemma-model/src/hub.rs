@@ -8,13 +8,11 @@ use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Repo, RepoType};
 
 use crate::error::{Error, Result};
-use crate::loading::{shard_names, HubOptions, ModelFiles};
+use crate::files::{is_hub_id, shard_names, HubOptions, ModelFiles, INDEX_FILE, SINGLE_FILE};
 
 const CONFIG: &str = "config.json";
 const GENERATION_CONFIG: &str = "generation_config.json";
 const TOKENIZER: &str = "tokenizer.json";
-const SINGLE_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Resolves `repo_id` at `options.revision` to local files, downloading when online.
 pub fn resolve(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
@@ -146,4 +144,20 @@ fn resolve_online(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
 /// A file that may legitimately be absent from the repository.
 fn optional(repo: &ApiRepo, file: &str) -> Option<PathBuf> {
     repo.get(file).ok()
+}
+
+impl ModelFiles {
+    /// A local directory if `source` is one, otherwise a Hub id such as `google/gemma-2-2b`.
+    pub fn resolve(source: &str, hub: &HubOptions) -> Result<Self> {
+        let path = Path::new(source);
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        if is_hub_id(source) {
+            return resolve(source, hub);
+        }
+        Err(Error::MissingFile {
+            path: path.to_path_buf(),
+        })
+    }
 }
