@@ -211,7 +211,7 @@ fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
         race.size, race.device, race.dtype, race.batch, race.seq, race.new
     );
     println!(
-        "{:<28} {:>14} {:>14} {:>10}",
+        "{:<28} {:>16} {:>16} {:>9}",
         "workflow", "scope", "peer", "speed-up"
     );
     for (what, field, larger_is_better) in ROWS {
@@ -224,8 +224,13 @@ fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
             }
             _ => "n/a".to_string(),
         };
-        let show = |v: Option<&f64>| v.map(|v| format!("{v:.2} {field}")).unwrap_or("-".into());
-        println!("{:<28} {:>14} {:>14} {:>10}", what, show(a), show(b), ratio);
+        let unit = match field {
+            "tok_per_s" => "tok/s",
+            "gib" => "GiB",
+            other => other,
+        };
+        let show = |v: Option<&f64>| v.map(|v| format!("{v:.1} {unit}")).unwrap_or("-".into());
+        println!("{:<28} {:>16} {:>16} {:>9}", what, show(a), show(b), ratio);
     }
 }
 
