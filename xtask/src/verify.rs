@@ -87,7 +87,8 @@ fn golden_suite() -> Result {
 }
 
 fn parse_parity_line(line: &str) -> Option<ParityRow> {
-    let rest = line.strip_prefix("PARITY|")?;
+    // With --nocapture the harness's "test name ... " may stand before the row on its line.
+    let rest = &line[line.find("PARITY|")? + "PARITY|".len()..];
     let mut parts = rest.split('|');
     Some(ParityRow {
         workflow: parts.next()?.to_string(),
@@ -333,6 +334,8 @@ mod tests {
         assert_eq!(row.tolerance, "1e-4");
         assert_eq!(row.worst, "3.2e-6");
         assert!(parse_parity_line("test foo ... ok").is_none());
+        let inline = parse_parity_line("test a::b ... PARITY|x|1e-4|0").expect("a row");
+        assert_eq!(inline.workflow, "x");
     }
 
     #[test]

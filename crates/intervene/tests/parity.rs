@@ -67,6 +67,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) -> f64 {
     let d = max_diff(a, b);
     eprintln!("{what}: max |diff| = {d:.3e}");
+    println!("PARITY|pyvene {what}|{tol:e}|{d:.2e}");
     assert!(d <= tol, "{what}: max |diff| = {d} > {tol}");
     d
 }
