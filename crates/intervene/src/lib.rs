@@ -19,6 +19,61 @@
 //! | `CollectIntervention`, `AdditionIntervention`, `SubtractionIntervention`, `ZeroIntervention`, `VanillaIntervention` | [`Collect`], [`Add`], [`Subtract`], [`Zero`], [`Vanilla`], [`ConstantSource`] |
 //! | a plain function as intervention | [`FnIntervention`], [`CollectWith`] |
 //!
+//! # A model in twenty lines
+//!
+//! Any model plugs in by describing its sites and calling the hooks while it runs. Here a
+//! one-layer toy that doubles its input; an [`Add`] steers it and a [`Collect`] reads it:
+//!
+//! ```
+//! use intervene::*;
+//! use tch::{Kind, Tensor};
+//!
+//! struct Doubler;
+//!
+//! impl HookedModel for Doubler {
+//!     type Input = Tensor; // [batch, seq, 3]
+//!     type Output = Tensor;
+//!     type GenerateConfig = ();
+//!     type Generated = Tensor;
+//!     type Error = Error;
+//!
+//!     fn site_catalog(&self) -> SiteCatalog {
+//!         let site = Site::new(0, SiteKind::BlockOutput);
+//!         let info = SiteInfo { site, module_path: "model.layers[0]".into(), hook: HookPoint::Output, width: 3, heads: None };
+//!         SiteCatalog { num_layers: 1, sites: vec![info] }
+//!     }
+//!
+//!     fn forward_hooked(&self, x: &Tensor, _: &ForwardOptions, hooks: &mut dyn Hooks) -> Result<Tensor> {
+//!         let size = x.size();
+//!         hooks.begin_forward(&ForwardInfo { batch: size[0], chunk_len: size[1], past_len: 0 })?;
+//!         let mut h = x * 2.0;
+//!         let site = Site::new(0, SiteKind::BlockOutput);
+//!         if hooks.wants(site) {
+//!             hooks.visit(site, &mut h)?;
+//!         }
+//!         Ok(h)
+//!     }
+//!
+//!     fn generate_hooked(&self, _: &Tensor, _: &(), _: &mut dyn Hooks) -> Result<Tensor> {
+//!         Err(Error::Invalid("this toy does not generate".into()))
+//!     }
+//! }
+//!
+//! # fn main() -> Result<()> {
+//! let x = Tensor::ones([1, 2, 3], (Kind::Float, tch::Device::Cpu));
+//! let graph = IntervenableModel::new(&Doubler, vec![
+//!     RepresentationConfig::new("model.layers[0].output", Add::new(Tensor::from_slice(&[1.0f32, 0.0, -1.0]))),
+//!     RepresentationConfig::new(Component::typed("block_output", 0), Collect),
+//! ])?;
+//! // Add at position 1 only; the collect (after it in config order) sees the steered value.
+//! let options = CallOptions::new().locations_each(vec![Locations::base([1]), Locations::all()]);
+//! let out = graph.forward(&x, Sources::None, &options)?;
+//! assert_eq!(Vec::<f32>::try_from(out.intervened.flatten(0, -1))?, [2.0, 2.0, 2.0, 3.0, 2.0, 1.0]);
+//! assert_eq!(out.collected[0].size(), [1, 2, 3]);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The tutorial's three workflows
 //!
 //! `model` is any [`HookedModel`] (the `gemma-model` crate's `Gemma2Model`), `sae` a Gemma Scope
