@@ -257,14 +257,42 @@ impl Intervention for CollectWith {
     }
 }
 
+/// A fixed vector added to or subtracted from the slice: the shared body of [`Add`] and
+/// [`Subtract`]. The vector is moved to the activation's device once and kept there.
+struct Offset {
+    vector: OnDevice,
+    mask: MaskCache,
+    subtract: bool,
+}
+
+impl Offset {
+    fn new(vector: Tensor, subtract: bool) -> Self {
+        Offset {
+            vector: OnDevice::new(vector),
+            mask: MaskCache::default(),
+            subtract,
+        }
+    }
+
+    fn apply(&self, base: &Tensor, subspaces: Option<&Subspaces>) -> Result<Tensor> {
+        let v = self.vector.on(base.device())?;
+        let moved = if self.subtract {
+            base.f_sub(&v)?
+        } else {
+            base.f_add(&v)?
+        };
+        match subspaces {
+            None => Ok(moved),
+            Some(_) => restrict(&self.mask, &base.f_to_kind(moved.kind())?, moved, subspaces),
+        }
+    }
+}
+
 /// Adds a fixed vector (steering). The sum is computed with torch's type promotion, so an f32
 /// vector on a bf16 model adds in f32 and the graph rounds the result to bf16 on write-back,
 /// as pyvene does. The vector is moved to the activation's device once and kept there; build it
 /// on the model's device to skip even that.
-pub struct Add {
-    vector: OnDevice,
-    mask: MaskCache,
-}
+pub struct Add(Offset);
 
 impl fmt::Debug for Add {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -275,10 +303,7 @@ impl fmt::Debug for Add {
 impl Add {
     /// Add `vector` (`[width]`, or anything that broadcasts against the slice).
     pub fn new(vector: Tensor) -> Self {
-        Add {
-            vector: OnDevice::new(vector),
-            mask: MaskCache::default(),
-        }
+        Add(Offset::new(vector, false))
     }
 }
 
@@ -297,20 +322,12 @@ impl Intervention for Add {
         _source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
-        let v = self.vector.on(base.device())?;
-        let sum = base.f_add(&v)?;
-        match subspaces {
-            None => Ok(sum),
-            Some(_) => restrict(&self.mask, &base.f_to_kind(sum.kind())?, sum, subspaces),
-        }
+        self.0.apply(base, subspaces)
     }
 }
 
 /// Subtracts a fixed vector; see [`Add`].
-pub struct Subtract {
-    vector: OnDevice,
-    mask: MaskCache,
-}
+pub struct Subtract(Offset);
 
 impl fmt::Debug for Subtract {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,10 +338,7 @@ impl fmt::Debug for Subtract {
 impl Subtract {
     /// Subtract `vector` (`[width]`, or anything that broadcasts against the slice).
     pub fn new(vector: Tensor) -> Self {
-        Subtract {
-            vector: OnDevice::new(vector),
-            mask: MaskCache::default(),
-        }
+        Subtract(Offset::new(vector, true))
     }
 }
 
@@ -343,12 +357,7 @@ impl Intervention for Subtract {
         _source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
-        let v = self.vector.on(base.device())?;
-        let diff = base.f_sub(&v)?;
-        match subspaces {
-            None => Ok(diff),
-            Some(_) => restrict(&self.mask, &base.f_to_kind(diff.kind())?, diff, subspaces),
-        }
+        self.0.apply(base, subspaces)
     }
 }
 

@@ -142,6 +142,7 @@ impl Intervention for EncodeCollect {
 pub struct Steer {
     vector: Tensor,
     pairs: Vec<(i64, f64)>,
+    add: intervene::Add,
 }
 
 impl std::fmt::Debug for Steer {
@@ -153,8 +154,10 @@ impl std::fmt::Debug for Steer {
 impl Steer {
     /// Steer along `pairs` of (latent, magnitude) of `sae`.
     pub fn new(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<Steer> {
+        let vector = sae.steering_sum(pairs)?;
         Ok(Steer {
-            vector: sae.steering_sum(pairs)?,
+            add: intervene::Add::new(vector.shallow_clone()),
+            vector,
             pairs: pairs.to_vec(),
         })
     }
@@ -187,7 +190,7 @@ impl Intervention for Steer {
         _source: Option<&Tensor>,
         _subspaces: Option<&Subspaces>,
     ) -> IResult<Tensor> {
-        let v = self.vector.f_to_device(base.device())?;
-        Ok(base.f_to_kind(Kind::Float)?.f_add(&v)?)
+        // The latents are fixed at construction, so subspaces do not apply here.
+        self.add.apply(base, None, None)
     }
 }
