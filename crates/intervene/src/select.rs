@@ -79,21 +79,23 @@ fn expand_index(idx: &Tensor, shape: &[i64], dims_after: usize) -> Result<Tensor
     Ok(v.f_expand(shape, false)?)
 }
 
+/// `[batch, len, width]` of a hooked activation, or a shape error.
+fn activation_dims(act: &Tensor) -> Result<(i64, i64, i64)> {
+    match act.size().as_slice() {
+        [b, s, w] => Ok((*b, *s, *w)),
+        other => Err(Error::Shape {
+            context: "hooked activation (expected [batch, len, width])".into(),
+            expected: vec![-1, -1, -1],
+            got: other.to_vec(),
+        }),
+    }
+}
+
 /// The selected slice: `[B, K, W]`, or `[B, nh, K, hd]` for head components. A new tensor,
 /// except for the whole-tensor form without heads, which is `act` itself (shallow): callers
 /// that keep it copy it.
 pub(crate) fn gather(act: &Tensor, sel: &Selection<'_>) -> Result<Tensor> {
-    let size = act.size();
-    let (b, s, w) = match size.as_slice() {
-        [b, s, w] => (*b, *s, *w),
-        _ => {
-            return Err(Error::Shape {
-                context: "hooked activation (expected [batch, len, width])".into(),
-                expected: vec![-1, -1, -1],
-                got: size,
-            })
-        }
-    };
+    let (b, s, w) = activation_dims(act)?;
     match sel.heads {
         None => match sel.positions {
             None => Ok(act.shallow_clone()),
@@ -131,17 +133,7 @@ pub(crate) fn gather(act: &Tensor, sel: &Selection<'_>) -> Result<Tensor> {
 /// `act` with the selected slice replaced by `y` (already in `act`'s dtype and of the gathered
 /// shape). Positions not selected are untouched.
 pub(crate) fn scatter(act: &Tensor, sel: &Selection<'_>, y: &Tensor) -> Result<Tensor> {
-    let size = act.size();
-    let (b, s, w) = match size.as_slice() {
-        [b, s, w] => (*b, *s, *w),
-        _ => {
-            return Err(Error::Shape {
-                context: "hooked activation (expected [batch, len, width])".into(),
-                expected: vec![-1, -1, -1],
-                got: size,
-            })
-        }
-    };
+    let (b, s, w) = activation_dims(act)?;
     match sel.heads {
         None => match sel.positions {
             None => Ok(y.shallow_clone()),

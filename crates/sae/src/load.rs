@@ -95,6 +95,21 @@ fn read_npz_entry<R: std::io::Read + std::io::Seek>(
     }
 }
 
+/// The parameter a stored key holds (SAELens also accepts lowercase `w_enc` / `w_dec`), or
+/// `None` for keys an SAE file may carry that are not parameters.
+fn canonical_key(name: &str) -> Option<&str> {
+    let canonical = match name {
+        "w_enc" => "W_enc",
+        "w_dec" => "W_dec",
+        other => other,
+    };
+    matches!(
+        canonical,
+        "W_enc" | "W_dec" | "b_enc" | "b_dec" | "threshold" | "scaling_factor"
+    )
+    .then_some(canonical)
+}
+
 /// Read a Gemma Scope `params.npz` into validated float32 CPU tensors.
 pub fn read_npz(path: &Path) -> Result<SaeWeights> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -103,17 +118,9 @@ pub fn read_npz(path: &Path) -> Result<SaeWeights> {
     let names = npz.names().map_err(|e| npz_err(path, None, e))?;
     let mut tensors = BTreeMap::new();
     for name in &names {
-        let canonical = match name.as_str() {
-            "w_enc" => "W_enc",
-            "w_dec" => "W_dec",
-            other => other,
-        };
-        if !matches!(
-            canonical,
-            "W_enc" | "W_dec" | "b_enc" | "b_dec" | "threshold" | "scaling_factor"
-        ) {
+        let Some(canonical) = canonical_key(name) else {
             continue;
-        }
+        };
         let t = read_npz_entry(&mut npz, path, name)?;
         tensors.insert(canonical.to_string(), (name.clone(), t));
     }
@@ -316,17 +323,9 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
     let found: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     let mut tensors = BTreeMap::new();
     for name in &found {
-        let canonical = match name.as_str() {
-            "w_enc" => "W_enc",
-            "w_dec" => "W_dec",
-            other => other,
-        };
-        if !matches!(
-            canonical,
-            "W_enc" | "W_dec" | "b_enc" | "b_dec" | "threshold" | "scaling_factor"
-        ) {
+        let Some(canonical) = canonical_key(name) else {
             continue;
-        }
+        };
         let view = st.tensor(name).map_err(|source| Error::Safetensors {
             path: path.to_path_buf(),
             key: Some(name.clone()),
