@@ -329,7 +329,15 @@ impl Gemma2Model {
         };
 
         let (first_layer, mut x) = match start {
-            Some((layer, hidden)) => (layer, self.check_start(layer, hidden, b, t, last_layer)?),
+            Some((layer, hidden)) => {
+                let mut x = self.check_start(layer, hidden, b, t, last_layer)?;
+                // `hidden` is the output of layer `layer - 1`: its last site comes first, as
+                // in the full call.
+                if let Some(previous) = layer.checked_sub(1) {
+                    visit(hooks, previous, SiteKind::BlockOutput, &mut x)?;
+                }
+                (layer, x)
+            }
             None => (0, self.embed(&batch.input_ids)?),
         };
         let layers = self.layers.iter().enumerate().take(last_layer + 1);

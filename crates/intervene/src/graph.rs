@@ -292,7 +292,7 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         let fopts = self.intervened_options(options, clean_opts);
         // Up to the first hooked layer the intervened base run computes exactly what the clean
         // run did: resume it there from the clean run's residual stream.
-        let resume = self.first_base_layer().filter(|&l| l > 0);
+        let resume = self.resume_layer(&fopts).filter(|&l| l > 0);
         let (original, start) = if options.output_original_output {
             let mut recorder = Recorder::new(resume);
             let out = self.run_forward(base, &clean_opts, &mut recorder)?;
@@ -349,6 +349,29 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
             }
         }
         self.run_forward(base, options, runner)
+    }
+
+    /// Where the intervened base run can resume from the clean run: the shallowest layer a
+    /// hook of the base run acts at or, when every hook there is on that layer's output (the
+    /// model visits it first when resuming at the next layer), the layer after it.
+    fn resume_layer(&self, options: &ForwardOptions) -> Option<usize> {
+        let first = self.first_base_layer()?;
+        let n = self.entries.len();
+        let only_outputs = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| acts_in_base(self.mode, i, n) && e.resolved.site.layer == first)
+            .all(|(_, e)| e.resolved.site.kind == SiteKind::BlockOutput);
+        let last = match options.stop_after_layer {
+            Some(l) => l,
+            None => self.model.site_catalog().num_layers.checked_sub(1)?,
+        };
+        Some(if only_outputs && first < last {
+            first + 1
+        } else {
+            first
+        })
     }
 
     /// The shallowest layer any hook of the base run acts at (see [`Runner::base_phase`]).

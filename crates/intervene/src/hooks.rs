@@ -104,9 +104,11 @@ pub trait HookedModel {
     /// One forward call over `input` that starts at the input of decoder layer `layer` with the
     /// residual stream `hidden`, which a call over the same `input` without hooks before `layer`
     /// carried there (its [`SiteKind::BlockInput`](crate::SiteKind::BlockInput) activation).
-    /// Sites before `layer` are not visited; everything from `layer` on is computed exactly as
-    /// in the full call, so the result is the same bit for bit. `None` (the default): not
-    /// supported, the caller runs the full call.
+    /// When `layer > 0` the model first visits the
+    /// [`SiteKind::BlockOutput`](crate::SiteKind::BlockOutput) site of layer `layer - 1` with
+    /// `hidden` (the same tensor in the full call), then runs on; no earlier site is visited.
+    /// Everything from there on is computed exactly as in the full call, so the result is the
+    /// same bit for bit. `None` (the default): not supported, the caller runs the full call.
     fn forward_hooked_from(
         &self,
         input: &Self::Input,

@@ -466,3 +466,32 @@ fn steer_generate_and_forward() {
         );
     }
 }
+
+/// With `output_original_output` the intervened run resumes from the clean run (after the
+/// hooked block output, or at the hooked layer otherwise); its logits must equal a full
+/// intervened run's bit for bit.
+#[test]
+fn resumed_intervened_run_equals_the_full_run() {
+    let m = model();
+    let base = batch("addition_constant.input_ids");
+    let vec = t("addition_constant.vec");
+    for component in ["model.layers[1].output", "model.layers[2].mlp.output"] {
+        let pv =
+            IntervenableModel::new(&m, vec![Rc::new(component, Add::new(vec.shallow_clone()))])
+                .expect("graph");
+        let at = CallOptions::new().locations(Locations::base([3, 8]));
+        let full = pv.forward(&base, Sources::None, &at).expect("full");
+        let resumed = pv
+            .forward(
+                &base,
+                Sources::None,
+                &at.clone().output_original_output(true),
+            )
+            .expect("resumed");
+        assert!(
+            logits(&full.intervened).equal(logits(&resumed.intervened)),
+            "{component}: resumed run differs"
+        );
+        assert_changed(component, &resumed);
+    }
+}

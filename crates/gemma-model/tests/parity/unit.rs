@@ -346,3 +346,59 @@ fn hooks_visit_in_execution_order_and_can_replace() {
         .expect("norm");
     assert!(seen(SiteKind::BlockOutput).equal(&(seen(SiteKind::BlockInput) + attn)));
 }
+
+/// Resuming at layer `l` from the clean residual stream visits the output of layer `l - 1`
+/// first and then computes exactly what the full call computes, hooks included.
+#[test]
+fn resumed_forward_is_the_full_forward() {
+    /// Adds 0.5 to the output of one layer; records what it saw.
+    struct Nudge(Site, Vec<Site>);
+    impl intervene::Hooks for Nudge {
+        fn wants(&self, site: Site) -> bool {
+            site == self.0
+        }
+        fn visit(&mut self, site: Site, t: &mut Tensor) -> Result<(), intervene::Error> {
+            self.1.push(site);
+            *t = &*t + 0.5;
+            Ok(())
+        }
+    }
+    /// Copies the residual stream entering one layer.
+    struct Record(Site, Option<Tensor>);
+    impl intervene::Hooks for Record {
+        fn wants(&self, site: Site) -> bool {
+            site == self.0
+        }
+        fn visit(&mut self, _site: Site, t: &mut Tensor) -> Result<(), intervene::Error> {
+            self.1 = Some(t.copy());
+            Ok(())
+        }
+    }
+    let model =
+        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 3, Kind::Float, Device::Cpu)
+            .expect("random");
+    let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12, 13, 14]);
+    let opts = intervene::ForwardOptions::default();
+    let hooked = Site::new(1, SiteKind::BlockOutput);
+    let mut full_hooks = Nudge(hooked, Vec::new());
+    let full = model
+        .forward_with(&batch, &opts, &mut full_hooks)
+        .expect("full");
+    for start in [1usize, 2] {
+        let mut record = Record(Site::new(start, SiteKind::BlockInput), None);
+        model
+            .forward_with(&batch, &opts, &mut record)
+            .expect("clean");
+        let hidden = record.1.expect("recorded");
+        let mut hooks = Nudge(hooked, Vec::new());
+        let resumed = model
+            .forward_from(&batch, start, &hidden, &opts, &mut hooks)
+            .expect("resumed");
+        assert_eq!(hooks.1, vec![hooked], "start {start}: the hook ran once");
+        let (a, b) = (
+            full.logits.as_ref().expect("logits"),
+            resumed.logits.as_ref().expect("logits"),
+        );
+        assert!(a.equal(b), "start {start}: logits differ");
+    }
+}
