@@ -486,3 +486,96 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
         "{stderr}"
     );
 }
+
+/// A Hugging Face cache holding the fixture model as `google/gemma-2-tiny` and the fixture SAE
+/// as `google/gemma-scope-tiny-res/layer_2/width_256/average_l0_20`, like `scope download`
+/// leaves it.
+fn fake_hub_cache(root: &Path) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    for (repo, from, under) in [
+        ("models--google--gemma-2-tiny", F32_MODEL, ""),
+        (
+            "models--google--gemma-scope-tiny-res",
+            F32_SAE,
+            "layer_2/width_256/average_l0_20",
+        ),
+    ] {
+        let repo = root.join(repo);
+        let snapshot = repo.join("snapshots").join(commit).join(under);
+        std::fs::create_dir_all(&snapshot).expect("snapshot dir");
+        for entry in std::fs::read_dir(fixtures().join(from)).expect("fixture dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), snapshot.join(entry.file_name())).expect("copy");
+        }
+        std::fs::create_dir_all(repo.join("refs")).expect("refs");
+        std::fs::write(repo.join("refs/main"), commit).expect("ref");
+    }
+}
+
+#[test]
+fn hub_names_resolve_from_the_cache_offline() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    fake_hub_cache(cache.path());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_scope"))
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", cache.path())
+            .output()
+            .expect("scope runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+    };
+    let sae = "google/gemma-scope-tiny-res/layer_2/width_256/average_l0_20";
+    let got = run(&[
+        "download",
+        "--model",
+        "google/gemma-2-tiny",
+        "--sae",
+        sae,
+        "--json",
+    ]);
+    let paths: Vec<&str> = got["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .map(|p| p.as_str().expect("path"))
+        .collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths[0].contains("models--google--gemma-2-tiny/snapshots/"));
+    assert!(
+        paths[1].ends_with("average_l0_20/params.npz"),
+        "{}",
+        paths[1]
+    );
+
+    // The hub names work wherever a path does, and give the same numbers.
+    let prompt = "Would you be able to travel through time using a wormhole?";
+    let by_hub = run(&[
+        "latents",
+        "--model",
+        "google/gemma-2-tiny",
+        "--sae",
+        sae,
+        "--prompt",
+        prompt,
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    let by_path = scope_json(&[
+        "latents",
+        "--model",
+        &fixture(F32_MODEL),
+        "--sae",
+        &fixture(F32_SAE),
+        "--prompt",
+        prompt,
+    ]);
+    assert_eq!(by_hub["l0"], by_path["l0"]);
+    assert_eq!(by_hub["max_latent"], by_path["max_latent"]);
+}
