@@ -115,6 +115,11 @@ fn steps(model: &Path, sae: &Path) -> Vec<Step> {
             "explain --model MODEL --sae SAE 183 --top-k 5",
             &[],
         ),
+        step(
+            "6. how well the SAE reconstructs the model on two texts",
+            "eval --model MODEL --sae SAE",
+            &[("--prompt", PROMPT), ("--prompt", BASE)],
+        ),
     ]
 }
 

@@ -24,6 +24,9 @@ pub enum Command {
     Patch(PatchArgs),
     /// The logit lens of a latent: the tokens its decoder direction promotes and suppresses.
     Explain(ExplainArgs),
+    /// How well the SAE reconstructs the model on some text: L0, MSE, explained variance, and the
+    /// change in next-token loss and the KL when it is spliced in.
+    Eval(EvalArgs),
     /// Fetch a model and/or an SAE into the Hugging Face cache.
     Download(DownloadArgs),
 }
@@ -179,6 +182,21 @@ pub struct ExplainArgs {
     /// How many tokens to list each way.
     #[arg(long, default_value_t = 10)]
     pub top_k: i64,
+}
+
+/// `scope eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// A text to evaluate on (repeatable; the texts form one left-padded batch).
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    /// A latent counts towards L0 when its activation is above this (SAELens uses 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f64,
 }
 
 /// `scope download`.

@@ -8,11 +8,12 @@ use intervene::{
 use tch::{Kind, Tensor};
 
 use crate::args::{
-    DownloadArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs, SteerArgs,
+    DownloadArgs, EvalArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs,
+    SteerArgs,
 };
 use crate::output::{
-    print_json, DownloadReport, ExplainReport, GenerateReport, LatentValue, LatentsReport,
-    PatchReport, SteeringReport, TokenDiff, TokenScore,
+    print_json, DownloadReport, EvalReport, ExplainReport, GenerateReport, LatentValue,
+    LatentsReport, PatchReport, SteeringReport, TokenDiff, TokenScore,
 };
 use crate::session::{generation_config, resolve_position, LoadedSae, Session};
 
@@ -301,6 +302,66 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
         latent,
         promoted: scores(&lens.promoted)?,
         suppressed: scores(&lens.suppressed)?,
+    };
+    if args.model.json {
+        print_json(&report)
+    } else {
+        report.print_table();
+        Ok(())
+    }
+}
+
+/// `scope eval`.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let rows = args
+        .prompts
+        .iter()
+        .map(|p| session.encode_prompt(p, false))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = Batch::left_padded(&rows, session.model.config().pad_token_id)?;
+    let (b, t) = batch.shape()?;
+    // The SAE's input: the raw activation at its site, read without changing the model.
+    let graph = IntervenableModel::new(
+        &session.model,
+        vec![RepresentationConfig::new(
+            loaded.component(),
+            intervene::Collect,
+        )],
+    )?;
+    let options = CallOptions::new().collect_only_stop_early(true);
+    let out = graph.forward(&batch, Sources::None, &options)?;
+    let x = out
+        .collected
+        .first()
+        .context("the collect returned nothing")?;
+    let mask = sae::metrics::position_mask(batch.attention_mask.as_ref(), b, t)?;
+    let rec = loaded
+        .sae
+        .reconstruction_metrics(x, Some(&mask), args.threshold)?;
+    let splice = sae::splice_metrics(
+        &loaded.sae,
+        &session.model,
+        &batch,
+        &batch.input_ids,
+        batch.attention_mask.as_ref(),
+        loaded.site,
+        |o| o.logits,
+    )?;
+    let report = EvalReport {
+        tokens: rec.tokens,
+        l0_threshold: rec.l0_threshold,
+        mean_l0: rec.mean_l0,
+        mse: rec.mse,
+        explained_variance: rec.explained_variance,
+        explained_variance_per_token: rec.explained_variance_per_token,
+        ce_clean: splice.ce_clean,
+        ce_spliced: splice.ce_spliced,
+        delta_ce: splice.delta_ce,
+        delta_ce_with_error: splice.delta_ce_with_error,
+        kl: splice.kl,
+        kl_with_error: splice.kl_with_error,
     };
     if args.model.json {
         print_json(&report)

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Steer(a) => commands::steer(&a),
         Command::Patch(a) => commands::patch(&a),
         Command::Explain(a) => commands::explain(&a),
+        Command::Eval(a) => commands::eval(&a),
         Command::Download(a) => commands::download(&a),
     };
     match outcome {

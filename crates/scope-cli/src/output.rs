@@ -112,6 +112,61 @@ pub struct ExplainReport {
     pub suppressed: Vec<TokenScore>,
 }
 
+/// `scope eval`: reconstruction quality over the texts' tokens, `<bos>` and padding excluded.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    /// Tokens counted.
+    pub tokens: usize,
+    /// The threshold L0 counts above.
+    pub l0_threshold: f64,
+    /// Mean L0 per token.
+    pub mean_l0: f64,
+    /// `mean((x̂ − x)²)` over every counted element.
+    pub mse: f64,
+    /// `1 − mse / var(x)` (the Gemma Scope tutorial's form).
+    pub explained_variance: f64,
+    /// `mean_t [1 − ‖x_t − x̂_t‖² / ‖x_t − μ‖²]` (SAELens' per-token form).
+    pub explained_variance_per_token: f64,
+    /// Next-token cross-entropy of the clean model.
+    pub ce_clean: f64,
+    /// With the reconstruction spliced in at every position but `<bos>`.
+    pub ce_spliced: f64,
+    /// `ce_spliced − ce_clean`.
+    pub delta_ce: f64,
+    /// The same with the SAE error added back (0 up to rounding).
+    pub delta_ce_with_error: f64,
+    /// Mean `KL(clean ‖ spliced)` per position.
+    pub kl: f64,
+    /// The same with the SAE error added back.
+    pub kl_with_error: f64,
+}
+
+impl EvalReport {
+    /// The human-readable form.
+    pub fn print_table(&self) {
+        let rows = [
+            ("tokens (no <bos>, no padding)", self.tokens as f64),
+            ("mean L0", self.mean_l0),
+            ("MSE", self.mse),
+            ("explained variance (tutorial)", self.explained_variance),
+            (
+                "explained variance (per token)",
+                self.explained_variance_per_token,
+            ),
+            ("CE clean", self.ce_clean),
+            ("CE spliced", self.ce_spliced),
+            ("delta CE", self.delta_ce),
+            ("delta CE with error term", self.delta_ce_with_error),
+            ("KL(clean || spliced)", self.kl),
+            ("KL with error term", self.kl_with_error),
+        ];
+        println!("L0 counts latents > {}", self.l0_threshold);
+        for (name, value) in rows {
+            println!("  {name:<32} {value:>12.6}");
+        }
+    }
+}
+
 /// `scope download`.
 #[derive(Debug, Serialize)]
 pub struct DownloadReport {

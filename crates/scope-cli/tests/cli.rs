@@ -579,3 +579,58 @@ fn hub_names_resolve_from_the_cache_offline() {
     assert_eq!(by_hub["l0"], by_path["l0"]);
     assert_eq!(by_hub["max_latent"], by_path["max_latent"]);
 }
+
+#[test]
+fn eval_matches_the_sae_metrics_fixture() {
+    let expected = read_json("expected/tiny-f32/sae.json");
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let prompts: Vec<&str> = expected["per_prompt"]
+        .as_array()
+        .expect("per_prompt")
+        .iter()
+        .map(|p| p["prompt"].as_str().expect("prompt"))
+        .collect();
+    let rel = |got: &Value, want: &Value| {
+        let (g, w) = (got.as_f64().expect("got"), want.as_f64().expect("want"));
+        (g - w).abs() / w.abs().max(1e-3)
+    };
+    let mut worst = 0.0f64;
+
+    // All prompts as one left-padded batch: the pooled reconstruction metrics and the KL.
+    let mut args = vec!["eval", "--model", &model, "--sae", &sae];
+    for p in &prompts {
+        args.extend(["--prompt", p]);
+    }
+    let pooled = scope_json(&args);
+    let m = &expected["metrics_excluding_bos"];
+    assert_eq!(pooled["tokens"], m["tokens"]);
+    for (key, want) in [
+        ("mse", &m["mse"]),
+        ("explained_variance", &m["explained_variance_tutorial"]),
+        (
+            "explained_variance_per_token",
+            &m["explained_variance_saelens"],
+        ),
+        ("mean_l0", &expected["average_l0_gt0_excluding_bos"]),
+        ("kl", &expected["splice"]["kl_mean_all_positions_pooled"]),
+    ] {
+        worst = worst.max(rel(&pooled[key], want));
+    }
+
+    // One prompt at a time: the cross-entropies.
+    for case in expected["splice"]["per_prompt"].as_array().expect("splice") {
+        let i = case["prompt"].as_u64().expect("index") as usize;
+        let one = scope_json(&[
+            "eval", "--model", &model, "--sae", &sae, "--prompt", prompts[i],
+        ]);
+        worst = worst.max(rel(&one["ce_clean"], &case["ce_clean"]));
+        worst = worst.max(rel(&one["ce_spliced"], &case["ce_spliced"]));
+        worst = worst.max(rel(&one["kl"], &case["kl_clean_spliced_mean"]));
+        assert!(one["delta_ce_with_error"].as_f64().expect("d").abs() < 1e-4);
+    }
+    parity(
+        "cli eval: MSE, explained variance, L0, CE, KL (rel.)",
+        1e-4,
+        worst,
+    );
+}
