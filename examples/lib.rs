@@ -46,8 +46,8 @@ pub fn setup() -> anyhow::Result<Setup> {
     use anyhow::Context;
     let options = gemma_model::LoadOptions::default();
     let source = model_source();
-    let model = gemma_model::Gemma2Model::load(&source, &options)?;
     let files = gemma_model::ModelFiles::resolve(&source, &options.hub)?;
+    let model = gemma_model::Gemma2Model::load_files(&files, options.dtype, options.device)?;
     let tokenizer =
         gemma_model::GemmaTokenizer::from_file(files.tokenizer.context("no tokenizer.json")?)?;
     let sae = sae::Sae::from_pretrained(&sae_source(), model.device())?;

@@ -14,8 +14,8 @@
 //!     device: gemma_model::parse_device("auto")?,
 //!     ..LoadOptions::default()
 //! };
-//! let model = Gemma2Model::load("google/gemma-2-2b", &options)?;
 //! let files = gemma_model::ModelFiles::resolve("google/gemma-2-2b", &options.hub)?;
+//! let model = Gemma2Model::load_files(&files, options.dtype, options.device)?;
 //! let tokenizer = GemmaTokenizer::from_file(files.tokenizer.unwrap_or_default())?;
 //!
 //! let ids = tokenizer.encode("The capital of France is", true)?; // starts with <bos>

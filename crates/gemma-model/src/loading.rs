@@ -177,9 +177,15 @@ impl Gemma2Model {
     /// Loads a local directory or a Hub id.
     pub fn load(source: &str, options: &LoadOptions) -> Result<Self> {
         let files = ModelFiles::resolve(source, &options.hub)?;
+        Self::load_files(&files, options.dtype, options.device)
+    }
+
+    /// Loads already resolved checkpoint files (callers that also need the tokenizer resolve
+    /// once and pass the files here).
+    pub fn load_files(files: &ModelFiles, dtype: DTypeSpec, device: Device) -> Result<Self> {
         let config = files.read_config()?;
-        let dtype = resolve_dtype(options.dtype, config.torch_dtype.as_deref())?;
-        Self::from_files(&files, config, dtype, options.device)
+        let dtype = resolve_dtype(dtype, config.torch_dtype.as_deref())?;
+        Self::from_files(files, config, dtype, device)
     }
 
     /// Loads a local directory in `dtype` on `device`.

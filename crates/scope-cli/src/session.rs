@@ -2,8 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use gemma_model::{
-    parse_device, parse_dtype, DTypeSpec, Gemma2Model, GemmaTokenizer, HubOptions, LoadOptions,
-    ModelFiles,
+    parse_device, parse_dtype, DTypeSpec, Gemma2Model, GemmaTokenizer, HubOptions, ModelFiles,
 };
 use tch::{Device, Kind};
 
@@ -33,9 +32,8 @@ impl Session {
             )
         })?;
         let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
-        let options = LoadOptions { dtype, device, hub };
         let spinner = progress(format!("loading {} ({device:?})", args.model));
-        let model = Gemma2Model::load(&args.model, &options)
+        let model = Gemma2Model::load_files(&files, dtype, device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
         spinner.finish_and_clear();
         Ok(Session { model, tokenizer })
