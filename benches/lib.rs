@@ -376,8 +376,8 @@ impl Workbench {
             .locations(Locations::pair(src_pos, base_pos))
             .subspaces(Subspaces::Shared(vec![latent]))
             .output_original_output(true)
-            // Only the last position's logits are reported (HF's logits_to_keep=1: within ~1e-6
-            // of the full-logits run, tested against pyvene at 1e-4).
+            // Only the last position's logits are reported, so the final layer runs for that
+            // position alone (within float rounding of the full run; tested against pyvene at 1e-4).
             .last_position_logits(true);
         let out = graph.forward(base, Sources::Shared(source), &options)?;
         let clean = out

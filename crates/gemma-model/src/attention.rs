@@ -7,17 +7,15 @@ use tch::{Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::error::Result;
-use crate::rope::apply_rotary;
+use crate::rope::{apply_rotary, RotaryAngles};
 
 /// One layer's attention weights and shape facts.
 #[derive(Debug)]
 pub struct Attention {
-    /// `[heads * head_dim, hidden]`.
-    pub q_proj: Tensor,
-    /// `[kv_heads * head_dim, hidden]`.
-    pub k_proj: Tensor,
-    /// `[kv_heads * head_dim, hidden]`.
-    pub v_proj: Tensor,
+    /// `q_proj`, `k_proj` and `v_proj` stacked, `[(heads + 2 * kv_heads) * head_dim, hidden]`:
+    /// one matmul instead of three, and each output column is computed exactly as its own
+    /// projection computes it (the reduction runs over `hidden` alone).
+    qkv_proj: Tensor,
     /// `[hidden, heads * head_dim]`.
     pub o_proj: Tensor,
     /// Query heads.
@@ -32,17 +30,87 @@ pub struct Attention {
     pub softcap: Option<f64>,
 }
 
+/// The shape facts of one layer's attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads.
+    pub kv_heads: i64,
+    /// Width of a head.
+    pub head_dim: i64,
+    /// `query_pre_attn_scalar^-0.5`.
+    pub scale: f64,
+    /// Attention soft-cap, if any.
+    pub softcap: Option<f64>,
+}
+
+/// The projections of one layer, `[out, hidden]` each (the checkpoint's layout).
+#[derive(Debug)]
+pub struct AttentionWeights {
+    /// `[heads * head_dim, hidden]`.
+    pub q_proj: Tensor,
+    /// `[kv_heads * head_dim, hidden]`.
+    pub k_proj: Tensor,
+    /// `[kv_heads * head_dim, hidden]`.
+    pub v_proj: Tensor,
+    /// `[hidden, heads * head_dim]`.
+    pub o_proj: Tensor,
+}
+
 /// Per-call inputs shared by every layer.
 pub(crate) struct AttentionContext<'a> {
-    /// RoPE cos, `[B, 1, T, head_dim]`, model dtype.
-    pub cos: &'a Tensor,
-    /// RoPE sin, `[B, 1, T, head_dim]`, model dtype.
-    pub sin: &'a Tensor,
+    /// RoPE angles, `[B, 1, T, head_dim]`, model dtype.
+    pub angles: &'a RotaryAngles,
     /// Additive mask for this layer's type, `[B, 1, T, S]`, model dtype.
     pub mask: &'a Tensor,
 }
 
 impl Attention {
+    /// One layer's attention from its checkpoint weights (q/k/v are stacked here, once).
+    pub fn new(weights: AttentionWeights, shape: AttentionShape) -> Result<Self> {
+        let AttentionWeights {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+        } = weights;
+        Ok(Attention {
+            qkv_proj: Tensor::f_cat(&[&q_proj, &k_proj, &v_proj], 0)?,
+            o_proj,
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            scale: shape.scale,
+            softcap: shape.softcap,
+        })
+    }
+
+    /// `q_proj`'s weight, `[heads * head_dim, hidden]` (a view of the stacked projections).
+    pub fn q_proj(&self) -> Result<Tensor> {
+        Ok(self.qkv_proj.f_narrow(0, 0, self.q_width())?)
+    }
+
+    /// `k_proj`'s weight, `[kv_heads * head_dim, hidden]`.
+    pub fn k_proj(&self) -> Result<Tensor> {
+        Ok(self.qkv_proj.f_narrow(0, self.q_width(), self.kv_width())?)
+    }
+
+    /// `v_proj`'s weight, `[kv_heads * head_dim, hidden]`.
+    pub fn v_proj(&self) -> Result<Tensor> {
+        Ok(self
+            .qkv_proj
+            .f_narrow(0, self.q_width() + self.kv_width(), self.kv_width())?)
+    }
+
+    fn q_width(&self) -> i64 {
+        self.heads * self.head_dim
+    }
+
+    fn kv_width(&self) -> i64 {
+        self.kv_heads * self.head_dim
+    }
+
     /// Attention over normed hidden states `h` (`[B, T, hidden]`); returns `o_proj`'s output.
     pub(crate) fn forward(
         &self,
@@ -53,29 +121,87 @@ impl Attention {
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let (b, t) = (h.size()[0], h.size()[1]);
-        let q = project(
-            h,
-            &self.q_proj,
-            Site::new(layer, SiteKind::QueryOutput),
-            hooks,
-        )?;
-        let k = project(
-            h,
-            &self.k_proj,
-            Site::new(layer, SiteKind::KeyOutput),
-            hooks,
-        )?;
-        let v = project(
-            h,
-            &self.v_proj,
+        let (qw, kvw) = (self.q_width(), self.kv_width());
+        let qkv = h.f_linear::<&Tensor>(&self.qkv_proj, None)?;
+        let q = projection(&qkv, 0, qw, Site::new(layer, SiteKind::QueryOutput), hooks)?;
+        let k = projection(&qkv, qw, kvw, Site::new(layer, SiteKind::KeyOutput), hooks)?;
+        let v = projection(
+            &qkv,
+            qw + kvw,
+            kvw,
             Site::new(layer, SiteKind::ValueOutput),
             hooks,
         )?;
-        let q = split_heads(&q, b, t, self.heads, self.head_dim)?;
-        let k = split_heads(&k, b, t, self.kv_heads, self.head_dim)?;
-        let v = split_heads(&v, b, t, self.kv_heads, self.head_dim)?;
-        let q = apply_rotary(&q, ctx.cos, ctx.sin)?;
-        let k = apply_rotary(&k, ctx.cos, ctx.sin)?;
+        let q = apply_rotary(
+            &split_heads(&q, b, t, self.heads, self.head_dim)?,
+            ctx.angles,
+        )?;
+        let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
+        let mut z = self.attend(&q, k, v, ctx.mask, cache, layer)?;
+        let site = Site::new(layer, SiteKind::AttentionValueOutput);
+        if hooks.wants(site) {
+            hooks.visit(site, &mut z)?;
+        }
+        Ok(z.f_linear::<&Tensor>(&self.o_proj, None)?)
+    }
+
+    /// The attention output of the last position only (`[B, 1, hidden]`), with keys and values
+    /// of every position (and those written to `cache`). Visits no hook: for the final layer
+    /// of a call that wants only the last position's logits.
+    pub(crate) fn forward_last_query(
+        &self,
+        h: &Tensor,
+        ctx: &AttentionContext<'_>,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t) = (h.size()[0], h.size()[1]);
+        let (qw, kvw) = (self.q_width(), self.kv_width());
+        let kv = h.f_linear::<&Tensor>(&self.qkv_proj.f_narrow(0, qw, 2 * kvw)?, None)?;
+        let last = h.f_narrow(1, t - 1, 1)?;
+        let q = last.f_linear::<&Tensor>(&self.q_proj()?, None)?;
+        let last_angles = ctx.angles.position(t - 1)?;
+        let q = apply_rotary(
+            &split_heads(&q, b, 1, self.heads, self.head_dim)?,
+            &last_angles,
+        )?;
+        let k = kv.f_narrow(-1, 0, kvw)?;
+        let v = kv.f_narrow(-1, kvw, kvw)?;
+        let mask = ctx.mask.f_narrow(2, t - 1, 1)?;
+        let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
+        let z = self.attend(&q, k, v, &mask, cache, layer)?;
+        Ok(z.f_linear::<&Tensor>(&self.o_proj, None)?)
+    }
+
+    /// Projected keys and values `[B, T, kv_width]` split into heads `[B, kv_heads, T, hd]`,
+    /// the keys rotated.
+    fn key_value_heads(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        angles: &RotaryAngles,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t) = (k.size()[0], k.size()[1]);
+        let k = split_heads(k, b, t, self.kv_heads, self.head_dim)?;
+        Ok((
+            apply_rotary(&k, angles)?,
+            split_heads(v, b, t, self.kv_heads, self.head_dim)?,
+        ))
+    }
+
+    /// Eager attention of rotated queries `q` (`[B, heads, Tq, hd]`) over the new keys and
+    /// values `k`, `v` (`[B, kv_heads, T, hd]`, keys rotated) after the cache's, masked by
+    /// `mask` (`[B, 1, Tq, S]`); returns the heads merged, `[B, Tq, heads * hd]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, tq) = (q.size()[0], q.size()[2]);
         let (k, v) = match cache {
             Some(cache) => cache.write(layer, &k, &v)?,
             None => (k, v),
@@ -83,6 +209,8 @@ impl Attention {
         let k = repeat_kv(&k, self.heads / self.kv_heads)?;
         let v = repeat_kv(&v, self.heads / self.kv_heads)?;
 
+        // Out of place, as transformers writes it: in bf16 the in-place scalar kernels round
+        // differently (measured: logits off by 2.3 against HF's bf16).
         let mut scores = q
             .f_matmul(&k.f_transpose(2, 3)?)?
             .f_mul_scalar(self.scale)?;
@@ -90,25 +218,26 @@ impl Attention {
             scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
         }
         let probs = scores
-            .f_add(ctx.mask)?
+            .f_add(mask)?
             .f_softmax(-1, Kind::Float)?
             .f_to_kind(q.kind())?;
-        let mut z = probs
+        Ok(probs
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_contiguous()?
-            .f_reshape([b, t, self.heads * self.head_dim])?;
-        let site = Site::new(layer, SiteKind::AttentionValueOutput);
-        if hooks.wants(site) {
-            hooks.visit(site, &mut z)?;
-        }
-        Ok(z.f_linear::<&Tensor>(&self.o_proj, None)?)
+            .f_reshape([b, tq, self.heads * self.head_dim])?)
     }
 }
 
-/// `h @ wᵀ`, visiting `site` with the projection's output.
-fn project(h: &Tensor, w: &Tensor, site: Site, hooks: &mut dyn Hooks) -> Result<Tensor> {
-    let mut out = h.f_linear::<&Tensor>(w, None)?;
+/// Columns `start..start + width` of the stacked projection output (a view), visiting `site`.
+fn projection(
+    qkv: &Tensor,
+    start: i64,
+    width: i64,
+    site: Site,
+    hooks: &mut dyn Hooks,
+) -> Result<Tensor> {
+    let mut out = qkv.f_narrow(-1, start, width)?;
     if hooks.wants(site) {
         hooks.visit(site, &mut out)?;
     }

@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::Attention;
+use crate::attention::{Attention, AttentionShape, AttentionWeights};
 use crate::config::Gemma2Config;
 use crate::device::{resolve_dtype, DTypeSpec};
 use crate::error::{Error, Result};
@@ -252,17 +252,21 @@ impl Gemma2Model {
             let p = format!("model.layers.{l}");
             layers.push(DecoderLayer {
                 input_layernorm: norm(get, &format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention {
-                    q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[c.q_width(), h])?,
-                    k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[c.kv_width(), h])?,
-                    v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[c.kv_width(), h])?,
-                    o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[h, c.q_width()])?,
-                    heads: c.num_attention_heads,
-                    kv_heads: c.num_key_value_heads,
-                    head_dim: c.head_dim,
-                    scale: c.attention_scale(),
-                    softcap: c.attn_logit_softcapping,
-                },
+                self_attn: Attention::new(
+                    AttentionWeights {
+                        q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[c.q_width(), h])?,
+                        k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[c.kv_width(), h])?,
+                        v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[c.kv_width(), h])?,
+                        o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[h, c.q_width()])?,
+                    },
+                    AttentionShape {
+                        heads: c.num_attention_heads,
+                        kv_heads: c.num_key_value_heads,
+                        head_dim: c.head_dim,
+                        scale: c.attention_scale(),
+                        softcap: c.attn_logit_softcapping,
+                    },
+                )?,
                 post_attention_layernorm: norm(
                     get,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -271,21 +275,21 @@ impl Gemma2Model {
                     get,
                     &format!("{p}.pre_feedforward_layernorm.weight"),
                 )?,
-                mlp: Mlp {
-                    gate_proj: get(
+                mlp: Mlp::new(
+                    &get(
                         &format!("{p}.mlp.gate_proj.weight"),
                         &[c.intermediate_size, h],
                     )?,
-                    up_proj: get(
+                    &get(
                         &format!("{p}.mlp.up_proj.weight"),
                         &[c.intermediate_size, h],
                     )?,
-                    down_proj: get(
+                    get(
                         &format!("{p}.mlp.down_proj.weight"),
                         &[h, c.intermediate_size],
                     )?,
-                    activation: c.hidden_activation,
-                },
+                    c.hidden_activation,
+                )?,
                 post_feedforward_layernorm: norm(
                     get,
                     &format!("{p}.post_feedforward_layernorm.weight"),

@@ -96,7 +96,9 @@ impl Batch {
 pub struct ModelOutput {
     /// `[B, T, vocab]` in the model dtype, soft-capped; `None` when stopped early.
     pub logits: Option<Tensor>,
-    /// The residual stream after the last layer computed (before the final norm), `[B, T, hidden]`.
+    /// The residual stream after the last layer computed (before the final norm), `[B, T, hidden]`;
+    /// `[B, 1, hidden]` when only the last position's logits were asked for and the final layer
+    /// ran for that position alone.
     pub hidden: Tensor,
 }
 
@@ -144,6 +146,39 @@ impl DecoderLayer {
         visit(hooks, layer, SiteKind::BlockOutput, &mut x)?;
         Ok(x)
     }
+
+    /// The layer's output at the last position only (`[B, 1, hidden]`), for the final layer of
+    /// a call that wants only the last position's logits and hooks nothing in it: keys and
+    /// values of every position (they are attended to, and cached), everything else — query,
+    /// attention, MLP, norms — for one row. The caller visits the layer's input. Within float
+    /// rounding of [`Self::forward`]'s last row (a one-row product may round differently from
+    /// that row of a many-row product).
+    fn forward_last_position(
+        &self,
+        x: &Tensor,
+        ctx: &AttentionContext<'_>,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let t = x.size()[1];
+        let h = self.input_layernorm.forward(x)?;
+        let a = self.self_attn.forward_last_query(&h, ctx, cache, layer)?;
+        let x = x
+            .f_narrow(1, t - 1, 1)?
+            .f_add(&self.post_attention_layernorm.forward(&a)?)?;
+        let h = self.pre_feedforward_layernorm.forward(&x)?;
+        let m = self.mlp.forward(&h, layer, &mut NoHooks)?;
+        Ok(x.f_add(&self.post_feedforward_layernorm.forward(&m)?)?)
+    }
+}
+
+/// Whether a hook wants a site inside `layer` (after its input, which is whole in either way
+/// of running the layer).
+fn hooks_inside(hooks: &dyn Hooks, layer: usize) -> bool {
+    SiteKind::ALL
+        .iter()
+        .filter(|&&kind| kind != SiteKind::BlockInput)
+        .any(|&kind| hooks.wants(Site::new(layer, kind)))
 }
 
 /// Visits `kind` at `layer` only when a hook wants it (one branch otherwise).
@@ -317,9 +352,8 @@ impl Gemma2Model {
         })?;
 
         let positions = self.positions(batch, b, t, past)?;
-        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype)?;
-        // [B, 1, T, hd]: broadcast over heads once here, not in every layer.
-        let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
+        // Built once per call, shared by every layer.
+        let angles = self.rope.angles(&positions, self.dtype)?;
         let masks = match decode_masks {
             Some(d) if t == 1 && past > 0 => d.step(past)?,
             _ => {
@@ -340,18 +374,26 @@ impl Gemma2Model {
             }
             None => (0, self.embed(&batch.input_ids)?),
         };
+        // Only the last position's logits: the final layer needs the other positions' keys
+        // and values alone.
+        let final_layer = self.layers.len().saturating_sub(1);
+        let last_row_only = options.last_position_logits && last_layer == final_layer && t > 1;
         let layers = self.layers.iter().enumerate().take(last_layer + 1);
         for (layer, block) in layers.skip(first_layer) {
             let ctx = AttentionContext {
-                cos: &cos,
-                sin: &sin,
+                angles: &angles,
                 mask: if self.config.is_sliding(layer) {
                     &masks.sliding
                 } else {
                     &masks.full
                 },
             };
-            x = block.forward(x, &ctx, cache.as_deref_mut(), layer, hooks)?;
+            x = if last_row_only && layer == final_layer && !hooks_inside(hooks, layer) {
+                visit(hooks, layer, SiteKind::BlockInput, &mut x)?;
+                block.forward_last_position(&x, &ctx, cache.as_deref_mut(), layer)?
+            } else {
+                block.forward(x, &ctx, cache.as_deref_mut(), layer, hooks)?
+            };
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -360,7 +402,7 @@ impl Gemma2Model {
             // Slicing before the final norm and unembedding, as transformers does for
             // `logits_to_keep=1` (the matmul over fewer rows may round differently).
             let keep = if options.last_position_logits {
-                x.f_narrow(1, t - 1, 1)?
+                x.f_narrow(1, x.size()[1] - 1, 1)?
             } else {
                 x.shallow_clone()
             };

@@ -43,9 +43,40 @@ impl Rope {
             emb.f_sin()?.f_to_kind(dtype)?,
         ))
     }
+
+    /// The angles of one forward call over positions `[B, T]`, shaped `[B, 1, T, head_dim]` to
+    /// broadcast over heads, in the form [`apply_rotary`] takes.
+    pub fn angles(&self, positions: &Tensor, dtype: Kind) -> Result<RotaryAngles> {
+        let (cos, sin) = self.cos_sin(positions, dtype)?;
+        Ok(RotaryAngles {
+            cos: cos.f_unsqueeze(1)?,
+            signed_sin: signed_sin(&sin)?.f_unsqueeze(1)?,
+        })
+    }
 }
 
-/// `cat(-x2, x1)` on the last axis, where `x1`, `x2` are its halves.
+/// cos and sign-adjusted sin of one forward call, built once and shared by every layer.
+#[derive(Debug)]
+pub struct RotaryAngles {
+    /// `[B, 1, T, head_dim]`.
+    pub cos: Tensor,
+    /// [`signed_sin`] of the sin, `[B, 1, T, head_dim]`.
+    pub signed_sin: Tensor,
+}
+
+impl RotaryAngles {
+    /// The angles of position `index` of the call alone, `[B, 1, 1, head_dim]`.
+    pub fn position(&self, index: i64) -> Result<RotaryAngles> {
+        Ok(RotaryAngles {
+            cos: self.cos.f_narrow(2, index, 1)?,
+            signed_sin: self.signed_sin.f_narrow(2, index, 1)?,
+        })
+    }
+}
+
+/// `cat(-x2, x1)` on the last axis, where `x1`, `x2` are its halves (transformers'
+/// `rotate_half`; [`apply_rotary`] gets the same products from [`swap_halves`] and
+/// [`signed_sin`] in fewer operations).
 pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let half = x.size().last().copied().unwrap_or(0) / 2;
     let x1 = x.f_narrow(-1, 0, half)?;
@@ -53,13 +84,34 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?)
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` of shape `[B, heads, T, head_dim]` and cos/sin of
-/// shape `[B, 1, T, head_dim]`, all in the model dtype.
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let mut out = x.f_mul(cos)?;
-    let mut rotated = rotate_half(x)?;
+/// `cat(x2, x1)` on the last axis: one flip of a `[.., 2, half]` view.
+pub fn swap_halves(x: &Tensor) -> Result<Tensor> {
+    let shape = x.size();
+    let mut split = shape.clone();
+    let last = split.pop().unwrap_or(0);
+    split.extend([2, last / 2]);
+    Ok(x.f_reshape(split.as_slice())?
+        .f_flip([-2])?
+        .f_reshape(shape.as_slice())?)
+}
+
+/// `sin` with its first half negated, so that `swap_halves(x) * signed_sin(sin)` equals
+/// `rotate_half(x) * sin` bit for bit: negation is exact and rounding is symmetric in sign.
+pub fn signed_sin(sin: &Tensor) -> Result<Tensor> {
+    let half = sin.size().last().copied().unwrap_or(0) / 2;
+    let out = sin.f_detach_copy()?;
+    let mut first = out.f_narrow(-1, 0, half)?;
+    let _ = first.f_neg_()?;
+    Ok(out)
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `[B, heads, T, head_dim]`, in the model
+/// dtype, with the products and the sum of transformers' `apply_rotary_pos_emb`.
+pub fn apply_rotary(x: &Tensor, angles: &RotaryAngles) -> Result<Tensor> {
+    let mut out = x.f_mul(&angles.cos)?;
+    let mut rotated = swap_halves(x)?;
     // In place on the two fresh products: the same sums, fewer allocations.
-    let _ = rotated.f_mul_(sin)?;
+    let _ = rotated.f_mul_(&angles.signed_sin)?;
     let _ = out.f_add_(&rotated)?;
     Ok(out)
 }

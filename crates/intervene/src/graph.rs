@@ -108,9 +108,10 @@ pub struct CallOptions {
     /// hooked layer. The model's output then carries no logits.
     pub collect_only_stop_early: bool,
     /// Forward only: the original and intervened runs compute logits for the last position
-    /// only (`[B, 1, vocab]`, transformers' `logits_to_keep=1`, which may differ in the last
-    /// bits from the last row of full logits). Activations, collects and source runs are
-    /// unaffected.
+    /// only (`[B, 1, vocab]`, transformers' `logits_to_keep=1`), and the model may run its
+    /// final layer for that position alone when nothing is hooked inside it (see
+    /// [`ForwardOptions::last_position_logits`]): within float rounding of the last row of full
+    /// logits, not bit-equal. Source runs are unaffected.
     pub last_position_logits: bool,
 }
 

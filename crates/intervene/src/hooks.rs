@@ -59,9 +59,10 @@ pub struct ForwardOptions {
     /// computed and the output carries no logits. Used when only activations are wanted.
     pub stop_after_layer: Option<usize>,
     /// Compute logits for the last position only (`[B, 1, vocab]`), as transformers'
-    /// `generate()` does with `logits_to_keep=1`. The hidden states are unaffected; the logits
-    /// are transformers' with `logits_to_keep=1`, which may differ in the last bits from the
-    /// last row of a full call (the matmul kernel depends on the number of rows).
+    /// `generate()` does with `logits_to_keep=1`. A model may then run its final layer for the
+    /// last position alone when no hook acts in that layer (the other positions feed it only
+    /// keys and values). The logits are within float rounding of the last row of a full call,
+    /// not bit-equal to it: a one-row matmul may round differently from one row of a larger one.
     pub last_position_logits: bool,
 }
 

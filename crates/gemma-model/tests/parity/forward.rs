@@ -193,3 +193,48 @@ fn stop_after_layer_returns_no_logits() {
         })
     ));
 }
+
+/// `last_position_logits` runs the final layer for the last position alone (keys and values of
+/// all): its logits stay within the f32 tolerance of HF's last row, for every prompt and both
+/// checkpoints; with a hook in the final layer the layer runs in full.
+#[test]
+fn last_position_logits_match_hf_last_row() {
+    let options = ForwardOptions {
+        stop_after_layer: None,
+        last_position_logits: true,
+    };
+    let mut worst = 0f64;
+    for (name, prefix) in [("tiny-f32", ""), ("tiny-bf16-sharded", "f32.")] {
+        let model = load(name, Kind::Float);
+        let exp = expected_forward(name);
+        for p in ["p0", "p1", "p2", "p3"] {
+            let batch = Batch::new(exp[&format!("{p}.input_ids")].shallow_clone());
+            let out = model
+                .forward_with(&batch, &options, &mut intervene::NoHooks)
+                .expect("forward");
+            assert_eq!(
+                out.hidden.size()[1],
+                1,
+                "the final layer ran for one position"
+            );
+            let logits = out.logits.expect("logits");
+            let hf = &exp[&format!("{prefix}{p}.logits")];
+            let t = hf.size()[1];
+            worst = worst.max(max_abs_diff(&logits, &hf.narrow(1, t - 1, 1)));
+        }
+        let last = model.config().num_hidden_layers - 1;
+        let mut rec = Recorder {
+            kinds: vec![SiteKind::MlpOutput],
+            ..Recorder::default()
+        };
+        let batch = Batch::new(exp["p0.input_ids"].shallow_clone());
+        let out = model
+            .forward_with(&batch, &options, &mut rec)
+            .expect("forward");
+        let t = batch.input_ids.size()[1];
+        assert_eq!(out.hidden.size()[1], t, "hooked final layer runs in full");
+        assert!(rec.seen.iter().any(|(s, _)| s.layer == last));
+    }
+    println!("PARITY|model f32 last-position logits (final layer on one row)|1e-4|{worst:.2e}");
+    assert!(worst < F32_TOL, "{worst}");
+}

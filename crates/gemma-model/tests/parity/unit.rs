@@ -3,7 +3,7 @@
 use gemma_model::config::{Activation, Gemma2Config, LayerType};
 use gemma_model::model::{additive_mask, finfo_min};
 use gemma_model::norm::RmsNorm;
-use gemma_model::rope::{rotate_half, Rope};
+use gemma_model::rope::{apply_rotary, rotate_half, swap_halves, Rope};
 use intervene::{HookPoint, Site, SiteKind};
 use tch::{Device, Kind, Tensor};
 
@@ -191,6 +191,78 @@ fn rope_matches_formula_and_is_half_split() {
         Vec::<f32>::try_from(rotate_half(&x).expect("rot")).expect("v"),
         vec![-3.0, -4.0, 1.0, 2.0]
     );
+}
+
+#[test]
+fn rotary_with_swapped_halves_is_transformers_formula_bit_for_bit() {
+    let rope = Rope::new(16, 10000.0, Device::Cpu).expect("rope");
+    let pos = Tensor::arange(7, (Kind::Int64, Device::Cpu)).view([1, 7]);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let angles = rope.angles(&pos, kind).expect("angles");
+        let (cos, sin) = rope.cos_sin(&pos, kind).expect("cos/sin");
+        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+        // [B, heads, T, hd], non-contiguous like the heads split off a projection.
+        let x = Tensor::randn([1, 7, 3, 16], (Kind::Float, Device::Cpu))
+            .f_mul_scalar(40.0)
+            .expect("scale")
+            .to_kind(kind)
+            .transpose(1, 2);
+        let hf = &x * &cos + rotate_half(&x).expect("rot") * &sin;
+        let ours = apply_rotary(&x, &angles).expect("rotary");
+        assert!(
+            ours.equal(&hf),
+            "{kind:?}: rotary differs from transformers' formula"
+        );
+        assert!(swap_halves(&x)
+            .expect("swap")
+            .equal(&Tensor::cat(&[x.narrow(-1, 8, 8), x.narrow(-1, 0, 8)], -1)));
+    }
+}
+
+#[test]
+fn stacked_projections_are_the_checkpoint_projections() {
+    use gemma_model::attention::{Attention, AttentionShape, AttentionWeights};
+    use gemma_model::mlp::Mlp;
+    use gemma_model::Activation;
+    let w = |o: i64, i: i64| Tensor::randn([o, i], (Kind::Float, Device::Cpu));
+    let (q, k, v) = (w(96, 64), w(48, 64), w(48, 64));
+    let attention = Attention::new(
+        AttentionWeights {
+            q_proj: q.copy(),
+            k_proj: k.copy(),
+            v_proj: v.copy(),
+            o_proj: w(64, 96),
+        },
+        AttentionShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 24,
+            scale: 1.0,
+            softcap: None,
+        },
+    )
+    .expect("attention");
+    assert!(attention.q_proj().expect("q").equal(&q));
+    assert!(attention.k_proj().expect("k").equal(&k));
+    assert!(attention.v_proj().expect("v").equal(&v));
+    let (gate, up) = (w(128, 64), w(128, 64));
+    let mlp = Mlp::new(&gate, &up, w(64, 128), Activation::GeluTanh).expect("mlp");
+    assert!(mlp.gate_proj().equal(&gate) && mlp.up_proj().equal(&up));
+    // One row takes the stacked product, several rows two products: the same numbers as the
+    // unstacked MLP either way.
+    for rows in [1, 5] {
+        let h = Tensor::randn([1, rows, 64], (Kind::Float, Device::Cpu));
+        let want = h
+            .linear::<&Tensor>(&gate, None)
+            .gelu("tanh")
+            .f_mul(&h.linear::<&Tensor>(&up, None))
+            .expect("mul")
+            .linear::<&Tensor>(&mlp.down_proj, None);
+        let got = mlp
+            .forward(&h, 0, &mut intervene::NoHooks)
+            .expect("mlp forward");
+        assert!(got.equal(&want), "{rows} rows");
+    }
 }
 
 /// f32 → bf16 → f32 with round-to-nearest-even, through libtorch.
