@@ -248,9 +248,9 @@ fn stacked_projections_are_the_checkpoint_projections() {
     let (gate, up) = (w(128, 64), w(128, 64));
     let mlp = Mlp::new(&gate, &up, w(64, 128), Activation::GeluTanh).expect("mlp");
     assert!(mlp.gate_proj().equal(&gate) && mlp.up_proj().equal(&up));
-    // One row takes the stacked product, several rows two products: the same numbers as the
-    // unstacked MLP either way.
-    for rows in [1, 5] {
+    // One row and many rows take the stacked product, a few rows two products: the same
+    // numbers as the unstacked MLP every way.
+    for rows in [1, 5, 40] {
         let h = Tensor::randn([1, rows, 64], (Kind::Float, Device::Cpu));
         let want = h
             .linear::<&Tensor>(&gate, None)
