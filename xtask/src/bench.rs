@@ -3,8 +3,11 @@
 //! one invocation, and the ratios.
 //!
 //! Both sides print one JSON line per measurement with the same `what` keys; this reads them
-//! and prints a table. `--quick` runs fewer repetitions; `--size`, `--device`, `--dtype`,
-//! `--batch`, `--seq`, `--new`, `--reps` are passed to both sides.
+//! and prints a table. The two alternate for `--rounds` rounds (default 3: scope, peer, scope,
+//! peer, ...), and the table gives each side's median and the median of the per-round ratios
+//! with their range, so that a shared machine's drift does not decide a ratio. `--quick` runs
+//! one round of fewer repetitions; `--size`, `--device`, `--dtype`, `--batch`, `--seq`,
+//! `--new`, `--reps` are passed to both sides.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ struct Race {
     seq: String,
     new: String,
     reps: String,
+    rounds: usize,
 }
 
 impl Race {
@@ -35,6 +39,7 @@ impl Race {
                 seq: "128".into(),
                 new: "128".into(),
                 reps: "5".into(),
+                rounds: 3,
             }
         } else {
             Race {
@@ -45,12 +50,14 @@ impl Race {
                 seq: "128".into(),
                 new: "32".into(),
                 reps: "3".into(),
+                rounds: 3,
             }
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             if *flag == "--quick" {
                 race.reps = "1".into();
+                race.rounds = 1;
                 continue;
             }
             let value = it
@@ -65,6 +72,14 @@ impl Race {
                 "--seq" => race.seq = value,
                 "--new" => race.new = value,
                 "--reps" => race.reps = value,
+                "--rounds" => {
+                    race.rounds = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        Failure::with_code(
+                            format!("--rounds must be a positive integer, got `{value}`"),
+                            2,
+                        )
+                    })?
+                }
                 other => return Err(Failure::with_code(format!("unknown flag {other}"), 2)),
             }
         }
@@ -106,21 +121,31 @@ pub fn run(args: &[&str]) -> Result {
         ]),
         "cargo build -p scope-benches --bin race",
     )?;
-    println!("bench-compare: scope ({}) ...", race.flags().join(" "));
-    let ours = measure(
-        Command::new(project_root().join("target/release/race")).args(race.flags()),
-        "scope",
-    )?;
     let peer_script = peer_script()?;
     setup::install_reference_stack(&venv)?;
-    println!("bench-compare: peer, HF transformers + pyvene (eager attention) ...");
-    let peer = measure(
-        Command::new(venv.python())
-            .arg(&peer_script)
-            .args(race.flags())
-            .args(["--attn", "eager"]),
-        "the peer",
-    )?;
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for round in 1..=race.rounds {
+        println!(
+            "bench-compare: round {round}/{}: scope ({}) ...",
+            race.rounds,
+            race.flags().join(" ")
+        );
+        ours.push(measure(
+            Command::new(project_root().join("target/release/race")).args(race.flags()),
+            "scope",
+        )?);
+        println!(
+            "bench-compare: round {round}/{}: peer, HF transformers + pyvene (eager attention) ...",
+            race.rounds
+        );
+        peer.push(measure(
+            Command::new(venv.python())
+                .arg(&peer_script)
+                .args(race.flags())
+                .args(["--attn", "eager"]),
+            "the peer",
+        )?);
+    }
     print_ratios(&race, &ours, &peer);
     Ok(())
 }
@@ -205,32 +230,74 @@ const ROWS: [(&str, &str, bool); 6] = [
     ("peak_mem_gib_after_collect", "gib", false),
 ];
 
-fn print_ratios(race: &Race, ours: &Measurements, peer: &Measurements) {
+fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
     println!(
-        "\nscope vs HF transformers + pyvene — size {}, {}, {}, batch {} x {}, {} new tokens",
-        race.size, race.device, race.dtype, race.batch, race.seq, race.new
+        "\nscope vs HF transformers + pyvene — size {}, {}, {}, batch {} x {}, {} new tokens, \
+         {} round(s); medians, and the range of the per-round ratios",
+        race.size,
+        race.device,
+        race.dtype,
+        race.batch,
+        race.seq,
+        race.new,
+        ours.len().min(peer.len())
     );
     println!(
-        "{:<28} {:>16} {:>16} {:>9}",
-        "workflow", "scope", "peer", "speed-up"
+        "{:<28} {:>16} {:>16} {:>9} {:>15}",
+        "workflow", "scope", "peer", "speed-up", "range"
     );
     for (what, field, larger_is_better) in ROWS {
-        let a = ours.get(what).and_then(|m| m.get(field));
-        let b = peer.get(what).and_then(|m| m.get(field));
-        let ratio = match (a, b) {
-            (Some(a), Some(b)) if *a > 0.0 && *b > 0.0 => {
-                let r = if larger_is_better { a / b } else { b / a };
-                format!("{r:.2}x")
-            }
-            _ => "n/a".to_string(),
+        let value = |m: &Measurements| m.get(what).and_then(|f| f.get(field)).copied();
+        let a: Vec<f64> = ours.iter().filter_map(value).collect();
+        let b: Vec<f64> = peer.iter().filter_map(value).collect();
+        // Paired by round: each ratio compares two runs made back to back.
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(peer)
+            .filter_map(|(o, p)| match (value(o), value(p)) {
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+                    Some(if larger_is_better { a / b } else { b / a })
+                }
+                _ => None,
+            })
+            .collect();
+        let (ratio, range) = match median(&mut ratios) {
+            Some(r) if ratios.len() > 1 => (
+                format!("{r:.2}x"),
+                format!("{:.2}–{:.2}x", ratios[0], ratios[ratios.len() - 1]),
+            ),
+            Some(r) => (format!("{r:.2}x"), String::new()),
+            None => ("n/a".to_string(), String::new()),
         };
         let unit = match field {
             "tok_per_s" => "tok/s",
             "gib" => "GiB",
             other => other,
         };
-        let show = |v: Option<&f64>| v.map(|v| format!("{v:.1} {unit}")).unwrap_or("-".into());
-        println!("{:<28} {:>16} {:>16} {:>9}", what, show(a), show(b), ratio);
+        let show = |mut v: Vec<f64>| {
+            median(&mut v)
+                .map(|v| format!("{v:.1} {unit}"))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "{:<28} {:>16} {:>16} {:>9} {:>15}",
+            what,
+            show(a),
+            show(b),
+            ratio,
+            range
+        );
+    }
+}
+
+/// The median of `v` (sorted in place; the mean of the middle two for an even length).
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 
@@ -258,6 +325,16 @@ mod tests {
         peer.insert("interchange".into(), [("ms".to_string(), 30.0)].into());
         // Printing must not panic with missing rows either.
         let race = Race::from_args(&["--quick"]).expect("defaults");
-        print_ratios(&race, &ours, &peer);
+        print_ratios(&race, &[ours], &[peer]);
+    }
+
+    #[test]
+    fn medians_and_rounds() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+        let race = Race::from_args(&["--rounds", "5"]).expect("rounds");
+        assert_eq!(race.rounds, 5);
+        assert!(Race::from_args(&["--rounds", "0"]).is_err());
     }
 }

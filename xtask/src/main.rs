@@ -7,7 +7,7 @@
 //! - `demo`             setup if needed, then the main workflows on the fixture model
 //! - `fixtures`         regenerate `fixtures/` with HF transformers + pyvene (installs them)
 //! - `verify`           the golden parity suite with a summary; the tutorial on real weights
-//! - `bench-compare`    scope's benchmarks and the Python peer, one after the other, as ratios
+//! - `bench-compare`    scope's benchmarks and the Python peer, alternating, as ratios
 
 mod bench;
 mod demo;
@@ -45,7 +45,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick]>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
