@@ -182,6 +182,10 @@ pub struct IntervenableOutput<O> {
     pub collected: Vec<Tensor>,
     /// For each entry of `collected`, the index of the intervention that produced it.
     pub collected_from: Vec<usize>,
+    /// For each intervention in config order, the source slice it read (`[batch, k, width]`,
+    /// gathered at its source locations), `None` for one without a source. Not in pyvene's
+    /// output; it saves a second source run to inspect what was swapped in.
+    pub source_slices: Vec<Option<Tensor>>,
 }
 
 impl<O> IntervenableOutput<O> {
@@ -305,12 +309,13 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         self.run_sources(&mut runner, &sources)?;
         runner.base_phase(self.mode);
         let intervened = self.run_base(base, &fopts, start, &mut runner)?;
-        let (collected, collected_from) = runner.into_collected();
+        let (collected, collected_from, source_slices) = runner.into_outputs();
         Ok(IntervenableOutput {
             original,
             intervened,
             collected,
             collected_from,
+            source_slices,
         })
     }
 
@@ -420,12 +425,13 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         self.run_sources(&mut runner, &sources)?;
         runner.base_phase(self.mode);
         let intervened = self.run_generate(base, config, &mut runner)?;
-        let (collected, collected_from) = runner.into_collected();
+        let (collected, collected_from, source_slices) = runner.into_outputs();
         Ok(IntervenableOutput {
             original,
             intervened,
             collected,
             collected_from,
+            source_slices,
         })
     }
 
@@ -776,16 +782,20 @@ impl<'e> Runner<'e> {
         }
     }
 
-    fn into_collected(self) -> (Vec<Tensor>, Vec<usize>) {
+    /// The collected tensors with the index of the intervention of each, and each
+    /// intervention's source slice.
+    fn into_outputs(self) -> (Vec<Tensor>, Vec<usize>, Vec<Option<Tensor>>) {
         let mut out = Vec::new();
         let mut from = Vec::new();
+        let mut sources = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.into_iter().enumerate() {
             for t in s.collected {
                 out.push(t);
                 from.push(i);
             }
+            sources.push(s.source_slice);
         }
-        (out, from)
+        (out, from, sources)
     }
 
     fn open(&self, i: usize) -> bool {

@@ -444,6 +444,20 @@ fn vanilla_pairs_copy_source_positions_into_base_positions() -> R {
         &logits(o.original.as_ref().unwrap()).get(0).get(1),
         0.0,
     );
+    // The source slice each intervention read: row 0 at positions [1, 2], row 1 at [4, 3];
+    // none for the collect.
+    let read = o.source_slices[0]
+        .as_ref()
+        .expect("the interchange read a source");
+    let want = Tensor::stack(
+        &[
+            Tensor::stack(&[hs.get(0).get(1), hs.get(0).get(2)], 0),
+            Tensor::stack(&[hs.get(1).get(4), hs.get(1).get(3)], 0),
+        ],
+        0,
+    );
+    assert_close(read, &want, 0.0);
+    assert!(o.source_slices[1].is_none());
     // clean + source (stopped after layer 0) + base
     let calls = m.calls.borrow();
     assert_eq!(calls.len(), 3);

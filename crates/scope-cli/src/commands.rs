@@ -204,16 +204,25 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
     let source_ids = session.encode_prompt(&args.source, false)?;
     let base_pos = resolve_position(args.base_pos, base_ids.len(), "--base-pos")?;
     let source_pos = resolve_position(args.source_pos, source_ids.len(), "--source-pos")?;
+    // The interchange, and ahead of it at the same site a collect of the base latents there
+    // (it sees the activation before the swap): the values reported come from the one
+    // intervened call, with no extra forward.
     let graph = IntervenableModel::new(
         &session.model,
-        vec![RepresentationConfig::new(
-            loaded.component(),
-            sae::JumpReluInterchange::new(&loaded.sae).keep_error(args.keep_error),
-        )],
+        vec![
+            RepresentationConfig::new(loaded.component(), sae::EncodeCollect::new(&loaded.sae)),
+            RepresentationConfig::new(
+                loaded.component(),
+                sae::JumpReluInterchange::new(&loaded.sae).keep_error(args.keep_error),
+            ),
+        ],
     )?;
     let options = CallOptions::new()
-        .locations(Locations::pair(source_pos, base_pos))
-        .subspaces(Subspaces::Shared(vec![latent]))
+        .locations_each(vec![
+            Locations::base(vec![base_pos]),
+            Locations::pair(source_pos, base_pos),
+        ])
+        .subspaces_each(vec![None, Some(Subspaces::Shared(vec![latent]))])
         .output_original_output(true)
         // Only the last position's logits are reported, so the final layer runs for that
         // position alone (within float rounding of the full run; tested against pyvene at 1e-4).
@@ -236,13 +245,25 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
     let (values, indices) = diff.f_topk(k, 0, true, true)?;
     let values = Vec::<f64>::try_from(&values.f_to_kind(Kind::Double)?)?;
     let indices = Vec::<i64>::try_from(&indices)?;
-    let latent_at = |ids: &[i64], pos: i64| -> Result<f64> {
-        let acts = collect_latents(&session, &loaded, ids)?;
+    // [1, 1, d_sae] encodings at the one selected position: the base's before the swap, and
+    // the source slice the interchange read.
+    let latent_value = |acts: &Tensor| -> Result<f64> {
         Ok(acts
-            .f_select(0, pos)?
+            .f_reshape([-1])?
             .f_select(0, latent)?
             .f_double_value(&[])?)
     };
+    let base_latents = out
+        .collected
+        .first()
+        .context("the collect of the base latents returned nothing")?;
+    let source_slice = out
+        .source_slices
+        .get(1)
+        .and_then(Option::as_ref)
+        .context("the interchange read no source slice")?;
+    let base_value = latent_value(base_latents)?;
+    let source_value = latent_value(&loaded.sae.encode(source_slice)?)?;
     let report = PatchReport {
         position: base_ids.len() as i64 - 1,
         top: indices
@@ -259,8 +280,8 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
         base_pos,
         source_pos,
         latent,
-        base_value: latent_at(&base_ids, base_pos)?,
-        source_value: latent_at(&source_ids, source_pos)?,
+        base_value,
+        source_value,
     };
     if args.model.json {
         print_json(&report)

@@ -261,6 +261,21 @@ fn patch_matches_pyvene_jumprelu_interchange() {
         worst = worst.max((got - f64::from(*want)).abs());
     }
     parity("cli patch last-position logit diffs vs pyvene", 1e-4, worst);
+
+    // The reported latent values: the base's before the swap and the source's, against the
+    // fixture's SAE encodings of the same prompts (the base is p3, the source p0).
+    let latent_at = |prompt: &str, pos: i64| -> f64 {
+        let acts = read_tensor(
+            "expected/tiny-f32/sae.safetensors",
+            &format!("{prompt}.acts"),
+        );
+        acts.double_value(&[pos, latent.parse::<i64>().expect("latent")])
+    };
+    let got = |key: &str| out[key].as_f64().expect("value");
+    let worst_value = (got("base_value") - latent_at("p3", pair[1]))
+        .abs()
+        .max((got("source_value") - latent_at("p0", pair[0])).abs());
+    parity("cli patch latent values (base, source)", 1e-5, worst_value);
 }
 
 #[test]
