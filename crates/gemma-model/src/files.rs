@@ -72,34 +72,49 @@ pub struct HubOptions {
 }
 
 impl HubOptions {
-    /// Options from the standard Hugging Face environment variables.
+    /// Options from the standard Hugging Face environment variables, read as `huggingface_hub`
+    /// reads them (the same rules as `sae::HubOptions::from_env`, so models and SAEs share one
+    /// cache).
     pub fn from_env() -> Self {
-        let hf_home = std::env::var_os("HF_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home_dir().join(".cache").join("huggingface"));
-        let cache_dir = std::env::var_os("HF_HUB_CACHE")
+        Self::from_vars(|key| std::env::var(key).ok())
+    }
+
+    /// Options from the variables `var` returns: `HF_HUB_CACHE`, else `HF_HOME/hub`, where
+    /// `HF_HOME` defaults to `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`;
+    /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH` (default
+    /// `HF_HOME/token`); `HF_HUB_OFFLINE` (1/true/yes/on); `HF_ENDPOINT`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |key: &str| non_empty(var(key));
+        let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    var("HOME")
+                        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                        .join(".cache")
+                })
+                .join("huggingface")
+        });
+        let cache_dir = var("HF_HUB_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| hf_home.join("hub"));
-        let token = non_empty(std::env::var("HF_TOKEN").ok()).or_else(|| {
-            let path = std::env::var_os("HF_TOKEN_PATH")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| hf_home.join("token"));
-            non_empty(std::fs::read_to_string(path).ok())
+        let token = var("HF_TOKEN")
+            .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
+            .or_else(|| {
+                let path = var("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| hf_home.join("token"));
+                non_empty(std::fs::read_to_string(path).ok())
+            });
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         });
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false);
         HubOptions {
             cache_dir,
             revision: "main".into(),
             offline,
             token,
-            endpoint: non_empty(std::env::var("HF_ENDPOINT").ok()),
+            endpoint: var("HF_ENDPOINT"),
             progress: true,
         }
     }
@@ -107,12 +122,6 @@ impl HubOptions {
 
 fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// `org/name` with no path separators beyond the one slash.

@@ -6,9 +6,7 @@
 //! `<cache>/models--<owner>--<name>/snapshots/<hash>/<file>`. With `HF_HUB_OFFLINE=1` nothing
 //! else is tried, and a miss is [`Error::OfflineMissing`].
 //!
-//! Environment ([`HubOptions::from_env`]): `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-//! `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE`;
-//! `HF_TOKEN` (else the token file `HF_HOME/token`); `HF_ENDPOINT`.
+//! Environment: see [`HubOptions::from_vars`].
 
 use std::path::{Path, PathBuf};
 
@@ -32,47 +30,52 @@ pub struct HubOptions {
     pub progress: bool,
 }
 
-fn env_nonempty(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn truthy(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "yes" | "on"
-    )
-}
-
-fn hf_home() -> PathBuf {
-    if let Some(home) = env_nonempty("HF_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(xdg) = env_nonempty("XDG_CACHE_HOME") {
-        return PathBuf::from(xdg).join("huggingface");
-    }
-    let home = env_nonempty("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("huggingface")
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 impl HubOptions {
-    /// Options from the environment, as `huggingface_hub` reads it.
+    /// Options from the environment, as `huggingface_hub` reads it (the same rules as
+    /// `gemma_model::HubOptions::from_env`, so models and SAEs share one cache).
     pub fn from_env() -> HubOptions {
-        let cache_dir = env_nonempty("HF_HUB_CACHE")
+        Self::from_vars(|key| std::env::var(key).ok())
+    }
+
+    /// Options from the variables `var` returns: `HF_HUB_CACHE`, else `HF_HOME/hub`, where
+    /// `HF_HOME` defaults to `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`;
+    /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH` (default
+    /// `HF_HOME/token`); `HF_HUB_OFFLINE` (1/true/yes/on); `HF_ENDPOINT`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> HubOptions {
+        let var = |key: &str| non_empty(var(key));
+        let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    var("HOME")
+                        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                        .join(".cache")
+                })
+                .join("huggingface")
+        });
+        let cache_dir = var("HF_HUB_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| hf_home().join("hub"));
-        let token = env_nonempty("HF_TOKEN")
-            .or_else(|| env_nonempty("HUGGING_FACE_HUB_TOKEN"))
+            .unwrap_or_else(|| hf_home.join("hub"));
+        let token = var("HF_TOKEN")
+            .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
             .or_else(|| {
-                std::fs::read_to_string(hf_home().join("token"))
-                    .ok()
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
+                let path = var("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| hf_home.join("token"));
+                non_empty(std::fs::read_to_string(path).ok())
             });
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
         HubOptions {
             cache_dir,
-            offline: env_nonempty("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
+            offline,
             token,
-            endpoint: env_nonempty("HF_ENDPOINT"),
+            endpoint: var("HF_ENDPOINT"),
             revision: "main".to_string(),
             progress: true,
         }

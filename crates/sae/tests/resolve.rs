@@ -249,3 +249,52 @@ fn offline_miss_is_a_clear_error() {
         Err(Error::CanonicalNotFound { .. })
     ));
 }
+
+/// Models and SAEs must resolve through the same cache and token: `sae::HubOptions` and
+/// `gemma_model::HubOptions` read the environment by the same rules.
+#[test]
+fn hub_options_read_the_environment_like_the_model_crate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("my-token");
+    std::fs::write(&token_file, "  from-file \n").expect("token file");
+    let token_path = token_file.to_string_lossy().into_owned();
+    let envs: Vec<Vec<(&str, &str)>> = vec![
+        vec![("HOME", "/home/u")],
+        vec![("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")],
+        vec![("HF_HOME", "/hf"), ("XDG_CACHE_HOME", "/xdg")],
+        vec![("HF_HUB_CACHE", "/cache"), ("HF_HOME", "/hf")],
+        vec![("HF_TOKEN", " t1 "), ("HUGGING_FACE_HUB_TOKEN", "t2")],
+        vec![("HUGGING_FACE_HUB_TOKEN", "t2"), ("HF_HOME", "/nowhere")],
+        vec![
+            ("HF_TOKEN_PATH", token_path.as_str()),
+            ("HF_HOME", "/nowhere"),
+        ],
+        vec![("HF_HUB_OFFLINE", "YES"), ("HF_ENDPOINT", "https://mirror")],
+        vec![("HF_HUB_OFFLINE", "0"), ("HF_HOME", "  ")],
+    ];
+    for env in envs {
+        let var = |key: &str| {
+            env.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        };
+        let ours = sae::HubOptions::from_vars(var);
+        let model = gemma_model::HubOptions::from_vars(var);
+        let case = format!("{env:?}");
+        assert_eq!(ours.cache_dir, model.cache_dir, "{case}");
+        assert_eq!(ours.token, model.token, "{case}");
+        assert_eq!(ours.offline, model.offline, "{case}");
+        assert_eq!(ours.endpoint, model.endpoint, "{case}");
+        assert_eq!(ours.revision, model.revision, "{case}");
+    }
+    let xdg = sae::HubOptions::from_vars(|k| (k == "XDG_CACHE_HOME").then(|| "/xdg".to_string()));
+    assert_eq!(
+        xdg.cache_dir,
+        std::path::PathBuf::from("/xdg/huggingface/hub")
+    );
+    let from_file = sae::HubOptions::from_vars(|k| match k {
+        "HF_TOKEN_PATH" => Some(token_path.clone()),
+        _ => None,
+    });
+    assert_eq!(from_file.token.as_deref(), Some("from-file"));
+}
