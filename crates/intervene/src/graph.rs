@@ -3,11 +3,12 @@
 //!
 //! One call ([`IntervenableModel::forward`] or [`IntervenableModel::generate`]) does, in order:
 //! 1. validate every per-call setting against the config (before any model run);
-//! 2. with `output_original_output`, one clean run of the base (no hooks);
-//! 3. the source runs: in [`Mode::Parallel`], one forward per distinct source input gathers the
+//! 2. the source runs: in [`Mode::Parallel`], one forward per distinct source input gathers the
 //!    source slices of every interchange that reads it; in [`Mode::Serial`], the chain
 //!    `source_0 → source_1 → … → base`, where source `g` runs with intervention `g-1`'s setter
 //!    active and intervention `g` reads it (pyvene's serial mode);
+//! 3. with `output_original_output`, one clean run of the base (no hooks; in generation it
+//!    comes before the source runs, as in pyvene — the runs are independent either way);
 //! 4. the base run (or generation) with the setters active: in parallel mode all of them, in
 //!    serial mode the last one. Setters at the same site run in config order and compose.
 
@@ -298,6 +299,11 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         // Up to the first hooked layer the intervened base run computes exactly what the clean
         // run did: resume it there from the clean run's residual stream.
         let resume = self.resume_layer(&fopts).filter(|&l| l > 0);
+        // Sources first, then the clean run, then the intervened run: the runs are independent,
+        // and this way the intervened run finds the weights the clean run read last (its final
+        // layers, the unembedding) still in cache (0.8 ms of 31 on the CPU `small` shapes).
+        let mut runner = self.runner(options, None);
+        self.run_sources(&mut runner, &sources)?;
         let (original, start) = if options.output_original_output {
             let mut recorder = Recorder::new(resume);
             let out = self.run_forward(base, &clean_opts, &mut recorder)?;
@@ -305,8 +311,6 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         } else {
             (None, None)
         };
-        let mut runner = self.runner(options, None);
-        self.run_sources(&mut runner, &sources)?;
         runner.base_phase(self.mode);
         let intervened = self.run_base(base, &fopts, start, &mut runner)?;
         let (collected, collected_from, source_slices) = runner.into_outputs();

@@ -134,9 +134,10 @@
 //! # What a call does
 //!
 //! See [`graph`]: validation of every setting first (no model run is wasted on a bad call),
-//! the optional clean run, the source runs (parallel: one forward per distinct source input,
-//! stopped after the deepest layer it feeds, since its logits are thrown away; serial: the
-//! `source_0 → source_1 → … → base` chain), then the base run or generation. Setters at one
+//! the source runs (parallel: one forward per distinct source input, stopped after the deepest
+//! layer it feeds, since its logits are thrown away; serial: the
+//! `source_0 → source_1 → … → base` chain), the optional clean run, then the base run or
+//! generation. Setters at one
 //! site run in config order and compose; a collect listed after a setter at the same site sees
 //! the setter's result. Results are cast back to the activation's dtype on write-back.
 //!

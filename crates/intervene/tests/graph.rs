@@ -458,10 +458,11 @@ fn vanilla_pairs_copy_source_positions_into_base_positions() -> R {
     );
     assert_close(read, &want, 0.0);
     assert!(o.source_slices[1].is_none());
-    // clean + source (stopped after layer 0) + base
+    // source (stopped after layer 0), clean, base
     let calls = m.calls.borrow();
     assert_eq!(calls.len(), 3);
-    assert_eq!(calls[1].stop_after_layer, Some(0));
+    assert_eq!(calls[0].stop_after_layer, Some(0));
+    assert_eq!(calls[1].stop_after_layer, None);
     Ok(())
 }
 
