@@ -8,9 +8,11 @@
 //! - `fixtures`         regenerate `fixtures/` with HF transformers + pyvene (installs them)
 //! - `verify`           the golden parity suite with a summary; the tutorial on real weights
 //! - `bench-compare`    scope's benchmarks and the Python peer, alternating, as ratios
+//! - `device-bundle`    stripped release binaries in `.device/` for a GPU session's check script
 
 mod bench;
 mod demo;
+mod device;
 mod setup;
 mod verify;
 
@@ -45,7 +47,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N]>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] | device-bundle>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Some("fixtures") => fixtures(),
         Some("verify") => verify::run(),
         Some("bench-compare") => bench::run(&rest),
+        Some("device-bundle") => device::run(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

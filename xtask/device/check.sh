@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The GPU session's one prepared script. Runs on the lent machine from the repository root,
+# with the binaries `cargo xtask device-bundle` left in .device/bin (carry: [".device"]):
+#
+#   1. the main workflows through `scope` on the fixture models, once on the CPU and once on
+#      the GPU, and a comparison of the two (the CPU results are the ones CI pins to HF and
+#      pyvene): token ids must match exactly, numbers within 1e-3 (f32) or 5e-2 (bf16);
+#   2. the race against the peer's shapes: gemma-2-2b shapes in bf16, then the `small` shape
+#      in f32, one JSON line per measurement.
+#
+# Everything lands in $OUT (the device tool brings it back). Here, without a GPU:
+#   DEVICE=cpu SIZES=small OUT=/tmp/check bash xtask/device/check.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/scope-device-check}
+DEVICE=${DEVICE:-cuda}
+SIZES=${SIZES:-"2b small"}
+BIN=${BIN:-.device/bin}
+mkdir -p "$OUT"
+if [ -z "${TORCH_LIB:-}" ]; then
+    torch_dir=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null)
+    if [ -n "$torch_dir" ] && [ -d "$torch_dir/lib" ]; then
+        TORCH_LIB=$torch_dir/lib
+    else
+        TORCH_LIB=$PWD/.libtorch/lib
+    fi
+fi
+export LD_LIBRARY_PATH=$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+exec > >(tee "$OUT/log.txt") 2>&1
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+echo "libtorch: $TORCH_LIB"
+
+PROMPT="Would you be able to travel through time using a wormhole?"
+BASE="Physics says time-travel through a wormhole needs enormous energy."
+cli_case() { # name model sae args...
+    local name=$1 model=$2 sae=$3; shift 3
+    for dev in cpu "$DEVICE"; do
+        local line
+        line=$("$BIN/scope" "$@" --model "$model" ${sae:+--sae "$sae"} --device "$dev" --json 2>"$OUT/err.txt")
+        local rc=$?
+        if [ $rc -ne 0 ]; then
+            line="{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$OUT/err.txt")}"
+        fi
+        printf '{"case": "%s", "device": "%s", "out": %s}\n' "$name" "$dev" "$line" >>"$OUT/cli.jsonl"
+    done
+}
+
+echo "== 1. workflows on the fixtures, cpu and $DEVICE"
+: >"$OUT/cli.jsonl"
+for model in tiny-f32 tiny-bf16-sharded; do
+    m=fixtures/models/$model
+    sae=$(ls -d fixtures/saes/$model-res/layer_*/width_*/average_l0_* | head -1)
+    for dtype in f32 bf16; do
+        cli_case "$model $dtype generate" "$m" "" generate --dtype $dtype --max-new-tokens 20 --prompt "$PROMPT"
+        cli_case "$model $dtype latents" "$m" "$sae" latents --dtype $dtype --threshold 1 --top-k 3 --prompt "$PROMPT"
+        cli_case "$model $dtype steer" "$m" "$sae" steer --dtype $dtype --latent 51 --magnitude 8 \
+            --max-new-tokens 20 --prompt "$PROMPT"
+        cli_case "$model $dtype patch" "$m" "$sae" patch --dtype $dtype --source-pos 9 --base-pos -1 \
+            --latent 183 --top-k 5 --base "$BASE" --source "$PROMPT"
+        cli_case "$model $dtype eval" "$m" "$sae" eval --dtype $dtype --prompt "$PROMPT" --prompt "$BASE"
+    done
+done
+python3 - "$OUT/cli.jsonl" "$DEVICE" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+device = sys.argv[2]
+by = {}
+for r in rows:
+    by.setdefault(r["case"], {})[r["device"]] = r["out"]
+
+def compare(a, b, tol, path="$"):
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a)} vs {sorted(b)}"]
+        return [e for k in a for e in compare(a[k], b[k], tol, f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [e for i, (x, y) in enumerate(zip(a, b)) for e in compare(x, y, tol, f"{path}[{i}]")]
+    if isinstance(a, bool) or isinstance(a, int) and isinstance(b, int):
+        return [] if a == b else [f"{path}: {a} vs {b}"]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return [] if abs(a - b) <= tol * max(1.0, abs(a)) else [f"{path}: {a} vs {b}"]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+failed = 0
+for case, outs in by.items():
+    cpu, gpu = outs.get("cpu"), outs.get(device)
+    tol = 5e-2 if "bf16" in case else 1e-3
+    if cpu is None or gpu is None or "error" in (cpu or {}) or "error" in (gpu or {}):
+        print(f"ERROR {case}: cpu={str(cpu)[:200]} {device}={str(gpu)[:200]}")
+        failed += 1
+        continue
+    errs = compare(cpu, gpu, tol)
+    print(("ok   " if not errs else "DIFF ") + case + ("" if not errs else f": {len(errs)} differences, first {errs[:3]}"))
+    failed += bool(errs)
+print(f"== {len(by) - failed}/{len(by)} workflows agree between cpu and {device}")
+PY
+
+echo "== 2. the race (scope's side of bench-compare)"
+for size in $SIZES; do
+    case $size in
+        2b) flags="--size 2b --dtype bfloat16 --batch 16 --seq 128 --new 128 --reps 5" ;;
+        *) flags="--size $size --dtype float32 --batch 4 --seq 128 --new 32 --reps 3" ;;
+    esac
+    echo "\$ race $flags --device $DEVICE"
+    "$BIN/race" $flags --device "$DEVICE" | tee "$OUT/race-$size.jsonl"
+done
