@@ -1,6 +1,6 @@
 //! [`intervene::HookedModel`] for [`Gemma2Model`].
 
-use intervene::{ForwardOptions, HookedModel, Hooks, SiteCatalog};
+use intervene::{ForwardOptions, HookedModel, Hooks, Paired, SiteCatalog};
 use tch::Tensor;
 
 use crate::error::Error;
@@ -45,6 +45,18 @@ impl HookedModel for Gemma2Model {
         hooks: &mut dyn Hooks,
     ) -> Result<Option<ModelOutput>, Error> {
         self.forward_from(input, layer, hidden, options, hooks)
+            .map(Some)
+    }
+
+    fn forward_hooked_from_paired(
+        &self,
+        input: &Batch,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Option<Paired<ModelOutput>>, Error> {
+        self.forward_from_paired(input, layer, hidden, options, hooks)
             .map(Some)
     }
 }

@@ -2,7 +2,8 @@
 //! [`intervene::HookedModel`] implementation.
 
 use intervene::{
-    ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Site, SiteCatalog, SiteInfo, SiteKind,
+    ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Paired, Site, SiteCatalog, SiteInfo,
+    SiteKind,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -78,6 +79,21 @@ impl Batch {
     pub fn with_attention_mask(mut self, attention_mask: Tensor) -> Self {
         self.attention_mask = Some(attention_mask);
         self
+    }
+
+    /// The batch stacked on itself (`[2B, T]`): every row twice, the copies after the rows.
+    pub fn twice(&self) -> Result<Self> {
+        let stack = |t: &Tensor| Tensor::f_cat(&[t, t], 0);
+        Ok(Batch {
+            input_ids: stack(&self.input_ids)?,
+            attention_mask: self.attention_mask.as_ref().map(stack).transpose()?,
+            // `[1, T]` positions broadcast over any number of rows.
+            position_ids: match &self.position_ids {
+                Some(p) if p.size().first() == Some(&1) => Some(p.shallow_clone()),
+                Some(p) => Some(stack(p)?),
+                None => None,
+            },
+        })
     }
 
     /// `[B, T]`.
@@ -280,6 +296,63 @@ impl Gemma2Model {
             ..Call::default()
         };
         self.run(batch, options, call, hooks)
+    }
+
+    /// Two runs resumed at decoder layer `layer` (at least 1) from the same residual stream
+    /// `hidden`, as one batch of twice the rows: the first visits `hooks` at the block output of
+    /// layer `layer - 1` (the site [`forward_from`](Self::forward_from) visits first) and nowhere
+    /// else, the second runs without hooks. Returns both, each within float rounding of its
+    /// own `forward_from` call (the products run over twice the rows). Every
+    /// weight from `layer` on, and the unembedding, is read once for both: an interchange's
+    /// intervened run and the end of its clean run. A hook that wants a later site is an error.
+    pub fn forward_from_paired(
+        &self,
+        batch: &Batch,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Paired<ModelOutput>> {
+        let (b, t) = batch.shape()?;
+        let previous = layer.checked_sub(1).ok_or_else(|| {
+            Error::Input("a paired run resumes after a layer: `layer` must be at least 1".into())
+        })?;
+        let last_layer = self.last_layer(options)?;
+        let plain = self.check_start(layer, hidden, b, t, last_layer)?;
+        hooks.begin_forward(&ForwardInfo {
+            batch: b,
+            chunk_len: t,
+            past_len: 0,
+        })?;
+        if let Some(site) = (layer..=last_layer)
+            .flat_map(|l| SiteKind::ALL.map(|kind| Site::new(l, kind)))
+            .find(|&site| hooks.wants(site))
+        {
+            return Err(Error::Input(format!(
+                "a paired run visits hooks only at the output of layer {previous}, \
+                 but a hook wants {site}"
+            )));
+        }
+        // A copy: a hook may write into the activation it is given.
+        let mut hooked = plain.f_detach_copy()?;
+        visit(hooks, previous, SiteKind::BlockOutput, &mut hooked)?;
+        let both = Tensor::f_cat(&[&hooked, &plain], 0)?;
+        let call = Call {
+            start: Some((layer, &both)),
+            ..Call::default()
+        };
+        let out = self.run(&batch.twice()?, options, call, &mut NoHooks)?;
+        let rows = |t: &Tensor, first: i64| t.f_narrow(0, first, b);
+        let half = |first: i64| -> Result<ModelOutput> {
+            Ok(ModelOutput {
+                logits: out.logits.as_ref().map(|l| rows(l, first)).transpose()?,
+                hidden: rows(&out.hidden, first)?,
+            })
+        };
+        Ok(Paired {
+            hooked: half(0)?,
+            plain: half(b)?,
+        })
     }
 
     /// An empty KV cache for `batch` rows and up to `max_len` positions.

@@ -11,11 +11,18 @@
 //!    comes before the source runs, as in pyvene — the runs are independent either way);
 //! 4. the base run (or generation) with the setters active: in parallel mode all of them, in
 //!    serial mode the last one. Setters at the same site run in config order and compose.
+//!
+//! A forward does no more model work than it must. The base run resumes from the clean run's
+//! residual stream at the first layer it hooks (bit for bit the full run). When every hook of
+//! the base run acts at one block output and the clean run is asked for, the clean run stops
+//! there, and its rest and the base run go as one paired model call
+//! ([`HookedModel::forward_hooked_from_paired`]: twice the rows, every later weight read once;
+//! within float rounding of two calls).
 
 use tch::Tensor;
 
 use crate::component::{pyvene_key, Component, ResolvedComponent};
-use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks};
+use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired};
 use crate::intervention::{Intervention, InterventionRole, Subspaces};
 use crate::location::{Locations, PerIntervention, RowPositions};
 use crate::select::{cast_to, gather, scatter, IndexCache, Selection};
@@ -304,15 +311,27 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         // layers, the unembedding) still in cache (0.8 ms of 31 on the CPU `small` shapes).
         let mut runner = self.runner(options, None);
         self.run_sources(&mut runner, &sources)?;
-        let (original, start) = if options.output_original_output {
-            let mut recorder = Recorder::new(resume);
-            let out = self.run_forward(base, &clean_opts, &mut recorder)?;
-            (Some(out), recorder.take())
-        } else {
-            (None, None)
-        };
         runner.base_phase(self.mode);
-        let intervened = self.run_base(base, &fopts, start, &mut runner)?;
+        let paired = resume.filter(|&layer| {
+            options.output_original_output && self.acts_only_at_output_of(layer - 1, &fopts)
+        });
+        let (original, intervened) = match paired {
+            Some(layer) => {
+                let (original, intervened) =
+                    self.run_paired(base, layer, &clean_opts, &fopts, &mut runner)?;
+                (Some(original), intervened)
+            }
+            None => {
+                let (original, start) = if options.output_original_output {
+                    let mut recorder = Recorder::new(resume);
+                    let out = self.run_forward(base, &clean_opts, &mut recorder)?;
+                    (Some(out), recorder.take())
+                } else {
+                    (None, None)
+                };
+                (original, self.run_base(base, &fopts, start, &mut runner)?)
+            }
+        };
         let (collected, collected_from, source_slices) = runner.into_outputs();
         Ok(IntervenableOutput {
             original,
@@ -339,6 +358,64 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         } else {
             clean
         }
+    }
+
+    /// Whether the base run's hooks all act at the block output of `layer` (and the run goes to
+    /// the logits): then the clean and intervened runs can finish as one paired call.
+    fn acts_only_at_output_of(&self, layer: usize, options: &ForwardOptions) -> bool {
+        let n = self.entries.len();
+        let site = Site::new(layer, SiteKind::BlockOutput);
+        options.stop_after_layer.is_none()
+            && self
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| acts_in_base(self.mode, i, n))
+                .all(|(_, e)| e.resolved.site == site)
+    }
+
+    /// The clean run up to the residual stream entering `layer`, then the rest of it and the
+    /// intervened run as one paired model call from there (the weights from `layer` on are read
+    /// once for both). Returns `(original, intervened)`. A model without the paired form gets
+    /// the two resumed calls instead.
+    fn run_paired(
+        &self,
+        base: &M::Input,
+        layer: usize,
+        clean: &ForwardOptions,
+        intervened: &ForwardOptions,
+        runner: &mut Runner<'_>,
+    ) -> Result<(M::Output, M::Output)> {
+        let mut recorder = Recorder::new(Some(layer));
+        let prefix = ForwardOptions {
+            stop_after_layer: Some(layer - 1),
+            ..*clean
+        };
+        self.run_forward(base, &prefix, &mut recorder)?;
+        let (_, hidden) = recorder.take().ok_or_else(|| {
+            Error::Invalid(format!(
+                "the clean run never reached the input of layer {layer}"
+            ))
+        })?;
+        let paired = self.model.forward_hooked_from_paired(
+            base,
+            layer,
+            &hidden,
+            intervened,
+            runner.as_hooks(),
+        );
+        if let Some(Paired { hooked, plain }) = finish(paired, runner)? {
+            return Ok((plain, hooked));
+        }
+        let resumed = self
+            .model
+            .forward_hooked_from(base, layer, &hidden, clean, &mut NoHooks);
+        let original = match finish(resumed, &mut NoHooks)? {
+            Some(out) => out,
+            None => self.run_forward(base, clean, &mut NoHooks)?,
+        };
+        let intervened = self.run_base(base, intervened, Some((layer, hidden)), runner)?;
+        Ok((original, intervened))
     }
 
     /// The intervened base run: resumed at `start` (a layer and the clean run's residual
@@ -670,16 +747,20 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Records the residual stream entering `layer` (at least 1) as the output of the layer
+    /// before it, so that a run stopped after that layer records it too.
     fn new(layer: Option<usize>) -> Self {
         Recorder {
-            site: layer.map(|l| Site::new(l, SiteKind::BlockInput)),
+            site: layer
+                .and_then(|l| l.checked_sub(1))
+                .map(|previous| Site::new(previous, SiteKind::BlockOutput)),
             hidden: None,
         }
     }
 
     /// The layer and the residual stream entering it, if the run reached it.
     fn take(self) -> Option<(usize, Tensor)> {
-        Some((self.site?.layer, self.hidden?))
+        Some((self.site?.layer + 1, self.hidden?))
     }
 }
 

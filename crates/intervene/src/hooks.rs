@@ -66,6 +66,15 @@ pub struct ForwardOptions {
     pub last_position_logits: bool,
 }
 
+/// The two results of [`HookedModel::forward_hooked_from_paired`].
+#[derive(Debug)]
+pub struct Paired<O> {
+    /// The run that visited the hooks.
+    pub hooked: O,
+    /// The run without hooks.
+    pub plain: O,
+}
+
 /// A model the intervention graph can drive.
 ///
 /// The associated types keep this crate free of any model: `gemma-model` implements it with
@@ -118,6 +127,25 @@ pub trait HookedModel {
         options: &ForwardOptions,
         hooks: &mut dyn Hooks,
     ) -> Result<Option<Self::Output>, Self::Error> {
+        let _ = (input, layer, hidden, options, hooks);
+        Ok(None)
+    }
+
+    /// Two runs over `input` resumed together at decoder layer `layer` (at least 1) from the
+    /// residual stream `hidden` entering it: one visiting `hooks` at the
+    /// [`SiteKind::BlockOutput`](crate::SiteKind::BlockOutput) site of layer `layer - 1` and at
+    /// no other site, one without hooks. Returns both, each within float rounding
+    /// of its own [`forward_hooked_from`](Self::forward_hooked_from) call; the model may batch
+    /// the two and read its later weights once. Called only when every hook acts at that one
+    /// site. `None` (the default): not supported, the caller makes the two calls.
+    fn forward_hooked_from_paired(
+        &self,
+        input: &Self::Input,
+        layer: usize,
+        hidden: &Tensor,
+        options: &ForwardOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Option<Paired<Self::Output>>, Self::Error> {
         let _ = (input, layer, hidden, options, hooks);
         Ok(None)
     }

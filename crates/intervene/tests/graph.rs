@@ -458,11 +458,15 @@ fn vanilla_pairs_copy_source_positions_into_base_positions() -> R {
     );
     assert_close(read, &want, 0.0);
     assert!(o.source_slices[1].is_none());
-    // source (stopped after layer 0), clean, base
+    // The source (stopped after layer 0), the clean run up to the hooked output (stopped
+    // there too), then — the mock has no paired form — the rest of the clean run and the base
+    // run, both resumed at layer 1.
     let calls = m.calls.borrow();
-    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.len(), 4);
     assert_eq!(calls[0].stop_after_layer, Some(0));
-    assert_eq!(calls[1].stop_after_layer, None);
+    assert_eq!(calls[1].stop_after_layer, Some(0));
+    assert_eq!(calls[2].stop_after_layer, None);
+    assert_eq!(calls[3].stop_after_layer, None);
     Ok(())
 }
 

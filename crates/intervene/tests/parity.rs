@@ -488,10 +488,27 @@ fn resumed_intervened_run_equals_the_full_run() {
                 &at.clone().output_original_output(true),
             )
             .expect("resumed");
-        assert!(
-            logits(&full.intervened).equal(logits(&resumed.intervened)),
-            "{component}: resumed run differs"
-        );
+        // A hook at a block output: the clean run's end and the intervened run go as one
+        // paired call of twice the rows, within float rounding; elsewhere the intervened run
+        // resumes alone and is the full run bit for bit.
+        let paired = component.ends_with("].output");
+        let diff = max_diff(logits(&full.intervened), logits(&resumed.intervened));
+        if paired {
+            assert!(diff < 1e-5, "{component}: paired run differs by {diff}");
+            let clean = m
+                .forward(&base)
+                .expect("clean")
+                .logits
+                .expect("clean logits");
+            let original = resumed.original.as_ref().expect("original");
+            let diff = max_diff(&clean, logits(original));
+            assert!(
+                diff < 1e-5,
+                "{component}: paired clean run differs by {diff}"
+            );
+        } else {
+            assert_eq!(diff, 0.0, "{component}: resumed run differs");
+        }
         assert_changed(component, &resumed);
     }
 }

@@ -473,4 +473,71 @@ fn resumed_forward_is_the_full_forward() {
         );
         assert!(a.equal(b), "start {start}: logits differ");
     }
+
+    // Paired: the hooked run and the clean run from the same residual, in one call, each
+    // within rounding of its own resumed call; padded rows and last-position logits too.
+    let padded =
+        gemma_model::Batch::left_padded(&[vec![2, 10, 11, 12, 13, 14], vec![2, 20, 21]], 0)
+            .expect("batch");
+    for (batch, last) in [(&batch, false), (&padded, true), (&padded, false)] {
+        let opts = intervene::ForwardOptions {
+            stop_after_layer: None,
+            last_position_logits: last,
+        };
+        let mut record = Record(Site::new(2, SiteKind::BlockInput), None);
+        model
+            .forward_with(batch, &opts, &mut record)
+            .expect("clean");
+        let hidden = record.1.expect("recorded");
+        let mut hooks = Nudge(hooked, Vec::new());
+        let intervene::Paired {
+            hooked: with,
+            plain: without,
+        } = model
+            .forward_from_paired(batch, 2, &hidden, &opts, &mut hooks)
+            .expect("paired");
+        assert_eq!(hooks.1, vec![hooked], "the hook ran once");
+        let mut alone = Nudge(hooked, Vec::new());
+        let want_with = model
+            .forward_from(batch, 2, &hidden, &opts, &mut alone)
+            .expect("hooked alone");
+        let want_without = model
+            .forward_from(batch, 2, &hidden, &opts, &mut intervene::NoHooks)
+            .expect("clean alone");
+        for (got, want) in [(&with, &want_with), (&without, &want_without)] {
+            let (got, want) = (
+                got.logits.as_ref().expect("logits"),
+                want.logits.as_ref().expect("logits"),
+            );
+            assert_eq!(got.size(), want.size());
+            let diff = (got - want).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "paired differs from alone by {diff}");
+        }
+        assert!(!with
+            .logits
+            .as_ref()
+            .expect("l")
+            .equal(without.logits.as_ref().expect("l")));
+    }
+    // Hooks the paired call would skip are an error, as is resuming before layer 1.
+    let mut later = Nudge(Site::new(3, SiteKind::MlpOutput), Vec::new());
+    let record_hidden = model
+        .forward_with(
+            &batch,
+            &intervene::ForwardOptions {
+                stop_after_layer: Some(1),
+                last_position_logits: false,
+            },
+            &mut intervene::NoHooks,
+        )
+        .expect("prefix")
+        .hidden;
+    let err = model.forward_from_paired(&batch, 2, &record_hidden, &opts, &mut later);
+    assert!(
+        matches!(&err, Err(gemma_model::Error::Input(m)) if m.contains("mlp_output at layer 3")),
+        "{err:?}"
+    );
+    assert!(model
+        .forward_from_paired(&batch, 0, &record_hidden, &opts, &mut intervene::NoHooks)
+        .is_err());
 }
