@@ -123,16 +123,23 @@ fn print_table(rows: &[ParityRow]) {
 }
 
 /// Where the real weights would be: `SCOPE_GEMMA_2B` / `SCOPE_GEMMA_2B_IT` (local directories)
-/// or the Hugging Face cache.
+/// or the Hugging Face cache, found by the rules `HubOptions::from_vars` of the `gemma-model`
+/// and `sae` crates follow (`HF_HUB_CACHE`, else `HF_HOME/hub`, where `HF_HOME` defaults to
+/// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`).
 fn hf_cache() -> PathBuf {
-    if let Ok(cache) = std::env::var("HF_HUB_CACHE") {
+    let var = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
+    if let Some(cache) = var("HF_HUB_CACHE") {
         return PathBuf::from(cache);
     }
-    if let Ok(home) = std::env::var("HF_HOME") {
-        return Path::new(&home).join("hub");
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".to_string());
-    Path::new(&home).join(".cache/huggingface/hub")
+    let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(var("HOME").unwrap_or_else(|| ".".into())).join(".cache")
+            })
+            .join("huggingface")
+    });
+    hf_home.join("hub")
 }
 
 fn cached_snapshot_file(repo: &str, file: &str) -> Option<PathBuf> {
@@ -210,6 +217,28 @@ fn json_int_array(json: &str, key: &str) -> Vec<i64> {
     rest[open + 1..open + close]
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// How many of the tutorial's top-10 interchange tokens `scope patch --json` lists. Tokens
+/// decode as the tutorial prints them, most with a leading space (`" teleport"`).
+fn tutorial_token_hits(patch_json: &str) -> usize {
+    let tokens = json_string_values(patch_json, "token");
+    INTERCHANGE_TOKENS
+        .iter()
+        .filter(|want| tokens.iter().any(|t| t.trim() == **want))
+        .count()
+}
+
+/// Every string value of `key` in `json` (simple strings: no escaped quotes), without a JSON
+/// dependency.
+fn json_string_values(json: &str, key: &str) -> Vec<String> {
+    let needle = format!("\"{key}\":");
+    json.match_indices(&needle)
+        .filter_map(|(at, _)| {
+            let rest = json[at + needle.len()..].trim_start().strip_prefix('"')?;
+            rest.find('"').map(|end| rest[..end].to_string())
+        })
         .collect()
 }
 
@@ -300,12 +329,7 @@ fn tutorial_checks(model: &str) -> Result {
             "--top-k",
             "10",
         ])?;
-        let hits = INTERCHANGE_TOKENS
-            .iter()
-            .filter(|t| {
-                patched.contains(&format!("\"{t}\"")) || patched.contains(&format!("\"▁{t}\""))
-            })
-            .count();
+        let hits = tutorial_token_hits(&patched);
         check(
             "interchange of latent 10004 ranks time/space-travel tokens on top",
             hits >= 5,
@@ -344,5 +368,16 @@ mod tests {
         assert_eq!(json_int_array(json, "token_ids"), vec![2, 18925, 692]);
         assert_eq!(json_int_array(json, "l0"), vec![1, 2]);
         assert!(json_int_array(json, "missing").is_empty());
+    }
+
+    #[test]
+    fn finds_the_tutorial_tokens_with_their_leading_spaces() {
+        // The shape of `scope patch --json` (serde's compact form).
+        let json = r#"{"position":14,"top":[{"token_id":1,"token":"PhysRevD","logit_diff":9.1},{"token_id":2,"token":" transporting","logit_diff":8.0},{"token_id":3,"token":" teleport","logit_diff":7.5},{"token_id":4,"token":" dog","logit_diff":7.0}],"latent":10004}"#;
+        assert_eq!(
+            json_string_values(json, "token"),
+            vec!["PhysRevD", " transporting", " teleport", " dog"]
+        );
+        assert_eq!(tutorial_token_hits(json), 3);
     }
 }
