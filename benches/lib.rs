@@ -10,7 +10,7 @@
 //! | `2b` | gemma-2-2b (hidden 2304, 26 layers, 8/4 heads, head_dim 256, MLP 9216, vocab 256000) | 16384 latents at layer 20 |
 //!
 //! SAE parameters are drawn like the peer's: `W_enc ~ N(0,1)/sqrt(d)`, `W_dec ~ N(0,1)/sqrt(d_sae)`,
-//! threshold 0.5, zero biases (seeded). Workflows:
+//! threshold 0.5, zero biases (seeded), cast to the model's dtype like the peer's. Workflows:
 //!
 //! * [`Workbench::forward_plain`]: one forward over `batch x seq`, logits at every position;
 //! * [`Workbench::collect_latents`]: the SAE's JumpReLU latents at `block_output` of the SAE
@@ -168,7 +168,7 @@ pub fn peak_rss_gib() -> Option<f64> {
 }
 
 /// A random JumpReLU SAE drawn like the peer's (on the CPU generator, `seed`), moved to
-/// `device`. The sae crate keeps SAE weights in f32 whatever the model dtype.
+/// `device`, in f32 (the workbench casts it to the model's dtype, as the peer does).
 pub fn random_sae(d_in: i64, d_sae: i64, layer: usize, seed: i64, device: Device) -> Result<Sae> {
     tch::manual_seed(seed);
     let opts = (Kind::Float, Device::Cpu);
@@ -220,7 +220,7 @@ pub struct Workbench {
     pub size: Size,
     /// The model (random weights).
     pub model: Gemma2Model,
-    /// The SAE (random weights, f32).
+    /// The SAE (random weights, in the model's dtype).
     pub sae: Sae,
     /// The SAE's layer.
     pub layer: usize,
@@ -236,12 +236,15 @@ impl std::fmt::Debug for Workbench {
 }
 
 impl Workbench {
-    /// A random model (seed 0) and SAE (seed 1) of `size`.
+    /// A random model (seed 0) and SAE (seed 1) of `size`, both in `dtype` (the peer casts its
+    /// SAE parameters to the model's dtype too).
     pub fn new(size: Size, device: Device, dtype: Kind) -> Result<Self> {
         let config = size.config();
         let model = Gemma2Model::random(&config, 0, dtype, device).context("random model")?;
         let layer = size.sae_layer();
-        let sae = random_sae(config.hidden_size, size.d_sae(), layer, 1, device)?;
+        let sae = random_sae(config.hidden_size, size.d_sae(), layer, 1, device)?
+            .to_dtype(dtype)
+            .context("SAE dtype")?;
         Ok(Workbench {
             size,
             model,
@@ -288,7 +291,8 @@ impl Workbench {
         )?)
     }
 
-    /// The SAE latents `[B, T, d_sae]` (f32) at every position, stopping after the SAE layer.
+    /// The SAE latents `[B, T, d_sae]` (in the SAE's dtype) at every position, stopping after the
+    /// SAE layer.
     pub fn collect_latents(
         graph: &IntervenableModel<'_, Gemma2Model>,
         batch: &Batch,

@@ -1,11 +1,12 @@
 //! SAE interventions for the `intervene` graph: pyvene's JumpReLU interchange, the tutorial's
 //! collect-with-encoder, and steering along decoder directions.
 //!
-//! All of them compute in float32 on the SAE's device and return float32; the graph casts the
-//! result back to the model's dtype when it writes it into the model.
+//! All of them compute in the SAE's dtype (float32 unless converted with
+//! [`Sae::to_dtype`](crate::Sae::to_dtype)) on its device and return that dtype; the graph casts
+//! the result back to the model's dtype when it writes it into the model.
 
 use intervene::{Intervention, InterventionRole, Subspaces};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::Sae;
 
@@ -19,7 +20,7 @@ type IResult<T> = std::result::Result<T, intervene::Error>;
 /// ```
 ///
 /// With [`keep_error`](Self::keep_error) the result is `dec(z') + (base − dec(z_b))`, so a swap
-/// that changes nothing leaves the base (up to f32 rounding) unchanged.
+/// that changes nothing leaves the base (up to the SAE dtype's rounding) unchanged.
 ///
 /// With no subspaces, pyvene 0.1.8 swaps the latents `0..embed_dim` (its `interchange_dim` is
 /// the model width, not the SAE width); this is reproduced: latents `0..min(d_in, d_sae)`.
@@ -93,15 +94,15 @@ impl Intervention for JumpReluInterchange {
         let z = z_s.f_where_self(&mask, &z_b)?;
         let mut out = self.sae.decode(&z)?;
         if self.keep_error {
-            let base32 = base.f_to_device(device)?.f_to_kind(Kind::Float)?;
-            let error = base32.f_sub(&self.sae.decode(&z_b)?)?;
+            let base = base.f_to_device(device)?.f_to_kind(self.sae.dtype())?;
+            let error = base.f_sub(&self.sae.decode(&z_b)?)?;
             out = out.f_add(&error)?;
         }
         Ok(out.f_to_device(base.device())?)
     }
 }
 
-/// The tutorial's `JumpReLUSAECollectIntervention`: collects `enc(slice)` in f32
+/// The tutorial's `JumpReLUSAECollectIntervention`: collects `enc(slice)` in the SAE's dtype
 /// (`[batch, k, d_sae]`); never changes the model. Role: [`InterventionRole::Collect`].
 #[derive(Clone, Debug)]
 pub struct EncodeCollect {
@@ -134,10 +135,11 @@ impl Intervention for EncodeCollect {
     }
 }
 
-/// Steering: `base(f32) + Σ magnitude_i · W_dec[latent_i]`, the tutorial's
+/// Steering: `base + Σ magnitude_i · W_dec[latent_i]`, the tutorial's
 /// `JumpReLUSAESteeringIntervention` generalised to several latents. For one latent the result
-/// is bit-identical to pyvene's `base + tensor(mag) * W_dec[idx]` (the sum is computed in f32
-/// and the graph rounds it to the model's dtype). Subspaces are ignored: the latents are fixed
+/// is bit-identical to pyvene's `base + tensor(mag) * W_dec[idx]`: the sum follows torch's type
+/// promotion (an f32 SAE on a bf16 model adds in f32, and the graph rounds the result to the
+/// model's dtype). Subspaces are ignored: the latents are fixed
 /// at construction. Role: [`InterventionRole::Sourceless`].
 pub struct Steer {
     vector: Tensor,
@@ -162,14 +164,14 @@ impl Steer {
         })
     }
 
-    /// The f32 vector added, `[d_in]`.
+    /// The vector added, `[d_in]`, in the SAE's dtype.
     pub fn vector(&self) -> &Tensor {
         &self.vector
     }
 }
 
 /// Steering as intervene's built-in [`intervene::Add`] of `Σ magnitude_i · W_dec[latent_i]`
-/// (f32, on the SAE's device). Unlike [`Steer`], `Add` honours subspaces (it then adds only on
+/// (in the SAE's dtype, on its device). Unlike [`Steer`], `Add` honours subspaces (it then adds only on
 /// those dimensions of the model width).
 pub fn steering_add(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<intervene::Add> {
     Ok(intervene::Add::new(sae.steering_sum(pairs)?))

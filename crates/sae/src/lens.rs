@@ -57,6 +57,7 @@ impl Sae {
             .w_dec()
             .f_index_select(0, &idx)?
             .f_to_device(device)?
+            .f_to_kind(Kind::Float)?
             .f_transpose(0, 1)?
             .f_contiguous()?;
         let mut parts = Vec::new();

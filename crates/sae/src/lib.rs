@@ -14,17 +14,18 @@
 //!   through the canonical L0 table in `data/canonical_l0.tsv`.
 //!
 //! [`Sae::load`] reads and validates the weights (every problem is a typed [`Error`] naming the
-//! file and the key) and keeps them once on the device, in float32. The site the SAE reads
+//! file and the key) and keeps them once on the device, in float32 ([`Sae::to_dtype`] converts,
+//! e.g. to bf16 to halve a wide SAE's memory on a bf16 model). The site the SAE reads
 //! ([`Sae::site`]) follows from the name (`layer_20`, `-res`/`-mlp`/`-att`) or from SAELens'
 //! `hook_name`.
 //!
 //! # Math
 //!
 //! * `encode(x) = (pre > θ) ⊙ relu(pre)` with `pre = x·W_enc + b_enc` (strict `>`; one `addmm`
-//!   and one mask); inputs are cast to f32, never the weights.
+//!   and one mask); inputs are cast to the SAE's dtype, never the weights.
 //! * `decode(a) = a·W_dec + b_dec`.
 //! * [`Sae::top_k`]: the `k` largest latents per token, computed on the device, one transfer.
-//! * [`Sae::steering_vector`]: `magnitude · W_dec[latent]` (f32, on the device).
+//! * [`Sae::steering_vector`]: `magnitude · W_dec[latent]` (the SAE's dtype, on the device).
 //!
 //! # Metrics
 //!

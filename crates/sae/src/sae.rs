@@ -33,11 +33,13 @@ pub struct SaeInfo {
     pub hook_name: Option<String>,
 }
 
-/// A Gemma Scope JumpReLU sparse autoencoder, resident on one device in float32.
+/// A Gemma Scope JumpReLU sparse autoencoder, resident on one device, in float32 as loaded
+/// (the Gemma Scope tutorial's precision) or in another float dtype after
+/// [`to_dtype`](Self::to_dtype) (what SAELens' `dtype=` and pyvene with bf16 parameters do).
 ///
-/// Inputs of any float dtype are cast to float32 (the weights are never cast), and every result
-/// is float32 on the SAE's device; callers that write results back into a bf16 model cast them
-/// there (the intervention graph does this).
+/// Inputs of any float dtype are cast to the SAE's dtype (the weights are never cast), and every
+/// result is in that dtype on the SAE's device; callers that write results back into a model of
+/// another dtype cast them there (the intervention graph does this).
 ///
 /// Cloning is cheap: clones share the weight storage ([`Tensor::shallow_clone`]).
 pub struct Sae {
@@ -215,27 +217,55 @@ impl Sae {
         self.w_enc.device()
     }
 
-    /// `W_enc` `[d_in, d_sae]` (f32).
+    /// The dtype of the weights, and of every computation and result.
+    pub fn dtype(&self) -> Kind {
+        self.w_enc.kind()
+    }
+
+    /// A copy with every weight in `dtype` (a float kind), e.g. bf16 to halve the memory of a
+    /// wide SAE on a bf16 model. The same SAE when it already is in `dtype`.
+    pub fn to_dtype(&self, dtype: Kind) -> Result<Sae> {
+        if !matches!(
+            dtype,
+            Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half
+        ) {
+            return Err(Error::input(
+                "SAE dtype",
+                format!("expected a float dtype, got {dtype:?}"),
+            ));
+        }
+        let to = |t: &Tensor| -> Result<Tensor> { Ok(t.f_to_kind(dtype)?) };
+        Ok(Sae {
+            w_enc: to(&self.w_enc)?,
+            w_dec: to(&self.w_dec)?,
+            b_enc: to(&self.b_enc)?,
+            b_dec: to(&self.b_dec)?,
+            threshold: to(&self.threshold)?,
+            info: self.info.clone(),
+        })
+    }
+
+    /// `W_enc` `[d_in, d_sae]`.
     pub fn w_enc(&self) -> &Tensor {
         &self.w_enc
     }
 
-    /// `W_dec` `[d_sae, d_in]` (f32); row `i` is latent `i`'s decoder direction.
+    /// `W_dec` `[d_sae, d_in]`; row `i` is latent `i`'s decoder direction.
     pub fn w_dec(&self) -> &Tensor {
         &self.w_dec
     }
 
-    /// `b_enc` `[d_sae]` (f32).
+    /// `b_enc` `[d_sae]`.
     pub fn b_enc(&self) -> &Tensor {
         &self.b_enc
     }
 
-    /// `b_dec` `[d_in]` (f32).
+    /// `b_dec` `[d_in]`.
     pub fn b_dec(&self) -> &Tensor {
         &self.b_dec
     }
 
-    /// `threshold` `[d_sae]` (f32).
+    /// `threshold` `[d_sae]`.
     pub fn threshold(&self) -> &Tensor {
         &self.threshold
     }
@@ -264,7 +294,7 @@ impl Sae {
         }
     }
 
-    /// `x` (`[..., width]`) as an f32 `[n, width]` matrix on the SAE's device.
+    /// `x` (`[..., width]`) as an `[n, width]` matrix in the SAE's dtype on its device.
     fn as_rows(&self, x: &Tensor, width: i64, what: &str) -> Result<(Tensor, Vec<i64>)> {
         let size = x.size();
         let Some((&last, lead)) = size.split_last() else {
@@ -282,7 +312,7 @@ impl Sae {
                 format!("expected floats, got {:?}", x.kind()),
             ));
         }
-        let x = x.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
+        let x = x.f_to_device(self.device())?.f_to_kind(self.dtype())?;
         Ok((x.f_reshape([-1, width])?, lead.to_vec()))
     }
 
@@ -292,7 +322,7 @@ impl Sae {
         Ok(t.f_reshape(&shape)?)
     }
 
-    /// Pre-activations and JumpReLU activations, both f32 `[..., d_sae]`:
+    /// Pre-activations and JumpReLU activations, both `[..., d_sae]` in the SAE's dtype:
     /// `pre = x·W_enc + b_enc` (one `addmm`), `acts = (pre > threshold) * relu(pre)`.
     pub fn encode_with_pre(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let (x2, lead) = self.as_rows(x, self.info.d_in, "SAE encode")?;
@@ -302,7 +332,7 @@ impl Sae {
         Ok((Self::unrows(pre, &lead)?, Self::unrows(acts, &lead)?))
     }
 
-    /// JumpReLU activations, f32 `[..., d_sae]`: `(pre > threshold) * relu(pre)` with
+    /// JumpReLU activations, `[..., d_sae]` in the SAE's dtype: `(pre > threshold) * relu(pre)` with
     /// `pre = x·W_enc + b_enc` (strict `>`; one `addmm` and one mask, in place).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let (x2, lead) = self.as_rows(x, self.info.d_in, "SAE encode")?;
@@ -313,23 +343,23 @@ impl Sae {
         Self::unrows(pre, &lead)
     }
 
-    /// Reconstruction `a·W_dec + b_dec`, f32 `[..., d_in]`.
+    /// Reconstruction `a·W_dec + b_dec`, `[..., d_in]` in the SAE's dtype.
     pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
         let (a2, lead) = self.as_rows(acts, self.info.d_sae, "SAE decode")?;
         Self::unrows(self.b_dec.f_addmm(&a2, &self.w_dec)?, &lead)
     }
 
-    /// `decode(encode(x))`, f32.
+    /// `decode(encode(x))`, in the SAE's dtype.
     pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
         self.decode(&self.encode(x)?)
     }
 
-    /// `decode(encode(x)) + (x − decode(encode(x)))` computed in f32, as SAELens'
-    /// `use_error_term` does: the model sees its own activation up to f32 rounding.
+    /// `decode(encode(x)) + (x − decode(encode(x)))` computed in the SAE's dtype, as SAELens'
+    /// `use_error_term` does: the model sees its own activation up to that dtype's rounding.
     pub fn reconstruct_with_error(&self, x: &Tensor) -> Result<Tensor> {
-        let x32 = x.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
-        let recon = self.reconstruct(&x32)?;
-        let error = x32.f_sub(&recon)?;
+        let x = x.f_to_device(self.device())?.f_to_kind(self.dtype())?;
+        let recon = self.reconstruct(&x)?;
+        let error = x.f_sub(&recon)?;
         Ok(recon.f_add(&error)?)
     }
 
@@ -382,16 +412,19 @@ impl Sae {
         self.top_k_of(&self.encode(x)?, k)
     }
 
-    /// `magnitude * W_dec[latent]`, f32 `[d_in]` on the SAE's device.
+    /// `magnitude * W_dec[latent]`, `[d_in]` in the SAE's dtype on its device (the magnitude
+    /// rounded to that dtype first, as `torch.tensor(mag, dtype=...)` is).
     pub fn steering_vector(&self, latent: i64, magnitude: f64) -> Result<Tensor> {
         self.check_latent(latent)?;
-        let mag = Tensor::f_from_slice(&[magnitude as f32])?.f_to_device(self.device())?;
+        let mag = Tensor::f_from_slice(&[magnitude as f32])?
+            .f_to_device(self.device())?
+            .f_to_kind(self.dtype())?;
         Ok(mag.f_mul(&self.w_dec.f_get(latent)?)?)
     }
 
-    /// `Σ magnitude_i * W_dec[latent_i]` in f32, summed in the order given.
+    /// `Σ magnitude_i * W_dec[latent_i]` in the SAE's dtype, summed in the order given.
     pub fn steering_sum(&self, pairs: &[(i64, f64)]) -> Result<Tensor> {
-        let mut total = Tensor::f_zeros([self.info.d_in], (Kind::Float, self.device()))?;
+        let mut total = Tensor::f_zeros([self.info.d_in], (self.dtype(), self.device()))?;
         for (i, &(latent, magnitude)) in pairs.iter().enumerate() {
             let v = self.steering_vector(latent, magnitude)?;
             total = if i == 0 { v } else { total.f_add(&v)? };

@@ -269,3 +269,71 @@ fn encode_casts_input_and_checks_width() {
     ));
     assert!(err.to_string().contains("params.npz"), "{err}");
 }
+
+/// A bf16 SAE computes the JumpReLU in bf16, as pyvene does with bf16 parameters
+/// (`pre = x @ W_enc + b_enc`, `(pre > threshold) * relu(pre)`): measured against the same
+/// bf16 numbers computed in f32, its pre-activations are no further off than pyvene's bf16
+/// formula (ours adds the bias inside the product: one rounding, not two), the active latents
+/// agree wherever the pre-activation is clear of the threshold by that error, and results and
+/// steering vectors are bf16.
+#[test]
+fn bf16_sae_is_as_close_as_pyvenes_bf16_formula() {
+    let bf16 = Kind::BFloat16;
+    for case in CASES {
+        let sae = case.sae().to_dtype(bf16).unwrap();
+        assert_eq!(sae.dtype(), bf16);
+        assert_eq!(sae.w_enc().kind(), bf16);
+        // The bf16 weights in f32: the exact reference for the same numbers.
+        let exact_sae = sae.to_dtype(Kind::Float).unwrap();
+        let t = case.sae_tensors();
+        let (mut ours_err, mut pyvene_err) = (0f64, 0f64);
+        for p in 0..case.prompts {
+            let x = t[&format!("p{p}.input")].to_kind(bf16);
+            let (pre, acts) = sae.encode_with_pre(&x).unwrap();
+            assert_eq!((pre.kind(), acts.kind()), (bf16, bf16));
+            assert_eq!(sae.decode(&acts).unwrap().kind(), bf16);
+            let (exact, _) = exact_sae.encode_with_pre(&x).unwrap();
+            let pyvene = (x.matmul(sae.w_enc()) + sae.b_enc()).to_kind(Kind::Float);
+            let err = |t: &Tensor| {
+                (t.to_kind(Kind::Float) - &exact)
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            };
+            let (ours, theirs) = (err(&pre), err(&pyvene));
+            ours_err = ours_err.max(ours);
+            pyvene_err = pyvene_err.max(theirs);
+            let threshold = exact_sae.threshold();
+            let clear = (&exact - threshold).abs().gt(ours);
+            let on = acts.to_kind(Kind::Float).gt(0.0);
+            let exact_on = exact.gt_tensor(threshold).logical_and(&exact.gt(0.0));
+            let flipped = on
+                .logical_xor(&exact_on)
+                .logical_and(&clear)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            assert_eq!(
+                flipped, 0,
+                "{} p{p}: active set differs away from the threshold",
+                case.model
+            );
+        }
+        assert!(
+            ours_err <= pyvene_err,
+            "{}: pre-activation error {ours_err} exceeds pyvene's bf16 formula's {pyvene_err}",
+            case.model
+        );
+        let v = sae.steering_vector(3, 8.0).unwrap();
+        assert_eq!(v.kind(), bf16);
+        assert!(
+            v.equal(&(sae.w_dec().get(3) * 8.0)),
+            "{}: steering vector",
+            case.model
+        );
+        println!(
+            "PARITY|bf16 SAE pre-activation error, ours vs pyvene's bf16 formula ({})|<= pyvene|{ours_err:.2e} vs {pyvene_err:.2e}",
+            case.model
+        );
+    }
+    assert!(CASES[0].sae().to_dtype(Kind::Int64).is_err());
+}

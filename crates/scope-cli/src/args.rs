@@ -58,6 +58,10 @@ pub struct SaeArgs {
     /// The layer whose residual output the SAE reads; needed only when the SAE's name does not say it.
     #[arg(long)]
     pub layer: Option<usize>,
+    /// The SAE's dtype: f32 (the Gemma Scope tutorial's), bf16 or f16 (half the memory), or
+    /// `model` for the model's.
+    #[arg(long, default_value = "f32", value_parser = SAE_DTYPES)]
+    pub sae_dtype: String,
 }
 
 /// Generation flags shared by `generate` and `steer`.
@@ -216,6 +220,11 @@ pub struct DownloadArgs {
 /// The spellings `--dtype` accepts.
 const DTYPES: [&str; 8] = [
     "auto", "f32", "float32", "bf16", "bfloat16", "f16", "float16", "half",
+];
+
+/// The spellings `--sae-dtype` accepts.
+const SAE_DTYPES: [&str; 8] = [
+    "f32", "float32", "bf16", "bfloat16", "f16", "float16", "half", "model",
 ];
 
 /// `--device` must be `cpu`, `cuda`, `cuda:N` or `auto`; whether CUDA is there is checked later.

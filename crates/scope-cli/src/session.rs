@@ -129,6 +129,16 @@ impl LoadedSae {
         let spinner = progress(format!("loading SAE {}", args.sae));
         let sae = sae::Sae::load(&resolved, session.model.device())
             .with_context(|| format!("cannot load SAE `{}`", args.sae))?;
+        let dtype = match args.sae_dtype.as_str() {
+            "model" => session.model.dtype(),
+            other => match parse_dtype(other)? {
+                DTypeSpec::Fixed(kind) => kind,
+                DTypeSpec::Auto => session.model.dtype(),
+            },
+        };
+        let sae = sae
+            .to_dtype(dtype)
+            .with_context(|| format!("cannot convert SAE `{}` to {dtype:?}", args.sae))?;
         spinner.finish_and_clear();
         let named = sae.site();
         let site = match (args.layer, named) {

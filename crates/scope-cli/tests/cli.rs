@@ -159,6 +159,56 @@ fn latents_match_the_sae_fixture() {
     parity("cli latents top-5 values (tiny-f32, rel.)", 1e-4, worst);
 }
 
+/// `--sae-dtype bf16` runs the SAE in bf16: the same tokens, per-token L0 close to the f32
+/// SAE's (latents near the threshold may flip), the strongest latent of most tokens the same.
+#[test]
+fn latents_with_a_bf16_sae_stay_close_to_f32() {
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let run = |dtype: &str| {
+        scope_json(&[
+            "latents",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--sae-dtype",
+            dtype,
+            "--prompt",
+            "Would you be able to travel through time using a wormhole?",
+            "--threshold",
+            "1",
+        ])
+    };
+    let (f32_out, bf16_out) = (run("f32"), run("bf16"));
+    assert_eq!(ints(&f32_out["token_ids"]), ints(&bf16_out["token_ids"]));
+    let (a, b) = (ints(&f32_out["l0"]), ints(&bf16_out["l0"]));
+    let moved: i64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+    let total: i64 = a.iter().sum();
+    assert!(moved * 20 <= total, "L0 moved by {moved} of {total}");
+    let (ma, mb) = (ints(&f32_out["max_latent"]), ints(&bf16_out["max_latent"]));
+    let same = ma.iter().zip(&mb).filter(|(x, y)| x == y).count();
+    assert!(
+        same * 10 >= ma.len() * 8,
+        "argmax agrees on {same} of {}",
+        ma.len()
+    );
+    rejects(
+        &[
+            "latents",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--sae-dtype",
+            "int8",
+            "--prompt",
+            "x",
+        ],
+        2,
+        "--sae-dtype",
+    );
+}
+
 #[test]
 fn steer_matches_pyvene_tutorial_steering() {
     let spec = read_json("expected/tiny-f32/pyvene.json");
