@@ -18,16 +18,8 @@ pub struct Attention {
     qkv_proj: Tensor,
     /// `[hidden, heads * head_dim]`.
     pub o_proj: Tensor,
-    /// Query heads.
-    pub heads: i64,
-    /// Key/value heads.
-    pub kv_heads: i64,
-    /// Width of a head.
-    pub head_dim: i64,
-    /// `query_pre_attn_scalar^-0.5`.
-    pub scale: f64,
-    /// Attention soft-cap, if any.
-    pub softcap: Option<f64>,
+    /// Heads, widths, scale and soft-cap.
+    pub shape: AttentionShape,
 }
 
 /// The shape facts of one layer's attention.
@@ -78,11 +70,7 @@ impl Attention {
         Ok(Attention {
             qkv_proj: Tensor::f_cat(&[&q_proj, &k_proj, &v_proj], 0)?,
             o_proj,
-            heads: shape.heads,
-            kv_heads: shape.kv_heads,
-            head_dim: shape.head_dim,
-            scale: shape.scale,
-            softcap: shape.softcap,
+            shape,
         })
     }
 
@@ -104,11 +92,11 @@ impl Attention {
     }
 
     fn q_width(&self) -> i64 {
-        self.heads * self.head_dim
+        self.shape.heads * self.shape.head_dim
     }
 
     fn kv_width(&self) -> i64 {
-        self.kv_heads * self.head_dim
+        self.shape.kv_heads * self.shape.head_dim
     }
 
     /// Attention over normed hidden states `h` (`[B, T, hidden]`); returns `o_proj`'s output.
@@ -133,7 +121,7 @@ impl Attention {
             hooks,
         )?;
         let q = apply_rotary(
-            &split_heads(&q, b, t, self.heads, self.head_dim)?,
+            &split_heads(&q, b, t, self.shape.heads, self.shape.head_dim)?,
             ctx.angles,
         )?;
         let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
@@ -162,7 +150,7 @@ impl Attention {
         let q = last.f_linear::<&Tensor>(&self.q_proj()?, None)?;
         let last_angles = ctx.angles.position(t - 1)?;
         let q = apply_rotary(
-            &split_heads(&q, b, 1, self.heads, self.head_dim)?,
+            &split_heads(&q, b, 1, self.shape.heads, self.shape.head_dim)?,
             &last_angles,
         )?;
         let k = kv.f_narrow(-1, 0, kvw)?;
@@ -182,10 +170,10 @@ impl Attention {
         angles: &RotaryAngles,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t) = (k.size()[0], k.size()[1]);
-        let k = split_heads(k, b, t, self.kv_heads, self.head_dim)?;
+        let k = split_heads(k, b, t, self.shape.kv_heads, self.shape.head_dim)?;
         Ok((
             apply_rotary(&k, angles)?,
-            split_heads(v, b, t, self.kv_heads, self.head_dim)?,
+            split_heads(v, b, t, self.shape.kv_heads, self.shape.head_dim)?,
         ))
     }
 
@@ -206,15 +194,15 @@ impl Attention {
             Some(cache) => cache.write(layer, &k, &v)?,
             None => (k, v),
         };
-        let k = repeat_kv(&k, self.heads / self.kv_heads)?;
-        let v = repeat_kv(&v, self.heads / self.kv_heads)?;
+        let k = repeat_kv(&k, self.shape.heads / self.shape.kv_heads)?;
+        let v = repeat_kv(&v, self.shape.heads / self.shape.kv_heads)?;
 
         // Out of place, as transformers writes it: in bf16 the in-place scalar kernels round
         // differently (measured: logits off by 2.3 against HF's bf16).
         let mut scores = q
             .f_matmul(&k.f_transpose(2, 3)?)?
-            .f_mul_scalar(self.scale)?;
-        if let Some(cap) = self.softcap {
+            .f_mul_scalar(self.shape.scale)?;
+        if let Some(cap) = self.shape.softcap {
             scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
         }
         let probs = scores
@@ -225,7 +213,7 @@ impl Attention {
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_contiguous()?
-            .f_reshape([b, tq, self.heads * self.head_dim])?)
+            .f_reshape([b, tq, self.shape.heads * self.shape.head_dim])?)
     }
 }
 
