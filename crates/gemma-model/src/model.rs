@@ -188,13 +188,20 @@ impl DecoderLayer {
     }
 }
 
+/// The sites of `layers` a hook wants, in execution order.
+fn wanted_sites(
+    hooks: &dyn Hooks,
+    layers: std::ops::RangeInclusive<usize>,
+) -> impl Iterator<Item = Site> + '_ {
+    layers
+        .flat_map(|layer| SiteKind::ALL.map(|kind| Site::new(layer, kind)))
+        .filter(move |&site| hooks.wants(site))
+}
+
 /// Whether a hook wants a site inside `layer` (after its input, which is whole in either way
 /// of running the layer).
 fn hooks_inside(hooks: &dyn Hooks, layer: usize) -> bool {
-    SiteKind::ALL
-        .iter()
-        .filter(|&&kind| kind != SiteKind::BlockInput)
-        .any(|&kind| hooks.wants(Site::new(layer, kind)))
+    wanted_sites(hooks, layer..=layer).any(|site| site.kind != SiteKind::BlockInput)
 }
 
 /// Visits `kind` at `layer` only when a hook wants it (one branch otherwise).
@@ -324,10 +331,7 @@ impl Gemma2Model {
             chunk_len: t,
             past_len: 0,
         })?;
-        if let Some(site) = (layer..=last_layer)
-            .flat_map(|l| SiteKind::ALL.map(|kind| Site::new(l, kind)))
-            .find(|&site| hooks.wants(site))
-        {
+        if let Some(site) = wanted_sites(hooks, layer..=last_layer).next() {
             return Err(Error::Input(format!(
                 "a paired run visits hooks only at the output of layer {previous}, \
                  but a hook wants {site}"
