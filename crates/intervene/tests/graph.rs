@@ -7,17 +7,10 @@ use intervene::{
 };
 use tch::{Kind, Tensor};
 
+use crate::max_diff;
 use crate::mock::{generate_by_hand, GenConfig, Input, Mock, D, L};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
     let d = max_diff(a, b);

@@ -15,6 +15,8 @@ use intervene::{
 };
 use tch::{Device, Kind, Tensor};
 
+use crate::max_diff;
+
 const LOGITS_TOL: f64 = 1e-4;
 const COLLECT_TOL: f64 = 1e-6;
 
@@ -54,14 +56,6 @@ fn steering(idx: i64, mag: f64) -> Tensor {
         .into_iter()
         .collect();
     params["W_dec"].get(idx) * mag
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) -> f64 {
