@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gemma_model::config::derived_layer_types;
-use gemma_model::{Batch, Gemma2Config, Gemma2Model, Generated, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, Gemma2Config, Gemma2Model, Generated, GenerationConfig};
 use intervene::{
     CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
 };
@@ -309,17 +309,26 @@ impl Workbench {
             .ok_or_else(|| anyhow!("nothing collected"))
     }
 
-    /// Greedy decoding of exactly `new` tokens (eos never stops it).
-    pub fn generation_config(new: usize) -> GenerationConfig {
+    /// Greedy decoding of exactly `new` tokens (eos never stops it), decode steps run as
+    /// `decode` says.
+    pub fn generation_config(new: usize, decode: DecodeMode) -> GenerationConfig {
         GenerationConfig {
             eos_token_ids: Some(Vec::new()),
+            decode,
             ..GenerationConfig::greedy(new)
         }
     }
 
     /// Plain greedy generation of `new` tokens after `prompt`.
-    pub fn generate_plain(&self, prompt: &Batch, new: usize) -> Result<Generated> {
-        Ok(self.model.generate(prompt, &Self::generation_config(new))?)
+    pub fn generate_plain(
+        &self,
+        prompt: &Batch,
+        new: usize,
+        decode: DecodeMode,
+    ) -> Result<Generated> {
+        Ok(self
+            .model
+            .generate(prompt, &Self::generation_config(new, decode))?)
     }
 
     /// The graph for [`generate_steered`](Self::generate_steered): `magnitude * W_dec[latent]`
@@ -342,6 +351,7 @@ impl Workbench {
         graph: &IntervenableModel<'_, Gemma2Model>,
         prompt: &Batch,
         new: usize,
+        decode: DecodeMode,
     ) -> Result<Generated> {
         let options = CallOptions::new()
             .locations(Locations::all())
@@ -351,7 +361,7 @@ impl Workbench {
                 prompt,
                 Sources::None,
                 &options,
-                &Self::generation_config(new),
+                &Self::generation_config(new, decode),
             )?
             .intervened)
     }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gemma_model::Batch;
+use gemma_model::{Batch, DecodeMode};
 use scope_benches::{
     mean_l0, parse_device, parse_dtype, peak_rss_gib, sync, timed, top_k_indices, Size, Workbench,
     PROMPT_LEN, STEER_LATENT, STEER_MAGNITUDE,
@@ -29,10 +29,20 @@ struct Args {
     seq: i64,
     new: usize,
     reps: usize,
+    decode: DecodeMode,
+    /// Workflow groups to run (`forward`, `collect`, `generate`, `interchange`); all when empty.
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 const USAGE: &str = "usage: race [--size tiny|small|2b] [--device cpu|cuda] \
-    [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R]";
+    [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R] \
+    [--decode auto|eager|fixed|graph] [--only forward,collect,generate,interchange]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -48,6 +58,8 @@ fn parse_args() -> Result<Args> {
         seq: 128,
         new: 128,
         reps: 5,
+        decode: DecodeMode::Auto,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,11 +87,50 @@ fn parse_args() -> Result<Args> {
             "--seq" => args.seq = number("--seq")?,
             "--new" => args.new = number("--new")? as usize,
             "--reps" => args.reps = number("--reps")? as usize,
+            "--decode" => args.decode = parse_decode(&value)?,
+            "--only" => {
+                args.only = value.split(',').map(|g| g.trim().to_string()).collect();
+                let known = ["forward", "collect", "generate", "interchange"];
+                if let Some(bad) = args.only.iter().find(|g| !known.contains(&g.as_str())) {
+                    bail!(
+                        "unknown workflow group `{bad}` in --only (expected {})",
+                        known.join(", ")
+                    );
+                }
+            }
             "--attn" => {} // the peer's flag; scope has one attention implementation (eager)
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     Ok(args)
+}
+
+fn parse_decode(s: &str) -> Result<DecodeMode> {
+    Ok(match s {
+        "auto" => DecodeMode::Auto,
+        "eager" => DecodeMode::Eager,
+        "fixed" => DecodeMode::FixedShape,
+        "graph" => DecodeMode::CudaGraph,
+        other => bail!("unknown --decode `{other}` (expected auto, eager, fixed or graph)"),
+    })
+}
+
+/// The mode that ran, as `--decode` spells it.
+fn decode_name(mode: DecodeMode) -> &'static str {
+    match mode {
+        DecodeMode::Auto => "auto",
+        DecodeMode::Eager => "eager",
+        DecodeMode::FixedShape => "fixed",
+        DecodeMode::CudaGraph => "graph",
+    }
+}
+
+/// The first new tokens of row 0, to compare decode modes across runs.
+fn first_tokens(out: &gemma_model::Generated) -> Vec<i64> {
+    out.new_tokens
+        .first()
+        .map(|row| row.iter().take(8).copied().collect())
+        .unwrap_or_default()
 }
 
 fn emit(v: Value) {
@@ -109,56 +160,71 @@ fn run() -> Result<()> {
     let ids = bench.ids(a.batch, a.seq, 2)?;
     let batch = Batch::new(ids.shallow_clone());
     let ntok = (a.batch * a.seq) as f64;
-    let (t_plain, _) = timed(device, a.reps, || bench.forward_plain(&batch))?;
-    emit(json!({
-        "what": "forward_plain", "batch": a.batch, "seq": a.seq,
-        "tok_per_s": round(ntok / t_plain, 1), "s": t_plain,
-    }));
+    if a.runs("forward") {
+        let (t_plain, _) = timed(device, a.reps, || bench.forward_plain(&batch))?;
+        emit(json!({
+            "what": "forward_plain", "batch": a.batch, "seq": a.seq,
+            "tok_per_s": round(ntok / t_plain, 1), "s": t_plain,
+        }));
+    }
 
-    let collector = bench.collector()?;
-    let (t_col, acts) = timed(device, a.reps, || {
-        Workbench::collect_latents(&collector, &batch)
-    })?;
-    emit(json!({
-        "what": "collect_latents", "batch": a.batch, "seq": a.seq,
-        "tok_per_s": round(ntok / t_col, 1), "s": t_col,
-        "shape": acts.size(), "mean_l0": round(mean_l0(&acts)?, 2),
-    }));
-    drop(acts);
-    let mem = match device {
-        Device::Cpu => peak_rss_gib().map(|g| round(g, 3)),
-        // libtorch's caching-allocator statistics are not reachable through tch.
-        _ => None,
-    };
+    let mut mem = None;
+    if a.runs("collect") {
+        let collector = bench.collector()?;
+        let (t_col, acts) = timed(device, a.reps, || {
+            Workbench::collect_latents(&collector, &batch)
+        })?;
+        emit(json!({
+            "what": "collect_latents", "batch": a.batch, "seq": a.seq,
+            "tok_per_s": round(ntok / t_col, 1), "s": t_col,
+            "shape": acts.size(), "mean_l0": round(mean_l0(&acts)?, 2),
+        }));
+        drop(acts);
+        mem = match device {
+            Device::Cpu => peak_rss_gib().map(|g| round(g, 3)),
+            // libtorch's caching-allocator statistics are not reachable through tch.
+            _ => None,
+        };
+    }
 
-    let prompt_ids = bench.ids(1, PROMPT_LEN, 3)?;
-    let prompt = Batch::new(prompt_ids);
-    let gen_reps = (a.reps / 2).max(1);
-    let (t_gen, _) = timed(device, gen_reps, || bench.generate_plain(&prompt, a.new))?;
-    emit(json!({
-        "what": "generate_plain", "new_tokens": a.new,
-        "tok_per_s": round(a.new as f64 / t_gen, 1), "s": t_gen,
-    }));
+    if a.runs("generate") {
+        let prompt_ids = bench.ids(1, PROMPT_LEN, 3)?;
+        let prompt = Batch::new(prompt_ids);
+        let gen_reps = (a.reps / 2).max(1);
+        let (t_gen, out) = timed(device, gen_reps, || {
+            bench.generate_plain(&prompt, a.new, a.decode)
+        })?;
+        emit(json!({
+            "what": "generate_plain", "new_tokens": a.new,
+            "tok_per_s": round(a.new as f64 / t_gen, 1), "s": t_gen,
+            "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+        }));
 
-    let steerer = bench.steerer(STEER_LATENT, STEER_MAGNITUDE)?;
-    let (t_steer, out) = timed(device, gen_reps, || {
-        Workbench::generate_steered(&steerer, &prompt, a.new)
-    })?;
-    emit(json!({
-        "what": "generate_steered", "new_tokens": a.new,
-        "tok_per_s": round(a.new as f64 / t_steer, 1), "s": t_steer,
-        "out_len": out.sequences.size().last().copied().unwrap_or(0),
-    }));
+        let steerer = bench.steerer(STEER_LATENT, STEER_MAGNITUDE)?;
+        let (t_steer, out) = timed(device, gen_reps, || {
+            Workbench::generate_steered(&steerer, &prompt, a.new, a.decode)
+        })?;
+        emit(json!({
+            "what": "generate_steered", "new_tokens": a.new,
+            "tok_per_s": round(a.new as f64 / t_steer, 1), "s": t_steer,
+            "out_len": out.sequences.size().last().copied().unwrap_or(0),
+            "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+        }));
+    }
 
-    let interchanger = bench.interchanger()?;
-    let (base, source) = bench.interchange_inputs(4)?;
-    let (t_int, diff) = timed(device, a.reps, || {
-        Workbench::interchange(&interchanger, &base, &source)
-    })?;
-    emit(json!({
-        "what": "interchange", "ms": round(t_int * 1e3, 2), "topk": top_k_indices(&diff, 5)?,
-    }));
-    emit(json!({"what": "peak_mem_gib_after_collect", "gib": mem}));
+    if a.runs("interchange") {
+        let interchanger = bench.interchanger()?;
+        let (base, source) = bench.interchange_inputs(4)?;
+        let (t_int, diff) = timed(device, a.reps, || {
+            Workbench::interchange(&interchanger, &base, &source)
+        })?;
+        emit(json!({
+            "what": "interchange", "ms": round(t_int * 1e3, 2), "topk": top_k_indices(&diff, 5)?,
+        }));
+    }
+    if a.runs("collect") {
+        emit(json!({"what": "peak_mem_gib_after_collect", "gib": mem}));
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gemma_model::Batch;
+use gemma_model::{Batch, DecodeMode};
 use scope_benches::{sync, Size, Workbench, PROMPT_LEN, STEER_LATENT, STEER_MAGNITUDE};
 use tch::{Device, Kind, Tensor};
 
@@ -113,8 +113,13 @@ fn workflows(c: &mut Criterion) {
                     BenchmarkId::new(&name, format!("batch{rows}-new{}", plan.new)),
                     |b| {
                         b.iter(|| {
-                            let out =
-                                Workbench::generate_steered(&graph, &prompt, plan.new).unwrap();
+                            let out = Workbench::generate_steered(
+                                &graph,
+                                &prompt,
+                                plan.new,
+                                DecodeMode::Auto,
+                            )
+                            .unwrap();
                             sync(device);
                             out
                         })

@@ -4,9 +4,12 @@
 #
 #   1. the main workflows through `scope` on the fixture models, once on the CPU and once on
 #      the GPU, and a comparison of the two (the CPU results are the ones CI pins to HF and
-#      pyvene): token ids must match exactly, numbers within 1e-3 (f32) or 5e-2 (bf16);
-#   2. the race against the peer's shapes: gemma-2-2b shapes in bf16, then the `small` shape
-#      in f32, one JSON line per measurement.
+#      pyvene): token ids must match exactly, numbers within 1e-3 (f32) or 5e-2 (bf16).
+#      Generation runs eagerly on the CPU and as a replayed CUDA graph on the GPU
+#      (`--decode graph`, an error if the graph cannot be recorded);
+#   2. the race against the peer's shapes: gemma-2-2b shapes in bf16 (generation once more
+#      with eager decode steps, to measure what the graph buys and compare the tokens), then
+#      the `small` shape in f32, one JSON line per measurement.
 #
 # Everything lands in $OUT (the device tool brings it back). Here, without a GPU:
 #   DEVICE=cpu SIZES=small OUT=/tmp/check bash xtask/device/check.sh
@@ -37,8 +40,10 @@ BASE="Physics says time-travel through a wormhole needs enormous energy."
 cli_case() { # name model sae args...
     local name=$1 model=$2 sae=$3; shift 3
     for dev in cpu "$DEVICE"; do
-        local line
-        line=$("$BIN/scope" "$@" --model "$model" ${sae:+--sae "$sae"} --device "$dev" --json 2>"$OUT/err.txt")
+        local line decode=graph
+        [ "$dev" = cpu ] && decode=eager
+        # `@decode` in the arguments stands for the decode mode of this device.
+        line=$("$BIN/scope" "${@/@decode/$decode}" --model "$model" ${sae:+--sae "$sae"} --device "$dev" --json 2>"$OUT/err.txt")
         local rc=$?
         if [ $rc -ne 0 ]; then
             line="{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$OUT/err.txt")}"
@@ -53,10 +58,10 @@ for model in tiny-f32 tiny-bf16-sharded; do
     m=fixtures/models/$model
     sae=$(ls -d fixtures/saes/$model-res/layer_*/width_*/average_l0_* | head -1)
     for dtype in f32 bf16; do
-        cli_case "$model $dtype generate" "$m" "" generate --dtype $dtype --max-new-tokens 20 --prompt "$PROMPT"
+        cli_case "$model $dtype generate" "$m" "" generate --dtype $dtype --max-new-tokens 20 --decode @decode --prompt "$PROMPT"
         cli_case "$model $dtype latents" "$m" "$sae" latents --dtype $dtype --threshold 1 --top-k 3 --prompt "$PROMPT"
         cli_case "$model $dtype steer" "$m" "$sae" steer --dtype $dtype --latent 51 --magnitude 8 \
-            --max-new-tokens 20 --prompt "$PROMPT"
+            --max-new-tokens 20 --decode @decode --prompt "$PROMPT"
         cli_case "$model $dtype patch" "$m" "$sae" patch --dtype $dtype --source-pos 9 --base-pos -1 \
             --latent 183 --top-k 5 --base "$BASE" --source "$PROMPT"
         cli_case "$model $dtype eval" "$m" "$sae" eval --dtype $dtype --prompt "$PROMPT" --prompt "$BASE"
@@ -107,4 +112,8 @@ for size in $SIZES; do
     esac
     echo "\$ race $flags --device $DEVICE"
     "$BIN/race" $flags --device "$DEVICE" | tee "$OUT/race-$size.jsonl"
+    if [ "$size" = 2b ]; then
+        echo "\$ race $flags --device $DEVICE --decode eager --only generate"
+        "$BIN/race" $flags --device "$DEVICE" --decode eager --only generate | tee "$OUT/race-2b-eager.jsonl"
+    fi
 done

@@ -2,7 +2,8 @@
 //!
 //! The torch 2.11.0 wheel carries libtorch (the C++ library tch links against). On a CPU
 //! machine only three wheels are needed (~580 MB on disk instead of 3.2 GB): torch itself without
-//! its dependencies, plus the CUDA runtime and CUPTI, which libtorch_cpu links even on CPU. On a
+//! its dependencies, plus the CUDA runtime and CUPTI, which libtorch_cpu links even on CPU (and
+//! on every machine a 134 kB wheel of CUDA headers for gemma-model's CUDA-graph shim). On a
 //! machine with an NVIDIA GPU (or with `--cuda`) the full dependency set is installed so that
 //! libtorch_cuda can load. `.libtorch` then points at the wheel's `torch/` directory; the
 //! workspace's `.cargo/config.toml` sets `LIBTORCH` to it and bakes an rpath into every binary.
@@ -17,6 +18,10 @@ use crate::{project_root, run_checked, Failure, Result};
 const TORCH: &str = "torch==2.11.0";
 /// What libtorch_cpu needs besides itself on a CPU-only machine.
 const LEAN_EXTRAS: [&str; 2] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
+/// The CUDA headers `crt/*.h` that `cuda_runtime.h` includes (134 kB, no libraries): with them
+/// gemma-model's build compiles its small CUDA-graph shim against libtorch's headers. Neither
+/// torch nor the CUDA runtime wheel ships them.
+const CUDA_HEADERS: &str = "nvidia-cuda-crt==13.0.88";
 /// The Python reference stack the fixture generator runs on.
 const REFERENCE_STACK: [&str; 6] = [
     "transformers==5.17.0",
@@ -106,6 +111,7 @@ pub fn ensure() -> Result<Venv> {
 
 fn is_ready(venv: &Venv) -> bool {
     venv.has_dist("torch-2.11.0")
+        && venv.has_dist("nvidia_cuda_crt")
         && project_root()
             .join(".libtorch")
             .join("lib")
@@ -133,6 +139,9 @@ pub fn run(args: &[&str]) -> Result<Venv> {
     } else if cuda && !venv.has_dist("nvidia_cublas") {
         println!("setup: a GPU is present: installing torch's CUDA dependencies ...");
         venv.pip_install(&[TORCH], false)?;
+    }
+    if !venv.has_dist("nvidia_cuda_crt") {
+        venv.pip_install(&[CUDA_HEADERS], true)?;
     }
     link_libtorch(&venv)?;
     println!(

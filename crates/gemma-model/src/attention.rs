@@ -56,6 +56,9 @@ pub(crate) struct AttentionContext<'a> {
     pub angles: &'a RotaryAngles,
     /// Additive mask for this layer's type, `[B, 1, T, S]`, model dtype.
     pub mask: &'a Tensor,
+    /// For a fixed-shape decode step: the cache index to write (a device tensor, `[1]`), and
+    /// attention over the whole cache buffer (`S = max_len`).
+    pub cursor: Option<&'a Tensor>,
 }
 
 impl Attention {
@@ -125,7 +128,7 @@ impl Attention {
             ctx.angles,
         )?;
         let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
-        let mut z = self.attend(&q, k, v, ctx.mask, cache, layer)?;
+        let mut z = self.attend(&q, k, v, ctx.mask, cache, ctx.cursor, layer)?;
         let site = Site::new(layer, SiteKind::AttentionValueOutput);
         if hooks.wants(site) {
             hooks.visit(site, &mut z)?;
@@ -157,7 +160,7 @@ impl Attention {
         let v = kv.f_narrow(-1, kvw, kvw)?;
         let mask = ctx.mask.f_narrow(2, t - 1, 1)?;
         let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
-        let z = self.attend(&q, k, v, &mask, cache, layer)?;
+        let z = self.attend(&q, k, v, &mask, cache, None, layer)?;
         Ok(z.f_linear::<&Tensor>(&self.o_proj, None)?)
     }
 
@@ -179,7 +182,9 @@ impl Attention {
 
     /// Eager attention of rotated queries `q` (`[B, heads, Tq, hd]`) over the new keys and
     /// values `k`, `v` (`[B, kv_heads, T, hd]`, keys rotated) after the cache's, masked by
-    /// `mask` (`[B, 1, Tq, S]`); returns the heads merged, `[B, Tq, heads * hd]`.
+    /// `mask` (`[B, 1, Tq, S]`); returns the heads merged, `[B, Tq, heads * hd]`. With a
+    /// `cursor` the new keys and values go to that cache index and the whole buffer is attended.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
@@ -187,12 +192,14 @@ impl Attention {
         v: Tensor,
         mask: &Tensor,
         cache: Option<&mut KvCache>,
+        cursor: Option<&Tensor>,
         layer: usize,
     ) -> Result<Tensor> {
         let (b, tq) = (q.size()[0], q.size()[2]);
-        let (k, v) = match cache {
-            Some(cache) => cache.write(layer, &k, &v)?,
-            None => (k, v),
+        let (k, v) = match (cache, cursor) {
+            (Some(cache), Some(cursor)) => cache.write_at(layer, &k, &v, cursor)?,
+            (Some(cache), None) => cache.write(layer, &k, &v)?,
+            (None, _) => (k, v),
         };
         let k = repeat_kv(&k, self.shape.heads / self.shape.kv_heads)?;
         let v = repeat_kv(&v, self.shape.heads / self.shape.kv_heads)?;

@@ -100,6 +100,26 @@ impl KvCache {
         Ok((kc.f_narrow(2, 0, total)?, vc.f_narrow(2, 0, total)?))
     }
 
+    /// Writes the one-position `k`, `v` (`[B, kv, 1, hd]`) of `layer` at the physical index held
+    /// by the device tensor `cursor` (`[1]`, int64) and returns the whole buffers
+    /// (`[B, kv, max_len, hd]`): a step whose shapes and host-side arguments never change, so
+    /// that it can be recorded once and replayed. Positions not yet written hold zeros, and the
+    /// step's mask hides them.
+    pub(crate) fn write_at(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        cursor: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (Some(kc), Some(vc)) = (self.keys.get_mut(layer), self.values.get_mut(layer)) else {
+            return Err(Error::Input(format!("cache has no layer {layer}")));
+        };
+        let _ = kc.f_index_copy_(2, cursor, k)?;
+        let _ = vc.f_index_copy_(2, cursor, v)?;
+        Ok((kc.shallow_clone(), vc.shallow_clone()))
+    }
+
     /// Marks `chunk` more positions as cached (after every layer has written them).
     pub(crate) fn advance(&mut self, chunk: i64) {
         self.len += chunk;

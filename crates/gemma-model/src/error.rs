@@ -113,6 +113,9 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// Recording or replaying a CUDA graph failed, or graphs are unavailable here.
+    #[error("{0}")]
+    CudaGraph(String),
 
     // --- hub ------------------------------------------------------------------------------
     /// A Hugging Face Hub lookup or download failed.

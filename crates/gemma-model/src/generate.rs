@@ -4,10 +4,12 @@
 //! pad id, and the loop stops when every row has produced an eos id.
 
 use intervene::{Hooks, NoHooks};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::cache::KvCache;
+use crate::cuda_graph::{self, CudaGraph};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Gemma2Model};
+use crate::model::{Batch, DecodeMasks, FixedStep, Gemma2Model};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +29,29 @@ pub enum Sampling {
     },
 }
 
+/// How the decode steps (every forward call after the prompt's) run. All give the same
+/// tokens as transformers' `generate()` within float rounding; [`DecodeMode::Eager`] is the
+/// bit-for-bit reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeMode {
+    /// [`DecodeMode::CudaGraph`] when the model is on a GPU, graphs are available here and
+    /// the hooks allow it ([`Hooks::decode_steps_replayable`]), with a fall-back to
+    /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Eager`] otherwise.
+    #[default]
+    Auto,
+    /// One forward call per step over the positions cached so far (transformers' dynamic
+    /// cache).
+    Eager,
+    /// Steps of one fixed shape (transformers' static cache): keys and values written at a
+    /// device-side index, attention over the whole preallocated buffer with the unwritten
+    /// positions masked. Run one by one; this is exactly what a replayed graph computes.
+    FixedShape,
+    /// Fixed-shape steps, the second one recorded as a CUDA graph and replayed for every later
+    /// step: one launch per token instead of one per kernel. An error when graphs cannot be
+    /// used (no GPU, hooks that are not replayable).
+    CudaGraph,
+}
+
 /// Generation settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationConfig {
@@ -38,6 +63,8 @@ pub struct GenerationConfig {
     pub eos_token_ids: Option<Vec<i64>>,
     /// Emitted by finished rows; `None` = the model's `pad_token_id`.
     pub pad_token_id: Option<i64>,
+    /// How decode steps run.
+    pub decode: DecodeMode,
 }
 
 impl GenerationConfig {
@@ -48,6 +75,7 @@ impl GenerationConfig {
             sampling: Sampling::Greedy,
             eos_token_ids: None,
             pad_token_id: None,
+            decode: DecodeMode::Auto,
         }
     }
 }
@@ -60,6 +88,8 @@ pub struct Generated {
     pub sequences: Tensor,
     /// Each row's new tokens, up to and including its eos.
     pub new_tokens: Vec<Vec<i64>>,
+    /// How the decode steps ran (never [`DecodeMode::Auto`]).
+    pub decode: DecodeMode,
 }
 
 /// The tokens chosen at one decode step, for streaming.
@@ -125,18 +155,19 @@ impl Gemma2Model {
         let mut pieces = vec![input_ids.shallow_clone()];
         let mut new_tokens = vec![Vec::new(); b as usize];
         let mut active = vec![true; b as usize];
-        let mut step_input = Batch {
+        let mut decoder = Decoder::new(
+            self.decode_mode(config, &*hooks)?,
+            positions.f_narrow(1, t - 1, 1)?,
+        );
+        let prompt = Batch {
             input_ids,
             attention_mask: Some(mask),
             position_ids: Some(positions.shallow_clone()),
         };
-        let mut last_pos = positions.f_narrow(1, t - 1, 1)?;
+        let mut logits =
+            logits_of(self.forward_step(&prompt, &mut cache, &decode_masks, hooks)?)?;
 
         for index in 0..config.max_new_tokens {
-            let out = self.forward_step(&step_input, &mut cache, &decode_masks, hooks)?;
-            let logits = out
-                .logits
-                .ok_or_else(|| Error::Input("forward returned no logits".into()))?;
             // HF copies the last position's logits to f32 before any processing.
             let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
             let next = choose(&scores, &config.sampling, rng.as_mut())?;
@@ -161,19 +192,204 @@ impl Gemma2Model {
             if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
                 break;
             }
-            last_pos = last_pos.f_add_scalar(1)?;
-            // One-position steps take their masks from `decode_masks`.
-            step_input = Batch {
-                input_ids: next.f_unsqueeze(1)?,
-                attention_mask: None,
-                position_ids: Some(last_pos.shallow_clone()),
+            let context = StepContext {
+                model: self,
+                masks: &decode_masks,
+                fall_back: config.decode == DecodeMode::Auto,
             };
+            logits = decoder.step(&context, &next.f_unsqueeze(1)?, &mut cache, hooks)?;
         }
         Ok(Generated {
             sequences: Tensor::f_cat(&pieces, 1)?,
             new_tokens,
+            decode: decoder.mode(),
         })
     }
+
+    /// The mode `config` asks for, with [`DecodeMode::Auto`] resolved.
+    fn decode_mode(&self, config: &GenerationConfig, hooks: &dyn Hooks) -> Result<DecodeMode> {
+        let on_gpu = matches!(self.device, Device::Cuda(_));
+        match config.decode {
+            DecodeMode::Auto => Ok(
+                // Recording costs about two steps: not worth it for a handful of tokens.
+                if on_gpu
+                    && config.max_new_tokens > 4
+                    && hooks.decode_steps_replayable()
+                    && cuda_graph::available()
+                {
+                    DecodeMode::CudaGraph
+                } else {
+                    DecodeMode::Eager
+                },
+            ),
+            DecodeMode::CudaGraph if !on_gpu => Err(Error::CudaGraph(format!(
+                "CUDA graphs need the model on a GPU; it is on {:?}",
+                self.device
+            ))),
+            DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::CudaGraph(
+                "the hooks of this generation cannot be replayed (a collect, or an \
+                     intervention that does not declare itself replayable): use eager decoding"
+                    .into(),
+            )),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The logits of a forward call that must have them.
+fn logits_of(out: crate::model::ModelOutput) -> Result<Tensor> {
+    out.logits
+        .ok_or_else(|| Error::Input("forward returned no logits".into()))
+}
+
+/// What every decode step reads.
+struct StepContext<'a> {
+    model: &'a Gemma2Model,
+    masks: &'a DecodeMasks,
+    /// Whether a failed recording may fall back to unrecorded fixed-shape steps.
+    fall_back: bool,
+}
+
+/// Runs the decode steps in one [`DecodeMode`].
+enum Decoder {
+    Eager {
+        /// The previous step's position ids, `[B, 1]`.
+        last_pos: Tensor,
+    },
+    Fixed {
+        /// The prompt's last position ids until the first step, then unused.
+        last_pos: Tensor,
+        /// Created at the first step.
+        step: Option<FixedStep>,
+        graph: Recording,
+    },
+}
+
+/// Where a fixed-shape generation stands with its CUDA graph.
+enum Recording {
+    /// Steps run one by one.
+    Off,
+    /// The next step runs for real and is then recorded.
+    Wanted,
+    /// Replay `graph`; it writes its logits into `logits` (declared first, so dropped before
+    /// the graph whose memory pool holds it).
+    Recorded { logits: Tensor, graph: CudaGraph },
+}
+
+impl Decoder {
+    fn new(mode: DecodeMode, last_pos: Tensor) -> Self {
+        match mode {
+            DecodeMode::Auto | DecodeMode::Eager => Decoder::Eager { last_pos },
+            DecodeMode::FixedShape => Decoder::Fixed {
+                last_pos,
+                step: None,
+                graph: Recording::Off,
+            },
+            DecodeMode::CudaGraph => Decoder::Fixed {
+                last_pos,
+                step: None,
+                graph: Recording::Wanted,
+            },
+        }
+    }
+
+    fn mode(&self) -> DecodeMode {
+        match self {
+            Decoder::Eager { .. } => DecodeMode::Eager,
+            Decoder::Fixed {
+                graph: Recording::Off,
+                ..
+            } => DecodeMode::FixedShape,
+            Decoder::Fixed { .. } => DecodeMode::CudaGraph,
+        }
+    }
+
+    /// Feeds `next` (`[B, 1]`) and returns the logits of the step (`[B, 1, vocab]`).
+    fn step(
+        &mut self,
+        ctx: &StepContext<'_>,
+        next: &Tensor,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        match self {
+            Decoder::Eager { last_pos } => {
+                *last_pos = last_pos.f_add_scalar(1)?;
+                // One-position steps take their masks from `decode_masks`.
+                let input = Batch {
+                    input_ids: next.shallow_clone(),
+                    attention_mask: None,
+                    position_ids: Some(last_pos.shallow_clone()),
+                };
+                logits_of(ctx.model.forward_step(&input, cache, ctx.masks, hooks)?)
+            }
+            Decoder::Fixed {
+                last_pos,
+                step,
+                graph,
+            } => {
+                let step = match step {
+                    Some(s) => {
+                        s.advance(next)?;
+                        s
+                    }
+                    None => step.insert(FixedStep::new(
+                        ctx.masks,
+                        next,
+                        &last_pos.f_add_scalar(1)?,
+                        cache.len(),
+                    )?),
+                };
+                let logits = match graph {
+                    Recording::Off => logits_of(ctx.model.forward_fixed_step(step, cache, hooks)?)?,
+                    Recording::Recorded { graph, logits } => {
+                        graph.replay()?;
+                        logits.shallow_clone()
+                    }
+                    Recording::Wanted => {
+                        let (logits, recorded) = run_and_record(ctx.model, step, cache, hooks)?;
+                        *graph = match recorded {
+                            Ok(r) => r,
+                            Err(_) if ctx.fall_back => Recording::Off,
+                            Err(e) => return Err(e),
+                        };
+                        logits
+                    }
+                };
+                cache.advance(1);
+                Ok(logits)
+            }
+        }
+    }
+}
+
+/// Runs one fixed-shape step for real on a side stream (so that libraries set themselves up
+/// outside the capture), then records the same step as a CUDA graph without running it. The
+/// step's logits, and the recording or why it failed; an error only when the step itself fails.
+fn run_and_record(
+    model: &Gemma2Model,
+    step: &FixedStep,
+    cache: &mut KvCache,
+    hooks: &mut dyn Hooks,
+) -> Result<(Tensor, Result<Recording>)> {
+    let mut graph = match CudaGraph::new().and_then(|mut g| g.enter().map(|()| g)) {
+        Ok(graph) => graph,
+        Err(why) => {
+            let logits = logits_of(model.forward_fixed_step(step, cache, hooks)?)?;
+            return Ok((logits, Err(why)));
+        }
+    };
+    let ran = logits_of(model.forward_fixed_step(step, cache, hooks)?);
+    let recorded = match &ran {
+        Ok(_) => graph.capture(|| logits_of(model.forward_fixed_step(step, cache, hooks)?)),
+        Err(_) => Err(Error::CudaGraph("the step to record failed".into())),
+    };
+    graph.exit()?;
+    let logits = ran?;
+    Ok((
+        logits,
+        recorded.map(|logits| Recording::Recorded { logits, graph }),
+    ))
 }
 
 /// `next` with the pad id in the rows no longer `active` (HF's

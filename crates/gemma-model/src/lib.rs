@@ -33,6 +33,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod cuda_graph;
 pub mod device;
 pub mod error;
 pub mod files;
@@ -51,7 +52,7 @@ pub use config::{Activation, Gemma2Config, LayerType};
 pub use device::{parse_device, parse_dtype, resolve_dtype, DTypeSpec};
 pub use error::{Error, Result};
 pub use files::{HubOptions, ModelFiles};
-pub use generate::{Generated, GenerationConfig, Sampling, Step};
+pub use generate::{DecodeMode, Generated, GenerationConfig, Sampling, Step};
 pub use loading::{LoadOptions, WeightStore};
 pub use model::{Batch, Gemma2Model, ModelOutput};
 pub use tokenizer::{render_chat, ChatMessage, GemmaTokenizer};

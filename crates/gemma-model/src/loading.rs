@@ -303,7 +303,9 @@ impl Gemma2Model {
             None
         };
         let rope = Rope::new(c.head_dim, c.rope_theta, device)?;
+        let embed_scale = Gemma2Model::embed_scale(&config, dtype, device)?;
         Ok(Gemma2Model {
+            embed_scale,
             config,
             dtype,
             device,

@@ -226,6 +226,9 @@ pub struct Gemma2Model {
     /// A separate unembedding, only for untied checkpoints.
     pub(crate) lm_head: Option<Tensor>,
     pub(crate) rope: Rope,
+    /// `sqrt(hidden)` rounded to the model dtype, a 0-dim tensor on the model's device (made
+    /// once: a copy from the host per call would stall the GPU, and cannot be recorded).
+    pub(crate) embed_scale: Tensor,
 }
 
 impl Gemma2Model {
@@ -264,11 +267,19 @@ impl Gemma2Model {
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let ids = input_ids.f_to_device(self.device)?;
         let rows = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)?;
-        let scale = Tensor::f_from_slice(&[self.config.embedding_scale() as f32])?
+        Ok(rows.f_mul(&self.embed_scale)?)
+    }
+
+    /// [`Self::embed`]'s scale for `config` in `dtype` on `device`.
+    pub(crate) fn embed_scale(
+        config: &Gemma2Config,
+        dtype: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
+        Ok(Tensor::f_from_slice(&[config.embedding_scale() as f32])?
             .f_reshape([] as [i64; 0])?
-            .f_to_kind(self.dtype)?
-            .f_to_device(self.device)?;
-        Ok(rows.f_mul(&scale)?)
+            .f_to_kind(dtype)?
+            .f_to_device(device)?)
     }
 
     /// Full forward over `batch` without hooks: logits for every position.
@@ -403,6 +414,31 @@ impl Gemma2Model {
         self.run(batch, &options, call, hooks)
     }
 
+    /// One decode step of fixed shape: the tokens in `step.input_ids` at `step.positions`,
+    /// keys and values written at `step.cursor`, attention over the whole cache buffer; the
+    /// last position's logits (`[B, 1, vocab]`). Nothing on the host depends on the step, so
+    /// it can be recorded once and replayed (a CUDA graph); the caller advances `step` and
+    /// the cache after each step that ran.
+    pub(crate) fn forward_fixed_step(
+        &self,
+        step: &FixedStep,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        let options = ForwardOptions {
+            last_position_logits: true,
+            ..ForwardOptions::default()
+        };
+        let batch = Batch::new(step.input_ids.shallow_clone())
+            .with_position_ids(step.positions.shallow_clone());
+        let call = Call {
+            cache: Some(cache),
+            fixed: Some(step),
+            ..Call::default()
+        };
+        self.run(&batch, &options, call, hooks)
+    }
+
     fn run(
         &self,
         batch: &Batch,
@@ -414,6 +450,7 @@ impl Gemma2Model {
             mut cache,
             start,
             decode_masks,
+            fixed,
         } = call;
         let _guard = tch::no_grad_guard();
         let (b, t) = batch.shape()?;
@@ -431,8 +468,9 @@ impl Gemma2Model {
         let positions = self.positions(batch, b, t, past)?;
         // Built once per call, shared by every layer.
         let angles = self.rope.angles(&positions, self.dtype)?;
-        let masks = match decode_masks {
-            Some(d) if t == 1 && past > 0 => d.step(past)?,
+        let masks = match (fixed, decode_masks) {
+            (Some(step), _) => step.masks()?,
+            (None, Some(d)) if t == 1 && past > 0 => d.step(past)?,
             _ => {
                 let key_mask = self.key_mask(batch, b, past + t)?;
                 self.masks(key_mask.as_ref(), b, t, past)?
@@ -464,6 +502,7 @@ impl Gemma2Model {
                 } else {
                     &masks.full
                 },
+                cursor: fixed.map(|step| &step.cursor),
             };
             x = if last_row_only && layer == final_layer && !hooks_inside(hooks, layer) {
                 visit(hooks, layer, SiteKind::BlockInput, &mut x)?;
@@ -472,7 +511,8 @@ impl Gemma2Model {
                 block.forward(x, &ctx, cache.as_deref_mut(), layer, hooks)?
             };
         }
-        if let Some(c) = cache {
+        // A fixed step may be recorded rather than run: its caller counts the steps that ran.
+        if let (Some(c), None) = (cache, fixed) {
             c.advance(t);
         }
         let logits = if last_layer + 1 == self.layers.len() {
@@ -676,6 +716,8 @@ struct Call<'a> {
     start: Option<(usize, &'a Tensor)>,
     /// Prebuilt masks for one-position steps.
     decode_masks: Option<&'a DecodeMasks>,
+    /// A fixed-shape decode step: its device-side cursor, positions and masks.
+    fixed: Option<&'a FixedStep>,
 }
 
 /// The additive masks of one generation's decode steps, built once instead of per step: the
@@ -703,6 +745,78 @@ impl DecodeMasks {
             _ => full.shallow_clone(),
         };
         Ok(Masks { full, sliding })
+    }
+}
+
+/// The device-side state of fixed-shape decode steps (see [`Gemma2Model::forward_fixed_step`]).
+/// Every tensor keeps its storage for the whole generation: a recorded step reads them in
+/// place, and [`FixedStep::advance`] updates them in place.
+pub(crate) struct FixedStep {
+    /// `[B, 1]` int64: the tokens to feed.
+    pub input_ids: Tensor,
+    /// `[B, 1]` int64: their position ids.
+    pub positions: Tensor,
+    /// `[1]` int64: the physical cache index they are written at.
+    pub cursor: Tensor,
+    /// `[B, 1, 1, max_len]` bool: pad keys (never visible).
+    pads: Tensor,
+    /// `[max_len]` int64: `0..max_len`.
+    key_index: Tensor,
+    /// `[B, 1, 1, max_len]` zeros in the model dtype, the mask's base.
+    zeros: Tensor,
+    window: Option<i64>,
+    min: f64,
+}
+
+impl FixedStep {
+    /// The state for the first step after `masks`' prompt: feeding `input_ids` (`[B, 1]`) at
+    /// `positions` (`[B, 1]`), written at index `cursor`.
+    pub(crate) fn new(
+        masks: &DecodeMasks,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        cursor: i64,
+    ) -> Result<Self> {
+        let device = masks.keys.device();
+        let size = masks.keys.size();
+        let max_len = size.last().copied().unwrap_or(0);
+        Ok(FixedStep {
+            input_ids: input_ids.f_to_device(device)?.f_detach_copy()?,
+            positions: positions.f_to_device(device)?.f_detach_copy()?,
+            cursor: Tensor::f_full([1], cursor, (Kind::Int64, device))?,
+            pads: masks.keys.f_ne(0.0)?,
+            key_index: Tensor::f_arange(max_len, (Kind::Int64, device))?,
+            zeros: masks.keys.f_zeros_like()?,
+            window: masks.window,
+            min: masks.min,
+        })
+    }
+
+    /// The masks of the query at index `cursor`: the values [`DecodeMasks::step`] gives, over
+    /// every key index, later ones hidden.
+    fn masks(&self) -> Result<Masks> {
+        let hidden = self
+            .pads
+            .f_logical_or(&self.key_index.f_gt_tensor(&self.cursor)?)?;
+        let full = self.zeros.f_masked_fill(&hidden, self.min)?;
+        let sliding = match self.window {
+            // Keys `j <= cursor - w` are out of the window.
+            Some(w) => {
+                let oldest = self.cursor.f_sub_scalar(w)?;
+                let outside = hidden.f_logical_or(&self.key_index.f_le_tensor(&oldest)?)?;
+                self.zeros.f_masked_fill(&outside, self.min)?
+            }
+            None => full.shallow_clone(),
+        };
+        Ok(Masks { full, sliding })
+    }
+
+    /// Moves to the next step: `next` (`[B, 1]`) becomes the input, one position later.
+    pub(crate) fn advance(&mut self, next: &Tensor) -> Result<()> {
+        self.input_ids.f_copy_(next)?;
+        let _ = self.positions.f_add_scalar_(1)?;
+        let _ = self.cursor.f_add_scalar_(1)?;
+        Ok(())
     }
 }
 

@@ -324,6 +324,11 @@ impl Intervention for Add {
     ) -> Result<Tensor> {
         self.0.apply(base, subspaces)
     }
+
+    /// A fixed vector or mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
 }
 
 /// Subtracts a fixed vector; see [`Add`].
@@ -359,6 +364,11 @@ impl Intervention for Subtract {
     ) -> Result<Tensor> {
         self.0.apply(base, subspaces)
     }
+
+    /// A fixed vector or mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
 }
 
 /// Sets the selected activations (or their subspace dims) to zero. pyvene's `ZeroIntervention`.
@@ -390,6 +400,11 @@ impl Intervention for Zero {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         restrict(&self.mask, base, base.f_zeros_like()?, subspaces)
+    }
+
+    /// A fixed vector or mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
     }
 }
 
@@ -443,6 +458,11 @@ impl Intervention for Vanilla {
         })?;
         interchange(&self.mask, base, source, subspaces)
     }
+
+    /// A fixed vector or mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
 }
 
 /// An interchange with a fixed source vector instead of a source run (pyvene's
@@ -486,6 +506,11 @@ impl Intervention for ConstantSource {
         let v = self.vector.on(base.device())?;
         interchange(&self.mask, base, &v, subspaces)
     }
+
+    /// A fixed vector or mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
 }
 
 type ApplyFn = dyn Fn(&Tensor, Option<&Tensor>, Option<&Subspaces>) -> Result<Tensor> + Send + Sync;
@@ -497,6 +522,7 @@ pub struct FnIntervention {
     name: String,
     role: InterventionRole,
     f: Arc<ApplyFn>,
+    replayable: bool,
 }
 
 impl fmt::Debug for FnIntervention {
@@ -522,7 +548,16 @@ impl FnIntervention {
             name: name.into(),
             role,
             f: Arc::new(f),
+            replayable: false,
         }
+    }
+
+    /// Declares that the closure meets [`Intervention::replayable`]'s terms (no state, no host
+    /// reads of device values, no new host data after its first call), so generation may
+    /// replay a recorded step with it. Off by default.
+    pub fn with_replay(mut self, replayable: bool) -> Self {
+        self.replayable = replayable;
+        self
     }
 }
 
@@ -542,5 +577,9 @@ impl Intervention for FnIntervention {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         (self.f)(base, source, subspaces)
+    }
+
+    fn replayable(&self) -> bool {
+        self.replayable && self.role != InterventionRole::Collect
     }
 }

@@ -1053,6 +1053,19 @@ impl Hooks for Runner<'_> {
             .is_some_and(|(_, v)| v.iter().any(|&i| self.slots[i].getter || self.open(i)))
     }
 
+    /// A base run's decode steps open the same interventions (gates depend only on whether
+    /// the call is the prompt) at the same chunk-relative positions; it is enough that each
+    /// of them is replayable. Source runs are plain forwards and never generate.
+    fn decode_steps_replayable(&self) -> bool {
+        !self.source_run
+            && self.slots.iter().all(|s| {
+                let acts_in_decode = s.setter && s.gate != Gate::PromptOnly;
+                !acts_in_decode
+                    || (s.entry.intervention.role() != InterventionRole::Collect
+                        && s.entry.intervention.replayable())
+            })
+    }
+
     fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), Error> {
         match self.visit_inner(site, activation) {
             Ok(()) => Ok(()),

@@ -36,6 +36,16 @@ pub trait Hooks {
     /// The activation at `site`, `[batch, chunk_len, width]` in the model's dtype and device.
     /// The hook may read it or assign a new tensor of the same shape, dtype and device.
     fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), Error>;
+
+    /// Whether every decode step of the current generation (the one-position forward calls
+    /// after the prompt) is hooked alike: the same sites, and at each the same device work on
+    /// the same tensors, whatever the step, once a first step has run. A model may then record
+    /// one step and replay it (a CUDA graph) instead of calling the hooks again: replayed
+    /// steps call neither [`begin_forward`](Self::begin_forward) nor [`visit`](Self::visit).
+    /// False by default; hooks that collect, count or branch on the step must keep it so.
+    fn decode_steps_replayable(&self) -> bool {
+        false
+    }
 }
 
 /// No hooks at all: the plain model.
@@ -49,6 +59,10 @@ impl Hooks for NoHooks {
 
     fn visit(&mut self, _site: Site, _activation: &mut Tensor) -> Result<(), Error> {
         Ok(())
+    }
+
+    fn decode_steps_replayable(&self) -> bool {
+        true
     }
 }
 

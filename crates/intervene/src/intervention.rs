@@ -58,4 +58,14 @@ pub trait Intervention: Send {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor, Error>;
+
+    /// Whether, from its second call on with slices of one shape, `apply` enqueues the same
+    /// device work on the same tensors every time: no state that changes between calls, no
+    /// reading device values on the host, no new host data copied to the device (what the
+    /// first call copies, it keeps). A model may then record one generation step with it and
+    /// replay that record for the next steps (a CUDA graph). False unless the intervention
+    /// says so; a collect must say false (a replay collects nothing).
+    fn replayable(&self) -> bool {
+        false
+    }
 }

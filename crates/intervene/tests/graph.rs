@@ -913,3 +913,52 @@ fn collected_list_is_grouped_by_intervention_then_call() -> R {
     assert_eq!(L, 2);
     Ok(())
 }
+
+#[test]
+fn decode_steps_are_replayable_only_when_every_intervention_acting_there_is() -> R {
+    let m = Mock::new(Kind::Float);
+    let p = prompt();
+    let v = vec_d([3.0, -3.0, 1.0, 2.0]);
+    let on_prompt = CallOptions::new().intervene_on_prompt(true);
+    let answer = |configs: Vec<Rc>, options: &CallOptions| -> Result<bool, Error> {
+        IntervenableModel::new(&m, configs)?.generate(&p, Sources::None, options, &gen_cfg())?;
+        Ok(*m.replayable.borrow().last().unwrap_or(&false))
+    };
+    assert!(answer(vec![], &on_prompt)?, "no interventions");
+    assert!(answer(
+        vec![Rc::new(out0(), Add::new(v.copy()))],
+        &on_prompt
+    )?);
+    assert!(answer(
+        vec![
+            Rc::new(out1(), Zero::new()),
+            Rc::new(out0(), Subtract::new(v.copy()))
+        ],
+        &CallOptions::new()
+    )?);
+    // A collect acting at decode steps would collect nothing on a replay.
+    assert!(!answer(
+        vec![
+            Rc::new(out0(), Add::new(v.copy())),
+            Rc::new(out0(), Collect)
+        ],
+        &on_prompt
+    )?);
+    // Given positions with intervene_on_prompt act on the prompt alone.
+    assert!(answer(
+        vec![Rc::new(out0(), Collect)],
+        &on_prompt.clone().locations(Locations::base([1]))
+    )?);
+    // A closure is opaque unless it says otherwise.
+    let double = || {
+        FnIntervention::new("double", InterventionRole::Sourceless, |b, _, _| {
+            Ok(b.f_mul_scalar(2.0)?)
+        })
+    };
+    assert!(!answer(vec![Rc::new(out0(), double())], &on_prompt)?);
+    assert!(answer(
+        vec![Rc::new(out0(), double().with_replay(true))],
+        &on_prompt
+    )?);
+    Ok(())
+}

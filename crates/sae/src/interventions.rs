@@ -195,4 +195,9 @@ impl Intervention for Steer {
         // The latents are fixed at construction, so subspaces do not apply here.
         self.add.apply(base, None, None)
     }
+
+    /// [`intervene::Add`] of a fixed vector.
+    fn replayable(&self) -> bool {
+        true
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use gemma_model::{Batch, Gemma2Model, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
 use intervene::{
     CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
 };
@@ -182,16 +182,24 @@ fn pyvene_steer_generate_f32() {
             &t[&format!("steer_generate.{name}.forward_logits")],
         );
         worst = worst.max(d);
-        let gen = pv.generate(&batch, Sources::None, &opts, &cfg).unwrap();
         let want = &t[&format!("steer_generate.{name}.output_ids")];
-        assert_eq!(
-            Vec::<i64>::try_from(gen.intervened.sequences.flatten(0, -1)).unwrap(),
-            Vec::<i64>::try_from(want.flatten(0, -1)).unwrap(),
-            "steered tokens ({name})"
-        );
+        // Per-step calls, and the fixed-shape steps a CUDA graph replays.
+        for decode in [DecodeMode::Eager, DecodeMode::FixedShape] {
+            let cfg = GenerationConfig {
+                decode,
+                ..cfg.clone()
+            };
+            let gen = pv.generate(&batch, Sources::None, &opts, &cfg).unwrap();
+            assert_eq!(gen.intervened.decode, decode);
+            assert_eq!(
+                Vec::<i64>::try_from(gen.intervened.sequences.flatten(0, -1)).unwrap(),
+                Vec::<i64>::try_from(want.flatten(0, -1)).unwrap(),
+                "steered tokens ({name}, {decode:?})"
+            );
+        }
     }
     eprintln!("steer_generate: max|logit diff| {worst:e}");
-    println!("PARITY|pyvene steering: logits + greedy tokens (exact)|1e-4|{worst:.2e}");
+    println!("PARITY|pyvene steering: logits + greedy tokens (exact; eager and fixed-shape steps)|1e-4|{worst:.2e}");
     assert!(worst <= 1e-4);
 }
 

@@ -91,6 +91,11 @@ pub struct GenerationArgs {
     /// Wrap the prompt in the Gemma chat template (for -it models).
     #[arg(long)]
     pub chat: bool,
+    /// How decode steps run: auto (a CUDA graph replayed per token on a GPU when the
+    /// interventions allow it, per-step calls otherwise), eager, fixed (fixed-shape steps, what
+    /// the graph replays) or graph (an error where it cannot be used).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "eager", "fixed", "graph"])]
+    pub decode: String,
 }
 
 /// `scope generate`.

@@ -1,13 +1,17 @@
 //! Generation parity (greedy token ids, incl. a left-padded batch and prompts longer than the
 //! sliding window) and KV-cache consistency.
 
-use gemma_model::{Batch, GenerationConfig, Sampling};
+use gemma_model::{Batch, DecodeMode, GenerationConfig, Sampling};
 use intervene::{NoHooks, SiteKind};
 use tch::Kind;
 
 use crate::common::*;
 
 fn check_cases(model_name: &str, dtype: Kind, cases_key: &str) {
+    check_cases_with(model_name, dtype, cases_key, DecodeMode::Auto);
+}
+
+fn check_cases_with(model_name: &str, dtype: Kind, cases_key: &str, decode: DecodeMode) {
     let model = load(model_name, dtype);
     let exp = expected_json(&format!("{model_name}/generate.json"));
     let max_new = exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
@@ -17,16 +21,22 @@ fn check_cases(model_name: &str, dtype: Kind, cases_key: &str) {
         let mask = json_rows(&case["attention_mask"]);
         let want = json_rows(&case["output_ids"]);
         let batch = Batch::new(rows_tensor(&ids)).with_attention_mask(rows_tensor(&mask));
-        let out = model
-            .generate(&batch, &GenerationConfig::greedy(max_new))
-            .expect("generate");
+        let config = GenerationConfig {
+            decode,
+            ..GenerationConfig::greedy(max_new)
+        };
+        let out = model.generate(&batch, &config).expect("generate");
         let got: Vec<Vec<i64>> = (0..ids.len() as i64)
             .map(|r| Vec::<i64>::try_from(&out.sequences.get(r)).expect("row"))
             .collect();
-        assert_eq!(got, want, "{model_name} {dtype:?} case {name}");
+        assert_eq!(got, want, "{model_name} {dtype:?} {decode:?} case {name}");
     }
     let n = exp[cases_key].as_array().map_or(0, Vec::len);
-    println!("PARITY|greedy tokens ({model_name}, {dtype:?}, {n} cases incl. padded batch)|exact|0 mismatches");
+    let how = match decode {
+        DecodeMode::FixedShape => ", fixed-shape steps",
+        _ => "",
+    };
+    println!("PARITY|greedy tokens ({model_name}, {dtype:?}, {n} cases incl. padded batch{how})|exact|0 mismatches");
 }
 
 #[test]
@@ -42,6 +52,118 @@ fn greedy_bf16_matches_hf() {
 #[test]
 fn greedy_bf16_checkpoint_in_f32_matches_hf() {
     check_cases("tiny-bf16-sharded", Kind::Float, "cases_f32");
+}
+
+/// The steps a CUDA graph replays (whole cache buffer, device-side cursor and masks) give HF's
+/// tokens too, on the padded batch and past the sliding window.
+#[test]
+fn greedy_fixed_shape_steps_match_hf() {
+    check_cases_with("tiny-f32", Kind::Float, "cases", DecodeMode::FixedShape);
+    check_cases_with(
+        "tiny-bf16-sharded",
+        Kind::BFloat16,
+        "cases",
+        DecodeMode::FixedShape,
+    );
+}
+
+/// Every layer's output at every decode step, fixed-shape and per-step calls each against one
+/// full forward over the generated sequence: the same size of float-rounding gap (the
+/// fixed-shape steps' reductions run over the whole buffer, zeros included). In this random
+/// tiny model rounding gaps grow step by step through the cache in both modes.
+#[test]
+fn fixed_shape_steps_track_the_full_forward_like_eager_steps() {
+    let model = load("tiny-f32", Kind::Float);
+    // Rows of different lengths (left padding), 22 new tokens: past the window of 6.
+    let batch =
+        Batch::left_padded(&[vec![2, 409, 370], vec![2, 408, 369, 314, 318]], 0).expect("batch");
+    let (b, t) = batch.shape().expect("shape");
+    let run = |decode: DecodeMode| {
+        let config = GenerationConfig {
+            decode,
+            eos_token_ids: Some(vec![]),
+            ..GenerationConfig::greedy(22)
+        };
+        let mut rec = Recorder {
+            kinds: vec![SiteKind::BlockOutput],
+            ..Recorder::default()
+        };
+        let out = model
+            .generate_with(&batch, &config, &mut rec, &mut |_| true)
+            .expect("generate");
+        assert_eq!(out.decode, decode);
+        (out, rec.seen)
+    };
+    let (eager, eager_seen) = run(DecodeMode::Eager);
+    let (fixed, fixed_seen) = run(DecodeMode::FixedShape);
+    assert_eq!(eager.new_tokens, fixed.new_tokens);
+
+    // The full forward over the generated sequence, at generation's positions.
+    let total = eager.sequences.size()[1];
+    let prompt_mask = batch.attention_mask.as_ref().expect("mask");
+    let mask = tch::Tensor::cat(
+        &[
+            prompt_mask,
+            &tch::Tensor::ones([b, total - t], (Kind::Int64, tch::Device::Cpu)),
+        ],
+        1,
+    );
+    let full_batch = Batch::new(eager.sequences.shallow_clone())
+        .with_attention_mask(mask.shallow_clone())
+        .with_position_ids(gemma_model::generate::generation_positions(&mask).expect("positions"));
+    let mut full = Recorder {
+        kinds: vec![SiteKind::BlockOutput],
+        ..Recorder::default()
+    };
+    model
+        .forward_with(&full_batch, &Default::default(), &mut full)
+        .expect("full forward");
+    let layers = full.seen.len();
+    // Decode step k (from 1) feeds sequence index t + k - 1.
+    let gap = |seen: &[(intervene::Site, tch::Tensor)]| {
+        seen[layers..]
+            .iter()
+            .enumerate()
+            .map(|(n, (site, step))| {
+                let index = t + (n / layers) as i64;
+                let reference = full.seen[site.layer].1.narrow(1, index, 1);
+                max_abs_diff(step, &reference)
+            })
+            .fold(0f64, f64::max)
+    };
+    let (eager_gap, fixed_gap) = (gap(&eager_seen), gap(&fixed_seen));
+    println!("PARITY|fixed-shape decode steps vs full forward (every layer output, 21 steps, f32)|1e-3|{fixed_gap:.2e} (eager steps: {eager_gap:.2e})");
+    assert!(
+        fixed_gap <= 1e-3 && eager_gap <= 1e-3,
+        "{fixed_gap} {eager_gap}"
+    );
+    assert!(
+        fixed_gap <= 4.0 * eager_gap,
+        "{fixed_gap} vs eager {eager_gap}"
+    );
+}
+
+/// `Auto` runs eagerly without a GPU; asking for CUDA graphs there is a clear error.
+#[test]
+fn decode_modes_resolve_or_refuse() {
+    let model = load("tiny-f32", Kind::Float);
+    let batch = Batch::from_ids(&[2, 409, 370]);
+    let auto = model
+        .generate(&batch, &GenerationConfig::greedy(6))
+        .expect("auto");
+    assert_eq!(auto.decode, DecodeMode::Eager);
+    let graph = GenerationConfig {
+        decode: DecodeMode::CudaGraph,
+        ..GenerationConfig::greedy(6)
+    };
+    let err = model.generate(&batch, &graph).expect_err("no GPU");
+    assert!(err.to_string().contains("GPU"), "{err}");
+    // Hooks that cannot be replayed are named, whatever the device.
+    let mut rec = Recorder::default();
+    let err = model
+        .generate_with(&batch, &graph, &mut rec, &mut |_| true)
+        .expect_err("not replayable");
+    assert!(err.to_string().contains("CUDA graphs"), "{err}");
 }
 
 #[test]
@@ -138,8 +260,18 @@ fn sampling_is_seeded_and_hooks_see_every_step() {
         },
         eos_token_ids: Some(vec![]),
         pad_token_id: None,
+        decode: DecodeMode::Auto,
     };
     let a = model.generate(&batch, &config).expect("a");
+    // Sampling draws on the host after each step: fixed-shape steps sample the same tokens.
+    let fixed = GenerationConfig {
+        decode: DecodeMode::FixedShape,
+        ..config.clone()
+    };
+    assert_eq!(
+        model.generate(&batch, &fixed).expect("fixed").new_tokens,
+        a.new_tokens
+    );
     let mut rec = Recorder {
         kinds: vec![SiteKind::BlockOutput],
         ..Recorder::default()

@@ -233,3 +233,19 @@ fn hub_offline_resolves_from_cache_layout() {
         "{err}"
     );
 }
+
+/// Without a GPU, CUDA graphs are refused with the reason, never a crash.
+#[test]
+fn cuda_graphs_say_why_they_are_unavailable() {
+    if gemma_model::device::cuda_is_available() {
+        return;
+    }
+    assert!(!gemma_model::cuda_graph::available());
+    let err = gemma_model::cuda_graph::CudaGraph::new().expect_err("no GPU here");
+    let message = err.to_string();
+    eprintln!("{message}");
+    assert!(
+        message.starts_with("CUDA graphs are unavailable: "),
+        "{message}"
+    );
+}

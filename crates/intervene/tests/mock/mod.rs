@@ -53,6 +53,8 @@ pub struct Mock {
     pub b: Vec<Tensor>,
     pub unembed: Tensor,
     pub calls: RefCell<Vec<CallRecord>>,
+    /// What each generation's hooks answered to `decode_steps_replayable`.
+    pub replayable: RefCell<Vec<bool>>,
 }
 
 /// Token ids `[B, S]`.
@@ -95,6 +97,7 @@ impl Mock {
             b,
             unembed,
             calls: RefCell::new(Vec::new()),
+            replayable: RefCell::new(Vec::new()),
         }
     }
 
@@ -226,6 +229,9 @@ impl HookedModel for Mock {
         config: &GenConfig,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor, MockError> {
+        self.replayable
+            .borrow_mut()
+            .push(hooks.decode_steps_replayable());
         let mut ids = input.0.shallow_clone();
         let mut chunk = input.0.shallow_clone();
         let mut past = 0;

@@ -1,0 +1,87 @@
+//! Compiles `csrc/cuda_graph.cpp`, a C interface to libtorch's `at::cuda::CUDAGraph`, into a
+//! shared library that `src/cuda_graph.rs` embeds and loads at run time on CUDA machines only.
+//!
+//! It needs libtorch's headers (`LIBTORCH`, as for tch) and the CUDA runtime headers, which
+//! `cargo xtask setup` installs next to torch (`nvidia/cu13/include`, or `$CUDA_HOME/include`).
+//! Without them the crate still builds: it embeds an empty file, and asking for CUDA graphs then
+//! fails with a message that says why.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHIM: &str = "csrc/cuda_graph.cpp";
+const LIBRARY: &str = "libscope_cuda_graph.so";
+
+fn main() {
+    println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join(LIBRARY);
+    if let Err(why) = compile(&out) {
+        println!("cargo:warning=CUDA graphs disabled: {why}");
+        // An empty library: `cuda_graph.rs` reports the build had no CUDA headers.
+        if let Err(e) = std::fs::write(&out, []) {
+            panic!("cannot write {}: {e}", out.display());
+        }
+    }
+}
+
+fn compile(out: &Path) -> Result<(), String> {
+    let libtorch = env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .ok_or("LIBTORCH is not set")?;
+    let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
+    let cuda_include = cuda_include(&libtorch).ok_or(
+        "no CUDA headers (crt/host_config.h) next to libtorch or in $CUDA_HOME/include; \
+         `cargo xtask setup` installs them",
+    )?;
+    if !libtorch.join("lib").join("libtorch_cuda.so").exists() {
+        return Err(format!(
+            "{} has no lib/libtorch_cuda.so",
+            libtorch.display()
+        ));
+    }
+    println!("cargo:rerun-if-changed={}", cuda_include.display());
+    let include = libtorch.join("include");
+    let compiler = env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let output = Command::new(&compiler)
+        .args(["-std=c++17", "-shared", "-fPIC", "-O2", "-w"])
+        .arg("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .arg(format!("-I{}", include.display()))
+        .arg(format!(
+            "-I{}",
+            include.join("torch/csrc/api/include").display()
+        ))
+        .arg(format!("-I{}", cuda_include.display()))
+        .arg(SHIM)
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", libtorch.join("lib").display()))
+        .args(["-ltorch_cuda", "-lc10_cuda", "-lc10"])
+        .output()
+        .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{compiler} failed on {SHIM}: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or("(no message)")
+        ))
+    }
+}
+
+/// The directory holding `cuda_runtime.h` and the `crt/` headers it includes.
+fn cuda_include(libtorch: &Path) -> Option<PathBuf> {
+    let beside_torch = libtorch
+        .parent()
+        .map(|site| site.join("nvidia/cu13/include"));
+    let cuda_home = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include"));
+    [beside_torch, cuda_home]
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("crt/host_config.h").exists() && dir.join("cuda_runtime.h").exists())
+}

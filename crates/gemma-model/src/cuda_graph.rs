@@ -1,0 +1,241 @@
+//! Recording GPU work once and replaying it: libtorch's `at::cuda::CUDAGraph` through a small
+//! C shim (`csrc/cuda_graph.cpp`, compiled by build.rs).
+//!
+//! A decode step of gemma-2-2b is about 1,500 small kernels. Launched one by one from the host
+//! they cost more than the GPU needs to run them; replayed as one graph they cost one launch.
+//! The shim is embedded in this crate and loaded (written to a temporary file, then `dlopen`ed)
+//! the first time a graph is asked for, after `libtorch_cuda.so`: a binary that never uses CUDA
+//! never touches it, and one libtorch_cpu-linked binary serves CPU and GPU alike.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// The shim, or an empty slice when the build found no CUDA headers.
+static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libscope_cuda_graph.so"));
+
+type Handle = *mut c_void;
+type NewFn = unsafe extern "C" fn(*mut c_char, usize) -> Handle;
+type FreeFn = unsafe extern "C" fn(Handle);
+type ErrorFn = unsafe extern "C" fn(Handle) -> *const c_char;
+/// Every other entry point: 0 on success, else the reason is in `scope_graph_error`.
+type CallFn = unsafe extern "C" fn(Handle) -> c_int;
+
+/// The shim's entry points.
+struct Shim {
+    new: NewFn,
+    free: FreeFn,
+    error: ErrorFn,
+    enter: CallFn,
+    exit: CallFn,
+    capture_begin: CallFn,
+    capture_end: CallFn,
+    replay: CallFn,
+}
+
+/// Whether CUDA graphs can be used in this process: CUDA is usable and the shim loads.
+pub fn available() -> bool {
+    shim().is_ok()
+}
+
+fn shim() -> Result<&'static Shim> {
+    static SHIM_API: OnceLock<std::result::Result<Shim, String>> = OnceLock::new();
+    SHIM_API
+        .get_or_init(load)
+        .as_ref()
+        .map_err(|why| Error::CudaGraph(format!("CUDA graphs are unavailable: {why}")))
+}
+
+fn load() -> std::result::Result<Shim, String> {
+    if SHIM.is_empty() {
+        return Err(
+            "this build found no CUDA headers (run `cargo xtask setup`, then rebuild)".into(),
+        );
+    }
+    crate::device::load_cuda_backend().map_err(|e| format!("libtorch_cuda.so: {e}"))?;
+    if !tch::Cuda::is_available() {
+        return Err("no CUDA device".into());
+    }
+    let path = write_shim()?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+    // SAFETY: `c_path` is NUL-terminated; the handle is leaked on purpose so the library, whose
+    // functions we keep pointers to, stays loaded for the life of the process.
+    let lib = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if lib.is_null() {
+        return Err(format!("dlopen {}: {}", path.display(), dl_error()));
+    }
+    // SAFETY: `lib` is live, and the shim defines each name with the C signature of the field
+    // it is stored in.
+    unsafe {
+        Ok(Shim {
+            new: symbol(lib, c"scope_graph_new")?,
+            free: symbol(lib, c"scope_graph_free")?,
+            error: symbol(lib, c"scope_graph_error")?,
+            enter: symbol(lib, c"scope_graph_enter")?,
+            exit: symbol(lib, c"scope_graph_exit")?,
+            capture_begin: symbol(lib, c"scope_graph_capture_begin")?,
+            capture_end: symbol(lib, c"scope_graph_capture_end")?,
+            replay: symbol(lib, c"scope_graph_replay")?,
+        })
+    }
+}
+
+/// Writes the embedded shim to a per-user, per-build file (once; later processes reuse it).
+fn write_shim() -> std::result::Result<PathBuf, String> {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let name = format!(
+        "scope-cuda-graph-{uid}-{}-{:016x}.so",
+        env!("CARGO_PKG_VERSION"),
+        fnv1a(SHIM)
+    );
+    let path = std::env::temp_dir().join(name);
+    if std::fs::read(&path).is_ok_and(|bytes| bytes == SHIM) {
+        return Ok(path);
+    }
+    // Written under a unique name and renamed, so concurrent processes never load half a file.
+    let partial = path.with_extension(format!("{}.partial", std::process::id()));
+    std::fs::write(&partial, SHIM)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The function `name` of `lib` as an `F`.
+///
+/// # Safety
+/// `lib` must be a live handle from `dlopen`, and `F` a function-pointer type matching the
+/// symbol's definition.
+unsafe fn symbol<F: Copy>(lib: *mut c_void, name: &CStr) -> std::result::Result<F, String> {
+    // SAFETY: the caller passes a live handle; `name` is NUL-terminated.
+    let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
+    if f.is_null() || std::mem::size_of::<F>() != std::mem::size_of::<*mut c_void>() {
+        return Err(format!("the shim has no {}", name.to_string_lossy()));
+    }
+    // SAFETY: `F` is a function pointer of the symbol's signature (the caller's promise), and
+    // the sizes match.
+    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&f) })
+}
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns null or a NUL-terminated thread-local string.
+    unsafe {
+        let err = libc::dlerror();
+        if err.is_null() {
+            "unknown error".into()
+        } else {
+            CStr::from_ptr(err).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// One CUDA graph of the current device.
+///
+/// Use: [`enter`](Self::enter) a side stream, run the work once for real there (libraries set
+/// themselves up on first use, which a capture must not see), [`capture`](Self::capture) it,
+/// [`exit`](Self::exit), then [`replay`](Self::replay) as often as needed. The tensors the
+/// captured work read and wrote must stay alive and in place for as long as the graph replays:
+/// a replay reads and writes the same addresses.
+pub struct CudaGraph {
+    shim: &'static Shim,
+    handle: Handle,
+    entered: bool,
+}
+
+impl std::fmt::Debug for CudaGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaGraph")
+            .field("entered", &self.entered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaGraph {
+    /// An empty graph; fails when CUDA graphs are unavailable (see [`available`]).
+    pub fn new() -> Result<Self> {
+        let shim = shim()?;
+        let mut why = [0 as c_char; 512];
+        // SAFETY: `why` is writable for its length; the shim writes a NUL-terminated message
+        // there when it returns null.
+        let handle = unsafe { (shim.new)(why.as_mut_ptr(), why.len()) };
+        if handle.is_null() {
+            // SAFETY: zero-initialised and NUL-terminated by the shim within its length.
+            let why = unsafe { CStr::from_ptr(why.as_ptr()) };
+            return Err(Error::CudaGraph(format!(
+                "could not create a CUDA graph: {}",
+                why.to_string_lossy()
+            )));
+        }
+        Ok(CudaGraph {
+            shim,
+            handle,
+            entered: false,
+        })
+    }
+
+    /// Makes a side stream current (after waiting for the current one).
+    pub fn enter(&mut self) -> Result<()> {
+        self.call("enter a side stream", self.shim.enter)?;
+        self.entered = true;
+        Ok(())
+    }
+
+    /// Waits for the side stream and makes the previous stream current again.
+    pub fn exit(&mut self) -> Result<()> {
+        self.entered = false;
+        self.call("leave the side stream", self.shim.exit)
+    }
+
+    /// Records what `work` enqueues (nothing runs); call between `enter` and `exit`.
+    pub fn capture<T>(&mut self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !self.entered {
+            return Err(Error::CudaGraph(
+                "a CUDA graph captures on a side stream: enter first".into(),
+            ));
+        }
+        self.call("begin the capture", self.shim.capture_begin)?;
+        let result = work();
+        // Always end the capture, so the stream is usable whatever `work` did.
+        let ended = self.call("end the capture", self.shim.capture_end);
+        let value = result?;
+        ended?;
+        Ok(value)
+    }
+
+    /// Launches the recorded work on the current stream.
+    pub fn replay(&self) -> Result<()> {
+        self.call("replay", self.shim.replay)
+    }
+
+    fn call(&self, what: &str, f: CallFn) -> Result<()> {
+        // SAFETY: `self.handle` is live until drop; the shim catches every C++ exception.
+        if unsafe { f(self.handle) } == 0 {
+            return Ok(());
+        }
+        // SAFETY: the shim returns a NUL-terminated string owned by the handle.
+        let why = unsafe { CStr::from_ptr((self.shim.error)(self.handle)) };
+        Err(Error::CudaGraph(format!(
+            "CUDA graph: could not {what}: {}",
+            why.to_string_lossy()
+        )))
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        if self.entered {
+            let _ = self.exit();
+        }
+        // SAFETY: the handle came from `new` and is freed once.
+        unsafe { (self.shim.free)(self.handle) }
+    }
+}
