@@ -166,6 +166,11 @@ impl Gemma2Model {
         };
         let mut logits =
             logits_of(self.forward_step(&prompt, &mut cache, &decode_masks, hooks)?)?;
+        let context = StepContext {
+            model: self,
+            masks: &decode_masks,
+            fall_back: config.decode == DecodeMode::Auto,
+        };
 
         for index in 0..config.max_new_tokens {
             // HF copies the last position's logits to f32 before any processing.
@@ -192,11 +197,6 @@ impl Gemma2Model {
             if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
                 break;
             }
-            let context = StepContext {
-                model: self,
-                masks: &decode_masks,
-                fall_back: config.decode == DecodeMode::Auto,
-            };
             logits = decoder.step(&context, &next.f_unsqueeze(1)?, &mut cache, hooks)?;
         }
         Ok(Generated {

@@ -3,7 +3,13 @@
 //!
 //! Modules mirror the checkpoint: [`config`], [`attention`], [`mlp`], [`norm`], [`rope`],
 //! [`cache`], [`model`]; plus [`generate`], [`tokenizer`] (with the chat template),
-//! [`loading`] (safetensors, shard index, Hub cache), [`device`] and [`error`].
+//! [`loading`] (safetensors, shard index, Hub cache), [`device`], [`cuda_graph`] and [`error`].
+//!
+//! On a GPU, generation records its decode step once as a CUDA graph and replays it for every
+//! later token when the hooks allow it ([`DecodeMode::Auto`]; see [`DecodeMode`] for the
+//! others). The replayed step is the fixed-shape step transformers' static cache computes,
+//! and [`DecodeMode::FixedShape`] runs it without a graph on any device, which is how its
+//! numbers are tested against transformers here.
 //!
 //! ```no_run
 //! use gemma_model::{Batch, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions};
