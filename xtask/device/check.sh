@@ -117,3 +117,21 @@ for size in $SIZES; do
         "$BIN/race" $flags --device "$DEVICE" --decode eager --only generate | tee "$OUT/race-2b-eager.jsonl"
     fi
 done
+
+if [ -s "$OUT/race-2b-eager.jsonl" ]; then
+    echo "== 3. gemma-2-2b decode: CUDA graph vs per-step calls"
+    python3 - "$OUT/race-2b.jsonl" "$OUT/race-2b-eager.jsonl" <<'PY'
+import json, sys
+def gen(path):
+    return {r["what"]: r for r in map(json.loads, open(path)) if r.get("what", "").startswith("generate")}
+graph, eager = gen(sys.argv[1]), gen(sys.argv[2])
+for what in ("generate_plain", "generate_steered"):
+    g, e = graph.get(what), eager.get(what)
+    if not g or not e:
+        print(f"MISSING {what}")
+        continue
+    same = "same first tokens" if g["first_tokens"] == e["first_tokens"] else f"TOKENS DIFFER {g['first_tokens']} vs {e['first_tokens']}"
+    print(f"{what}: {g['decode']} {g['tok_per_s']} tok/s vs {e['decode']} {e['tok_per_s']} tok/s "
+          f"({g['tok_per_s'] / e['tok_per_s']:.2f}x); {same}")
+PY
+fi
