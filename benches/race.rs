@@ -182,7 +182,12 @@ fn run() -> Result<()> {
         drop(acts);
         mem = match device {
             Device::Cpu => peak_rss_gib().map(|g| round(g, 3)),
-            // libtorch's caching-allocator statistics are not reachable through tch.
+            // The peer's `torch.cuda.max_memory_allocated()`: the most held by tensors since
+            // the process started.
+            Device::Cuda(index) => Some(round(
+                gemma_model::cuda::memory_stats(index)?.peak_allocated as f64 / (1u64 << 30) as f64,
+                3,
+            )),
             _ => None,
         };
     }

@@ -1,17 +1,18 @@
-//! Compiles `csrc/cuda_graph.cpp`, a C interface to libtorch's `at::cuda::CUDAGraph`, into a
-//! shared library that `src/cuda_graph.rs` embeds and loads at run time on CUDA machines only.
+//! Compiles `csrc/cuda_shim.cpp`, a C interface to libtorch's `at::cuda::CUDAGraph` and CUDA
+//! memory statistics, into a shared library that `src/cuda.rs` embeds and loads at run time on
+//! CUDA machines only.
 //!
 //! It needs libtorch's headers (`LIBTORCH`, as for tch) and the CUDA runtime headers, which
 //! `cargo xtask setup` installs next to torch (`nvidia/cu13/include`, or `$CUDA_HOME/include`).
 //! Without them the crate still builds: it embeds an empty file, and asking for CUDA graphs then
-//! fails with a message that says why.
+//! (or CUDA memory statistics) fails with a message that says why.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIM: &str = "csrc/cuda_graph.cpp";
-const LIBRARY: &str = "libscope_cuda_graph.so";
+const SHIM: &str = "csrc/cuda_shim.cpp";
+const LIBRARY: &str = "libscope_cuda_shim.so";
 
 fn main() {
     println!("cargo:rerun-if-changed={SHIM}");
@@ -19,8 +20,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join(LIBRARY);
     if let Err(why) = compile(&out) {
-        println!("cargo:warning=CUDA graphs disabled: {why}");
-        // An empty library: `cuda_graph.rs` reports the build had no CUDA headers.
+        println!("cargo:warning=CUDA graphs and memory statistics disabled: {why}");
+        // An empty library: `cuda.rs` reports the build had no CUDA headers.
         if let Err(e) = std::fs::write(&out, []) {
             panic!("cannot write {}: {e}", out.display());
         }

@@ -113,9 +113,10 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// Recording or replaying a CUDA graph failed, or graphs are unavailable here.
+    /// A CUDA facility beyond tensors (graphs, memory statistics) failed or is unavailable
+    /// here.
     #[error("{0}")]
-    CudaGraph(String),
+    Cuda(String),
 
     // --- hub ------------------------------------------------------------------------------
     /// A Hugging Face Hub lookup or download failed.

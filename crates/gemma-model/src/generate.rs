@@ -7,7 +7,7 @@ use intervene::{Hooks, NoHooks};
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
-use crate::cuda_graph::{self, CudaGraph};
+use crate::cuda::{self, CudaGraph};
 use crate::error::{Error, Result};
 use crate::model::{Batch, DecodeMasks, FixedStep, Gemma2Model};
 
@@ -215,18 +215,18 @@ impl Gemma2Model {
                 if on_gpu
                     && config.max_new_tokens > 4
                     && hooks.decode_steps_replayable()
-                    && cuda_graph::available()
+                    && cuda::graphs_available()
                 {
                     DecodeMode::CudaGraph
                 } else {
                     DecodeMode::Eager
                 },
             ),
-            DecodeMode::CudaGraph if !on_gpu => Err(Error::CudaGraph(format!(
+            DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
                 "CUDA graphs need the model on a GPU; it is on {:?}",
                 self.device
             ))),
-            DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::CudaGraph(
+            DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::Cuda(
                 "the hooks of this generation cannot be replayed (a collect, or an \
                      intervention that does not declare itself replayable): use eager decoding"
                     .into(),
@@ -382,7 +382,7 @@ fn run_and_record(
     let ran = logits_of(model.forward_fixed_step(step, cache, hooks)?);
     let recorded = match &ran {
         Ok(_) => graph.capture(|| logits_of(model.forward_fixed_step(step, cache, hooks)?)),
-        Err(_) => Err(Error::CudaGraph("the step to record failed".into())),
+        Err(_) => Err(Error::Cuda("the step to record failed".into())),
     };
     graph.exit()?;
     let logits = ran?;

@@ -3,7 +3,7 @@
 //!
 //! Modules mirror the checkpoint: [`config`], [`attention`], [`mlp`], [`norm`], [`rope`],
 //! [`cache`], [`model`]; plus [`generate`], [`tokenizer`] (with the chat template),
-//! [`loading`] (safetensors, shard index, Hub cache), [`device`], [`cuda_graph`] and [`error`].
+//! [`loading`] (safetensors, shard index, Hub cache), [`device`], [`cuda`] (CUDA graphs, GPU memory statistics) and [`error`].
 //!
 //! On a GPU, generation records its decode step once as a CUDA graph and replays it for every
 //! later token when the hooks allow it ([`DecodeMode::Auto`]; see [`DecodeMode`] for the
@@ -39,7 +39,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
-pub mod cuda_graph;
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod files;

@@ -234,18 +234,24 @@ fn hub_offline_resolves_from_cache_layout() {
     );
 }
 
-/// Without a GPU, CUDA graphs are refused with the reason, never a crash.
+/// Without a GPU, CUDA graphs and memory statistics are refused with the reason, never a crash.
 #[test]
-fn cuda_graphs_say_why_they_are_unavailable() {
+fn cuda_extras_say_why_they_are_unavailable() {
     if gemma_model::device::cuda_is_available() {
         return;
     }
-    assert!(!gemma_model::cuda_graph::available());
-    let err = gemma_model::cuda_graph::CudaGraph::new().expect_err("no GPU here");
+    assert!(!gemma_model::cuda::graphs_available());
+    let err = gemma_model::cuda::CudaGraph::new().expect_err("no GPU here");
     let message = err.to_string();
     eprintln!("{message}");
     assert!(
         message.starts_with("CUDA graphs are unavailable: "),
         "{message}"
+    );
+    let err = gemma_model::cuda::memory_stats(0).expect_err("no GPU here");
+    assert!(
+        err.to_string()
+            .starts_with("CUDA memory statistics are unavailable: "),
+        "{err}"
     );
 }

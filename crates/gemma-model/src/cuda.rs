@@ -1,11 +1,12 @@
-//! Recording GPU work once and replaying it: libtorch's `at::cuda::CUDAGraph` through a small
-//! C shim (`csrc/cuda_graph.cpp`, compiled by build.rs).
+//! What tch does not expose of libtorch's CUDA side, through a small C shim
+//! (`csrc/cuda_shim.cpp`, compiled by build.rs): recording GPU work once and replaying it
+//! (`at::cuda::CUDAGraph`), and the caching allocator's memory statistics.
 //!
 //! A decode step of gemma-2-2b is about 1,500 small kernels. Launched one by one from the host
 //! they cost more than the GPU needs to run them; replayed as one graph they cost one launch.
 //! The shim is embedded in this crate and loaded (written to a temporary file, then `dlopen`ed)
-//! the first time a graph is asked for, after `libtorch_cuda.so`: a binary that never uses CUDA
-//! never touches it, and one libtorch_cpu-linked binary serves CPU and GPU alike.
+//! the first time it is needed, after `libtorch_cuda.so`: a binary that never uses CUDA never
+//! touches it, and one libtorch_cpu-linked binary serves CPU and GPU alike.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -14,14 +15,18 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// The shim, or an empty slice when the build found no CUDA headers.
-static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libscope_cuda_graph.so"));
+static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libscope_cuda_shim.so"));
 
 type Handle = *mut c_void;
 type NewFn = unsafe extern "C" fn(*mut c_char, usize) -> Handle;
 type FreeFn = unsafe extern "C" fn(Handle);
 type ErrorFn = unsafe extern "C" fn(Handle) -> *const c_char;
-/// Every other entry point: 0 on success, else the reason is in `scope_graph_error`.
+/// Every other graph entry point: 0 on success, else the reason is in `scope_graph_error`.
 type CallFn = unsafe extern "C" fn(Handle) -> c_int;
+/// `(device, out[4], why, size)`: 0 on success, else the reason is in `why`.
+type MemoryFn = unsafe extern "C" fn(c_int, *mut i64, *mut c_char, usize) -> c_int;
+/// `(device, why, size)`: 0 on success, else the reason is in `why`.
+type ResetFn = unsafe extern "C" fn(c_int, *mut c_char, usize) -> c_int;
 
 /// The shim's entry points.
 struct Shim {
@@ -33,19 +38,22 @@ struct Shim {
     capture_begin: CallFn,
     capture_end: CallFn,
     replay: CallFn,
+    memory: MemoryFn,
+    reset_peak_memory: ResetFn,
 }
 
 /// Whether CUDA graphs can be used in this process: CUDA is usable and the shim loads.
-pub fn available() -> bool {
+pub fn graphs_available() -> bool {
     shim().is_ok()
 }
 
-fn shim() -> Result<&'static Shim> {
+fn shim() -> std::result::Result<&'static Shim, &'static str> {
     static SHIM_API: OnceLock<std::result::Result<Shim, String>> = OnceLock::new();
-    SHIM_API
-        .get_or_init(load)
-        .as_ref()
-        .map_err(|why| Error::CudaGraph(format!("CUDA graphs are unavailable: {why}")))
+    SHIM_API.get_or_init(load).as_ref().map_err(String::as_str)
+}
+
+fn graph_shim() -> Result<&'static Shim> {
+    shim().map_err(|why| Error::Cuda(format!("CUDA graphs are unavailable: {why}")))
 }
 
 fn load() -> std::result::Result<Shim, String> {
@@ -79,6 +87,8 @@ fn load() -> std::result::Result<Shim, String> {
             capture_begin: symbol(lib, c"scope_graph_capture_begin")?,
             capture_end: symbol(lib, c"scope_graph_capture_end")?,
             replay: symbol(lib, c"scope_graph_replay")?,
+            memory: symbol(lib, c"scope_cuda_memory")?,
+            reset_peak_memory: symbol(lib, c"scope_cuda_reset_peak_memory")?,
         })
     }
 }
@@ -88,7 +98,7 @@ fn write_shim() -> std::result::Result<PathBuf, String> {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let name = format!(
-        "scope-cuda-graph-{uid}-{}-{:016x}.so",
+        "scope-cuda-shim-{uid}-{}-{:016x}.so",
         env!("CARGO_PKG_VERSION"),
         fnv1a(SHIM)
     );
@@ -160,9 +170,9 @@ impl std::fmt::Debug for CudaGraph {
 }
 
 impl CudaGraph {
-    /// An empty graph; fails when CUDA graphs are unavailable (see [`available`]).
+    /// An empty graph; fails when CUDA graphs are unavailable (see [`graphs_available`]).
     pub fn new() -> Result<Self> {
-        let shim = shim()?;
+        let shim = graph_shim()?;
         let mut why = [0 as c_char; 512];
         // SAFETY: `why` is writable for its length; the shim writes a NUL-terminated message
         // there when it returns null.
@@ -170,7 +180,7 @@ impl CudaGraph {
         if handle.is_null() {
             // SAFETY: zero-initialised and NUL-terminated by the shim within its length.
             let why = unsafe { CStr::from_ptr(why.as_ptr()) };
-            return Err(Error::CudaGraph(format!(
+            return Err(Error::Cuda(format!(
                 "could not create a CUDA graph: {}",
                 why.to_string_lossy()
             )));
@@ -198,7 +208,7 @@ impl CudaGraph {
     /// Records what `work` enqueues (nothing runs); call between `enter` and `exit`.
     pub fn capture<T>(&mut self, work: impl FnOnce() -> Result<T>) -> Result<T> {
         if !self.entered {
-            return Err(Error::CudaGraph(
+            return Err(Error::Cuda(
                 "a CUDA graph captures on a side stream: enter first".into(),
             ));
         }
@@ -223,7 +233,7 @@ impl CudaGraph {
         }
         // SAFETY: the shim returns a NUL-terminated string owned by the handle.
         let why = unsafe { CStr::from_ptr((self.shim.error)(self.handle)) };
-        Err(Error::CudaGraph(format!(
+        Err(Error::Cuda(format!(
             "CUDA graph: could not {what}: {}",
             why.to_string_lossy()
         )))
@@ -238,4 +248,73 @@ impl Drop for CudaGraph {
         // SAFETY: the handle came from `new` and is freed once.
         unsafe { (self.shim.free)(self.handle) }
     }
+}
+
+/// Bytes of GPU memory held by libtorch's caching allocator on one device, as
+/// `torch.cuda.memory_allocated`, `max_memory_allocated`, `memory_reserved` and
+/// `max_memory_reserved` report them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held by live tensors now.
+    pub allocated: i64,
+    /// The most held by tensors since the process started or [`reset_peak_memory`].
+    pub peak_allocated: i64,
+    /// Reserved from the driver now (tensors and the allocator's cache).
+    pub reserved: i64,
+    /// The most reserved since the process started or [`reset_peak_memory`].
+    pub peak_reserved: i64,
+}
+
+/// The caching allocator's statistics of GPU `device`.
+pub fn memory_stats(device: usize) -> Result<MemoryStats> {
+    let shim = memory_shim()?;
+    let mut out = [0i64; 4];
+    let mut why = [0 as c_char; 512];
+    // SAFETY: `out` has the four slots and `why` the length the shim writes at most.
+    let rc = unsafe {
+        (shim.memory)(
+            device_index(device)?,
+            out.as_mut_ptr(),
+            why.as_mut_ptr(),
+            why.len(),
+        )
+    };
+    reported("read the memory statistics", rc, &why)?;
+    Ok(MemoryStats {
+        allocated: out[0],
+        peak_allocated: out[1],
+        reserved: out[2],
+        peak_reserved: out[3],
+    })
+}
+
+/// Starts the peaks of [`memory_stats`] afresh for GPU `device`.
+pub fn reset_peak_memory(device: usize) -> Result<()> {
+    let shim = memory_shim()?;
+    let mut why = [0 as c_char; 512];
+    // SAFETY: `why` has the length the shim writes at most.
+    let rc =
+        unsafe { (shim.reset_peak_memory)(device_index(device)?, why.as_mut_ptr(), why.len()) };
+    reported("reset the peak memory", rc, &why)
+}
+
+fn memory_shim() -> Result<&'static Shim> {
+    shim().map_err(|why| Error::Cuda(format!("CUDA memory statistics are unavailable: {why}")))
+}
+
+fn device_index(device: usize) -> Result<c_int> {
+    c_int::try_from(device).map_err(|_| Error::Cuda(format!("no CUDA device {device}")))
+}
+
+/// `Ok` for return code 0, else the shim's message from `why`.
+fn reported(what: &str, rc: c_int, why: &[c_char]) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: zero-initialised, and the shim NUL-terminates what it writes within the length.
+    let why = unsafe { CStr::from_ptr(why.as_ptr()) };
+    Err(Error::Cuda(format!(
+        "CUDA: could not {what}: {}",
+        why.to_string_lossy()
+    )))
 }

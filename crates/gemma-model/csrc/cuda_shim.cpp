@@ -1,4 +1,5 @@
-// A C interface to libtorch's `at::cuda::CUDAGraph`, which tch does not expose.
+// A C interface to what tch does not expose of libtorch's CUDA side: `at::cuda::CUDAGraph`
+// and the caching allocator's memory statistics.
 //
 // Built by gemma-model's build.rs into a small shared library that the crate embeds and
 // `dlopen`s only after `libtorch_cuda.so` is loaded, so the `scope` binary itself never links
@@ -6,11 +7,13 @@
 // and reports them through `scope_graph_error`, never across the C boundary.
 
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <string>
@@ -41,15 +44,14 @@ int guarded(Graph* g, F&& f) {
   return 1;
 }
 
-}  // namespace
-
-extern "C" {
-
-// A new graph, or null with the reason in `why` (`size` bytes, NUL-terminated).
-void* scope_graph_new(char* why, size_t size) {
+// Runs `f`; on a C++ exception writes its message to `why` (`size` bytes, NUL-terminated)
+// and returns 1.
+template <typename F>
+int reporting(char* why, size_t size, F&& f) {
   std::string message;
   try {
-    return new Graph();
+    f();
+    return 0;
   } catch (const std::exception& e) {
     message = e.what();
   } catch (...) {
@@ -60,7 +62,18 @@ void* scope_graph_new(char* why, size_t size) {
     message.copy(why, n);
     why[n] = '\0';
   }
-  return nullptr;
+  return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// A new graph, or null with the reason in `why` (`size` bytes, NUL-terminated).
+void* scope_graph_new(char* why, size_t size) {
+  void* graph = nullptr;
+  reporting(why, size, [&] { graph = new Graph(); });
+  return graph;
 }
 
 void scope_graph_free(void* handle) { delete static_cast<Graph*>(handle); }
@@ -102,6 +115,27 @@ int scope_graph_capture_end(void* handle) {
 // Launches the recorded work on the current stream.
 int scope_graph_replay(void* handle) {
   return guarded(static_cast<Graph*>(handle), [](Graph& g) { g.graph.replay(); });
+}
+
+// The caching allocator's byte counts for `device` (torch.cuda.memory_allocated,
+// max_memory_allocated, memory_reserved, max_memory_reserved): `out[0..4]`.
+int scope_cuda_memory(int device, int64_t* out, char* why, size_t size) {
+  return reporting(why, size, [&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        static_cast<c10::DeviceIndex>(device));
+    const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[all].current;
+    out[1] = stats.allocated_bytes[all].peak;
+    out[2] = stats.reserved_bytes[all].current;
+    out[3] = stats.reserved_bytes[all].peak;
+  });
+}
+
+// Starts the peaks of `scope_cuda_memory` afresh (torch.cuda.reset_peak_memory_stats).
+int scope_cuda_reset_peak_memory(int device, char* why, size_t size) {
+  return reporting(why, size, [&] {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
 }
 
 }  // extern "C"
