@@ -33,7 +33,12 @@ fn compile(out: &Path) -> Result<(), String> {
         .map(PathBuf::from)
         .ok_or("LIBTORCH is not set")?;
     let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
-    let cuda_include = cuda_include(&libtorch).ok_or(
+    let candidates = include_candidates(&libtorch);
+    // Rebuilt when the headers arrive later (`cargo xtask setup` installs them beside torch).
+    for dir in candidates.iter().filter(|dir| dir.is_dir()) {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    let cuda_include = cuda_include(&candidates).ok_or(
         "no CUDA headers (crt/host_config.h) next to libtorch or in $CUDA_HOME/include; \
          `cargo xtask setup` installs them",
     )?;
@@ -43,7 +48,6 @@ fn compile(out: &Path) -> Result<(), String> {
             libtorch.display()
         ));
     }
-    println!("cargo:rerun-if-changed={}", cuda_include.display());
     let include = libtorch.join("include");
     let compiler = env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let output = Command::new(&compiler)
@@ -75,14 +79,19 @@ fn compile(out: &Path) -> Result<(), String> {
     }
 }
 
-/// The directory holding `cuda_runtime.h` and the `crt/` headers it includes.
-fn cuda_include(libtorch: &Path) -> Option<PathBuf> {
+/// Where CUDA headers may be: beside the torch wheel, and under `$CUDA_HOME`.
+fn include_candidates(libtorch: &Path) -> Vec<PathBuf> {
     let beside_torch = libtorch
         .parent()
         .map(|site| site.join("nvidia/cu13/include"));
     let cuda_home = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include"));
-    [beside_torch, cuda_home]
-        .into_iter()
-        .flatten()
+    [beside_torch, cuda_home].into_iter().flatten().collect()
+}
+
+/// The candidate holding `cuda_runtime.h` and the `crt/` headers it includes.
+fn cuda_include(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates
+        .iter()
         .find(|dir| dir.join("crt/host_config.h").exists() && dir.join("cuda_runtime.h").exists())
+        .cloned()
 }

@@ -104,14 +104,30 @@ impl Venv {
 pub fn ensure() -> Result<Venv> {
     let venv = Venv::at_project_root();
     if is_ready(&venv) {
+        install_cuda_headers(&venv);
         return Ok(venv);
     }
     run(&[])
 }
 
+/// The CUDA headers for gemma-model's CUDA shim, when missing (a setup made before they were
+/// part of it). Optional: without them the build still succeeds, with CUDA graphs and GPU
+/// memory statistics unavailable, so a failure (no network) only warns.
+fn install_cuda_headers(venv: &Venv) {
+    if venv.has_dist("nvidia_cuda_crt") {
+        return;
+    }
+    println!("setup: installing {CUDA_HEADERS} (CUDA headers for the CUDA-graph shim) ...");
+    if venv.pip_install(&[CUDA_HEADERS], true).is_err() {
+        println!(
+            "setup: warning: {CUDA_HEADERS} could not be installed; scope builds without CUDA \
+             graphs (run `cargo xtask setup` again when PyPI is reachable)"
+        );
+    }
+}
+
 fn is_ready(venv: &Venv) -> bool {
     venv.has_dist("torch-2.11.0")
-        && venv.has_dist("nvidia_cuda_crt")
         && project_root()
             .join(".libtorch")
             .join("lib")
@@ -140,9 +156,7 @@ pub fn run(args: &[&str]) -> Result<Venv> {
         println!("setup: a GPU is present: installing torch's CUDA dependencies ...");
         venv.pip_install(&[TORCH], false)?;
     }
-    if !venv.has_dist("nvidia_cuda_crt") {
-        venv.pip_install(&[CUDA_HEADERS], true)?;
-    }
+    install_cuda_headers(&venv);
     link_libtorch(&venv)?;
     println!(
         "setup: libtorch ready at .libtorch ({}; {:.0} s, .venv is {})",
