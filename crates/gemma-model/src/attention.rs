@@ -128,7 +128,7 @@ impl Attention {
             ctx.angles,
         )?;
         let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
-        let mut z = self.attend(&q, k, v, ctx.mask, cache, ctx.cursor, layer)?;
+        let mut z = self.attend(&q, k, v, ctx, cache, layer)?;
         let site = Site::new(layer, SiteKind::AttentionValueOutput);
         if hooks.wants(site) {
             hooks.visit(site, &mut z)?;
@@ -159,8 +159,12 @@ impl Attention {
         let k = kv.f_narrow(-1, 0, kvw)?;
         let v = kv.f_narrow(-1, kvw, kvw)?;
         let mask = ctx.mask.f_narrow(2, t - 1, 1)?;
+        let last_query = AttentionContext {
+            mask: &mask,
+            ..*ctx
+        };
         let (k, v) = self.key_value_heads(&k, &v, ctx.angles)?;
-        let z = self.attend(&q, k, v, &mask, cache, None, layer)?;
+        let z = self.attend(&q, k, v, &last_query, cache, layer)?;
         Ok(z.f_linear::<&Tensor>(&self.o_proj, None)?)
     }
 
@@ -182,21 +186,20 @@ impl Attention {
 
     /// Eager attention of rotated queries `q` (`[B, heads, Tq, hd]`) over the new keys and
     /// values `k`, `v` (`[B, kv_heads, T, hd]`, keys rotated) after the cache's, masked by
-    /// `mask` (`[B, 1, Tq, S]`); returns the heads merged, `[B, Tq, heads * hd]`. With a
-    /// `cursor` the new keys and values go to that cache index and the whole buffer is attended.
-    #[allow(clippy::too_many_arguments)]
+    /// `ctx.mask` (`[B, 1, Tq, S]`); returns the heads merged, `[B, Tq, heads * hd]`. With a
+    /// `ctx.cursor` the new keys and values go to that cache index and the whole buffer is
+    /// attended.
     fn attend(
         &self,
         q: &Tensor,
         k: Tensor,
         v: Tensor,
-        mask: &Tensor,
+        ctx: &AttentionContext<'_>,
         cache: Option<&mut KvCache>,
-        cursor: Option<&Tensor>,
         layer: usize,
     ) -> Result<Tensor> {
         let (b, tq) = (q.size()[0], q.size()[2]);
-        let (k, v) = match (cache, cursor) {
+        let (k, v) = match (cache, ctx.cursor) {
             (Some(cache), Some(cursor)) => cache.write_at(layer, &k, &v, cursor)?,
             (Some(cache), None) => cache.write(layer, &k, &v)?,
             (None, _) => (k, v),
@@ -213,7 +216,7 @@ impl Attention {
             scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
         }
         let probs = scores
-            .f_add(mask)?
+            .f_add(ctx.mask)?
             .f_softmax(-1, Kind::Float)?
             .f_to_kind(q.kind())?;
         Ok(probs
