@@ -141,6 +141,12 @@
 //! site run in config order and compose; a collect listed after a setter at the same site sees
 //! the setter's result. Results are cast back to the activation's dtype on write-back.
 //!
+//! A model may record one decode step of a generation and replay it for the next ones (a CUDA
+//! graph) when [`Hooks::decode_steps_replayable`] says it may; for the graph's hooks that holds
+//! when every intervention acting at decode steps declares [`Intervention::replayable`] (the
+//! built-ins that add, subtract, zero or write a fixed or source vector do; collects and
+//! closures do not, unless a closure says so with [`FnIntervention::with_replay`]).
+//!
 //! # pyvene's traps and what we decided
 //!
 //! - **Sticky `use_fast`.** In pyvene, any int / 2-int / flat-list location sets
