@@ -223,8 +223,11 @@ impl Gemma2Model {
                 },
             ),
             DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
-                "CUDA graphs need the model on a GPU; it is on {:?}",
-                self.device
+                "CUDA graphs need the model on a GPU; it is on the {}",
+                match self.device {
+                    Device::Cpu => "CPU".to_string(),
+                    other => format!("{other:?} device"),
+                }
             ))),
             DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::Cuda(
                 "the hooks of this generation cannot be replayed (a collect, or an \
