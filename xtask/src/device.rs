@@ -47,7 +47,7 @@ pub fn run() -> Result {
     println!(
         "\ndevice-bundle: ready. With the device tool: carry [\".device\"], command \
          `bash xtask/device/check.sh`, timeout about 500 s; the results come back from $OUT \
-         (log.txt, cli.jsonl, race-2b.jsonl, race-small.jsonl).\n\
+         (log.txt, cli.jsonl, race-2b.jsonl, race-2b-eager.jsonl, race-small.jsonl).\n\
          Dry run here: DEVICE=cpu SIZES=small OUT=/tmp/scope-check bash xtask/device/check.sh"
     );
     Ok(())
