@@ -104,8 +104,12 @@ int scope_graph_exit(void* handle) {
   });
 }
 
+// Thread-local capture mode: other threads of the process may keep using CUDA meanwhile
+// (PyTorch's default, global, would make their calls fail during the capture).
 int scope_graph_capture_begin(void* handle) {
-  return guarded(static_cast<Graph*>(handle), [](Graph& g) { g.graph.capture_begin(); });
+  return guarded(static_cast<Graph*>(handle), [](Graph& g) {
+    g.graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+  });
 }
 
 int scope_graph_capture_end(void* handle) {
