@@ -857,3 +857,43 @@ pub fn additive_mask(
     Ok(Tensor::f_zeros([b, 1, t, s], (dtype, device))?
         .f_masked_fill(&allowed.f_logical_not()?, finfo_min(dtype))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixed-shape step's masks, over the whole buffer, are the per-step masks followed by
+    /// hidden keys, value for value: padded rows, inside and past the sliding window.
+    #[test]
+    fn fixed_step_masks_extend_the_per_step_masks() -> Result<()> {
+        let config = Gemma2Config::small();
+        let window = config.sliding_window.unwrap_or(0);
+        assert!(window > 0, "the small config slides");
+        let model = Gemma2Model::random(&config, 0, Kind::Float, Device::Cpu)?;
+        // Row 0 has two pads, row 1 none; 5 prompt positions, room for 3 * window more.
+        let prompt_mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 5]);
+        let max_len = 5 + 3 * window;
+        let masks = model.decode_masks(&prompt_mask, max_len)?;
+        let ids = Tensor::zeros([2, 1], (Kind::Int64, Device::Cpu));
+        let mut step = FixedStep::new(&masks, &ids, &ids, 5)?;
+        for past in 5..max_len {
+            let eager = masks.step(past)?;
+            let fixed = step.masks()?;
+            for (name, e, f) in [
+                ("full", &eager.full, &fixed.full),
+                ("sliding", &eager.sliding, &fixed.sliding),
+            ] {
+                let seen = f.narrow(3, 0, past + 1);
+                assert!(seen.equal(e), "{name} mask at index {past}");
+                let later = f.narrow(3, past + 1, max_len - past - 1);
+                let min = finfo_min(Kind::Float);
+                assert!(
+                    later.eq(min).all().int64_value(&[]) == 1,
+                    "{name} at {past}"
+                );
+            }
+            step.advance(&ids)?;
+        }
+        Ok(())
+    }
+}
