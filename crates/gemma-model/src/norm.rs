@@ -33,12 +33,24 @@ impl RmsNorm {
             .f_mean_dim(-1, true, None::<Kind>)?;
         // In place on fresh temporaries only (`xf` may be `x` itself).
         let _ = mean_sq.f_add_scalar_(self.eps)?.f_rsqrt_()?;
-        let mut normed = xf.f_mul(&mean_sq)?;
-        let _ = match &self.scale {
-            Some(scale) => normed.f_mul_(scale)?,
-            None => normed.f_mul_(&one_plus(&self.weight)?)?,
+        let normed = xf.f_mul(&mean_sq)?;
+        let computed;
+        let scale = match &self.scale {
+            Some(scale) => scale,
+            None => {
+                computed = one_plus(&self.weight)?;
+                &computed
+            }
         };
-        Ok(normed.f_to_kind(x.kind())?)
+        if x.kind() == Kind::Float {
+            let mut normed = normed;
+            let _ = normed.f_mul_(scale)?;
+            return Ok(normed);
+        }
+        // The f32 product rounded to `x`'s dtype as it is stored: one kernel instead of a
+        // multiply and a cast, and the same values (the multiply runs in f32 either way).
+        let out = x.f_empty_like()?;
+        Ok(normed.f_mul_out(&out, scale)?)
     }
 }
 

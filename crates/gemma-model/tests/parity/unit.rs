@@ -541,3 +541,43 @@ fn resumed_forward_is_the_full_forward() {
         .forward_from_paired(&batch, 0, &record_hidden, &opts, &mut intervene::NoHooks)
         .is_err());
 }
+
+/// At a decode step queries and keys are rotated together unless a hook reads or replaces
+/// them; both ways give the same logits, bit for bit (f32 and bf16).
+#[test]
+fn hooking_queries_and_keys_changes_nothing_by_itself() {
+    struct ReadQk(usize);
+    impl intervene::Hooks for ReadQk {
+        fn wants(&self, site: Site) -> bool {
+            matches!(site.kind, SiteKind::QueryOutput | SiteKind::KeyOutput)
+        }
+        fn visit(&mut self, _site: Site, t: &mut Tensor) -> Result<(), intervene::Error> {
+            self.0 += 1;
+            // A new tensor with the same values: the rotation can no longer read `qkv`.
+            *t = t.copy();
+            Ok(())
+        }
+    }
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let model = gemma_model::Gemma2Model::random(&Gemma2Config::small(), 0, kind, Device::Cpu)
+            .expect("random");
+        let prompt = gemma_model::Batch::from_ids(&[2, 40, 41, 42, 43]);
+        let step = gemma_model::Batch::from_ids(&[44]);
+        let decode = |hooks: &mut dyn intervene::Hooks| {
+            let mut cache = model.new_cache(1, 8).expect("cache");
+            model
+                .forward_cached(&prompt, &mut cache, hooks)
+                .expect("prompt");
+            model
+                .forward_cached(&step, &mut cache, hooks)
+                .expect("step")
+                .logits
+                .expect("logits")
+        };
+        let plain = decode(&mut intervene::NoHooks);
+        let mut reader = ReadQk(0);
+        let hooked = decode(&mut reader);
+        assert_eq!(reader.0, 2 * 2 * 4, "q and k of 4 layers, prompt and step");
+        assert!(plain.equal(&hooked), "{kind:?}");
+    }
+}
