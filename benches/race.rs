@@ -203,6 +203,7 @@ fn run() -> Result<()> {
             "what": "generate_plain", "new_tokens": a.new,
             "tok_per_s": round(a.new as f64 / t_gen, 1), "s": t_gen,
             "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+            "graph_fallback": out.graph_fallback,
         }));
 
         let steerer = bench.steerer(STEER_LATENT, STEER_MAGNITUDE)?;
@@ -214,6 +215,7 @@ fn run() -> Result<()> {
             "tok_per_s": round(a.new as f64 / t_steer, 1), "s": t_steer,
             "out_len": out.sequences.size().last().copied().unwrap_or(0),
             "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+            "graph_fallback": out.graph_fallback,
         }));
     }
 

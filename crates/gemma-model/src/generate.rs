@@ -90,6 +90,9 @@ pub struct Generated {
     pub new_tokens: Vec<Vec<i64>>,
     /// How the decode steps ran (never [`DecodeMode::Auto`]).
     pub decode: DecodeMode,
+    /// Why [`DecodeMode::Auto`] fell back from a CUDA graph to unrecorded fixed-shape steps,
+    /// when it did.
+    pub graph_fallback: Option<String>,
 }
 
 /// The tokens chosen at one decode step, for streaming.
@@ -203,6 +206,7 @@ impl Gemma2Model {
             sequences: Tensor::f_cat(&pieces, 1)?,
             new_tokens,
             decode: decoder.mode(),
+            graph_fallback: decoder.fallback(),
         })
     }
 
@@ -265,6 +269,8 @@ enum Decoder {
         /// Created at the first step.
         step: Option<FixedStep>,
         graph: Recording,
+        /// Why recording failed, when it failed and the steps went on unrecorded.
+        fallback: Option<String>,
     },
 }
 
@@ -287,12 +293,22 @@ impl Decoder {
                 last_pos,
                 step: None,
                 graph: Recording::Off,
+                fallback: None,
             },
             DecodeMode::CudaGraph => Decoder::Fixed {
                 last_pos,
                 step: None,
                 graph: Recording::Wanted,
+                fallback: None,
             },
+        }
+    }
+
+    /// Why recording failed, if it did.
+    fn fallback(&self) -> Option<String> {
+        match self {
+            Decoder::Fixed { fallback, .. } => fallback.clone(),
+            Decoder::Eager { .. } => None,
         }
     }
 
@@ -330,6 +346,7 @@ impl Decoder {
                 last_pos,
                 step,
                 graph,
+                fallback,
             } => {
                 let step = match step {
                     Some(s) => {
@@ -353,7 +370,10 @@ impl Decoder {
                         let (logits, recorded) = run_and_record(ctx.model, step, cache, hooks)?;
                         *graph = match recorded {
                             Ok(r) => r,
-                            Err(_) if ctx.fall_back => Recording::Off,
+                            Err(e) if ctx.fall_back => {
+                                *fallback = Some(e.to_string());
+                                Recording::Off
+                            }
                             Err(e) => return Err(e),
                         };
                         logits
