@@ -162,10 +162,10 @@ pub struct PatchArgs {
     /// The prompt the latent is taken from.
     #[arg(long)]
     pub source: String,
-    /// Token position in the source (0-based, counting <bos>; negative counts from the end).
+    /// Token position in the source (0-based, counting `<bos>`; negative counts from the end).
     #[arg(long, allow_negative_numbers = true)]
     pub source_pos: i64,
-    /// Token position in the base (0-based, counting <bos>; negative counts from the end).
+    /// Token position in the base (0-based, counting `<bos>`; negative counts from the end).
     #[arg(long, allow_negative_numbers = true)]
     pub base_pos: i64,
     /// The latent to swap.
