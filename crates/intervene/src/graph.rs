@@ -332,14 +332,7 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
                 (original, self.run_base(base, &fopts, start, &mut runner)?)
             }
         };
-        let (collected, collected_from, source_slices) = runner.into_outputs();
-        Ok(IntervenableOutput {
-            original,
-            intervened,
-            collected,
-            collected_from,
-            source_slices,
-        })
+        Ok(runner.into_output(original, intervened))
     }
 
     /// The options of the intervened base run: `clean`, stopped after the deepest hooked layer
@@ -506,14 +499,7 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         self.run_sources(&mut runner, &sources)?;
         runner.base_phase(self.mode);
         let intervened = self.run_generate(base, config, &mut runner)?;
-        let (collected, collected_from, source_slices) = runner.into_outputs();
-        Ok(IntervenableOutput {
-            original,
-            intervened,
-            collected,
-            collected_from,
-            source_slices,
-        })
+        Ok(runner.into_output(original, intervened))
     }
 
     fn validate(&self, sources: &Sources<'_, M::Input>, options: &CallOptions) -> Result<()> {
@@ -867,20 +853,26 @@ impl<'e> Runner<'e> {
         }
     }
 
-    /// The collected tensors with the index of the intervention of each, and each
-    /// intervention's source slice.
-    fn into_outputs(self) -> (Vec<Tensor>, Vec<usize>, Vec<Option<Tensor>>) {
-        let mut out = Vec::new();
-        let mut from = Vec::new();
-        let mut sources = Vec::with_capacity(self.slots.len());
+    /// The call's output: the two runs, the collected tensors with the index of the
+    /// intervention of each, and each intervention's source slice.
+    fn into_output<O>(self, original: Option<O>, intervened: O) -> IntervenableOutput<O> {
+        let mut collected = Vec::new();
+        let mut collected_from = Vec::new();
+        let mut source_slices = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.into_iter().enumerate() {
             for t in s.collected {
-                out.push(t);
-                from.push(i);
+                collected.push(t);
+                collected_from.push(i);
             }
-            sources.push(s.source_slice);
+            source_slices.push(s.source_slice);
         }
-        (out, from, sources)
+        IntervenableOutput {
+            original,
+            intervened,
+            collected,
+            collected_from,
+            source_slices,
+        }
     }
 
     fn open(&self, i: usize) -> bool {
