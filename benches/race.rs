@@ -87,7 +87,7 @@ fn parse_args() -> Result<Args> {
             "--seq" => args.seq = number("--seq")?,
             "--new" => args.new = number("--new")? as usize,
             "--reps" => args.reps = number("--reps")? as usize,
-            "--decode" => args.decode = parse_decode(&value)?,
+            "--decode" => args.decode = DecodeMode::parse(&value)?,
             "--only" => {
                 args.only = value.split(',').map(|g| g.trim().to_string()).collect();
                 let known = ["forward", "collect", "generate", "interchange"];
@@ -103,26 +103,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn parse_decode(s: &str) -> Result<DecodeMode> {
-    Ok(match s {
-        "auto" => DecodeMode::Auto,
-        "eager" => DecodeMode::Eager,
-        "fixed" => DecodeMode::FixedShape,
-        "graph" => DecodeMode::CudaGraph,
-        other => bail!("unknown --decode `{other}` (expected auto, eager, fixed or graph)"),
-    })
-}
-
-/// The mode that ran, as `--decode` spells it.
-fn decode_name(mode: DecodeMode) -> &'static str {
-    match mode {
-        DecodeMode::Auto => "auto",
-        DecodeMode::Eager => "eager",
-        DecodeMode::FixedShape => "fixed",
-        DecodeMode::CudaGraph => "graph",
-    }
 }
 
 /// The first new tokens of row 0, to compare decode modes across runs.
@@ -202,7 +182,7 @@ fn run() -> Result<()> {
         emit(json!({
             "what": "generate_plain", "new_tokens": a.new,
             "tok_per_s": round(a.new as f64 / t_gen, 1), "s": t_gen,
-            "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+            "decode": out.decode.name(), "first_tokens": first_tokens(&out),
             "graph_fallback": out.graph_fallback,
         }));
 
@@ -214,7 +194,7 @@ fn run() -> Result<()> {
             "what": "generate_steered", "new_tokens": a.new,
             "tok_per_s": round(a.new as f64 / t_steer, 1), "s": t_steer,
             "out_len": out.sequences.size().last().copied().unwrap_or(0),
-            "decode": decode_name(out.decode), "first_tokens": first_tokens(&out),
+            "decode": out.decode.name(), "first_tokens": first_tokens(&out),
             "graph_fallback": out.graph_fallback,
         }));
     }

@@ -52,6 +52,41 @@ pub enum DecodeMode {
     CudaGraph,
 }
 
+impl DecodeMode {
+    /// The modes' names, in the order of [`DecodeMode::name`]: `auto`, `eager`, `fixed`,
+    /// `graph`.
+    pub const NAMES: [&'static str; 4] = ["auto", "eager", "fixed", "graph"];
+
+    /// The mode's name (`fixed` for [`DecodeMode::FixedShape`], `graph` for
+    /// [`DecodeMode::CudaGraph`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeMode::Auto => "auto",
+            DecodeMode::Eager => "eager",
+            DecodeMode::FixedShape => "fixed",
+            DecodeMode::CudaGraph => "graph",
+        }
+    }
+
+    /// The mode named `name` (one of [`DecodeMode::NAMES`]).
+    pub fn parse(name: &str) -> Result<Self> {
+        [
+            DecodeMode::Auto,
+            DecodeMode::Eager,
+            DecodeMode::FixedShape,
+            DecodeMode::CudaGraph,
+        ]
+        .into_iter()
+        .find(|mode| mode.name() == name)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "unknown decode mode `{name}` (expected {})",
+                DecodeMode::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
 /// Generation settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationConfig {

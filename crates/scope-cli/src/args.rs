@@ -94,7 +94,7 @@ pub struct GenerationArgs {
     /// How decode steps run: auto (a CUDA graph replayed per token on a GPU when the
     /// interventions allow it, per-step calls otherwise), eager, fixed (fixed-shape steps, what
     /// the graph replays) or graph (an error where it cannot be used).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "eager", "fixed", "graph"])]
+    #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
 }
 

@@ -95,12 +95,7 @@ fn cli_dtype(spec: &str, device: Device) -> Result<DTypeSpec> {
 pub fn generation_config(args: &GenerationArgs) -> Result<gemma_model::GenerationConfig> {
     use gemma_model::{DecodeMode, GenerationConfig, Sampling};
     let mut config = GenerationConfig::greedy(args.max_new_tokens);
-    config.decode = match args.decode.as_str() {
-        "eager" => DecodeMode::Eager,
-        "fixed" => DecodeMode::FixedShape,
-        "graph" => DecodeMode::CudaGraph,
-        _ => DecodeMode::Auto,
-    };
+    config.decode = DecodeMode::parse(&args.decode)?;
     if args.sample {
         if !(args.top_p > 0.0 && args.top_p <= 1.0) {
             bail!("--top-p must be in (0, 1], got {}", args.top_p);
