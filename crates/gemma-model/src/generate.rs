@@ -195,8 +195,10 @@ impl Gemma2Model {
         let mut active = vec![true; b as usize];
         let mut decoder = Decoder::new(
             self.decode_mode(config, &*hooks)?,
+            &decode_masks,
             positions.f_narrow(1, t - 1, 1)?,
-        );
+            t,
+        )?;
         let prompt = Batch {
             input_ids,
             attention_mask: Some(mask),
@@ -299,10 +301,7 @@ enum Decoder {
         last_pos: Tensor,
     },
     Fixed {
-        /// The prompt's last position ids until the first step, then unused.
-        last_pos: Tensor,
-        /// Created at the first step.
-        step: Option<FixedStep>,
+        step: FixedStep,
         graph: Recording,
         /// Why recording failed, when it failed and the steps went on unrecorded.
         fallback: Option<String>,
@@ -321,22 +320,24 @@ enum Recording {
 }
 
 impl Decoder {
-    fn new(mode: DecodeMode, last_pos: Tensor) -> Self {
-        match mode {
-            DecodeMode::Auto | DecodeMode::Eager => Decoder::Eager { last_pos },
-            DecodeMode::FixedShape => Decoder::Fixed {
-                last_pos,
-                step: None,
-                graph: Recording::Off,
-                fallback: None,
-            },
-            DecodeMode::CudaGraph => Decoder::Fixed {
-                last_pos,
-                step: None,
-                graph: Recording::Wanted,
-                fallback: None,
-            },
-        }
+    /// The decoder for `mode` after a prompt whose last position ids are `last_pos` (`[B, 1]`)
+    /// and whose `prompt_len` positions fill the cache.
+    fn new(
+        mode: DecodeMode,
+        masks: &DecodeMasks,
+        last_pos: Tensor,
+        prompt_len: i64,
+    ) -> Result<Self> {
+        let graph = match mode {
+            DecodeMode::Auto | DecodeMode::Eager => return Ok(Decoder::Eager { last_pos }),
+            DecodeMode::FixedShape => Recording::Off,
+            DecodeMode::CudaGraph => Recording::Wanted,
+        };
+        Ok(Decoder::Fixed {
+            step: FixedStep::new(masks, &last_pos.f_add_scalar(1)?, prompt_len)?,
+            graph,
+            fallback: None,
+        })
     }
 
     /// Why recording failed, if it did.
@@ -378,23 +379,11 @@ impl Decoder {
                 logits_of(ctx.model.forward_step(&input, cache, ctx.masks, hooks)?)
             }
             Decoder::Fixed {
-                last_pos,
                 step,
                 graph,
                 fallback,
             } => {
-                let step = match step {
-                    Some(s) => {
-                        s.advance(next)?;
-                        s
-                    }
-                    None => step.insert(FixedStep::new(
-                        ctx.masks,
-                        next,
-                        &last_pos.f_add_scalar(1)?,
-                        cache.len(),
-                    )?),
-                };
+                step.feed(next)?;
                 let logits = match graph {
                     Recording::Off => logits_of(ctx.model.forward_fixed_step(step, cache, hooks)?)?,
                     Recording::Recorded { graph, logits } => {
@@ -414,6 +403,7 @@ impl Decoder {
                         logits
                     }
                 };
+                step.advance()?;
                 cache.advance(1);
                 Ok(logits)
             }

@@ -769,19 +769,15 @@ pub(crate) struct FixedStep {
 }
 
 impl FixedStep {
-    /// The state for the first step after `masks`' prompt: feeding `input_ids` (`[B, 1]`) at
-    /// `positions` (`[B, 1]`), written at index `cursor`.
-    pub(crate) fn new(
-        masks: &DecodeMasks,
-        input_ids: &Tensor,
-        positions: &Tensor,
-        cursor: i64,
-    ) -> Result<Self> {
+    /// The state for the first step after `masks`' prompt: its tokens (fed later, see
+    /// [`FixedStep::feed`]) at `positions` (`[B, 1]`), written at index `cursor`.
+    pub(crate) fn new(masks: &DecodeMasks, positions: &Tensor, cursor: i64) -> Result<Self> {
         let device = masks.keys.device();
         let size = masks.keys.size();
         let max_len = size.last().copied().unwrap_or(0);
+        let rows = size.first().copied().unwrap_or(0);
         Ok(FixedStep {
-            input_ids: input_ids.f_to_device(device)?.f_detach_copy()?,
+            input_ids: Tensor::f_zeros([rows, 1], (Kind::Int64, device))?,
             positions: positions.f_to_device(device)?.f_detach_copy()?,
             cursor: Tensor::f_full([1], cursor, (Kind::Int64, device))?,
             pads: masks.keys.f_ne(0.0)?,
@@ -811,9 +807,14 @@ impl FixedStep {
         Ok(Masks { full, sliding })
     }
 
-    /// Moves to the next step: `next` (`[B, 1]`) becomes the input, one position later.
-    pub(crate) fn advance(&mut self, next: &Tensor) -> Result<()> {
+    /// Sets the step's tokens, `next` (`[B, 1]`).
+    pub(crate) fn feed(&mut self, next: &Tensor) -> Result<()> {
         self.input_ids.f_copy_(next)?;
+        Ok(())
+    }
+
+    /// Moves one position on, after a step ran.
+    pub(crate) fn advance(&mut self) -> Result<()> {
         let _ = self.positions.f_add_scalar_(1)?;
         let _ = self.cursor.f_add_scalar_(1)?;
         Ok(())
@@ -874,8 +875,8 @@ mod tests {
         let prompt_mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 5]);
         let max_len = 5 + 3 * window;
         let masks = model.decode_masks(&prompt_mask, max_len)?;
-        let ids = Tensor::zeros([2, 1], (Kind::Int64, Device::Cpu));
-        let mut step = FixedStep::new(&masks, &ids, &ids, 5)?;
+        let positions = Tensor::zeros([2, 1], (Kind::Int64, Device::Cpu));
+        let mut step = FixedStep::new(&masks, &positions, 5)?;
         for past in 5..max_len {
             let eager = masks.step(past)?;
             let fixed = step.masks()?;
@@ -892,7 +893,7 @@ mod tests {
                     "{name} at {past}"
                 );
             }
-            step.advance(&ids)?;
+            step.advance()?;
         }
         Ok(())
     }
