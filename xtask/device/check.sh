@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # The GPU session's one prepared script. Runs on the lent machine from the repository root,
-# with the binaries `cargo xtask device-bundle` left in .device/bin (carry: [".device"]):
+# with what `cargo xtask device-bundle` left in .device (carry: [".device"]), within BUDGET_S
+# seconds (default 500), most important first:
 #
-#   1. the main workflows through `scope` on the fixture models, once on the CPU and once on
+#   1. `xtask bench-compare` on gemma-2-2b's shapes in bf16, one round: scope's `race` and the
+#      peer (HF transformers 5.17 eager + pyvene 0.1.8, from .device/peer and .device/whl) in
+#      the same run, and the ratio table;
+#   2. generation once more with eager decode steps, to measure what the CUDA graph buys and
+#      to compare the tokens;
+#   3. the main workflows through `scope` on the fixture models, once on the CPU and once on
 #      the GPU, and a comparison of the two (the CPU results are the ones CI pins to HF and
 #      pyvene): token ids must match exactly, numbers within 1e-3 (f32) or 5e-2 (bf16).
 #      Generation runs eagerly on the CPU and as a replayed CUDA graph on the GPU
 #      (`--decode graph`, an error if the graph cannot be recorded);
-#   2. the race against the peer's shapes: gemma-2-2b shapes in bf16 (generation once more
-#      with eager decode steps, to measure what the graph buys and compare the tokens), then
-#      the `small` shape in f32, one JSON line per measurement.
+#   4. with the time left, HF's best plain decode (static cache, compiled by transformers).
 #
 # Everything lands in $OUT (the device tool brings it back). Here, without a GPU:
-#   DEVICE=cpu SIZES=small OUT=/tmp/check bash xtask/device/check.sh
+#   DEVICE=cpu SIZE=small OUT=/tmp/check PEER_PYTHON=.venv/bin/python bash xtask/device/check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/scope-device-check}
 DEVICE=${DEVICE:-cuda}
-SIZES=${SIZES:-"2b small"}
+SIZE=${SIZE:-2b}
 BIN=${BIN:-.device/bin}
+PEER_DIR=${PEER_DIR:-.device/peer}
+PEER_PYTHON=${PEER_PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-500}
+# Seconds left, at least 1 (`timeout 0` would mean no limit at all).
+left() { local s=$((BUDGET_S - SECONDS)); echo $((s > 1 ? s : 1)); }
 mkdir -p "$OUT"
 if [ -z "${TORCH_LIB:-}" ]; then
-    torch_dir=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null)
+    torch_dir=$("$PEER_PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null)
     if [ -n "$torch_dir" ] && [ -d "$torch_dir/lib" ]; then
         TORCH_LIB=$torch_dir/lib
     else
@@ -35,6 +44,49 @@ echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 echo "libtorch: $TORCH_LIB"
 
+# The peer needs pyvene, which the lent machines lack: install the carried wheel into a
+# scratch folder (no network there, and no dependencies needed beyond what they have).
+if ! "$PEER_PYTHON" -c 'import pyvene' >/dev/null 2>&1 && ls .device/whl/*.whl >/dev/null 2>&1; then
+    "$PEER_PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/scope-peer-site .device/whl/*.whl && export PYTHONPATH=/tmp/scope-peer-site
+fi
+"$PEER_PYTHON" - <<'PY' 2>&1 | grep -v nnsight
+from importlib.metadata import version
+import pyvene  # the import must work, not only the metadata
+print("peer:", *(f"{p} {version(p)}" for p in ("torch", "transformers", "pyvene")))
+PY
+
+case $SIZE in
+    2b) flags="--size 2b --dtype bfloat16 --batch 16 --seq 128 --new 128 --reps 5" ;;
+    *) flags="--size $SIZE --dtype float32 --batch 4 --seq 128 --new 32 --reps 3" ;;
+esac
+
+echo "== 1. bench-compare, $SIZE on $DEVICE: scope and the peer in one run ($(left) s left)"
+timeout "$(left)" "$BIN/xtask" bench-compare $flags --device "$DEVICE" --rounds 1 \
+    --race "$BIN/race" --python "$PEER_PYTHON" --peer "$PEER_DIR/pyvene_baseline.py" \
+    | tee "$OUT/compare-$SIZE.txt"
+# scope's own lines, for section 2 (and in case the peer failed).
+sed -n 's/^  scope: //p' "$OUT/compare-$SIZE.txt" >"$OUT/race-$SIZE.jsonl"
+
+echo "== 2. decode: the default (CUDA graph on a GPU) vs per-step calls ($(left) s left)"
+echo "\$ race $flags --device $DEVICE --decode eager --only generate"
+timeout "$(left)" "$BIN/race" $flags --device "$DEVICE" --decode eager --only generate \
+    | tee "$OUT/race-$SIZE-eager.jsonl"
+python3 - "$OUT/race-$SIZE.jsonl" "$OUT/race-$SIZE-eager.jsonl" <<'PY'
+import json, sys
+def gen(path):
+    return {r["what"]: r for r in map(json.loads, open(path)) if r.get("what", "").startswith("generate")}
+default, eager = gen(sys.argv[1]), gen(sys.argv[2])
+for what in ("generate_plain", "generate_steered"):
+    g, e = default.get(what), eager.get(what)
+    if not g or not e:
+        print(f"MISSING {what}")
+        continue
+    same = "same first tokens" if g["first_tokens"] == e["first_tokens"] else f"TOKENS DIFFER {g['first_tokens']} vs {e['first_tokens']}"
+    print(f"{what}: {g['decode']} {g['tok_per_s']} tok/s vs {e['decode']} {e['tok_per_s']} tok/s "
+          f"({g['tok_per_s'] / e['tok_per_s']:.2f}x); {same}")
+PY
+
 PROMPT="Would you be able to travel through time using a wormhole?"
 BASE="Physics says time-travel through a wormhole needs enormous energy."
 cli_case() { # name model sae args...
@@ -43,7 +95,7 @@ cli_case() { # name model sae args...
         local line decode=graph
         [ "$dev" = cpu ] && decode=eager
         # `@decode` in the arguments stands for the decode mode of this device.
-        line=$("$BIN/scope" "${@/@decode/$decode}" --model "$model" ${sae:+--sae "$sae"} --device "$dev" --json 2>"$OUT/err.txt")
+        line=$(timeout 120 "$BIN/scope" "${@/@decode/$decode}" --model "$model" ${sae:+--sae "$sae"} --device "$dev" --json 2>"$OUT/err.txt")
         local rc=$?
         if [ $rc -ne 0 ]; then
             line="{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$OUT/err.txt")}"
@@ -52,7 +104,8 @@ cli_case() { # name model sae args...
     done
 }
 
-echo "== 1. workflows on the fixtures, cpu and $DEVICE"
+if [ "$(left)" -gt 60 ]; then
+echo "== 3. workflows on the fixtures, cpu and $DEVICE ($(left) s left)"
 : >"$OUT/cli.jsonl"
 for model in tiny-f32 tiny-bf16-sharded; do
     m=fixtures/models/$model
@@ -103,35 +156,15 @@ for case, outs in by.items():
     failed += bool(errs)
 print(f"== {len(by) - failed}/{len(by)} workflows agree between cpu and {device}")
 PY
-
-echo "== 2. the race (scope's side of bench-compare)"
-for size in $SIZES; do
-    case $size in
-        2b) flags="--size 2b --dtype bfloat16 --batch 16 --seq 128 --new 128 --reps 5" ;;
-        *) flags="--size $size --dtype float32 --batch 4 --seq 128 --new 32 --reps 3" ;;
-    esac
-    echo "\$ race $flags --device $DEVICE"
-    "$BIN/race" $flags --device "$DEVICE" | tee "$OUT/race-$size.jsonl"
-    if [ "$size" = 2b ]; then
-        echo "\$ race $flags --device $DEVICE --decode eager --only generate"
-        "$BIN/race" $flags --device "$DEVICE" --decode eager --only generate | tee "$OUT/race-2b-eager.jsonl"
-    fi
-done
-
-if [ -s "$OUT/race-2b-eager.jsonl" ]; then
-    echo "== 3. gemma-2-2b decode: CUDA graph vs per-step calls"
-    python3 - "$OUT/race-2b.jsonl" "$OUT/race-2b-eager.jsonl" <<'PY'
-import json, sys
-def gen(path):
-    return {r["what"]: r for r in map(json.loads, open(path)) if r.get("what", "").startswith("generate")}
-graph, eager = gen(sys.argv[1]), gen(sys.argv[2])
-for what in ("generate_plain", "generate_steered"):
-    g, e = graph.get(what), eager.get(what)
-    if not g or not e:
-        print(f"MISSING {what}")
-        continue
-    same = "same first tokens" if g["first_tokens"] == e["first_tokens"] else f"TOKENS DIFFER {g['first_tokens']} vs {e['first_tokens']}"
-    print(f"{what}: {g['decode']} {g['tok_per_s']} tok/s vs {e['decode']} {e['tok_per_s']} tok/s "
-          f"({g['tok_per_s'] / e['tok_per_s']:.2f}x); {same}")
-PY
+else
+    echo "== 3. skipped: $(left) s left"
 fi
+
+# HF's compiled static-cache decode takes minutes of warm-up (eager, then sdpa attention):
+# only with the time left, its lines kept as they come.
+if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 60 ]; then
+    echo "== 4. HF generate, static cache, compiled by transformers ($(left) s left)"
+    timeout "$(($(left) - 10))" "$PEER_PYTHON" "$PEER_DIR/hf_static_generate.py" "$SIZE" 128 \
+        | tee "$OUT/hf-static.jsonl"
+fi
+echo "== done in $SECONDS s"

@@ -8,6 +8,11 @@
 //! with their range, so that a shared machine's drift does not decide a ratio. `--quick` runs
 //! one round of fewer repetitions; `--size`, `--device`, `--dtype`, `--batch`, `--seq`,
 //! `--new`, `--reps` are passed to both sides.
+//!
+//! On a machine without cargo (a lent GPU machine, see `device-bundle`), three flags replace
+//! what is normally built or installed here: `--race PATH` (a prebuilt `race` binary),
+//! `--python PATH` (an interpreter that already has transformers 5.17.0 and pyvene 0.1.8) and
+//! `--peer PATH` (the baseline script, when `../shared` is not beside the checkout).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,33 +30,35 @@ struct Race {
     new: String,
     reps: String,
     rounds: usize,
+    /// A prebuilt `race` binary (else it is built here).
+    race_bin: Option<PathBuf>,
+    /// A Python with the reference stack (else `.venv`, installed if needed).
+    python: Option<PathBuf>,
+    /// The peer's script (else `../shared/bench/pyvene_baseline.py`).
+    peer: Option<PathBuf>,
 }
 
 impl Race {
     fn from_args(args: &[&str]) -> Result<Race> {
         let gpu = std::path::Path::new("/proc/driver/nvidia/version").exists();
-        let mut race = if gpu {
-            Race {
-                size: "2b".into(),
-                device: "cuda".into(),
-                dtype: "bfloat16".into(),
-                batch: "16".into(),
-                seq: "128".into(),
-                new: "128".into(),
-                reps: "5".into(),
-                rounds: 3,
-            }
+        // The shapes: gemma-2-2b in bf16 on a GPU, `small` in f32 on the CPU.
+        let [size, device, dtype, batch, new, reps] = if gpu {
+            ["2b", "cuda", "bfloat16", "16", "128", "5"]
         } else {
-            Race {
-                size: "small".into(),
-                device: "cpu".into(),
-                dtype: "float32".into(),
-                batch: "4".into(),
-                seq: "128".into(),
-                new: "32".into(),
-                reps: "3".into(),
-                rounds: 3,
-            }
+            ["small", "cpu", "float32", "4", "32", "3"]
+        };
+        let mut race = Race {
+            size: size.into(),
+            device: device.into(),
+            dtype: dtype.into(),
+            batch: batch.into(),
+            seq: "128".into(),
+            new: new.into(),
+            reps: reps.into(),
+            rounds: 3,
+            race_bin: None,
+            python: None,
+            peer: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -72,6 +79,9 @@ impl Race {
                 "--seq" => race.seq = value,
                 "--new" => race.new = value,
                 "--reps" => race.reps = value,
+                "--race" => race.race_bin = Some(existing_file(flag, &value)?),
+                "--python" => race.python = Some(PathBuf::from(value)),
+                "--peer" => race.peer = Some(existing_file(flag, &value)?),
                 "--rounds" => {
                     race.rounds = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
                         Failure::with_code(
@@ -105,9 +115,67 @@ impl Race {
 /// Measurements of one side: `what` → the JSON line's numeric fields.
 type Measurements = BTreeMap<String, BTreeMap<String, f64>>;
 
+/// `--race` and `--peer` name files that must exist: say so before any round runs.
+fn existing_file(flag: &str, value: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(value);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Failure::with_code(
+            format!("{flag} {value}: no such file"),
+            2,
+        ))
+    }
+}
+
 pub fn run(args: &[&str]) -> Result {
     let race = Race::from_args(args)?;
-    let venv = setup::ensure()?;
+    let race_bin = match &race.race_bin {
+        Some(prebuilt) => prebuilt.clone(),
+        None => build_race()?,
+    };
+    let peer_script = match &race.peer {
+        Some(script) => script.clone(),
+        None => peer_script()?,
+    };
+    let python = match &race.python {
+        Some(python) => python.clone(),
+        None => {
+            let venv = setup::ensure()?;
+            setup::install_reference_stack(&venv)?;
+            venv.python()
+        }
+    };
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for round in 1..=race.rounds {
+        println!(
+            "bench-compare: round {round}/{}: scope ({}) ...",
+            race.rounds,
+            race.flags().join(" ")
+        );
+        ours.push(measure(
+            Command::new(&race_bin).args(race.flags()),
+            "scope",
+        )?);
+        println!(
+            "bench-compare: round {round}/{}: peer, HF transformers + pyvene (eager attention) ...",
+            race.rounds
+        );
+        peer.push(measure(
+            Command::new(&python)
+                .arg(&peer_script)
+                .args(race.flags())
+                .args(["--attn", "eager"]),
+            "the peer",
+        )?);
+    }
+    print_ratios(&race, &ours, &peer);
+    Ok(())
+}
+
+/// Builds scope's `race` binary in release (setting up libtorch first if needed).
+fn build_race() -> Result<PathBuf> {
+    setup::ensure()?;
     println!("bench-compare: building scope's race binary (release) ...");
     crate::run_checked(
         cargo().args([
@@ -121,33 +189,7 @@ pub fn run(args: &[&str]) -> Result {
         ]),
         "cargo build -p scope-benches --bin race",
     )?;
-    let peer_script = peer_script()?;
-    setup::install_reference_stack(&venv)?;
-    let (mut ours, mut peer) = (Vec::new(), Vec::new());
-    for round in 1..=race.rounds {
-        println!(
-            "bench-compare: round {round}/{}: scope ({}) ...",
-            race.rounds,
-            race.flags().join(" ")
-        );
-        ours.push(measure(
-            Command::new(project_root().join("target/release/race")).args(race.flags()),
-            "scope",
-        )?);
-        println!(
-            "bench-compare: round {round}/{}: peer, HF transformers + pyvene (eager attention) ...",
-            race.rounds
-        );
-        peer.push(measure(
-            Command::new(venv.python())
-                .arg(&peer_script)
-                .args(race.flags())
-                .args(["--attn", "eager"]),
-            "the peer",
-        )?);
-    }
-    print_ratios(&race, &ours, &peer);
-    Ok(())
+    Ok(project_root().join("target/release/race"))
 }
 
 fn peer_script() -> Result<PathBuf> {
@@ -336,5 +378,29 @@ mod tests {
         let race = Race::from_args(&["--rounds", "5"]).expect("rounds");
         assert_eq!(race.rounds, 5);
         assert!(Race::from_args(&["--rounds", "0"]).is_err());
+    }
+
+    #[test]
+    fn prebuilt_race_and_peer_must_exist() {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let race = Race::from_args(&["--race", manifest, "--python", "python3"])
+            .expect("an existing file");
+        assert_eq!(
+            race.race_bin.as_deref(),
+            Some(std::path::Path::new(manifest))
+        );
+        assert_eq!(
+            race.python.as_deref(),
+            Some(std::path::Path::new("python3"))
+        );
+        let missing = Race::from_args(&["--peer", "no/such/baseline.py"])
+            .err()
+            .expect("a missing script is refused");
+        assert!(
+            missing.message.contains("no/such/baseline.py"),
+            "{}",
+            missing.message
+        );
+        assert_eq!(missing.code, 2);
     }
 }

@@ -1,10 +1,16 @@
 //! `cargo xtask device-bundle`: what a session lent a GPU machine carries there.
 //!
-//! That machine has libtorch (python3's torch) but no cargo, so the binaries are built here in
-//! release, stripped of debug info (the carried tree is limited to 64 MiB) and copied to
-//! `.device/bin` (ignored by git). `xtask/device/check.sh` then runs there in one call: the
-//! workflows on the fixtures on CPU and GPU with a comparison, and the race on gemma-2-2b's
-//! shapes. The same script runs here with `DEVICE=cpu SIZES=small`.
+//! That machine has libtorch and transformers 5.17.0 (python3's) but no cargo, no pyvene and no
+//! `../shared`, so this prepares `.device/` (ignored by git, carried with `carry: [".device"]`):
+//! - `bin/`: `scope`, `race` and `xtask` built here in release, stripped of debug info (the
+//!   carried tree is limited to 64 MiB);
+//! - `peer/`: the peer's scripts from `../shared/bench`;
+//! - `whl/`: the pyvene wheel (pure Python), which the check installs into a scratch folder.
+//!
+//! `xtask/device/check.sh` then runs there in one call: `xtask bench-compare` on gemma-2-2b's
+//! shapes (scope and the peer in the same run), the workflows on the fixtures on CPU and GPU
+//! with a comparison, and HF's compiled static-cache decode if time is left. The same script
+//! runs here with `DEVICE=cpu SIZE=small`.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,14 +18,21 @@ use std::process::Command;
 use crate::{cargo, project_root, run_checked, setup, Failure, Result};
 
 /// The binaries the check runs, with their packages.
-const BINARIES: [(&str, &str); 2] = [("scope-cli", "scope"), ("scope-benches", "race")];
+const BINARIES: [(&str, &str); 3] = [
+    ("scope-cli", "scope"),
+    ("scope-benches", "race"),
+    ("xtask", "xtask"),
+];
+
+/// The peer's scripts, from `../shared/bench`.
+const PEER_SCRIPTS: [&str; 2] = ["pyvene_baseline.py", "hf_static_generate.py"];
 
 pub fn run() -> Result {
-    setup::ensure()?;
+    let venv = setup::ensure()?;
     let root = project_root();
-    let bin_dir = root.join(".device/bin");
-    std::fs::create_dir_all(&bin_dir)
-        .map_err(|e| Failure::new(format!("could not create {}: {e}", bin_dir.display())))?;
+    let bundle = root.join(".device");
+    let bin_dir = bundle.join("bin");
+    create_dir(&bin_dir)?;
     for (package, binary) in BINARIES {
         println!("device-bundle: building {binary} (release) ...");
         run_checked(
@@ -34,23 +47,66 @@ pub fn run() -> Result {
             ]),
             &format!("cargo build -p {package} --bin {binary}"),
         )?;
-        let built = root.join("target/release").join(binary);
         let carried = bin_dir.join(binary);
-        strip_into(&built, &carried)?;
-        let size = std::fs::metadata(&carried).map(|m| m.len()).unwrap_or(0);
-        println!(
-            "device-bundle: {} ({:.1} MiB)",
-            carried.display(),
-            size as f64 / (1 << 20) as f64
-        );
+        strip_into(&root.join("target/release").join(binary), &carried)?;
+        report(&carried);
     }
+
+    let peer_dir = bundle.join("peer");
+    create_dir(&peer_dir)?;
+    for script in PEER_SCRIPTS {
+        let from = root.join("../shared/bench").join(script);
+        let to = peer_dir.join(script);
+        copy(&from, &to)?;
+        report(&to);
+    }
+
+    let wheel_dir = bundle.join("whl");
+    create_dir(&wheel_dir)?;
+    println!("device-bundle: downloading the {} wheel ...", setup::PYVENE);
+    venv.pip_download(setup::PYVENE, &wheel_dir).map_err(|_| {
+        Failure::new(format!(
+            "pip could not download {} into {} (is PyPI reachable?); without it the check \
+             runs no peer",
+            setup::PYVENE,
+            wheel_dir.display()
+        ))
+    })?;
+
     println!(
         "\ndevice-bundle: ready. With the device tool: carry [\".device\"], command \
-         `bash xtask/device/check.sh`, timeout about 500 s; the results come back from $OUT \
-         (log.txt, cli.jsonl, race-2b.jsonl, race-2b-eager.jsonl, race-small.jsonl).\n\
-         Dry run here: DEVICE=cpu SIZES=small OUT=/tmp/scope-check bash xtask/device/check.sh"
+         `bash xtask/device/check.sh`, timeout about 540 s; the results come back from $OUT \
+         (log.txt, compare-2b.txt, race-2b.jsonl, race-2b-eager.jsonl, cli.jsonl, \
+         hf-static.jsonl).\n\
+         Dry run here: DEVICE=cpu SIZE=small OUT=/tmp/scope-check bash xtask/device/check.sh"
     );
     Ok(())
+}
+
+fn create_dir(dir: &Path) -> Result {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new(format!("could not create {}: {e}", dir.display())))
+}
+
+fn copy(from: &Path, to: &Path) -> Result {
+    // A copy from an earlier bundle may be read-only (as the shared scripts are).
+    let _ = std::fs::remove_file(to);
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| {
+        Failure::new(format!(
+            "could not copy {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })
+}
+
+fn report(carried: &Path) {
+    let size = std::fs::metadata(carried).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "device-bundle: {} ({:.1} MiB)",
+        carried.display(),
+        size as f64 / (1 << 20) as f64
+    );
 }
 
 /// A copy of `from` at `to` without debug info (`strip`, else a plain copy).
@@ -65,11 +121,5 @@ fn strip_into(from: &Path, to: &Path) -> Result {
     if stripped {
         return Ok(());
     }
-    std::fs::copy(from, to).map(|_| ()).map_err(|e| {
-        Failure::new(format!(
-            "could not copy {} to {}: {e}",
-            from.display(),
-            to.display()
-        ))
-    })
+    copy(from, to)
 }

@@ -47,7 +47,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] | device-bundle>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--race PATH] [--python PATH] [--peer PATH] | device-bundle>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,12 +75,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The repository root (the parent of this crate's directory).
+/// The repository root: the parent of this crate's directory, or, for a copy of this binary
+/// carried to a machine where that directory does not exist (`device-bundle`), the directory
+/// it is run from.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    match Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        Some(root) if root.is_dir() => root.to_path_buf(),
+        _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    }
 }
 
 /// The cargo that runs this xtask.

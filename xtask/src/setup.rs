@@ -16,6 +16,8 @@ use crate::{project_root, run_checked, Failure, Result};
 
 /// The libtorch release tch 0.24 is built for.
 const TORCH: &str = "torch==2.11.0";
+/// The pinned pyvene (the lent GPU machines have transformers 5.17.0 but not pyvene).
+pub const PYVENE: &str = "pyvene==0.1.8";
 /// What libtorch_cpu needs besides itself on a CPU-only machine.
 const LEAN_EXTRAS: [&str; 2] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
 /// The CUDA headers `crt/*.h` that `cuda_runtime.h` includes (134 kB, no libraries): with them
@@ -25,7 +27,7 @@ const CUDA_HEADERS: &str = "nvidia-cuda-crt==13.0.88";
 /// The Python reference stack the fixture generator runs on.
 const REFERENCE_STACK: [&str; 6] = [
     "transformers==5.17.0",
-    "pyvene==0.1.8",
+    PYVENE,
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "numpy==2.4.6",
@@ -74,6 +76,24 @@ impl Venv {
                 })
             })
             .unwrap_or(false)
+    }
+
+    /// Downloads one package's wheel, without its dependencies, into `dir`.
+    pub fn pip_download(&self, package: &str, dir: &Path) -> Result {
+        let mut cmd = Command::new(self.python());
+        cmd.args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
+        .arg(dir)
+        .arg(package);
+        run_checked(&mut cmd, &format!("pip download {package}"))
     }
 
     fn pip_install(&self, packages: &[&str], no_deps: bool) -> Result {
