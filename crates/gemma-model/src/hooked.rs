@@ -1,6 +1,6 @@
 //! [`intervene::HookedModel`] for [`Gemma2Model`].
 
-use intervene::{ForwardOptions, HookedModel, Hooks, Paired, SiteCatalog};
+use intervene::{ForwardOptions, HookedModel, Hooks, Paired, SiteCatalog, Stacked};
 use tch::Tensor;
 
 use crate::error::Error;
@@ -58,5 +58,10 @@ impl HookedModel for Gemma2Model {
     ) -> Result<Option<Paired<ModelOutput>>, Error> {
         self.forward_from_paired(input, layer, hidden, options, hooks)
             .map(Some)
+    }
+
+    fn stack_inputs(&self, inputs: &[&Batch]) -> Result<Option<Stacked<Batch>>, Error> {
+        let (input, parts) = Batch::stacked_end_padded(inputs, self.config.pad_token_id)?;
+        Ok(Some(Stacked { input, parts }))
     }
 }

@@ -3,7 +3,7 @@
 
 use intervene::{
     ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Paired, Site, SiteCatalog, SiteInfo,
-    SiteKind,
+    SiteKind, StackedPart,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -94,6 +94,73 @@ impl Batch {
                 None => None,
             },
         })
+    }
+
+    /// `batches` as one batch: their rows one after another, each padded at the end to the
+    /// longest with `pad_id` (attended, position 0: only later padding sees it, and nothing
+    /// reads its outputs). Since no position attends to later ones, each real position is
+    /// computed as in its own batch's call. Also returns where each batch sits.
+    pub fn stacked_end_padded(batches: &[&Batch], pad_id: i64) -> Result<(Self, Vec<StackedPart>)> {
+        let shapes = batches
+            .iter()
+            .map(|b| b.shape())
+            .collect::<Result<Vec<_>>>()?;
+        let width = shapes
+            .iter()
+            .map(|&(_, t)| t)
+            .max()
+            .ok_or_else(|| Error::Input("stacking needs at least one batch".into()))?;
+        let pad_end = |t: &Tensor, value: i64| -> Result<Tensor> {
+            let len = t.size().last().copied().unwrap_or(0);
+            Ok(t.f_pad([0, width - len], "constant", Some(value as f64))?)
+        };
+        // A mask or positions for every part as soon as one part has them.
+        let any_mask = batches.iter().any(|b| b.attention_mask.is_some());
+        let any_positions = batches.iter().any(|b| b.position_ids.is_some());
+        let (mut ids, mut masks, mut positions, mut parts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut first_row = 0;
+        for (batch, &(rows, len)) in batches.iter().zip(&shapes) {
+            let device = batch.input_ids.device();
+            ids.push(pad_end(&batch.input_ids, pad_id)?);
+            if any_mask {
+                let mask = match &batch.attention_mask {
+                    Some(mask) => mask.shallow_clone(),
+                    None => Tensor::f_ones([rows, len], (Kind::Int64, device))?,
+                };
+                masks.push(pad_end(&mask, 1)?);
+            }
+            if any_positions {
+                let own = match &batch.position_ids {
+                    Some(p) => p.f_expand([rows, len], false)?,
+                    None => Tensor::f_arange(len, (Kind::Int64, device))?
+                        .f_expand([rows, len], false)?,
+                };
+                positions.push(pad_end(&own, 0)?);
+            }
+            parts.push(StackedPart {
+                first_row,
+                rows,
+                len,
+            });
+            first_row += rows;
+        }
+        let cat = |parts: &[Tensor]| -> Result<Option<Tensor>> {
+            Ok(match parts {
+                [] => None,
+                _ => Some(Tensor::f_cat(parts, 0)?),
+            })
+        };
+        let input_ids =
+            cat(&ids)?.ok_or_else(|| Error::Input("stacking needs at least one batch".into()))?;
+        Ok((
+            Batch {
+                input_ids,
+                attention_mask: cat(&masks)?,
+                position_ids: cat(&positions)?,
+            },
+            parts,
+        ))
     }
 
     /// `[B, T]`.

@@ -17,12 +17,14 @@
 //! the base run acts at one block output and the clean run is asked for, the clean run stops
 //! there, and its rest and the base run go as one paired model call
 //! ([`HookedModel::forward_hooked_from_paired`]: twice the rows, every later weight read once;
-//! within float rounding of two calls).
+//! within float rounding of two calls). In that case, with one source input in parallel mode,
+//! the source run and the start of the clean run go as one stacked call too
+//! ([`HookedModel::stack_inputs`]): every weight before the hooked layer is read once.
 
 use tch::Tensor;
 
 use crate::component::{pyvene_key, Component, ResolvedComponent};
-use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired};
+use crate::hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired, StackedPart};
 use crate::intervention::{Intervention, InterventionRole, Subspaces};
 use crate::location::{Locations, PerIntervention, RowPositions};
 use crate::select::{cast_to, gather, scatter, IndexCache, Selection};
@@ -310,15 +312,23 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         // and this way the intervened run finds the weights the clean run read last (its final
         // layers, the unembedding) still in cache (0.8 ms of 31 on the CPU `small` shapes).
         let mut runner = self.runner(options, None);
-        self.run_sources(&mut runner, &sources)?;
-        runner.base_phase(self.mode);
         let paired = resume.filter(|&layer| {
             options.output_original_output && self.acts_only_at_output_of(layer - 1, &fopts)
         });
+        // A paired finish needs the clean run only up to the hooked layer, as far as the source
+        // run goes: the two can then run as one stacked call.
+        let prefix = match paired {
+            Some(layer) => self.run_source_with_prefix(base, &sources, layer, &mut runner)?,
+            None => None,
+        };
+        if prefix.is_none() {
+            self.run_sources(&mut runner, &sources)?;
+        }
+        runner.base_phase(self.mode);
         let (original, intervened) = match paired {
             Some(layer) => {
                 let (original, intervened) =
-                    self.run_paired(base, layer, &clean_opts, &fopts, &mut runner)?;
+                    self.run_paired(base, layer, prefix, &clean_opts, &fopts, &mut runner)?;
                 (Some(original), intervened)
             }
             None => {
@@ -367,29 +377,31 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
                 .all(|(_, e)| e.resolved.site == site)
     }
 
-    /// The clean run up to the residual stream entering `layer`, then the rest of it and the
-    /// intervened run as one paired model call from there (the weights from `layer` on are read
-    /// once for both). Returns `(original, intervened)`. A model without the paired form gets
-    /// the two resumed calls instead.
+    /// The clean run up to the residual stream entering `layer` (unless `prefix` already holds
+    /// it), then the rest of it and the intervened run as one paired model call from there (the
+    /// weights from `layer` on are read once for both). Returns `(original, intervened)`. A
+    /// model without the paired form gets the two resumed calls instead.
     fn run_paired(
         &self,
         base: &M::Input,
         layer: usize,
+        prefix: Option<Tensor>,
         clean: &ForwardOptions,
         intervened: &ForwardOptions,
         runner: &mut Runner<'_>,
     ) -> Result<(M::Output, M::Output)> {
-        let mut recorder = Recorder::new(Some(layer));
-        let prefix = ForwardOptions {
-            stop_after_layer: Some(layer - 1),
-            ..*clean
+        let hidden = match prefix {
+            Some(hidden) => hidden,
+            None => {
+                let mut recorder = Recorder::new(Some(layer));
+                let prefix = ForwardOptions {
+                    stop_after_layer: Some(layer - 1),
+                    ..*clean
+                };
+                self.run_forward(base, &prefix, &mut recorder)?;
+                recorder.entering(layer)?
+            }
         };
-        self.run_forward(base, &prefix, &mut recorder)?;
-        let (_, hidden) = recorder.take().ok_or_else(|| {
-            Error::Invalid(format!(
-                "the clean run never reached the input of layer {layer}"
-            ))
-        })?;
         let paired = self.model.forward_hooked_from_paired(
             base,
             layer,
@@ -590,30 +602,101 @@ impl<'m, M: HookedModel> IntervenableModel<'m, M> {
         }
     }
 
+    /// Parallel mode's source runs: each distinct source input with the interventions that
+    /// read it, in config order.
+    fn source_groups<'s>(
+        &self,
+        sources: &Sources<'s, M::Input>,
+    ) -> Result<Vec<(&'s M::Input, Vec<usize>)>> {
+        let mut groups: Vec<(&M::Input, Vec<usize>)> = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.intervention.role() != InterventionRole::NeedsSource {
+                continue;
+            }
+            let src = sources.get(i).ok_or_else(|| Error::MissingSource {
+                intervention: e.key.clone(),
+            })?;
+            match groups.iter_mut().find(|(s, _)| std::ptr::eq(*s, src)) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((src, vec![i])),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The deepest layer the interventions `members` read their source at.
+    fn deepest_site(&self, members: &[usize]) -> Option<usize> {
+        members
+            .iter()
+            .map(|&i| self.entries[i].resolved.site.layer)
+            .max()
+    }
+
+    /// The source run and the clean base run up to the residual stream entering `layer`, as
+    /// one stacked call ([`HookedModel::stack_inputs`]): in parallel mode with a single source
+    /// input read no deeper than `layer - 1`, when the model can stack. Returns that residual
+    /// stream (the source slices are kept in `runner`), or `None` when nothing was run.
+    fn run_source_with_prefix(
+        &self,
+        base: &M::Input,
+        sources: &Sources<'_, M::Input>,
+        layer: usize,
+        runner: &mut Runner<'_>,
+    ) -> Result<Option<Tensor>> {
+        if self.mode != Mode::Parallel {
+            return Ok(None);
+        }
+        let groups = self.source_groups(sources)?;
+        let [(source, members)] = groups.as_slice() else {
+            return Ok(None);
+        };
+        if self
+            .deepest_site(members)
+            .is_none_or(|deepest| deepest >= layer)
+        {
+            return Ok(None);
+        }
+        let stacked = match self.model.stack_inputs(&[base, *source]) {
+            Ok(Some(stacked)) => stacked,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::Model(Box::new(e))),
+        };
+        let [base_part, source_part] = stacked.parts.as_slice() else {
+            return Err(Error::Invalid(format!(
+                "the model stacked 2 inputs into {} parts",
+                stacked.parts.len()
+            )));
+        };
+        runner.source_phase(None, members);
+        let mut recorder = Recorder::new(Some(layer));
+        let mut split = SplitHooks {
+            parts: [
+                (*base_part, &mut recorder as &mut dyn Hooks),
+                (*source_part, runner.as_hooks()),
+            ],
+        };
+        let options = ForwardOptions {
+            stop_after_layer: Some(layer - 1),
+            ..ForwardOptions::default()
+        };
+        let result = self
+            .model
+            .forward_hooked(&stacked.input, &options, &mut split);
+        finish(result, runner)?;
+        for &i in members {
+            runner.keep_gathered(i)?;
+        }
+        recorder.entering(layer).map(Some)
+    }
+
     fn run_sources(&self, runner: &mut Runner<'_>, sources: &Sources<'_, M::Input>) -> Result<()> {
         let n = self.entries.len();
         match self.mode {
             Mode::Parallel => {
                 // One forward per distinct source input, gathering for every interchange it feeds.
-                let mut groups: Vec<(&M::Input, Vec<usize>)> = Vec::new();
-                for (i, e) in self.entries.iter().enumerate() {
-                    if e.intervention.role() != InterventionRole::NeedsSource {
-                        continue;
-                    }
-                    let src = sources.get(i).ok_or_else(|| Error::MissingSource {
-                        intervention: e.key.clone(),
-                    })?;
-                    match groups.iter_mut().find(|(s, _)| std::ptr::eq(*s, src)) {
-                        Some((_, v)) => v.push(i),
-                        None => groups.push((src, vec![i])),
-                    }
-                }
-                for (src, members) in groups {
+                for (src, members) in self.source_groups(sources)? {
                     runner.source_phase(None, &members);
-                    let stop = members
-                        .iter()
-                        .map(|&i| self.entries[i].resolved.site.layer)
-                        .max();
+                    let stop = self.deepest_site(&members);
                     self.run_forward(
                         src,
                         &ForwardOptions {
@@ -748,6 +831,15 @@ impl Recorder {
     fn take(self) -> Option<(usize, Tensor)> {
         Some((self.site?.layer + 1, self.hidden?))
     }
+
+    /// The residual stream entering `layer`, which the run must have reached.
+    fn entering(self, layer: usize) -> Result<Tensor> {
+        self.take().map(|(_, hidden)| hidden).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the clean run never reached the input of layer {layer}"
+            ))
+        })
+    }
 }
 
 impl Hooks for Recorder {
@@ -768,6 +860,47 @@ impl HookErrors for Recorder {
     }
     fn take_error(&mut self) -> Option<Error> {
         None
+    }
+}
+
+/// Hooks for a stacked call ([`HookedModel::stack_inputs`]): each part's hooks see only its
+/// own rows and positions, as in that input's own call.
+struct SplitHooks<'h, const N: usize> {
+    parts: [(StackedPart, &'h mut dyn Hooks); N],
+}
+
+impl<const N: usize> Hooks for SplitHooks<'_, N> {
+    fn begin_forward(&mut self, info: &ForwardInfo) -> Result<(), Error> {
+        for (part, hooks) in &mut self.parts {
+            hooks.begin_forward(&ForwardInfo {
+                batch: part.rows,
+                chunk_len: part.len.min(info.chunk_len),
+                past_len: info.past_len,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        self.parts.iter().any(|(_, hooks)| hooks.wants(site))
+    }
+
+    fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), Error> {
+        for (part, hooks) in &mut self.parts {
+            if !hooks.wants(site) {
+                continue;
+            }
+            let mut view = activation
+                .f_narrow(0, part.first_row, part.rows)?
+                .f_narrow(1, 0, part.len)?;
+            let mut seen = view.shallow_clone();
+            hooks.visit(site, &mut seen)?;
+            // A hook that assigned a new tensor rather than writing into the view: write it back.
+            if seen.data_ptr() != view.data_ptr() {
+                view.f_copy_(&seen)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -89,6 +89,27 @@ pub struct Paired<O> {
     pub plain: O,
 }
 
+/// Where one input sits in a [`Stacked`] batch: its rows, and its own number of positions
+/// (the stack's later positions in those rows are padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackedPart {
+    /// The first of the input's rows in the stack.
+    pub first_row: i64,
+    /// How many rows the input has.
+    pub rows: i64,
+    /// How many positions the input has.
+    pub len: i64,
+}
+
+/// Several inputs as one batch ([`HookedModel::stack_inputs`]).
+#[derive(Debug)]
+pub struct Stacked<I> {
+    /// The batch.
+    pub input: I,
+    /// Where each input sits in it, in the order given.
+    pub parts: Vec<StackedPart>,
+}
+
 /// A model the intervention graph can drive.
 ///
 /// The associated types keep this crate free of any model: `gemma-model` implements it with
@@ -161,6 +182,21 @@ pub trait HookedModel {
         hooks: &mut dyn Hooks,
     ) -> Result<Option<Paired<Self::Output>>, Self::Error> {
         let _ = (input, layer, hidden, options, hooks);
+        Ok(None)
+    }
+
+    /// `inputs` as one batch for a single forward call: each input's rows after the previous
+    /// one's, each padded at the end to the longest. In a causal model no position attends to
+    /// positions after it, so every real position of the batch is computed as in the input's
+    /// own call (within float rounding: the products run over more rows). The graph uses it to
+    /// run an interchange's source and the start of its clean run together, reading the
+    /// weights before the hooked layer once. `None` (the default): not supported, the caller
+    /// makes one call per input.
+    fn stack_inputs(
+        &self,
+        inputs: &[&Self::Input],
+    ) -> Result<Option<Stacked<Self::Input>>, Self::Error> {
+        let _ = inputs;
         Ok(None)
     }
 }

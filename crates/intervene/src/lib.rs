@@ -209,7 +209,9 @@ pub use error::Error;
 pub use graph::{
     CallOptions, IntervenableModel, IntervenableOutput, Mode, RepresentationConfig, Sources,
 };
-pub use hooks::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired};
+pub use hooks::{
+    ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired, Stacked, StackedPart,
+};
 pub use intervention::{Intervention, InterventionRole, Subspaces};
 pub use location::{Locations, PerIntervention, RowPositions};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};

@@ -463,6 +463,90 @@ fn vanilla_pairs_copy_source_positions_into_base_positions() -> R {
     Ok(())
 }
 
+/// With a model that stacks, an interchange with the clean run makes its source run and the
+/// start of the clean run one call (rows of both, end-padded to the longer), with the same
+/// results as separate calls: exactly, in this position-wise model.
+#[test]
+fn interchange_runs_source_and_clean_prefix_as_one_stacked_call() -> R {
+    let longer_source = Input::new(&[&[2, 13, 14, 15, 1, 9, 9], &[2, 12, 10, 1, 0, 3, 4]]);
+    let shorter_source = Input::new(&[&[2, 13, 14], &[2, 12, 10]]);
+    for (src, src_len) in [(&src2(), 5), (&longer_source, 7), (&shorter_source, 3)] {
+        let run = |m: &Mock| -> Result<_, Box<dyn std::error::Error>> {
+            let pv = IntervenableModel::new(
+                m,
+                vec![Rc::new(out0(), Vanilla::new()), Rc::new(out0(), Collect)],
+            )?;
+            let opts = CallOptions::new()
+                .locations_each(vec![
+                    Locations::pairs_per_row(
+                        vec![vec![1, 2], vec![0, 1]],
+                        vec![vec![3, 0], vec![-1, 2]],
+                    ),
+                    Locations::all(),
+                ])
+                .output_original_output(true);
+            Ok(pv.forward(&base2(), Sources::Shared(src), &opts)?)
+        };
+        let (separate, stacking) = (Mock::new(Kind::Float), Mock::stacking(Kind::Float));
+        let (want, got) = (run(&separate)?, run(&stacking)?);
+        assert_close(logits(&got.intervened), logits(&want.intervened), 0.0);
+        assert_close(
+            logits(got.original.as_ref().unwrap()),
+            logits(want.original.as_ref().unwrap()),
+            0.0,
+        );
+        assert_eq!(got.collected.len(), 1);
+        assert_close(&got.collected[0], &want.collected[0], 0.0);
+        let (read, wanted) = (
+            got.source_slices[0].as_ref(),
+            want.source_slices[0].as_ref(),
+        );
+        assert_close(
+            read.expect("a source slice"),
+            wanted.expect("a source slice"),
+            0.0,
+        );
+        // Separate: source, clean prefix, clean rest, intervened (the mock resumes nothing).
+        // Stacked: one call of 4 rows as long as the longer input, stopped after the hooked
+        // layer, then the same two.
+        assert_eq!(separate.n_calls(), 4);
+        let calls = stacking.calls.borrow();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!((calls[0].batch, calls[0].chunk_len), (4, src_len.max(5)));
+        assert_eq!(calls[0].stop_after_layer, Some(0));
+        assert_eq!(calls[1].stop_after_layer, None);
+    }
+    Ok(())
+}
+
+/// Positions past the end of a stacked part are refused as in the input's own call, naming
+/// the input's length, not the padded one.
+#[test]
+fn stacked_source_positions_are_checked_against_the_source_length() -> R {
+    let shorter_source = Input::new(&[&[2, 13, 14], &[2, 12, 10]]);
+    for m in [Mock::new(Kind::Float), Mock::stacking(Kind::Float)] {
+        let pv = IntervenableModel::new(&m, vec![Rc::new(out0(), Vanilla::new())])?;
+        let opts = CallOptions::new()
+            .locations(Locations::pair(4, 1))
+            .output_original_output(true);
+        let err = pv
+            .forward(&base2(), Sources::Shared(&shorter_source), &opts)
+            .expect_err("source position 4 of 3 is refused");
+        assert!(
+            matches!(
+                err,
+                Error::PositionOutOfRange {
+                    position: 4,
+                    len: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn vanilla_with_subspaces_swaps_only_those_dims() -> R {
     let m = Mock::new(Kind::Float);

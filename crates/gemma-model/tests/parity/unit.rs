@@ -544,6 +544,61 @@ fn resumed_forward_is_the_full_forward() {
 
 /// At a decode step queries and keys are rotated together unless a hook reads or replaces
 /// them; both ways give the same logits, bit for bit (f32 and bf16).
+/// Batches stacked end-padded (how the intervention graph runs an interchange's source with
+/// the start of its clean run) compute every position of each batch as its own call does,
+/// within the rounding of products over more rows: unpadded and left-padded batches (their
+/// real positions), given positions, longer than the sliding window (8), the longer batch
+/// first or last.
+#[test]
+fn stacked_batches_compute_as_their_own_calls() {
+    use gemma_model::Batch;
+    let model =
+        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 5, Kind::Float, Device::Cpu)
+            .expect("random");
+    let long = Batch::from_ids(&[2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
+    let short = Batch::from_ids(&[2, 30, 31]);
+    let padded = Batch::left_padded(&[vec![2, 40, 41, 42, 43], vec![2, 50]], 0).expect("batch");
+    let positioned = Batch::from_ids(&[2, 60, 61, 62])
+        .with_position_ids(Tensor::from_slice(&[3i64, 4, 5, 6]).unsqueeze(0));
+    let opts = intervene::ForwardOptions::default();
+    let groups: [&[&Batch]; 4] = [
+        &[&long, &short],
+        &[&short, &long],
+        &[&padded, &long],
+        &[&positioned, &short, &padded],
+    ];
+    for (g, group) in groups.iter().enumerate() {
+        let (stacked, parts) = Batch::stacked_end_padded(group, 0).expect("stacked");
+        let together = model
+            .forward_with(&stacked, &opts, &mut intervene::NoHooks)
+            .expect("stacked forward");
+        let together = together.logits.expect("logits");
+        assert_eq!(parts.len(), group.len());
+        for (batch, part) in group.iter().zip(&parts) {
+            let alone = model
+                .forward_with(batch, &opts, &mut intervene::NoHooks)
+                .expect("own forward")
+                .logits
+                .expect("logits");
+            let mine = together
+                .narrow(0, part.first_row, part.rows)
+                .narrow(1, 0, part.len);
+            assert_eq!(mine.size(), alone.size(), "group {g}");
+            // Real positions only: a left-padded row's padding attends to nothing, and what
+            // it computes then depends on the row's length.
+            let real = match &batch.attention_mask {
+                Some(mask) => mask.unsqueeze(-1).to_kind(Kind::Float),
+                None => Tensor::ones_like(&alone),
+            };
+            let diff = ((&mine - &alone).abs() * real).max().double_value(&[]);
+            assert!(
+                diff < 1e-5,
+                "group {g}: stacked differs from alone by {diff}"
+            );
+        }
+    }
+}
+
 #[test]
 fn hooking_queries_and_keys_changes_nothing_by_itself() {
     struct ReadQk(usize);

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use intervene::{
     ForwardInfo, ForwardOptions, HookPoint, HookedModel, Hooks, Site, SiteCatalog, SiteInfo,
-    SiteKind,
+    SiteKind, Stacked, StackedPart,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -55,6 +55,8 @@ pub struct Mock {
     pub calls: RefCell<Vec<CallRecord>>,
     /// What each generation's hooks answered to `decode_steps_replayable`.
     pub replayable: RefCell<Vec<bool>>,
+    /// Whether `stack_inputs` stacks (end-padded with token 0) or declines.
+    pub stacks: bool,
 }
 
 /// Token ids `[B, S]`.
@@ -98,6 +100,15 @@ impl Mock {
             unembed,
             calls: RefCell::new(Vec::new()),
             replayable: RefCell::new(Vec::new()),
+            stacks: false,
+        }
+    }
+
+    /// The same model, stacking inputs when the graph asks.
+    pub fn stacking(kind: Kind) -> Self {
+        Mock {
+            stacks: true,
+            ..Mock::new(kind)
         }
     }
 
@@ -219,6 +230,34 @@ impl HookedModel for Mock {
         hooks: &mut dyn Hooks,
     ) -> Result<Option<Tensor>, MockError> {
         self.run(&input.0, 0, options, hooks)
+    }
+
+    fn stack_inputs(&self, inputs: &[&Input]) -> Result<Option<Stacked<Input>>, MockError> {
+        if !self.stacks {
+            return Ok(None);
+        }
+        let width = inputs.iter().map(|i| i.0.size()[1]).max().unwrap_or(0);
+        let mut parts = Vec::new();
+        let mut first_row = 0;
+        let padded: Vec<Tensor> = inputs
+            .iter()
+            .map(|i| {
+                let [rows, len] = i.0.size()[..] else {
+                    unreachable!("inputs are [B, S]")
+                };
+                parts.push(StackedPart {
+                    first_row,
+                    rows,
+                    len,
+                });
+                first_row += rows;
+                i.0.pad([0, width - len], "constant", Some(0.0))
+            })
+            .collect();
+        Ok(Some(Stacked {
+            input: Input(Tensor::cat(&padded, 0)),
+            parts,
+        }))
     }
 
     /// Greedy; the prompt call, then one call per new token over that token only (the last
