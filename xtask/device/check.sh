@@ -118,6 +118,9 @@ for model in tiny-f32 tiny-bf16-sharded; do
         cli_case "$model $dtype patch" "$m" "$sae" patch --dtype $dtype --source-pos 9 --base-pos -1 \
             --latent 183 --top-k 5 --base "$BASE" --source "$PROMPT"
         cli_case "$model $dtype eval" "$m" "$sae" eval --dtype $dtype --prompt "$PROMPT" --prompt "$BASE"
+        # Ranks can swap between near-equal bf16 values, so the examples' places only in f32.
+        [ "$dtype" = f32 ] && cli_case "$model $dtype top" "$m" "$sae" top --dtype $dtype --latent 51 \
+            --latent 183 --top-k 3 --batch 2 --prompt "$PROMPT" --prompt "$BASE" --prompt "Dogs are loyal friends."
     done
 done
 python3 - "$OUT/cli.jsonl" "$DEVICE" <<'PY'

@@ -9,6 +9,7 @@ use crate::{cargo, project_root, run_checked, setup, Failure, Result};
 /// The tutorial's prompt; the fixture tokenizer was trained on text containing its words.
 const PROMPT: &str = "Would you be able to travel through time using a wormhole?";
 const BASE: &str = "Physics says time-travel through a wormhole needs enormous energy.";
+const THIRD: &str = "Dogs are loyal friends, and my dog loves to travel.";
 
 /// One demo step: a title and the `scope` arguments.
 struct Step {
@@ -119,6 +120,15 @@ fn steps(model: &Path, sae: &Path) -> Vec<Step> {
             "6. how well the SAE reconstructs the model on two texts",
             "eval --model MODEL --sae SAE",
             &[("--prompt", PROMPT), ("--prompt", BASE)],
+        ),
+        step(
+            "7. where latents 183 and 51 fire most over three texts (a dashboard's examples)",
+            "top --model MODEL --sae SAE --latent 183 --latent 51 --top-k 3 --context 5",
+            &[
+                ("--prompt", PROMPT),
+                ("--prompt", BASE),
+                ("--prompt", THIRD),
+            ],
         ),
     ]
 }

@@ -51,6 +51,11 @@
 //! [`Sae::logit_lens`]: `W_U · W_dec[i]` through the (tied) unembedding, no final norm, no
 //! soft-cap; top promoted and suppressed tokens with scores.
 //!
+//! # Top examples
+//!
+//! [`TopExamples`]: the `k` (text, position) pairs where each of some latents fires most over
+//! many texts, fed one batch of latents at a time (a feature dashboard's examples).
+//!
 //! # Interventions
 //!
 //! [`JumpReluInterchange`] (pyvene's `JumpReLUAutoencoderIntervention`: the base becomes
@@ -101,6 +106,7 @@ pub mod load;
 pub mod metrics;
 pub mod name;
 mod sae;
+pub mod top_examples;
 
 pub use error::{Error, Result};
 pub use hub::{resolve, HubOptions, ResolvedSae, SaeFormat};
@@ -109,3 +115,4 @@ pub use lens::LogitLens;
 pub use metrics::{splice_metrics, ReconstructionMetrics, SpliceHooks, SpliceMetrics};
 pub use name::{canonical_lookup, CanonicalEntry, SaeFamily, SaeName, SiteHint};
 pub use sae::{Sae, SaeInfo, TopK};
+pub use top_examples::{Example, TopExamples};

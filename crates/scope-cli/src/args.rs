@@ -27,6 +27,8 @@ pub enum Command {
     /// How well the SAE reconstructs the model on some text: L0, MSE, explained variance, and the
     /// change in next-token loss and the KL when it is spliced in.
     Eval(EvalArgs),
+    /// The texts and tokens where some latents fire most (a feature dashboard's examples).
+    Top(TopArgs),
     /// Fetch a model and/or an SAE into the Hugging Face cache.
     Download(DownloadArgs),
 }
@@ -206,6 +208,37 @@ pub struct EvalArgs {
     /// A latent counts towards L0 when its activation is above this (SAELens uses 0).
     #[arg(long, default_value_t = 0.0)]
     pub threshold: f64,
+}
+
+/// `scope top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// A latent to find examples of (repeatable).
+    #[arg(long = "latent", required = true)]
+    pub latents: Vec<i64>,
+    /// A text to search (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// A UTF-8 file of texts to search, one per line (blank lines are skipped).
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// How many examples to keep per latent.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: i64,
+    /// How many tokens of context to show before an example's token (two are shown after).
+    #[arg(long, default_value_t = 8)]
+    pub context: usize,
+    /// How many texts go through the model per call (end-padded to the longest of them).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Count the `<bos>` position too (skipped by default: its residual stream is an outlier
+    /// that many latents fire on).
+    #[arg(long)]
+    pub include_bos: bool,
 }
 
 /// `scope download`.

@@ -9,11 +9,12 @@ use tch::{Kind, Tensor};
 
 use crate::args::{
     DownloadArgs, EvalArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs,
-    SteerArgs,
+    SteerArgs, TopArgs,
 };
 use crate::output::{
-    print_json, DownloadReport, EvalReport, ExplainReport, GenerateReport, LatentValue,
-    LatentsReport, PatchReport, SteeringReport, TokenDiff, TokenScore,
+    print_json, DownloadReport, EvalReport, ExplainReport, GenerateReport, LatentExamples,
+    LatentValue, LatentsReport, PatchReport, SteeringReport, TokenDiff, TokenScore, TopExample,
+    TopReport,
 };
 use crate::session::{generation_config, resolve_position, LoadedSae, Session};
 
@@ -390,6 +391,132 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         report.print_table();
         Ok(())
     }
+}
+
+/// `scope top`.
+pub fn top(args: &TopArgs) -> Result<()> {
+    let session = Session::open(&args.model)?;
+    let loaded = LoadedSae::open(&args.sae, &session)?;
+    if args.top_k < 1 {
+        bail!("--top-k must be at least 1, got {}", args.top_k);
+    }
+    if args.batch < 1 {
+        bail!("--batch must be at least 1, got {}", args.batch);
+    }
+    for &latent in &args.latents {
+        loaded.check_latent(latent)?;
+    }
+    let texts = top_texts(args)?;
+    let ids = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            session
+                .encode_prompt(text, false)
+                .with_context(|| format!("text {i}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let graph = IntervenableModel::new(
+        &session.model,
+        vec![RepresentationConfig::new(
+            loaded.component(),
+            sae::EncodeCollect::new(&loaded.sae),
+        )],
+    )?;
+    let options = CallOptions::new().collect_only_stop_early(true);
+    let skip = if args.include_bos { 0 } else { 1 };
+    let mut top = sae::TopExamples::new(&args.latents, args.top_k as usize);
+    for chunk in ids.chunks(args.batch) {
+        // End-padded: each text's positions compute as in its own call (no position attends
+        // to a later one), so the batch size changes no activation beyond rounding.
+        let rows: Vec<Batch> = chunk.iter().map(|row| Batch::from_ids(row)).collect();
+        let refs: Vec<&Batch> = rows.iter().collect();
+        let (batch, _) = Batch::stacked_end_padded(&refs, session.model.config().pad_token_id)?;
+        let out = graph.forward(&batch, Sources::None, &options)?;
+        let acts = out
+            .collected
+            .first()
+            .context("the collect intervention returned nothing")?;
+        let lens: Vec<i64> = chunk.iter().map(|row| row.len() as i64).collect();
+        top.update(acts, &lens, skip)?;
+    }
+    let report = TopReport {
+        layer: loaded.site.layer,
+        texts: top.texts(),
+        tokens: top.tokens(),
+        latents: top
+            .latents()
+            .iter()
+            .enumerate()
+            .map(|(i, &latent)| {
+                let examples = top
+                    .examples(i)
+                    .iter()
+                    .map(|e| top_example(&session, &ids[e.text], e, args.context))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(LatentExamples { latent, examples })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if args.model.json {
+        print_json(&report)
+    } else {
+        report.print_table();
+        Ok(())
+    }
+}
+
+/// The texts of `scope top`: the `--prompt`s, then the file's non-blank lines.
+fn top_texts(args: &TopArgs) -> Result<Vec<String>> {
+    let mut texts = args.prompts.clone();
+    if let Some(path) = &args.file {
+        let content = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the texts file {}", path.display()))?;
+        texts.extend(
+            content
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    if texts.is_empty() {
+        bail!("no texts to search: give --prompt (repeatable) or --file");
+    }
+    Ok(texts)
+}
+
+/// One example with its token and the tokens around it.
+fn top_example(
+    session: &Session,
+    ids: &[i64],
+    example: &sae::Example,
+    context: usize,
+) -> Result<TopExample> {
+    let at = example.position;
+    let start = at.saturating_sub(context);
+    let end = (at + 3).min(ids.len());
+    let tokens = session.token_strings(ids.get(start..end).unwrap_or_default())?;
+    let mut shown = String::new();
+    for (offset, token) in tokens.iter().enumerate() {
+        let token = token.replace('\n', "\\n");
+        if start + offset == at {
+            shown.push_str(&format!("[[{token}]]"));
+        } else {
+            shown.push_str(&token);
+        }
+    }
+    let (token_id, token) = ids
+        .get(at)
+        .zip(tokens.get(at - start))
+        .with_context(|| format!("position {at} is past the end of text {}", example.text))?;
+    Ok(TopExample {
+        text: example.text,
+        position: at,
+        token_id: *token_id,
+        token: token.clone(),
+        value: f64::from(example.value),
+        context: shown,
+    })
 }
 
 /// `scope download`.

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Patch(a) => commands::patch(&a),
         Command::Explain(a) => commands::explain(&a),
         Command::Eval(a) => commands::eval(&a),
+        Command::Top(a) => commands::top(&a),
         Command::Download(a) => commands::download(&a),
     };
     match outcome {

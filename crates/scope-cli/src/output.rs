@@ -275,3 +275,66 @@ impl ExplainReport {
         }
     }
 }
+
+/// One example of a latent firing (`scope top`).
+#[derive(Debug, Serialize)]
+pub struct TopExample {
+    /// The text's index, in the order given (`--prompt`s first, then the file's lines).
+    pub text: usize,
+    /// The token position in that text (0 is `<bos>`).
+    pub position: usize,
+    /// The token there.
+    pub token_id: i64,
+    /// The token as a string.
+    pub token: String,
+    /// The latent's activation there.
+    pub value: f64,
+    /// The tokens around it, the example's token in `[[ ]]`.
+    pub context: String,
+}
+
+/// One latent's examples (`scope top`).
+#[derive(Debug, Serialize)]
+pub struct LatentExamples {
+    /// The latent.
+    pub latent: i64,
+    /// Its strongest activations, best first; empty when it never fired.
+    pub examples: Vec<TopExample>,
+}
+
+/// `scope top`.
+#[derive(Debug, Serialize)]
+pub struct TopReport {
+    /// The layer the SAE reads.
+    pub layer: usize,
+    /// How many texts were searched.
+    pub texts: usize,
+    /// How many token positions were searched (without `<bos>` unless asked for).
+    pub tokens: usize,
+    /// Per latent, in the order asked for.
+    pub latents: Vec<LatentExamples>,
+}
+
+impl TopReport {
+    /// The readable form.
+    pub fn print_table(&self) {
+        println!(
+            "layer {} residual: strongest activations over {} texts ({} tokens)",
+            self.layer, self.texts, self.tokens
+        );
+        for latent in &self.latents {
+            println!("latent {}:", latent.latent);
+            if latent.examples.is_empty() {
+                println!("  never fired on these texts");
+                continue;
+            }
+            println!("  {:>10}  {:>5}  {:>4}  context", "value", "text", "pos");
+            for e in &latent.examples {
+                println!(
+                    "  {:>10.4}  {:>5}  {:>4}  {}",
+                    e.value, e.text, e.position, e.context
+                );
+            }
+        }
+    }
+}

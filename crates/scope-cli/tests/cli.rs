@@ -161,6 +161,141 @@ fn latents_match_the_sae_fixture() {
 
 /// `--sae-dtype bf16` runs the SAE in bf16: the same tokens, per-token L0 close to the f32
 /// SAE's (latents near the threshold may flip), the strongest latent of most tokens the same.
+/// The strongest examples of some latents by brute force over the Python reference's
+/// per-prompt latents: (text, position, value), best first, positions before `skip` left out.
+fn reference_top(
+    acts: &[Vec<Vec<f64>>],
+    latent: usize,
+    skip: usize,
+    k: usize,
+) -> Vec<(usize, usize, f64)> {
+    let mut all: Vec<(usize, usize, f64)> = acts
+        .iter()
+        .enumerate()
+        .flat_map(|(text, rows)| {
+            rows.iter()
+                .enumerate()
+                .skip(skip)
+                .map(move |(pos, row)| (text, pos, row[latent]))
+        })
+        .filter(|&(_, _, v)| v > 0.0)
+        .collect();
+    all.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    all.truncate(k);
+    all
+}
+
+/// `scope top` over the fixture's prompts (batches of several texts, end-padded) finds the
+/// strongest activations the Python reference (HF + the JumpReLU encoder, one prompt at a time)
+/// has: the same values rank by rank, and each reported (text, position) holds that value in
+/// the reference. From `--prompt`s without `<bos>`, and from a file with it.
+#[test]
+fn top_examples_match_the_sae_fixture() {
+    let expected = read_json("expected/tiny-f32/sae.json");
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let prompts: Vec<String> = expected["per_prompt"]
+        .as_array()
+        .expect("per_prompt")
+        .iter()
+        .map(|p| p["prompt"].as_str().expect("prompt").to_string())
+        .collect();
+    let acts: Vec<Vec<Vec<f64>>> = (0..prompts.len())
+        .map(|i| {
+            let t = read_tensor("expected/tiny-f32/sae.safetensors", &format!("p{i}.acts"));
+            Vec::<Vec<f64>>::try_from(t.to_kind(tch::Kind::Double)).expect("[T, d_sae]")
+        })
+        .collect();
+    // The first prompt's strongest latents, and one that never fires after <bos>.
+    let mut latents: Vec<i64> = Vec::new();
+    for l in ints(&expected["per_prompt"][0]["argmax"])
+        .into_iter()
+        .skip(1)
+    {
+        if !latents.contains(&l) && latents.len() < 3 {
+            latents.push(l);
+        }
+    }
+    let silent = (0..256usize)
+        .find(|&l| reference_top(&acts, l, 1, 1).is_empty())
+        .map(|l| l as i64);
+    latents.extend(silent);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("texts.txt");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n\n{}\n",
+            prompts[..2].join("\n"),
+            prompts[2..].join("\n")
+        ),
+    )
+    .expect("texts file");
+    let file = file.display().to_string();
+    let latent_flags: Vec<String> = latents
+        .iter()
+        .flat_map(|l| ["--latent".to_string(), l.to_string()])
+        .collect();
+    let mut worst = 0.0f64;
+    let k = 4;
+    for (skip, source) in [(1usize, "prompts"), (0, "file")] {
+        let mut args: Vec<String> = [
+            "top", "--model", &model, "--sae", &sae, "--top-k", "4", "--batch", "3",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(latent_flags.iter().cloned());
+        if source == "file" {
+            args.extend([
+                "--file".to_string(),
+                file.clone(),
+                "--include-bos".to_string(),
+            ]);
+        } else {
+            args.extend(
+                prompts
+                    .iter()
+                    .flat_map(|p| ["--prompt".to_string(), p.clone()]),
+            );
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = scope_json(&refs);
+        assert_eq!(out["texts"].as_u64(), Some(prompts.len() as u64));
+        let tokens: usize = acts.iter().map(|a| a.len() - skip).sum();
+        assert_eq!(out["tokens"].as_u64(), Some(tokens as u64), "{source}");
+        for (i, &latent) in latents.iter().enumerate() {
+            let got = &out["latents"][i];
+            assert_eq!(got["latent"].as_i64(), Some(latent));
+            let got = got["examples"].as_array().expect("examples");
+            let want = reference_top(&acts, latent as usize, skip, k);
+            assert_eq!(got.len(), want.len(), "{source}: latent {latent}");
+            for (g, w) in got.iter().zip(&want) {
+                let value = g["value"].as_f64().expect("value");
+                let (text, pos) = (
+                    g["text"].as_u64().expect("text") as usize,
+                    g["position"].as_u64().expect("position") as usize,
+                );
+                let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1.0);
+                worst = worst
+                    .max(rel(value, w.2))
+                    .max(rel(value, acts[text][pos][latent as usize]));
+                assert!(pos >= skip, "{source}: <bos> reported for latent {latent}");
+                let token = ints(&expected["per_prompt"][text]["input_ids"])[pos];
+                assert_eq!(g["token_id"].as_i64(), Some(token));
+                assert!(g["context"].as_str().expect("context").contains("[["));
+            }
+        }
+    }
+    assert!(
+        silent.is_some(),
+        "the fixture SAE has a latent that never fires"
+    );
+    parity(
+        "cli top examples: values and places (tiny-f32, rel.)",
+        1e-4,
+        worst,
+    );
+}
+
 #[test]
 fn latents_with_a_bf16_sae_stay_close_to_f32() {
     let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
@@ -472,6 +607,26 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
         1,
         "latent 9999",
     );
+    let top = ["top", "--model", &model, "--sae", &sae, "--device", "cpu"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        top.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    for (extra, needle) in [
+        (&["--latent", "3"][..], "no texts"),
+        (&["--latent", "300", "--prompt", prompt][..], "latent 300"),
+        (
+            &["--latent", "3", "--prompt", prompt, "--batch", "0"][..],
+            "--batch",
+        ),
+        (
+            &["--latent", "3", "--file", "/no/such/texts.txt"][..],
+            "/no/such/texts.txt",
+        ),
+    ] {
+        let args = with(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        rejects(&refs, 1, needle);
+    }
     rejects(
         &[
             "patch",
