@@ -197,6 +197,7 @@ pub mod graph;
 pub mod hooks;
 pub mod intervention;
 pub mod location;
+mod runner;
 mod select;
 pub mod site;
 
