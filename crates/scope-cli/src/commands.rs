@@ -426,6 +426,8 @@ pub fn top(args: &TopArgs) -> Result<()> {
     let options = CallOptions::new().collect_only_stop_early(true);
     let skip = if args.include_bos { 0 } else { 1 };
     let mut top = sae::TopExamples::new(&args.latents, args.top_k as usize);
+    // On stderr, and only when it is a terminal.
+    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_message("texts");
     for chunk in ids.chunks(args.batch) {
         // End-padded: each text's positions compute as in its own call (no position attends
         // to a later one), so the batch size changes no activation beyond rounding.
@@ -439,7 +441,9 @@ pub fn top(args: &TopArgs) -> Result<()> {
             .context("the collect intervention returned nothing")?;
         let lens: Vec<i64> = chunk.iter().map(|row| row.len() as i64).collect();
         top.update(acts, &lens, skip)?;
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     let report = TopReport {
         layer: loaded.site.layer,
         texts: top.texts(),
