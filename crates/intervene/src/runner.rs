@@ -110,8 +110,8 @@ impl HookErrors for Recorder {
     }
 }
 
-/// Hooks for a stacked call ([`HookedModel::stack_inputs`]): each part's hooks see only its
-/// own rows and positions, as in that input's own call.
+/// Hooks for a stacked call ([`stack_inputs`](crate::HookedModel::stack_inputs)): each part's
+/// hooks see only its own rows and positions, as in that input's own call.
 pub(crate) struct SplitHooks<'h, const N: usize> {
     pub(crate) parts: [(StackedPart, &'h mut dyn Hooks); N],
 }
