@@ -80,6 +80,11 @@ impl Race {
                 "--new" => race.new = value,
                 "--reps" => race.reps = value,
                 "--race" => race.race_bin = Some(existing_file(flag, &value)?),
+                // A bare name is looked up on PATH; a path is made absolute (not resolved: a
+                // virtual environment's python is a link that must stay one).
+                "--python" if value.contains('/') => {
+                    race.python = Some(absolute(flag, std::path::Path::new(&value))?)
+                }
                 "--python" => race.python = Some(PathBuf::from(value)),
                 "--peer" => race.peer = Some(existing_file(flag, &value)?),
                 "--rounds" => {
@@ -115,17 +120,24 @@ impl Race {
 /// Measurements of one side: `what` → the JSON line's numeric fields.
 type Measurements = BTreeMap<String, BTreeMap<String, f64>>;
 
-/// `--race` and `--peer` name files that must exist: say so before any round runs.
+/// `--race` and `--peer` name files that must exist: say so before any round runs. Made
+/// absolute, since the rounds run from the repository root, not from where this was called.
 fn existing_file(flag: &str, value: &str) -> Result<PathBuf> {
     let path = PathBuf::from(value);
     if path.is_file() {
-        Ok(path)
+        absolute(flag, &path)
     } else {
         Err(Failure::with_code(
             format!("{flag} {value}: no such file"),
             2,
         ))
     }
+}
+
+/// `path` from the current directory, links kept.
+fn absolute(flag: &str, path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path)
+        .map_err(|e| Failure::with_code(format!("{flag} {}: {e}", path.display()), 2))
 }
 
 pub fn run(args: &[&str]) -> Result {
@@ -385,10 +397,7 @@ mod tests {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
         let race = Race::from_args(&["--race", manifest, "--python", "python3"])
             .expect("an existing file");
-        assert_eq!(
-            race.race_bin.as_deref(),
-            Some(std::path::Path::new(manifest))
-        );
+        assert_eq!(race.race_bin, Some(PathBuf::from(manifest)));
         assert_eq!(
             race.python.as_deref(),
             Some(std::path::Path::new("python3"))

@@ -78,7 +78,8 @@ pub fn run() -> Result {
          `bash xtask/device/check.sh`, timeout about 540 s; the results come back from $OUT \
          (log.txt, compare-2b.txt, race-2b.jsonl, race-2b-eager.jsonl, cli.jsonl, \
          hf-static.jsonl).\n\
-         Dry run here: DEVICE=cpu SIZE=small OUT=/tmp/scope-check bash xtask/device/check.sh"
+         Dry run here: DEVICE=cpu SIZE=small PEER_PYTHON=.venv/bin/python OUT=/tmp/scope-check \
+         bash xtask/device/check.sh"
     );
     Ok(())
 }
