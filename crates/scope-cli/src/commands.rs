@@ -108,24 +108,40 @@ pub fn latents(args: &LatentsArgs) -> Result<()> {
     }
 }
 
-/// The SAE's latents at every position of `ids`, `[T, L]` in f32, through the intervention
-/// graph (the tutorial's collect-with-encoder), stopping after the SAE's layer.
+/// The SAE's latents at every position of `ids`, `[T, L]` in f32.
 fn collect_latents(session: &Session, loaded: &LoadedSae, ids: &[i64]) -> Result<Tensor> {
-    let graph = IntervenableModel::new(
-        &session.model,
-        vec![RepresentationConfig::new(
-            loaded.component(),
-            sae::EncodeCollect::new(&loaded.sae),
-        )],
-    )?;
-    let options = CallOptions::new().collect_only_stop_early(true);
-    let out = graph.forward(&Batch::from_ids(ids), Sources::None, &options)?;
-    let acts = out
-        .collected
-        .into_iter()
-        .next()
-        .context("the collect intervention returned nothing")?;
+    let acts = LatentCollector::new(session, loaded)?.latents(&Batch::from_ids(ids))?;
     Ok(acts.f_squeeze_dim(0)?)
+}
+
+/// An SAE's latents through the intervention graph (the tutorial's collect-with-encoder),
+/// each call stopping after the SAE's layer.
+struct LatentCollector<'m> {
+    graph: IntervenableModel<'m, gemma_model::Gemma2Model>,
+    options: CallOptions,
+}
+
+impl<'m> LatentCollector<'m> {
+    fn new(session: &'m Session, loaded: &LoadedSae) -> Result<Self> {
+        let graph = IntervenableModel::new(
+            &session.model,
+            vec![RepresentationConfig::new(
+                loaded.component(),
+                sae::EncodeCollect::new(&loaded.sae),
+            )],
+        )?;
+        let options = CallOptions::new().collect_only_stop_early(true);
+        Ok(LatentCollector { graph, options })
+    }
+
+    /// The latents of `batch`, `[B, T, d_sae]` in f32.
+    fn latents(&self, batch: &Batch) -> Result<Tensor> {
+        let out = self.graph.forward(batch, Sources::None, &self.options)?;
+        out.collected
+            .into_iter()
+            .next()
+            .context("the collect intervention returned nothing")
+    }
 }
 
 /// `scope steer`.
@@ -416,14 +432,7 @@ pub fn top(args: &TopArgs) -> Result<()> {
                 .with_context(|| format!("text {i}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let graph = IntervenableModel::new(
-        &session.model,
-        vec![RepresentationConfig::new(
-            loaded.component(),
-            sae::EncodeCollect::new(&loaded.sae),
-        )],
-    )?;
-    let options = CallOptions::new().collect_only_stop_early(true);
+    let collector = LatentCollector::new(&session, &loaded)?;
     let skip = if args.include_bos { 0 } else { 1 };
     let mut top = sae::TopExamples::new(&args.latents, args.top_k as usize);
     // On stderr, and only when it is a terminal.
@@ -434,13 +443,9 @@ pub fn top(args: &TopArgs) -> Result<()> {
         let rows: Vec<Batch> = chunk.iter().map(|row| Batch::from_ids(row)).collect();
         let refs: Vec<&Batch> = rows.iter().collect();
         let (batch, _) = Batch::stacked_end_padded(&refs, session.model.config().pad_token_id)?;
-        let out = graph.forward(&batch, Sources::None, &options)?;
-        let acts = out
-            .collected
-            .first()
-            .context("the collect intervention returned nothing")?;
+        let acts = collector.latents(&batch)?;
         let lens: Vec<i64> = chunk.iter().map(|row| row.len() as i64).collect();
-        top.update(acts, &lens, skip)?;
+        top.update(&acts, &lens, skip)?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
