@@ -42,7 +42,7 @@ impl Args {
 
 const USAGE: &str = "usage: race [--size tiny|small|2b] [--device cpu|cuda] \
     [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R] \
-    [--decode auto|eager|fixed|graph] [--only forward,collect,generate,interchange]";
+    [--decode auto|eager|fixed|graph|fused] [--only forward,collect,generate,interchange]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {

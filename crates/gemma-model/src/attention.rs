@@ -94,6 +94,11 @@ impl Attention {
             .f_narrow(0, self.q_width() + self.kv_width(), self.kv_width())?)
     }
 
+    /// `q_proj`, `k_proj` and `v_proj` stacked, `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+    pub(crate) fn stacked_qkv(&self) -> &Tensor {
+        &self.qkv_proj
+    }
+
     fn q_width(&self) -> i64 {
         self.shape.heads * self.shape.head_dim
     }

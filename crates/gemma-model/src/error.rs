@@ -142,6 +142,9 @@ pub enum Error {
     /// Inputs that do not fit the model (shapes, dtypes, ids, lengths).
     #[error("invalid input: {0}")]
     Input(String),
+    /// The fused CPU decode step cannot run this model.
+    #[error("the fused decode step cannot run this model: {0}")]
+    Fused(String),
     /// A stop-after layer beyond the model's depth.
     #[error("layer {layer} is out of range: the model has {num_layers} layers")]
     LayerOutOfRange {

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::KvCache;
 use crate::cuda::{self, CudaGraph};
 use crate::error::{Error, Result};
+use crate::fused::{self, FusedDecoder};
 use crate::model::{Batch, DecodeMasks, FixedStep, Gemma2Model};
 
 /// How the next token is chosen.
@@ -36,7 +37,8 @@ pub enum Sampling {
 pub enum DecodeMode {
     /// [`DecodeMode::CudaGraph`] when the model is on a GPU, graphs are available here and
     /// the hooks allow it ([`Hooks::decode_steps_replayable`]), with a fall-back to
-    /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Eager`] otherwise.
+    /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Fused`] for a float32
+    /// model on the CPU; [`DecodeMode::Eager`] otherwise.
     #[default]
     Auto,
     /// One forward call per step over the positions cached so far (transformers' dynamic
@@ -50,12 +52,18 @@ pub enum DecodeMode {
     /// step: one launch per token instead of one per kernel. An error when graphs cannot be
     /// used (no GPU, hooks that are not replayable).
     CudaGraph,
+    /// Scope's own CPU kernels (float32 models on the CPU) for every decode step and for
+    /// prompts of up to 64 tokens: the weights streamed by matrix-vector products on
+    /// libtorch's OpenMP threads, everything else in plain loops, no libtorch call per
+    /// operation. Hooks see every site they want, as in [`DecodeMode::Eager`], which it
+    /// matches to float rounding (the summation order of dot products).
+    Fused,
 }
 
 impl DecodeMode {
     /// The modes' names, in the order of [`DecodeMode::name`]: `auto`, `eager`, `fixed`,
-    /// `graph`.
-    pub const NAMES: [&'static str; 4] = ["auto", "eager", "fixed", "graph"];
+    /// `graph`, `fused`.
+    pub const NAMES: [&'static str; 5] = ["auto", "eager", "fixed", "graph", "fused"];
 
     /// The mode's name (`fixed` for [`DecodeMode::FixedShape`], `graph` for
     /// [`DecodeMode::CudaGraph`]).
@@ -65,6 +73,7 @@ impl DecodeMode {
             DecodeMode::Eager => "eager",
             DecodeMode::FixedShape => "fixed",
             DecodeMode::CudaGraph => "graph",
+            DecodeMode::Fused => "fused",
         }
     }
 
@@ -75,6 +84,7 @@ impl DecodeMode {
             DecodeMode::Eager,
             DecodeMode::FixedShape,
             DecodeMode::CudaGraph,
+            DecodeMode::Fused,
         ]
         .into_iter()
         .find(|mode| mode.name() == name)
@@ -194,6 +204,7 @@ impl Gemma2Model {
         let mut new_tokens = vec![Vec::new(); b as usize];
         let mut active = vec![true; b as usize];
         let mut decoder = Decoder::new(
+            self,
             self.decode_mode(config, &*hooks)?,
             &decode_masks,
             positions.f_narrow(1, t - 1, 1)?,
@@ -202,10 +213,9 @@ impl Gemma2Model {
         let prompt = Batch {
             input_ids,
             attention_mask: Some(mask),
-            position_ids: Some(positions.shallow_clone()),
+            position_ids: Some(positions),
         };
-        let mut logits =
-            logits_of(self.forward_step(&prompt, &mut cache, &decode_masks, hooks)?)?;
+        let mut logits = decoder.prompt(self, &prompt, &mut cache, &decode_masks, hooks)?;
         let context = StepContext {
             model: self,
             masks: &decode_masks,
@@ -259,10 +269,16 @@ impl Gemma2Model {
                     && cuda::graphs_available()
                 {
                     DecodeMode::CudaGraph
+                } else if !on_gpu && fused::unsupported(self).is_none() {
+                    DecodeMode::Fused
                 } else {
                     DecodeMode::Eager
                 },
             ),
+            DecodeMode::Fused => match fused::unsupported(self) {
+                Some(why) => Err(Error::Fused(why)),
+                None => Ok(DecodeMode::Fused),
+            },
             DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
                 "CUDA graphs need the model on a GPU; it is on the {}",
                 match self.device {
@@ -295,7 +311,7 @@ struct StepContext<'a> {
 }
 
 /// Runs the decode steps in one [`DecodeMode`].
-enum Decoder {
+enum Decoder<'m> {
     Eager {
         /// The previous step's position ids, `[B, 1]`.
         last_pos: Tensor,
@@ -306,6 +322,7 @@ enum Decoder {
         /// Why recording failed, when it failed and the steps went on unrecorded.
         fallback: Option<String>,
     },
+    Fused(Box<FusedDecoder<'m>>),
 }
 
 /// Where a fixed-shape generation stands with its CUDA graph.
@@ -319,10 +336,11 @@ enum Recording {
     Recorded { logits: Tensor, graph: CudaGraph },
 }
 
-impl Decoder {
-    /// The decoder for `mode` after a prompt whose last position ids are `last_pos` (`[B, 1]`)
-    /// and whose `prompt_len` positions fill the cache.
+impl<'m> Decoder<'m> {
+    /// The decoder of `model` for `mode` after a prompt whose last position ids are
+    /// `last_pos` (`[B, 1]`) and whose `prompt_len` positions fill the cache.
     fn new(
+        model: &'m Gemma2Model,
         mode: DecodeMode,
         masks: &DecodeMasks,
         last_pos: Tensor,
@@ -330,6 +348,10 @@ impl Decoder {
     ) -> Result<Self> {
         let graph = match mode {
             DecodeMode::Auto | DecodeMode::Eager => return Ok(Decoder::Eager { last_pos }),
+            DecodeMode::Fused => {
+                let next = host_ids(&last_pos.f_add_scalar(1)?)?;
+                return Ok(Decoder::Fused(Box::new(FusedDecoder::new(model, next)?)));
+            }
             DecodeMode::FixedShape => Recording::Off,
             DecodeMode::CudaGraph => Recording::Wanted,
         };
@@ -340,17 +362,38 @@ impl Decoder {
         })
     }
 
+    /// Runs the prompt into the empty `cache`: the last position's logits (`[B, 1, vocab]`).
+    /// Short prompts of a fused generation run on its kernels (the same numbers to float
+    /// rounding, a third of the time for the benchmark's 14 tokens), all others through
+    /// libtorch.
+    fn prompt(
+        &mut self,
+        model: &Gemma2Model,
+        prompt: &Batch,
+        cache: &mut KvCache,
+        masks: &DecodeMasks,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        if let Decoder::Fused(fused) = self {
+            if prompt.input_ids.numel() <= fused::MAX_FUSED_PROMPT {
+                return fused.prompt(prompt, cache, hooks);
+            }
+        }
+        logits_of(model.forward_step(prompt, cache, masks, hooks)?)
+    }
+
     /// Why recording failed, if it did.
     fn fallback(&self) -> Option<String> {
         match self {
             Decoder::Fixed { fallback, .. } => fallback.clone(),
-            Decoder::Eager { .. } => None,
+            Decoder::Eager { .. } | Decoder::Fused(_) => None,
         }
     }
 
     fn mode(&self) -> DecodeMode {
         match self {
             Decoder::Eager { .. } => DecodeMode::Eager,
+            Decoder::Fused(_) => DecodeMode::Fused,
             Decoder::Fixed {
                 graph: Recording::Off,
                 ..
@@ -378,6 +421,7 @@ impl Decoder {
                 };
                 logits_of(ctx.model.forward_step(&input, cache, ctx.masks, hooks)?)
             }
+            Decoder::Fused(fused) => fused.step(&host_ids(next)?, cache, ctx.masks, hooks),
             Decoder::Fixed {
                 step,
                 graph,
@@ -438,6 +482,12 @@ fn run_and_record(
         logits,
         recorded.map(|logits| Recording::Recorded { logits, graph }),
     ))
+}
+
+/// The ids of `ids` (any shape, int64) on the host, flattened.
+fn host_ids(ids: &Tensor) -> Result<Vec<i64>> {
+    let flat = ids.f_to_device(Device::Cpu)?.f_flatten(0, -1)?;
+    Ok(Vec::<i64>::try_from(&flat)?)
 }
 
 /// `next` with the pad id in the rows no longer `active` (HF's

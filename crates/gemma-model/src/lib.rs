@@ -9,7 +9,10 @@
 //! later token when the hooks allow it ([`DecodeMode::Auto`]; see [`DecodeMode`] for the
 //! others). The replayed step is the fixed-shape step transformers' static cache computes,
 //! and [`DecodeMode::FixedShape`] runs it without a graph on any device, which is how its
-//! numbers are tested against transformers here.
+//! numbers are tested against transformers here. On the CPU in float32, generation runs short
+//! prompts and every decode step on scope's own kernels instead ([`DecodeMode::Fused`]:
+//! bandwidth-bound matrix-vector products on libtorch's OpenMP threads, no libtorch call per
+//! operation); [`DecodeMode::Eager`] is the path bit-identical to transformers.
 //!
 //! ```no_run
 //! use gemma_model::{Batch, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions};
@@ -43,6 +46,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod files;
+mod fused;
 pub mod generate;
 mod hooked;
 pub mod hub;

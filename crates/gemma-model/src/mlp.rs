@@ -50,6 +50,11 @@ impl Mlp {
         &self.gate_proj
     }
 
+    /// `gate_proj` and `up_proj` stacked, `[2 * intermediate, hidden]`.
+    pub(crate) fn stacked_gate_up(&self) -> &Tensor {
+        &self.gate_up_proj
+    }
+
     /// `up_proj`'s weight, `[intermediate, hidden]`.
     pub fn up_proj(&self) -> &Tensor {
         &self.up_proj

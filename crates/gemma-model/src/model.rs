@@ -680,6 +680,18 @@ impl Gemma2Model {
         Ok(Some(mask.f_to_device(self.device)?.f_ne(0)?))
     }
 
+    /// The additive masks of a call over `batch` (`[B, T]`) after `past` cached positions,
+    /// `[B, 1, T, past + T]` each: what [`Self::forward_cached`] applies.
+    pub(crate) fn chunk_masks(&self, batch: &Batch, b: i64, t: i64, past: i64) -> Result<Masks> {
+        let key_mask = self.key_mask(batch, b, past + t)?;
+        let Masks { full, sliding } = self.masks(key_mask.as_ref(), b, t, past)?;
+        let shape = [b, 1, t, past + t];
+        Ok(Masks {
+            full: full.f_expand(shape, false)?,
+            sliding: sliding.f_expand(shape, false)?,
+        })
+    }
+
     fn masks(&self, key_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Masks> {
         let full = additive_mask(key_mask, b, t, past, None, self.dtype, self.device)?;
         let sliding = match self.window() {
@@ -769,9 +781,12 @@ fn site_layout(c: &Gemma2Config, kind: SiteKind) -> (&'static str, HookPoint, i6
     }
 }
 
-struct Masks {
-    full: Tensor,
-    sliding: Tensor,
+/// The additive masks of one call, `[B, 1, T, S]` each.
+pub(crate) struct Masks {
+    /// For global layers.
+    pub full: Tensor,
+    /// For sliding-window layers (the same as `full` when nothing slides).
+    pub sliding: Tensor,
 }
 
 /// What a forward call reads besides the batch and options.
@@ -799,7 +814,7 @@ pub(crate) struct DecodeMasks {
 
 impl DecodeMasks {
     /// The masks of the query at physical index `past`.
-    fn step(&self, past: i64) -> Result<Masks> {
+    pub(crate) fn step(&self, past: i64) -> Result<Masks> {
         let s = past + 1;
         let full = self.keys.f_narrow(3, 0, s)?;
         let sliding = match self.window {

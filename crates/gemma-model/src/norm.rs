@@ -54,6 +54,13 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// `1 + w` in f32, when it was computed at construction.
+    pub(crate) fn scale_f32(&self) -> Option<&Tensor> {
+        self.scale.as_ref()
+    }
+}
+
 /// `1 + w` in f32.
 fn one_plus(weight: &Tensor) -> Result<Tensor> {
     Ok(weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?)

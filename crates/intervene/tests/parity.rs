@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use gemma_model::{Batch, Gemma2Model, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
 use intervene::{
     Add, CallOptions, Collect, Component, IntervenableModel, Locations, Mode,
     RepresentationConfig as Rc, Sources, Subspaces, Vanilla, Zero,
@@ -19,6 +19,9 @@ use crate::max_diff;
 
 const LOGITS_TOL: f64 = 1e-4;
 const COLLECT_TOL: f64 = 1e-6;
+/// The same f32 activation computed by different kernels (generation's fused CPU kernels
+/// against libtorch's forward): the project's f32 tolerance.
+const KERNELS_TOL: f64 = 1e-4;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
@@ -390,29 +393,37 @@ fn generate_gating_four_cases() {
             vec![vec![1, 1, 64]; n - 1],
         ),
     ];
-    for (name, loc, on_prompt, shapes) in cases {
-        let opts = CallOptions::new()
-            .locations(loc)
-            .intervene_on_prompt(on_prompt);
-        let o = pv.generate(&prompt, Sources::None, &opts, &cfg).unwrap();
-        assert_tokens(
-            name,
-            &o.intervened.sequences,
-            &format!("generate_gating.{name}.output_ids"),
-        );
-        let got: Vec<Vec<i64>> = o.collected.iter().map(Tensor::size).collect();
-        assert_eq!(got, shapes, "{name}: one collected entry per gated call");
-        if name == "pos2_prompt" {
-            let want = clean.narrow(1, 2, 1) + &vec;
-            assert_close("pos2_prompt steered", &o.collected[0], &want, COLLECT_TOL);
-        }
-        if name == "none_prompt" {
-            assert_close(
-                "none_prompt steered",
-                &o.collected[0],
-                &(&clean + &vec),
-                COLLECT_TOL,
+    // Eager steps compute the prompt with the clean forward's kernels; the fused CPU kernels
+    // (what `Auto` runs here) sum in another order.
+    for (decode, tol) in [
+        (DecodeMode::Eager, COLLECT_TOL),
+        (DecodeMode::Fused, KERNELS_TOL),
+    ] {
+        let cfg = GenerationConfig {
+            decode,
+            ..cfg.clone()
+        };
+        for (name, loc, on_prompt, shapes) in cases.clone() {
+            let opts = CallOptions::new()
+                .locations(loc)
+                .intervene_on_prompt(on_prompt);
+            let o = pv.generate(&prompt, Sources::None, &opts, &cfg).unwrap();
+            assert_eq!(o.intervened.decode, decode);
+            assert_tokens(
+                name,
+                &o.intervened.sequences,
+                &format!("generate_gating.{name}.output_ids"),
             );
+            let got: Vec<Vec<i64>> = o.collected.iter().map(Tensor::size).collect();
+            assert_eq!(got, shapes, "{name}: one collected entry per gated call");
+            let what = format!("{name} steered ({decode:?} steps)");
+            if name == "pos2_prompt" {
+                let want = clean.narrow(1, 2, 1) + &vec;
+                assert_close(&what, &o.collected[0], &want, tol);
+            }
+            if name == "none_prompt" {
+                assert_close(&what, &o.collected[0], &(&clean + &vec), tol);
+            }
         }
     }
 }

@@ -541,6 +541,15 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
         1,
         "/no/such/model",
     );
+    // The fused CPU kernels are float32 only: asked for on a bf16 model, the reason.
+    rejects(
+        &[
+            "generate", "--model", &model, "--prompt", prompt, "--device", "cpu", "--dtype",
+            "bf16", "--decode", "fused",
+        ],
+        1,
+        "float32",
+    );
     let no_weights = copy_model_without(tmp.path(), "model.safetensors");
     rejects(
         &["generate", "--model", &no_weights, "--prompt", prompt],
