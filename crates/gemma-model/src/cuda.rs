@@ -12,6 +12,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::dl;
 use crate::error::{Error, Result};
 
 /// The shim, or an empty slice when the build found no CUDA headers.
@@ -73,7 +74,7 @@ fn load() -> std::result::Result<Shim, String> {
     // functions we keep pointers to, stays loaded for the life of the process.
     let lib = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if lib.is_null() {
-        return Err(format!("dlopen {}: {}", path.display(), dl_error()));
+        return Err(format!("dlopen {}: {}", path.display(), dl::error()));
     }
     // SAFETY: `lib` is live, and the shim defines each name with the C signature of the field
     // it is stored in.
@@ -120,32 +121,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The function `name` of `lib` as an `F`.
+/// The function `name` of the shim `lib` as an `F`.
 ///
 /// # Safety
-/// `lib` must be a live handle from `dlopen`, and `F` a function-pointer type matching the
-/// symbol's definition.
+/// As [`dl::symbol`].
 unsafe fn symbol<F: Copy>(lib: *mut c_void, name: &CStr) -> std::result::Result<F, String> {
-    // SAFETY: the caller passes a live handle; `name` is NUL-terminated.
-    let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
-    if f.is_null() || std::mem::size_of::<F>() != std::mem::size_of::<*mut c_void>() {
-        return Err(format!("the shim has no {}", name.to_string_lossy()));
-    }
-    // SAFETY: `F` is a function pointer of the symbol's signature (the caller's promise), and
-    // the sizes match.
-    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&f) })
-}
-
-fn dl_error() -> String {
-    // SAFETY: dlerror returns null or a NUL-terminated thread-local string.
-    unsafe {
-        let err = libc::dlerror();
-        if err.is_null() {
-            "unknown error".into()
-        } else {
-            CStr::from_ptr(err).to_string_lossy().into_owned()
-        }
-    }
+    // SAFETY: passed on from the caller.
+    unsafe { dl::symbol(lib, name) }
+        .ok_or_else(|| format!("the shim has no {}", name.to_string_lossy()))
 }
 
 /// One CUDA graph of the current device.

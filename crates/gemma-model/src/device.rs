@@ -124,14 +124,5 @@ fn dlopen_cuda() -> std::result::Result<(), String> {
     if !handle.is_null() {
         return Ok(());
     }
-    // SAFETY: dlerror returns either null or a pointer to a NUL-terminated thread-local string.
-    let message = unsafe {
-        let err = libc::dlerror();
-        if err.is_null() {
-            "dlopen failed".to_string()
-        } else {
-            std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned()
-        }
-    };
-    Err(message)
+    Err(crate::dl::error())
 }

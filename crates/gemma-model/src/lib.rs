@@ -44,6 +44,7 @@ pub mod cache;
 pub mod config;
 pub mod cuda;
 pub mod device;
+mod dl;
 pub mod error;
 pub mod files;
 mod fused;

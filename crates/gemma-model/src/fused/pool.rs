@@ -15,6 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use crate::dl;
 use crate::error::{Error, Result};
 
 /// `GOMP_parallel(fn, data, num_threads, flags)`.
@@ -51,14 +52,8 @@ fn open_mp() -> Option<OpenMp> {
 /// # Safety
 /// `F` must be a function-pointer type matching the symbol's definition.
 unsafe fn symbol<F: Copy>(name: &CStr) -> Option<F> {
-    // SAFETY: `name` is NUL-terminated; RTLD_DEFAULT searches the loaded objects.
-    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if f.is_null() || std::mem::size_of::<F>() != std::mem::size_of::<*mut c_void>() {
-        return None;
-    }
-    // SAFETY: `F` is a function pointer of the symbol's signature (the caller's promise), and
-    // the sizes match.
-    Some(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&f) })
+    // SAFETY: RTLD_DEFAULT searches every loaded object; the type is the caller's promise.
+    unsafe { dl::symbol(libc::RTLD_DEFAULT, name) }
 }
 
 /// Runs jobs split into a fixed number of parts over the OpenMP team (see the module docs).
