@@ -64,8 +64,9 @@ impl Isa {
         }
     }
 
-    /// Whether [`Isa::dot_tile`] is faster than four [`Isa::dot_block`]s here.
-    fn has_tiles(self) -> bool {
+    /// Whether [`Isa::dot_tile`] is faster than four [`Isa::dot_block`]s here (so that
+    /// several inputs, a prompt's tokens, cost little more than one).
+    pub(crate) fn has_tiles(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self == Isa::Avx512 {
             return true;
