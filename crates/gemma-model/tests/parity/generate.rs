@@ -238,6 +238,42 @@ fn fused_steps_match_eager_steps_at_every_site() {
     }
 }
 
+/// Replaces an activation by one of another shape.
+struct Reshape;
+
+impl intervene::Hooks for Reshape {
+    fn wants(&self, site: intervene::Site) -> bool {
+        site == intervene::Site::new(1, SiteKind::MlpActivation)
+    }
+    fn visit(&mut self, _: intervene::Site, t: &mut tch::Tensor) -> Result<(), intervene::Error> {
+        *t = t.f_narrow(-1, 0, 3)?;
+        Ok(())
+    }
+}
+
+/// A hook that changes an activation's shape is an error naming the site, not a panic.
+#[test]
+fn fused_steps_refuse_a_hook_that_changes_a_shape() {
+    let model = load("tiny-f32", Kind::Float);
+    let config = GenerationConfig {
+        decode: DecodeMode::Fused,
+        ..GenerationConfig::greedy(3)
+    };
+    let err = model
+        .generate_with(
+            &Batch::from_ids(&[2, 409, 370]),
+            &config,
+            &mut Reshape,
+            &mut |_| true,
+        )
+        .expect_err("shape changed");
+    let text = err.to_string();
+    assert!(
+        text.contains("mlp_activation at layer 1") && text.contains("[1, 3, 128]"),
+        "{text}"
+    );
+}
+
 /// `Auto` decodes on the fused kernels for a float32 model on the CPU, eagerly otherwise;
 /// asking for CUDA graphs without a GPU, or fused steps for a bf16 model, is a clear error.
 #[test]
