@@ -38,7 +38,7 @@ pub enum DecodeMode {
     /// [`DecodeMode::CudaGraph`] when the model is on a GPU, graphs are available here and
     /// the hooks allow it ([`Hooks::decode_steps_replayable`]), with a fall-back to
     /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Fused`] for a float32
-    /// model on the CPU; [`DecodeMode::Eager`] otherwise.
+    /// model on a CPU with AVX2 or AVX-512; [`DecodeMode::Eager`] otherwise.
     #[default]
     Auto,
     /// One forward call per step over the positions cached so far (transformers' dynamic
@@ -269,7 +269,7 @@ impl Gemma2Model {
                     && cuda::graphs_available()
                 {
                     DecodeMode::CudaGraph
-                } else if !on_gpu && fused::unsupported(self).is_none() {
+                } else if !on_gpu && fused::preferred(self) {
                     DecodeMode::Fused
                 } else {
                     DecodeMode::Eager

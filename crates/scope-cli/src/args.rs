@@ -94,10 +94,10 @@ pub struct GenerationArgs {
     #[arg(long)]
     pub chat: bool,
     /// How decode steps run: auto (a CUDA graph replayed per token on a GPU when the
-    /// interventions allow it, scope's fused kernels for a float32 model on the CPU, per-step
-    /// calls otherwise), eager (per-step libtorch calls, bit-identical to transformers), fixed
-    /// (fixed-shape steps, what the graph replays), graph or fused (an error where they cannot
-    /// be used).
+    /// interventions allow it, scope's fused kernels for a float32 model on an AVX2 or AVX-512
+    /// CPU, per-step calls otherwise), eager (per-step libtorch calls, bit-identical to
+    /// transformers), fixed (fixed-shape steps, what the graph replays), graph or fused (an
+    /// error where they cannot be used).
     #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
 }

