@@ -45,7 +45,7 @@ pub(crate) fn preferred(model: &Gemma2Model) -> bool {
     unsupported(model).is_none() && Isa::detect() != Isa::Portable
 }
 
-/// A generation's fused decode steps: the weights as slices, the thread pool, the buffers.
+/// A generation on the fused kernels: the weights as slices, the threads, the buffers.
 pub(crate) struct FusedDecoder<'m> {
     model: &'m Gemma2Model,
     weights: Weights<'m>,
