@@ -53,6 +53,7 @@ fn report_generation(
         text: session.tokenizer.decode(&output_ids, true)?,
         prompt_ids,
         output_ids,
+        decode: generated.decode.name(),
         steering: Vec::new(),
     })
 }

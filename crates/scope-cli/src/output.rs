@@ -16,6 +16,9 @@ pub struct GenerateReport {
     pub completion: String,
     /// All of `output_ids` decoded, special tokens skipped.
     pub text: String,
+    /// How the decode steps ran: `eager` (bit-identical to transformers), `fixed`, `graph`
+    /// or `fused` (see `--decode`).
+    pub decode: &'static str,
     /// The steering applied, if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steering: Vec<SteeringReport>,
@@ -193,8 +196,9 @@ impl GenerateReport {
         }
         println!("prompt tokens: {}", self.prompt_ids.len());
         println!(
-            "new tokens:    {}",
-            self.output_ids.len() - self.prompt_ids.len()
+            "new tokens:    {} ({} decode)",
+            self.output_ids.len() - self.prompt_ids.len(),
+            self.decode
         );
         println!("---");
         println!("{}", self.text);

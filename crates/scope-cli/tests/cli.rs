@@ -110,6 +110,23 @@ fn generate_matches_hf_greedy() {
             .as_str()
             .expect("text")
             .starts_with(prompt.trim()));
+        // `auto` on a CPU: the fused kernels where it has AVX2, else libtorch's calls; the
+        // bit-identical path on request, with the same tokens.
+        let auto = out["decode"].as_str().expect("decode");
+        assert!(auto == "fused" || auto == "eager", "{auto}");
+        let eager = scope_json(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "20",
+            "--decode",
+            "eager",
+        ]);
+        assert_eq!(eager["decode"], "eager");
+        assert_eq!(eager["output_ids"], out["output_ids"]);
         compared += 1;
     }
     assert!(compared >= 3, "too few single-prompt cases: {compared}");
