@@ -64,14 +64,18 @@ impl Isa {
         }
     }
 
-    /// Whether [`Isa::dot_tile`] is faster than four [`Isa::dot_block`]s here (so that
-    /// several inputs, a prompt's tokens, cost little more than one).
-    pub(crate) fn has_tiles(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == Isa::Avx512 {
-            return true;
+    /// How many inputs one [`Isa::dot_tile`] takes against a block of rows where the CPU has
+    /// the registers for it (one accumulator per row and input, plus the rows and an input):
+    /// 4 with AVX-512's 32 registers, 2 with AVX2's 16, 1 (no tiles) otherwise. Tiles make
+    /// several inputs, a prompt's tokens, cost little more than one.
+    pub(crate) fn tile_inputs(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 4,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 2,
+            Isa::Portable => 1,
         }
-        false
     }
 
     /// `[[w_r · x_j for r] for j]` for `BLOCK` consecutive rows of `w` and `N` inputs `xs`,
@@ -83,7 +87,10 @@ impl Isa {
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { x86::dot_tile_avx512::<N>(w, xs) },
-            _ => std::array::from_fn(|j| self.dot_block(w, &xs[j * k..(j + 1) * k])),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::dot_tile_avx2::<N>(w, xs) },
+            Isa::Portable => std::array::from_fn(|j| self.dot_block(w, &xs[j * k..(j + 1) * k])),
         }
     }
 
@@ -182,30 +189,32 @@ fn rows_of(
     let mut r = range.start;
     while r + BLOCK <= range.end {
         let block = &w[r * k..(r + BLOCK) * k];
-        // Inputs four at a time where the CPU has the registers for a 4 x 4 tile (a prompt's
-        // tokens), the rest in one smaller tile: the same sums in the same order either way.
+        // Inputs in tiles where the CPU has the registers for them (a prompt's tokens), then
+        // one at a time: the same sums in the same order either way.
         let mut b = 0;
         let inputs = xs.len() / k;
-        if isa.has_tiles() {
-            let put = |b: usize, tile: &[[f32; BLOCK]]| {
-                for (j, values) in tile.iter().enumerate() {
-                    for (i, &value) in values.iter().enumerate() {
-                        write((b + j) * rows + r + i, value);
-                    }
+        let put = |b: usize, tile: &[[f32; BLOCK]]| {
+            for (j, values) in tile.iter().enumerate() {
+                for (i, &value) in values.iter().enumerate() {
+                    write((b + j) * rows + r + i, value);
                 }
-            };
-            while b + BLOCK <= inputs {
-                put(b, &isa.dot_tile::<4>(block, &xs[b * k..(b + 4) * k]));
-                b += BLOCK;
             }
-            match inputs - b {
-                3 => put(b, &isa.dot_tile::<3>(block, &xs[b * k..(b + 3) * k])),
-                2 => put(b, &isa.dot_tile::<2>(block, &xs[b * k..(b + 2) * k])),
-                _ => {}
+        };
+        let tile = isa.tile_inputs();
+        while tile > 1 && b + tile <= inputs {
+            match tile {
+                4 => put(b, &isa.dot_tile::<4>(block, &xs[b * k..(b + 4) * k])),
+                _ => put(b, &isa.dot_tile::<2>(block, &xs[b * k..(b + 2) * k])),
             }
-            if inputs - b > 1 {
-                b = inputs;
-            }
+            b += tile;
+        }
+        match (tile, inputs - b) {
+            (4, 3) => put(b, &isa.dot_tile::<3>(block, &xs[b * k..(b + 3) * k])),
+            (4, 2) => put(b, &isa.dot_tile::<2>(block, &xs[b * k..(b + 2) * k])),
+            _ => {}
+        }
+        if tile == 4 && inputs - b > 1 {
+            b = inputs;
         }
         for x in xs[b * k..].chunks_exact(k) {
             for (i, value) in isa.dot_block(block, x).into_iter().enumerate() {
@@ -346,6 +355,49 @@ mod x86 {
         })
     }
 
+    /// Four rows against `N` inputs, 8 lanes with FMA, one accumulator per pair: each sum in
+    /// the order of [`dot_block_avx2`] (`N <= 2` keeps everything in the 16 registers).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_tile_avx2<const N: usize>(w: &[f32], xs: &[f32]) -> [[f32; BLOCK]; N] {
+        let k = xs.len() / N;
+        let whole = k / 8 * 8;
+        let (pw, px) = (w.as_ptr(), xs.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); BLOCK]; N];
+        let mut rows = [_mm256_setzero_ps(); BLOCK];
+        let mut i = 0;
+        while i < whole {
+            // SAFETY: `i + 8 <= k`; row `r` of `w` and input `j` have `k` values at `r * k`
+            // and `j * k`.
+            unsafe {
+                for (r, row) in rows.iter_mut().enumerate() {
+                    let at = pw.add(r * k + i);
+                    if i % 16 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
+                    }
+                    *row = _mm256_loadu_ps(at);
+                }
+                for (j, sums) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(px.add(j * k + i));
+                    for (a, row) in sums.iter_mut().zip(rows) {
+                        *a = _mm256_fmadd_ps(row, xv, *a);
+                    }
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; BLOCK]; N];
+        for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
+            for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
+                let tail = tail_dot(
+                    &w[r * k + whole..(r + 1) * k],
+                    &xs[j * k + whole..(j + 1) * k],
+                );
+                *value = sum256(sum) + tail;
+            }
+        }
+        out
+    }
+
     /// `a · b`, 8 lanes with FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
@@ -410,31 +462,48 @@ mod tests {
             .collect()
     }
 
+    /// The instruction sets this CPU runs.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        isas
+    }
+
     #[test]
     fn a_batch_computes_each_input_as_alone() -> Result<()> {
         let pool = Pool::new(2);
-        let isa = Isa::detect();
-        let (rows, k, batch) = (24, 200, 7);
-        let w = values(rows * k, 3);
-        let xs = values(batch * k, 4);
-        let mut together = vec![0.0; batch * rows];
-        matvec(&pool, isa, &w, k, &xs, &mut together)?;
-        for (b, x) in xs.chunks_exact(k).enumerate() {
-            let mut alone = vec![0.0; rows];
-            matvec(&pool, isa, &w, k, x, &mut alone)?;
-            assert_eq!(alone, together[b * rows..(b + 1) * rows], "input {b}");
+        for isa in isas() {
+            // Whole tiles and every remainder of 4 and of 2.
+            for batch in [2, 3, 5, 7, 8] {
+                let (rows, k) = (24, 200);
+                let w = values(rows * k, 3);
+                let xs = values(batch * k, 4);
+                let mut together = vec![0.0; batch * rows];
+                matvec(&pool, isa, &w, k, &xs, &mut together)?;
+                for (b, x) in xs.chunks_exact(k).enumerate() {
+                    let mut alone = vec![0.0; rows];
+                    matvec(&pool, isa, &w, k, x, &mut alone)?;
+                    let got = &together[b * rows..(b + 1) * rows];
+                    assert_eq!(alone, got, "{isa:?}, batch {batch}, input {b}");
+                }
+            }
         }
         Ok(())
     }
 
     #[test]
     fn every_isa_matches_f64_products_on_ragged_shapes() -> Result<()> {
-        let mut isas = vec![Isa::Portable, Isa::detect()];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            isas.push(Isa::Avx2);
-        }
+        let isas = isas();
         for threads in [1, 2, 3] {
             let pool = Pool::new(threads);
             // Rows not a multiple of the block or the parts, k not a multiple of the lanes.

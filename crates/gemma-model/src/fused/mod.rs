@@ -7,8 +7,8 @@
 //! ran at 30–31 GB/s (MKL's sgemv) and the dispatches cost another 2.5 ms: 8.2–8.6 ms a step.
 //! Here the products stream the weights at 33–36 GB/s ([`matvec`]) on libtorch's own OpenMP
 //! threads ([`pool`]), and everything else is a loop over a few hundred floats ([`ops`]):
-//! 5.7–6.0 ms a step. A prompt's tokens go four at a time against each block of weight rows
-//! (the benchmark's 14-token prompt: 13 ms instead of 17).
+//! 5.7–6.0 ms a step. A prompt's tokens go four (AVX2: two) at a time against each block of
+//! weight rows (the benchmark's 14-token prompt: 13 ms instead of 17).
 //!
 //! Numbers: the same operations in the same order as the eager path, except the summation
 //! order inside dot products and branch-free `tanh`/`exp` (within 2 ulp) for libtorch's
@@ -80,7 +80,7 @@ impl<'m> FusedDecoder<'m> {
 
     /// Whether [`Self::prompt`] is the faster way to run a prompt of `tokens` tokens in all.
     pub(crate) fn takes_prompt(&self, tokens: usize) -> bool {
-        tokens <= MAX_FUSED_PROMPT && self.isa.has_tiles()
+        tokens <= MAX_FUSED_PROMPT && self.isa.tile_inputs() > 1
     }
 
     /// Runs a prompt (`[B, T]` tokens with a `[B, T]` attention mask and position ids) into
