@@ -49,19 +49,8 @@ impl Isa {
 
     /// `[w_r · x, ...]` for the `BLOCK` consecutive rows of `w` (`BLOCK * x.len()` values).
     fn dot_block(self, w: &[f32], x: &[f32]) -> [f32; BLOCK] {
-        debug_assert_eq!(w.len(), BLOCK * x.len());
-        match self {
-            // SAFETY: `detect` found the instruction set on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::dot_block_avx512(w, x) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::dot_block_avx2(w, x) },
-            Isa::Portable => {
-                let k = x.len();
-                std::array::from_fn(|r| portable_dot(&w[r * k..(r + 1) * k], x))
-            }
-        }
+        let [sums] = self.dot_tile::<1>(w, x);
+        sums
     }
 
     /// How many inputs one [`Isa::dot_tile`] takes against a block of rows where the CPU has
@@ -78,8 +67,9 @@ impl Isa {
         }
     }
 
-    /// `[[w_r · x_j for r] for j]` for `BLOCK` consecutive rows of `w` and `N` inputs `xs`,
-    /// each sum exactly as [`Isa::dot_block`] computes it.
+    /// `[[w_r · x_j for r] for j]` for `BLOCK` consecutive rows of `w` and `N` inputs `xs`:
+    /// each sum accumulated in the instruction set's lanes over `k` in order, then reduced,
+    /// so the same whatever `N` (a tile of inputs gives what one input at a time gives).
     fn dot_tile<const N: usize>(self, w: &[f32], xs: &[f32]) -> [[f32; BLOCK]; N] {
         debug_assert_eq!(w.len() * N, xs.len() * BLOCK);
         let k = xs.len() / N;
@@ -90,7 +80,10 @@ impl Isa {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { x86::dot_tile_avx2::<N>(w, xs) },
-            Isa::Portable => std::array::from_fn(|j| self.dot_block(w, &xs[j * k..(j + 1) * k])),
+            Isa::Portable => std::array::from_fn(|j| {
+                let x = &xs[j * k..(j + 1) * k];
+                std::array::from_fn(|r| portable_dot(&w[r * k..(r + 1) * k], x))
+            }),
         }
     }
 
@@ -238,35 +231,8 @@ mod x86 {
 
     use super::BLOCK;
 
-    /// Four rows against one `x`, 16 lanes, prefetching the next four rows.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_block_avx512(w: &[f32], x: &[f32]) -> [f32; BLOCK] {
-        let k = x.len();
-        let whole = k / 16 * 16;
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); BLOCK];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 16 <= k`, and row `r` has `k` values at `pw + r * k`.
-            unsafe {
-                let xv = _mm512_loadu_ps(px.add(i));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let row = pw.add(r * k + i);
-                    // The same place in the next block: a hint, never dereferenced.
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(BLOCK * k) as *const i8);
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(row), xv, *a);
-                }
-            }
-            i += 16;
-        }
-        std::array::from_fn(|r| {
-            let tail = tail_dot(&w[r * k + whole..(r + 1) * k], &x[whole..]);
-            _mm512_reduce_add_ps(acc[r]) + tail
-        })
-    }
-
-    /// Four rows against `N` inputs, 16 lanes, one accumulator per pair: each sum in the
-    /// order of [`dot_block_avx512`], with fewer loads per product.
+    /// Four rows against `N` inputs, 16 lanes, one accumulator per pair, prefetching the next
+    /// four rows; `N > 1` shares each load of a row between inputs.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_tile_avx512<const N: usize>(
         w: &[f32],
@@ -284,6 +250,7 @@ mod x86 {
             unsafe {
                 for (r, row) in rows.iter_mut().enumerate() {
                     let at = pw.add(r * k + i);
+                    // The same place in the next block: a hint, never dereferenced.
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
                     *row = _mm512_loadu_ps(at);
                 }
@@ -327,36 +294,8 @@ mod x86 {
         _mm512_reduce_add_ps(acc) + tail_dot(&a[whole..n], &b[whole..n])
     }
 
-    /// Four rows against one `x`, 8 lanes with FMA, prefetching the next four rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_block_avx2(w: &[f32], x: &[f32]) -> [f32; BLOCK] {
-        let k = x.len();
-        let whole = k / 8 * 8;
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); BLOCK];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 8 <= k`, and row `r` has `k` values at `pw + r * k`.
-            unsafe {
-                let xv = _mm256_loadu_ps(px.add(i));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let row = pw.add(r * k + i);
-                    if i % 16 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(BLOCK * k) as *const i8);
-                    }
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(row), xv, *a);
-                }
-            }
-            i += 8;
-        }
-        std::array::from_fn(|r| {
-            let tail = tail_dot(&w[r * k + whole..(r + 1) * k], &x[whole..]);
-            sum256(acc[r]) + tail
-        })
-    }
-
-    /// Four rows against `N` inputs, 8 lanes with FMA, one accumulator per pair: each sum in
-    /// the order of [`dot_block_avx2`] (`N <= 2` keeps everything in the 16 registers).
+    /// Four rows against `N` inputs, 8 lanes with FMA, one accumulator per pair, prefetching
+    /// the next four rows (`N <= 2` keeps everything in the 16 registers).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_tile_avx2<const N: usize>(w: &[f32], xs: &[f32]) -> [[f32; BLOCK]; N] {
         let k = xs.len() / N;
