@@ -231,128 +231,105 @@ mod x86 {
 
     use super::BLOCK;
 
-    /// Four rows against `N` inputs, 16 lanes, one accumulator per pair, prefetching the next
-    /// four rows; `N > 1` shares each load of a row between inputs.
+    /// The tile and dot-product kernels of one instruction set, from its lane width and
+    /// intrinsics: the same code for AVX-512 and AVX2.
+    macro_rules! kernels {
+        ($feature:literal, $lanes:literal, $tile:ident, $dot:ident,
+         $zero:ident, $load:ident, $fmadd:ident, $sum:ident) => {
+            #[doc = concat!("Four rows against `N` inputs in ", stringify!($lanes), " lanes \
+                (", $feature, "), one accumulator per pair, prefetching the next four rows; \
+                `N > 1` shares each load of a row between inputs.")]
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $tile<const N: usize>(
+                w: &[f32],
+                xs: &[f32],
+            ) -> [[f32; BLOCK]; N] {
+                let k = xs.len() / N;
+                let whole = k / $lanes * $lanes;
+                let (pw, px) = (w.as_ptr(), xs.as_ptr());
+                let mut acc = [[$zero(); BLOCK]; N];
+                let mut rows = [$zero(); BLOCK];
+                let mut i = 0;
+                while i < whole {
+                    // SAFETY: `i + lanes <= k`; row `r` of `w` and input `j` have `k` values at
+                    // `r * k` and `j * k`.
+                    unsafe {
+                        for (r, row) in rows.iter_mut().enumerate() {
+                            let at = pw.add(r * k + i);
+                            // The same place in the next block, once per 64-byte line: a
+                            // hint, never dereferenced.
+                            if i % 16 == 0 {
+                                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
+                            }
+                            *row = $load(at);
+                        }
+                        for (j, sums) in acc.iter_mut().enumerate() {
+                            let xv = $load(px.add(j * k + i));
+                            for (a, row) in sums.iter_mut().zip(rows) {
+                                *a = $fmadd(row, xv, *a);
+                            }
+                        }
+                    }
+                    i += $lanes;
+                }
+                let mut out = [[0f32; BLOCK]; N];
+                for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
+                    for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
+                        let tail = tail_dot(
+                            &w[r * k + whole..(r + 1) * k],
+                            &xs[j * k + whole..(j + 1) * k],
+                        );
+                        *value = $sum(sum) + tail;
+                    }
+                }
+                out
+            }
+
+            #[doc = concat!("`a · b` in ", stringify!($lanes), " lanes (", $feature, ").")]
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
+                let n = a.len().min(b.len());
+                let whole = n / $lanes * $lanes;
+                let (pa, pb) = (a.as_ptr(), b.as_ptr());
+                let mut acc = $zero();
+                let mut i = 0;
+                while i < whole {
+                    // SAFETY: `i + lanes <= n`.
+                    unsafe {
+                        acc = $fmadd($load(pa.add(i)), $load(pb.add(i)), acc);
+                    }
+                    i += $lanes;
+                }
+                $sum(acc) + tail_dot(&a[whole..n], &b[whole..n])
+            }
+        };
+    }
+
+    kernels!(
+        "avx512f",
+        16,
+        dot_tile_avx512,
+        dot_avx512,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        sum512
+    );
+    kernels!(
+        "avx2,fma",
+        8,
+        dot_tile_avx2,
+        dot_avx2,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        sum256
+    );
+
+    /// The sum of sixteen lanes.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_tile_avx512<const N: usize>(
-        w: &[f32],
-        xs: &[f32],
-    ) -> [[f32; BLOCK]; N] {
-        let k = xs.len() / N;
-        let whole = k / 16 * 16;
-        let (pw, px) = (w.as_ptr(), xs.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); BLOCK]; N];
-        let mut rows = [_mm512_setzero_ps(); BLOCK];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 16 <= k`; row `r` of `w` and input `j` have `k` values at
-            // `r * k` and `j * k`.
-            unsafe {
-                for (r, row) in rows.iter_mut().enumerate() {
-                    let at = pw.add(r * k + i);
-                    // The same place in the next block: a hint, never dereferenced.
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
-                    *row = _mm512_loadu_ps(at);
-                }
-                for (j, sums) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(px.add(j * k + i));
-                    for (a, row) in sums.iter_mut().zip(rows) {
-                        *a = _mm512_fmadd_ps(row, xv, *a);
-                    }
-                }
-            }
-            i += 16;
-        }
-        let mut out = [[0f32; BLOCK]; N];
-        for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
-            for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
-                let tail = tail_dot(
-                    &w[r * k + whole..(r + 1) * k],
-                    &xs[j * k + whole..(j + 1) * k],
-                );
-                *value = _mm512_reduce_add_ps(sum) + tail;
-            }
-        }
-        out
-    }
-
-    /// `a · b`, 16 lanes in four accumulators.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let whole = n / 16 * 16;
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 16 <= n`.
-            unsafe {
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
-            }
-            i += 16;
-        }
-        _mm512_reduce_add_ps(acc) + tail_dot(&a[whole..n], &b[whole..n])
-    }
-
-    /// Four rows against `N` inputs, 8 lanes with FMA, one accumulator per pair, prefetching
-    /// the next four rows (`N <= 2` keeps everything in the 16 registers).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_tile_avx2<const N: usize>(w: &[f32], xs: &[f32]) -> [[f32; BLOCK]; N] {
-        let k = xs.len() / N;
-        let whole = k / 8 * 8;
-        let (pw, px) = (w.as_ptr(), xs.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); BLOCK]; N];
-        let mut rows = [_mm256_setzero_ps(); BLOCK];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 8 <= k`; row `r` of `w` and input `j` have `k` values at `r * k`
-            // and `j * k`.
-            unsafe {
-                for (r, row) in rows.iter_mut().enumerate() {
-                    let at = pw.add(r * k + i);
-                    if i % 16 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
-                    }
-                    *row = _mm256_loadu_ps(at);
-                }
-                for (j, sums) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_loadu_ps(px.add(j * k + i));
-                    for (a, row) in sums.iter_mut().zip(rows) {
-                        *a = _mm256_fmadd_ps(row, xv, *a);
-                    }
-                }
-            }
-            i += 8;
-        }
-        let mut out = [[0f32; BLOCK]; N];
-        for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
-            for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
-                let tail = tail_dot(
-                    &w[r * k + whole..(r + 1) * k],
-                    &xs[j * k + whole..(j + 1) * k],
-                );
-                *value = sum256(sum) + tail;
-            }
-        }
-        out
-    }
-
-    /// `a · b`, 8 lanes with FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let whole = n / 8 * 8;
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 8 <= n`.
-            unsafe {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc);
-            }
-            i += 8;
-        }
-        sum256(acc) + tail_dot(&a[whole..n], &b[whole..n])
+    fn sum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
     }
 
     /// The sum of eight lanes.
