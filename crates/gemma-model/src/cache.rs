@@ -120,41 +120,17 @@ impl KvCache {
         Ok((kc.shallow_clone(), vc.shallow_clone()))
     }
 
-    /// Marks `chunk` more positions as cached (after every layer has written them).
-    /// The key and value buffers of `layer` as f32 slices (`[B, kv_heads, max_len, head_dim]`
-    /// each), and `max_len`: for the fused CPU decode step, which writes them in place.
-    pub(crate) fn layer_f32_mut(
-        &mut self,
-        layer: usize,
-    ) -> Result<(&mut [f32], &mut [f32], usize)> {
-        let (Some(kc), Some(vc)) = (self.keys.get_mut(layer), self.values.get_mut(layer)) else {
-            return Err(Error::Input(format!("cache has no layer {layer}")));
-        };
-        let capacity = usize::try_from(self.max_len).unwrap_or(0);
-        Ok((host_values(kc, layer)?, host_values(vc, layer)?, capacity))
+    /// The key and value buffers of `layer` (`[B, kv_heads, max_len, head_dim]` each), for
+    /// the fused CPU kernels, which write them in place.
+    pub(crate) fn layer_buffers_mut(&mut self, layer: usize) -> Result<(&mut Tensor, &mut Tensor)> {
+        match (self.keys.get_mut(layer), self.values.get_mut(layer)) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(Error::Input(format!("cache has no layer {layer}"))),
+        }
     }
 
+    /// Marks `chunk` more positions as cached (after every layer has written them).
     pub(crate) fn advance(&mut self, chunk: i64) {
         self.len += chunk;
     }
-}
-
-/// The values of one of the cache's own buffers as a mutable f32 slice.
-fn host_values(t: &mut Tensor, layer: usize) -> Result<&mut [f32]> {
-    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
-        return Err(Error::Fused(format!(
-            "the KV cache of layer {layer} is {:?} on {:?}, not contiguous float32 on the CPU",
-            t.kind(),
-            t.device()
-        )));
-    }
-    let n = t.numel();
-    if n == 0 {
-        return Ok(&mut []);
-    }
-    // SAFETY: a contiguous f32 CPU tensor holds `numel` f32 values at `data_ptr`. The buffers
-    // are the cache's own (made in `new`, never handed out whole), the views `write` returns
-    // live only inside one forward call, and the caller holds the cache mutably, so nothing
-    // else reads or writes them while the slice lives.
-    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
 }

@@ -349,7 +349,7 @@ impl<'m> Decoder<'m> {
         let graph = match mode {
             DecodeMode::Auto | DecodeMode::Eager => return Ok(Decoder::Eager { last_pos }),
             DecodeMode::Fused => {
-                let next = host_ids(&last_pos.f_add_scalar(1)?)?;
+                let next = fused::host::<i64>(&last_pos.f_add_scalar(1)?)?;
                 return Ok(Decoder::Fused(Box::new(FusedDecoder::new(model, next)?)));
             }
             DecodeMode::FixedShape => Recording::Off,
@@ -421,7 +421,9 @@ impl<'m> Decoder<'m> {
                 };
                 logits_of(ctx.model.forward_step(&input, cache, ctx.masks, hooks)?)
             }
-            Decoder::Fused(fused) => fused.step(&host_ids(next)?, cache, ctx.masks, hooks),
+            Decoder::Fused(fused) => {
+                fused.step(&fused::host::<i64>(next)?, cache, ctx.masks, hooks)
+            }
             Decoder::Fixed {
                 step,
                 graph,
@@ -482,12 +484,6 @@ fn run_and_record(
         logits,
         recorded.map(|logits| Recording::Recorded { logits, graph }),
     ))
-}
-
-/// The ids of `ids` (any shape, int64) on the host, flattened.
-fn host_ids(ids: &Tensor) -> Result<Vec<i64>> {
-    let flat = ids.f_to_device(Device::Cpu)?.f_flatten(0, -1)?;
-    Ok(Vec::<i64>::try_from(&flat)?)
 }
 
 /// `next` with the pad id in the rows no longer `active` (HF's

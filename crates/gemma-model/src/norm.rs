@@ -19,6 +19,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// `1 + w` in f32, when it was computed at construction.
+    pub(crate) fn scale_f32(&self) -> Option<&Tensor> {
+        self.scale.as_ref()
+    }
+
     /// A norm with weight `weight` (as stored in the checkpoint).
     pub fn new(weight: Tensor, eps: f64) -> Self {
         let scale = one_plus(&weight).ok();
@@ -51,13 +56,6 @@ impl RmsNorm {
         // multiply and a cast, and the same values (the multiply runs in f32 either way).
         let out = x.f_empty_like()?;
         Ok(normed.f_mul_out(&out, scale)?)
-    }
-}
-
-impl RmsNorm {
-    /// `1 + w` in f32, when it was computed at construction.
-    pub(crate) fn scale_f32(&self) -> Option<&Tensor> {
-        self.scale.as_ref()
     }
 }
 

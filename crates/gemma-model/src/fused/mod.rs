@@ -367,7 +367,14 @@ fn attention(
             visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width)?;
         }
     }
-    let (keys, values, capacity) = cache.layer_f32_mut(step.layer)?;
+    let capacity = usize::try_from(cache.max_len()).unwrap_or(0);
+    let (keys, values) = cache.layer_buffers_mut(step.layer)?;
+    // Named only on failure: this runs for every layer of every step.
+    let what = |kind: &'static str| {
+        move || format!("the KV cache's {kind} buffer of layer {}", step.layer)
+    };
+    let keys = slice_mut(keys, what("key")).map_err(Error::Fused)?;
+    let values = slice_mut(values, what("value")).map_err(Error::Fused)?;
     let keys_seen = step.past + t;
     let per_row_cache = shape.kv_heads * capacity * hd;
     for row in 0..batch {
@@ -452,29 +459,38 @@ impl<'m> Weights<'m> {
                 c.hidden_activation
             ));
         }
-        let norm = |n: &'m crate::norm::RmsNorm, what: &str| match n.scale_f32() {
-            Some(s) => slice(s, what),
+        let norm = |n: &'m crate::norm::RmsNorm, what: String| match n.scale_f32() {
+            Some(s) => slice(s, || what),
             None => Err(format!("{what} has no f32 scale")),
         };
         let mut layers = Vec::with_capacity(model.layers.len());
         for (i, l) in model.layers.iter().enumerate() {
             layers.push(LayerWeights {
-                qkv: slice(l.self_attn.stacked_qkv(), &format!("layer {i} q/k/v"))?,
-                o: slice(&l.self_attn.o_proj, &format!("layer {i} o_proj"))?,
-                gate_up: slice(l.mlp.stacked_gate_up(), &format!("layer {i} gate/up"))?,
-                down: slice(&l.mlp.down_proj, &format!("layer {i} down_proj"))?,
-                input_norm: norm(&l.input_layernorm, &format!("layer {i} input norm"))?,
-                post_attention_norm: norm(&l.post_attention_layernorm, "post-attention norm")?,
-                pre_feedforward_norm: norm(&l.pre_feedforward_layernorm, "pre-MLP norm")?,
-                post_feedforward_norm: norm(&l.post_feedforward_layernorm, "post-MLP norm")?,
+                qkv: slice(l.self_attn.stacked_qkv(), || format!("layer {i} q/k/v"))?,
+                o: slice(&l.self_attn.o_proj, || format!("layer {i} o_proj"))?,
+                gate_up: slice(l.mlp.stacked_gate_up(), || format!("layer {i} gate/up"))?,
+                down: slice(&l.mlp.down_proj, || format!("layer {i} down_proj"))?,
+                input_norm: norm(&l.input_layernorm, format!("layer {i} input norm"))?,
+                post_attention_norm: norm(
+                    &l.post_attention_layernorm,
+                    format!("layer {i} post-attention norm"),
+                )?,
+                pre_feedforward_norm: norm(
+                    &l.pre_feedforward_layernorm,
+                    format!("layer {i} pre-MLP norm"),
+                )?,
+                post_feedforward_norm: norm(
+                    &l.post_feedforward_layernorm,
+                    format!("layer {i} post-MLP norm"),
+                )?,
             });
         }
         let to_usize = |v: i64| usize::try_from(v).unwrap_or(0);
         Ok(Weights {
-            embed: slice(&model.embed_tokens, "embed_tokens")?,
+            embed: slice(&model.embed_tokens, || "embed_tokens".into())?,
             embed_scale: c.embedding_scale() as f32,
-            unembed: slice(model.unembedding(), "the unembedding")?,
-            final_norm: norm(&model.norm, "the final norm")?,
+            unembed: slice(model.unembedding(), || "the unembedding".into())?,
+            final_norm: norm(&model.norm, "the final norm".into())?,
             eps: c.rms_norm_eps as f32,
             final_softcap: c.final_logit_softcapping.map(|cap| cap as f32),
             attention: OneQuery {
@@ -489,14 +505,23 @@ impl<'m> Weights<'m> {
     }
 }
 
-/// The values of a contiguous f32 CPU tensor, borrowed.
-fn slice<'t>(t: &'t Tensor, what: &str) -> std::result::Result<&'t [f32], String> {
-    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
-        return Err(format!(
-            "{what} is not a contiguous float32 CPU tensor ({:?} on {:?})",
+/// Why `t` cannot be read as a slice of f32 (naming it `what()`), or `None` when it is a
+/// contiguous f32 CPU tensor.
+fn not_host_f32(t: &Tensor, what: impl FnOnce() -> String) -> Option<String> {
+    (t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous()).then(|| {
+        format!(
+            "{} is not a contiguous float32 CPU tensor ({:?} on {:?})",
+            what(),
             t.kind(),
             t.device()
-        ));
+        )
+    })
+}
+
+/// The values of a contiguous f32 CPU tensor, borrowed.
+fn slice(t: &Tensor, what: impl FnOnce() -> String) -> std::result::Result<&[f32], String> {
+    if let Some(why) = not_host_f32(t, what) {
+        return Err(why);
     }
     let n = t.numel();
     if n == 0 {
@@ -508,8 +533,27 @@ fn slice<'t>(t: &'t Tensor, what: &str) -> std::result::Result<&'t [f32], String
     Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
 }
 
+/// The values of a contiguous f32 CPU tensor, borrowed to write: for the KV cache's own
+/// buffers.
+fn slice_mut(
+    t: &mut Tensor,
+    what: impl FnOnce() -> String,
+) -> std::result::Result<&mut [f32], String> {
+    if let Some(why) = not_host_f32(t, what) {
+        return Err(why);
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: as in `slice`. The cache's buffers are its own (made in `KvCache::new`, never
+    // handed out whole), the views its `write` returns live only inside one forward call,
+    // and the caller holds the cache mutably, so nothing else reads or writes them meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+}
+
 /// A tensor's values on the host as `T`, flattened (a copy).
-fn host<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>>
+pub(crate) fn host<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>>
 where
     for<'a> Vec<T>: TryFrom<&'a Tensor, Error = tch::TchError>,
 {
