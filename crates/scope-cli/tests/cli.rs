@@ -90,15 +90,20 @@ fn generate_matches_hf_greedy() {
             continue; // the padded batch is the model crate's test
         }
         let prompt = prompts[0].as_str().expect("prompt");
-        let out = scope_json(&[
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            prompt,
-            "--max-new-tokens",
-            "20",
-        ]);
+        let generate = |decode: &str| {
+            scope_json(&[
+                "generate",
+                "--model",
+                &model,
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                "20",
+                "--decode",
+                decode,
+            ])
+        };
+        let out = generate("auto");
         let want = ints(&case["output_ids"][0]);
         assert_eq!(
             ints(&out["output_ids"]),
@@ -114,17 +119,7 @@ fn generate_matches_hf_greedy() {
         // bit-identical path on request, with the same tokens.
         let auto = out["decode"].as_str().expect("decode");
         assert!(auto == "fused" || auto == "eager", "{auto}");
-        let eager = scope_json(&[
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            prompt,
-            "--max-new-tokens",
-            "20",
-            "--decode",
-            "eager",
-        ]);
+        let eager = generate("eager");
         assert_eq!(eager["decode"], "eager");
         assert_eq!(eager["output_ids"], out["output_ids"]);
         compared += 1;
