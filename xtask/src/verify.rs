@@ -123,9 +123,10 @@ fn print_table(rows: &[ParityRow]) {
 }
 
 /// Where the real weights would be: `SCOPE_GEMMA_2B` / `SCOPE_GEMMA_2B_IT` (local directories)
-/// or the Hugging Face cache, found by the rules `HubOptions::from_vars` of the `gemma-model`
-/// and `sae` crates follow (`HF_HUB_CACHE`, else `HF_HOME/hub`, where `HF_HOME` defaults to
-/// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`).
+/// or the Hugging Face cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, where `HF_HOME` defaults to
+/// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`. These are the rules of
+/// `scope_hub::HubOptions::from_vars`, repeated because xtask has no dependencies (pulling in
+/// `scope-hub` would bring an HTTP and TLS stack into the first `cargo xtask` build).
 fn hf_cache() -> PathBuf {
     let var = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
     if let Some(cache) = var("HF_HUB_CACHE") {

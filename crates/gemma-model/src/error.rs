@@ -119,16 +119,9 @@ pub enum Error {
     Cuda(String),
 
     // --- hub ------------------------------------------------------------------------------
-    /// A Hugging Face Hub lookup or download failed.
-    #[error("hub `{repo}`, file `{file}`: {reason}")]
-    Hub {
-        /// The repository id.
-        repo: String,
-        /// The file within it.
-        file: String,
-        /// What failed.
-        reason: String,
-    },
+    /// A Hugging Face Hub lookup or download failed (names the repository and the file).
+    #[error(transparent)]
+    Hub(#[from] scope_hub::Error),
 
     // --- tokenizer ------------------------------------------------------------------------
     /// The tokenizer failed.

@@ -1,6 +1,5 @@
 //! The files of a checkpoint (`config.json`, `generation_config.json`, `tokenizer.json`, one
-//! safetensors file or the shards named by `model.safetensors.index.json`) and where Hub files
-//! come from ([`HubOptions`]).
+//! safetensors file or the shards named by `model.safetensors.index.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -52,82 +51,6 @@ impl ModelFiles {
         }
         Ok(config)
     }
-}
-
-/// Where Hub files come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HubOptions {
-    /// The hub cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`).
-    pub cache_dir: PathBuf,
-    /// Branch, tag or commit (default `main`).
-    pub revision: String,
-    /// Serve only from the cache (`HF_HUB_OFFLINE=1`).
-    pub offline: bool,
-    /// Access token (`HF_TOKEN`, else the token file).
-    pub token: Option<String>,
-    /// Hub endpoint (`HF_ENDPOINT`).
-    pub endpoint: Option<String>,
-    /// Show a progress bar on stderr while downloading.
-    pub progress: bool,
-}
-
-impl HubOptions {
-    /// Options from the standard Hugging Face environment variables, read as `huggingface_hub`
-    /// reads them (the same rules as `sae::HubOptions::from_env`, so models and SAEs share one
-    /// cache).
-    pub fn from_env() -> Self {
-        Self::from_vars(|key| std::env::var(key).ok())
-    }
-
-    /// Options from the variables `var` returns: `HF_HUB_CACHE`, else `HF_HOME/hub`, where
-    /// `HF_HOME` defaults to `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`;
-    /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH` (default
-    /// `HF_HOME/token`); `HF_HUB_OFFLINE` (1/true/yes/on); `HF_ENDPOINT`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let var = |key: &str| non_empty(var(key));
-        let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    var("HOME")
-                        .map_or_else(|| PathBuf::from("."), PathBuf::from)
-                        .join(".cache")
-                })
-                .join("huggingface")
-        });
-        let cache_dir = var("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| hf_home.join("hub"));
-        let token = var("HF_TOKEN")
-            .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| {
-                let path = var("HF_TOKEN_PATH")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| hf_home.join("token"));
-                non_empty(std::fs::read_to_string(path).ok())
-            });
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
-        });
-        HubOptions {
-            cache_dir,
-            revision: "main".into(),
-            offline,
-            token,
-            endpoint: var("HF_ENDPOINT"),
-            progress: true,
-        }
-    }
-}
-
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// `org/name` with no path separators beyond the one slash.
-pub(crate) fn is_hub_id(s: &str) -> bool {
-    let mut parts = s.split('/');
-    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() && !a.starts_with('.'))
 }
 
 fn require_file(path: PathBuf) -> Result<PathBuf> {

@@ -17,11 +17,12 @@ use crate::attention::{Attention, AttentionShape, AttentionWeights};
 use crate::config::Gemma2Config;
 use crate::device::{resolve_dtype, DTypeSpec};
 use crate::error::{Error, Result};
-use crate::files::{HubOptions, ModelFiles};
+use crate::files::ModelFiles;
 use crate::mlp::Mlp;
 use crate::model::{DecoderLayer, Gemma2Model};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
+use scope_hub::HubOptions;
 
 /// Where one tensor's bytes are.
 struct Entry {

@@ -38,33 +38,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Offline mode (`HF_HUB_OFFLINE`) and the file is not in the local Hugging Face cache.
-    #[error(
-        "`{repo}/{file}` is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set \
-         ({reason}); download it once online or unset HF_HUB_OFFLINE",
-        cache_dir.display()
-    )]
-    OfflineMissing {
-        /// The hub repository, e.g. `google/gemma-scope-2b-pt-res`.
-        repo: String,
-        /// The file inside it.
-        file: String,
-        /// The hub cache directory searched.
-        cache_dir: PathBuf,
-        /// What exactly was missing (refs/main, the snapshot file).
-        reason: String,
-    },
-    /// A download from the hub failed.
-    #[error("downloading `{repo}/{file}` from the Hugging Face hub failed: {source}")]
-    Download {
-        /// The hub repository.
-        repo: String,
-        /// The file inside it.
-        file: String,
-        /// The hub client's error.
-        #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
-    },
+    /// The file is not in the Hugging Face cache and could not be downloaded (offline, or the
+    /// download failed); names the repository and the file.
+    #[error(transparent)]
+    Hub(#[from] scope_hub::Error),
 
     // ---- files ----------------------------------------------------------------------------------
     /// An I/O error on a file.

@@ -208,12 +208,12 @@ fn offline_miss_is_a_clear_error() {
     )
     .unwrap_err();
     match &err {
-        Error::OfflineMissing {
+        Error::Hub(scope_hub::Error::NotCached {
             repo,
             file,
             cache_dir,
             ..
-        } => {
+        }) => {
             assert_eq!(repo, "google/gemma-scope-2b-pt-res");
             assert_eq!(file, "layer_20/width_16k/average_l0_71/params.npz");
             assert_eq!(cache_dir, cache.path());
@@ -237,7 +237,7 @@ fn offline_miss_is_a_clear_error() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, Error::OfflineMissing { file, .. } if file == "layer_19/width_16k/average_l0_73/params.npz"),
+        matches!(&err, Error::Hub(scope_hub::Error::NotCached { file, .. }) if file == "layer_19/width_16k/average_l0_73/params.npz"),
         "{err}"
     );
     // A canonical name with no table row fails before any lookup.
@@ -250,51 +250,10 @@ fn offline_miss_is_a_clear_error() {
     ));
 }
 
-/// Models and SAEs must resolve through the same cache and token: `sae::HubOptions` and
-/// `gemma_model::HubOptions` read the environment by the same rules.
+/// Models and SAEs resolve through one cache with one token: both crates hand out the same
+/// `scope_hub::HubOptions` (its environment rules are tested in `scope-hub`).
 #[test]
-fn hub_options_read_the_environment_like_the_model_crate() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("my-token");
-    std::fs::write(&token_file, "  from-file \n").expect("token file");
-    let token_path = token_file.to_string_lossy().into_owned();
-    let envs: Vec<Vec<(&str, &str)>> = vec![
-        vec![("HOME", "/home/u")],
-        vec![("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")],
-        vec![("HF_HOME", "/hf"), ("XDG_CACHE_HOME", "/xdg")],
-        vec![("HF_HUB_CACHE", "/cache"), ("HF_HOME", "/hf")],
-        vec![("HF_TOKEN", " t1 "), ("HUGGING_FACE_HUB_TOKEN", "t2")],
-        vec![("HUGGING_FACE_HUB_TOKEN", "t2"), ("HF_HOME", "/nowhere")],
-        vec![
-            ("HF_TOKEN_PATH", token_path.as_str()),
-            ("HF_HOME", "/nowhere"),
-        ],
-        vec![("HF_HUB_OFFLINE", "YES"), ("HF_ENDPOINT", "https://mirror")],
-        vec![("HF_HUB_OFFLINE", "0"), ("HF_HOME", "  ")],
-    ];
-    for env in envs {
-        let var = |key: &str| {
-            env.iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        };
-        let ours = sae::HubOptions::from_vars(var);
-        let model = gemma_model::HubOptions::from_vars(var);
-        let case = format!("{env:?}");
-        assert_eq!(ours.cache_dir, model.cache_dir, "{case}");
-        assert_eq!(ours.token, model.token, "{case}");
-        assert_eq!(ours.offline, model.offline, "{case}");
-        assert_eq!(ours.endpoint, model.endpoint, "{case}");
-        assert_eq!(ours.revision, model.revision, "{case}");
-    }
-    let xdg = sae::HubOptions::from_vars(|k| (k == "XDG_CACHE_HOME").then(|| "/xdg".to_string()));
-    assert_eq!(
-        xdg.cache_dir,
-        std::path::PathBuf::from("/xdg/huggingface/hub")
-    );
-    let from_file = sae::HubOptions::from_vars(|k| match k {
-        "HF_TOKEN_PATH" => Some(token_path.clone()),
-        _ => None,
-    });
-    assert_eq!(from_file.token.as_deref(), Some("from-file"));
+fn models_and_saes_share_one_hub_options_type() {
+    let options: gemma_model::HubOptions = sae::HubOptions::offline_in("/cache");
+    assert_eq!(options, scope_hub::HubOptions::offline_in("/cache"));
 }

@@ -534,15 +534,17 @@ pub fn download(args: &DownloadArgs) -> Result<()> {
     if args.model.is_none() && args.sae.is_none() {
         bail!("nothing to download: give --model HUB_ID and/or --sae HUB_PATH");
     }
+    // One set of options: models and SAEs share the cache and the token.
+    let hub = gemma_model::HubOptions::from_env();
     let mut paths = Vec::new();
     if let Some(model) = &args.model {
-        let files = gemma_model::ModelFiles::resolve(model, &gemma_model::HubOptions::from_env())
+        let files = gemma_model::ModelFiles::resolve(model, &hub)
             .with_context(|| format!("cannot download model `{model}`"))?;
         paths.push(files.dir.display().to_string());
     }
     if let Some(name) = &args.sae {
-        let resolved = sae::resolve(name, &sae::HubOptions::from_env())
-            .with_context(|| format!("cannot download SAE `{name}`"))?;
+        let resolved =
+            sae::resolve(name, &hub).with_context(|| format!("cannot download SAE `{name}`"))?;
         paths.push(resolved.path.display().to_string());
     }
     let report = DownloadReport { paths };

@@ -229,7 +229,7 @@ fn hub_offline_resolves_from_cache_layout() {
 
     let err = ModelFiles::resolve("google/not-cached", &options).expect_err("not cached");
     assert!(
-        matches!(&err, Error::Hub { repo, .. } if repo == "google/not-cached"),
+        matches!(&err, Error::Hub(scope_hub::Error::NotCached { repo, .. }) if repo == "google/not-cached"),
         "{err}"
     );
 }
