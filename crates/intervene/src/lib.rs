@@ -192,6 +192,7 @@
 
 pub mod builtin;
 pub mod component;
+pub mod config;
 pub mod error;
 pub mod graph;
 pub mod hooks;
@@ -206,10 +207,9 @@ pub use builtin::{
     Vanilla, Zero,
 };
 pub use component::{Component, ResolvedComponent};
+pub use config::{CallOptions, IntervenableOutput, Mode, RepresentationConfig, Sources};
 pub use error::Error;
-pub use graph::{
-    CallOptions, IntervenableModel, IntervenableOutput, Mode, RepresentationConfig, Sources,
-};
+pub use graph::IntervenableModel;
 pub use hooks::{
     ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired, Stacked, StackedPart,
 };

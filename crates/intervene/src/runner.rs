@@ -7,7 +7,7 @@
 
 use tch::Tensor;
 
-use crate::graph::{CallOptions, Entry, IntervenableOutput, Mode};
+use crate::config::{CallOptions, Entry, IntervenableOutput, Mode};
 use crate::hooks::{ForwardInfo, Hooks, NoHooks, StackedPart};
 use crate::intervention::{InterventionRole, Subspaces};
 use crate::location::{Locations, RowPositions};
