@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tch::{Device, Kind, Tensor};
 
+use crate::error::{Error, Result};
 use crate::intervention::{Intervention, InterventionRole, Subspaces};
-use crate::{Error, Result};
 
 /// A boolean mask over the last dimension that is `true` at the subspace indices: `[width]` for
 /// [`Subspaces::Shared`], `[batch, 1, .., width]` (`ndim` dims) for [`Subspaces::PerRow`].

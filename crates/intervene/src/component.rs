@@ -13,8 +13,8 @@
 
 use std::fmt;
 
+use crate::error::{Error, Result};
 use crate::site::{HookPoint, Site, SiteCatalog, SiteKind};
-use crate::{Error, Result};
 
 /// A component as the user names it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -91,3 +91,6 @@ pub enum Error {
     #[error("model: {0}")]
     Model(Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,11 +26,11 @@ use tch::Tensor;
 use crate::component::{pyvene_key, ResolvedComponent};
 use crate::config::Entry;
 pub use crate::config::{CallOptions, IntervenableOutput, Mode, RepresentationConfig, Sources};
+use crate::error::{Error, Result};
 use crate::hooks::{ForwardOptions, HookedModel, Hooks, NoHooks, Paired};
 use crate::intervention::{Intervention, InterventionRole};
 use crate::runner::{acts_in_base, finish, HookErrors, Recorder, Runner, SplitHooks};
 use crate::site::{Site, SiteKind};
-use crate::{Error, Result};
 
 /// A model with interventions attached (pyvene's `IntervenableModel`).
 pub struct IntervenableModel<'m, M: HookedModel> {

@@ -7,8 +7,8 @@
 
 use tch::Tensor;
 
+use crate::error::Error;
 use crate::site::{Site, SiteCatalog};
-use crate::Error;
 
 /// Facts about the forward call that is starting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Latent or dimension indices an intervention acts on, for each batch row.
 ///

@@ -208,7 +208,7 @@ pub use builtin::{
 };
 pub use component::{Component, ResolvedComponent};
 pub use config::{CallOptions, IntervenableOutput, Mode, RepresentationConfig, Sources};
-pub use error::Error;
+pub use error::{Error, Result};
 pub use graph::IntervenableModel;
 pub use hooks::{
     ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Paired, Stacked, StackedPart,
@@ -216,6 +216,3 @@ pub use hooks::{
 pub use intervention::{Intervention, InterventionRole, Subspaces};
 pub use location::{Locations, PerIntervention, RowPositions};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};
-
-/// The result type of this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@
 //! position of that tensor (our addition). A position outside the tensor is [`Error::PositionOutOfRange`](crate::Error).
 //! Every batch row must select the same number of positions.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Positions for each batch row: the same list for every row, or one list per row.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,12 +8,12 @@
 use tch::Tensor;
 
 use crate::config::{CallOptions, Entry, IntervenableOutput, Mode};
+use crate::error::{Error, Result};
 use crate::hooks::{ForwardInfo, Hooks, NoHooks, StackedPart};
 use crate::intervention::{InterventionRole, Subspaces};
 use crate::location::{Locations, RowPositions};
 use crate::select::{cast_to, gather, scatter, IndexCache, Selection};
 use crate::site::{Site, SiteKind};
-use crate::{Error, Result};
 
 /// The model's result, with a hook's own error (typed) preferred over the model's wrapping of it.
 pub(crate) fn finish<T, E: std::error::Error + Send + Sync + 'static>(

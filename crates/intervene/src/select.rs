@@ -7,9 +7,9 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::error::{Error, Result};
 use crate::location::RowPositions;
 use crate::site::Site;
-use crate::{Error, Result};
 
 /// A cached `[batch, k]` int64 index tensor for a [`RowPositions`], keyed by the length it was
 /// resolved against, the batch and the device.

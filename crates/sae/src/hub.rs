@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 pub use scope_hub::HubOptions;
 use scope_hub::HubRepo;
 
+use crate::error::{Error, Result};
 use crate::name::{canonical_lookup, SaeName, SiteHint};
-use crate::{Error, Result};
 
 /// The on-disk layout of an SAE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

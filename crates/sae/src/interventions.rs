@@ -8,7 +8,7 @@
 use intervene::{Intervention, InterventionRole, Subspaces};
 use tch::Tensor;
 
-use crate::Sae;
+use crate::sae::Sae;
 
 type IResult<T> = std::result::Result<T, intervene::Error>;
 
@@ -155,7 +155,7 @@ impl std::fmt::Debug for Steer {
 
 impl Steer {
     /// Steer along `pairs` of (latent, magnitude) of `sae`.
-    pub fn new(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<Steer> {
+    pub fn new(sae: &Sae, pairs: &[(i64, f64)]) -> crate::error::Result<Steer> {
         let vector = sae.steering_sum(pairs)?;
         Ok(Steer {
             add: intervene::Add::new(vector.shallow_clone()),
@@ -173,7 +173,7 @@ impl Steer {
 /// Steering as intervene's built-in [`intervene::Add`] of `Σ magnitude_i · W_dec[latent_i]`
 /// (in the SAE's dtype, on its device). Unlike [`Steer`], `Add` honours subspaces (it then adds only on
 /// those dimensions of the model width).
-pub fn steering_add(sae: &Sae, pairs: &[(i64, f64)]) -> crate::Result<intervene::Add> {
+pub fn steering_add(sae: &Sae, pairs: &[(i64, f64)]) -> crate::error::Result<intervene::Add> {
     Ok(intervene::Add::new(sae.steering_sum(pairs)?))
 }
 

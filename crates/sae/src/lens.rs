@@ -7,7 +7,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::{Error, Result, Sae};
+use crate::error::{Error, Result};
+use crate::sae::Sae;
 
 /// Top promoted and suppressed tokens of one latent.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,8 +22,8 @@ use ndarray::{ArrayD, IxDyn, OwnedRepr};
 use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
 use tch::{Kind, Tensor};
 
+use crate::error::{Error, Result};
 use crate::name::{site_from_hook_name, SaeFamily};
-use crate::{Error, Result};
 
 /// Raw SAE parameters on the CPU, float32, validated.
 #[derive(Debug)]

@@ -40,7 +40,8 @@
 use intervene::{ForwardOptions, HookedModel, Hooks, NoHooks, Site};
 use tch::{Kind, Reduction, Tensor};
 
-use crate::{Error, Result, Sae};
+use crate::error::{Error, Result};
+use crate::sae::Sae;
 
 /// Reconstruction quality over a batch.
 #[derive(Clone, Debug, PartialEq)]

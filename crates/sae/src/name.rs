@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use intervene::{Site, SiteKind};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Which Gemma Scope family an SAE belongs to, i.e. which activation it reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

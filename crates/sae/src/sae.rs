@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use intervene::Site;
 use tch::{Device, Kind, Tensor};
 
+use crate::error::{Error, Result};
 use crate::hub::{resolve, HubOptions, ResolvedSae, SaeFormat};
 use crate::load::{hook_family, read_npz, read_saelens, rescale_embedding, SaeWeights};
 use crate::name::{site_from_hook_name, SaeFamily, SiteHint};
-use crate::{Error, Result};
 
 /// What is known about a loaded SAE besides its weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
