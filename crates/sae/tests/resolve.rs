@@ -250,6 +250,65 @@ fn offline_miss_is_a_clear_error() {
     ));
 }
 
+/// Online, hub paths and canonical names download into the cache (a local stand-in for the
+/// Hub serves the fixture SAE); once cached, no name asks the Hub again. A SAELens file needs
+/// its `cfg.json`, fetched first: without one on the Hub the error names it.
+#[test]
+fn hub_path_and_canonical_download_when_online() {
+    let hub = scope_hub::mock::MockHub::start().unwrap();
+    let repo = "google/gemma-scope-2b-pt-res";
+    let npz = std::fs::read(F32.sae_path()).unwrap();
+    hub.add(
+        repo,
+        "layer_20/width_16k/average_l0_71/params.npz",
+        npz.clone(),
+    );
+    hub.add(
+        repo,
+        "saelens/layer_20/sae_weights.safetensors",
+        b"{}".to_vec(),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let online = HubOptions {
+        offline: false,
+        endpoint: Some(hub.endpoint().to_string()),
+        ..HubOptions::offline_in(cache.path())
+    };
+
+    let by_hub = resolve(
+        "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71",
+        &online,
+    )
+    .unwrap();
+    assert!(by_hub.path.starts_with(cache.path()));
+    assert_eq!(std::fs::read(&by_hub.path).unwrap(), npz);
+    let sae = Sae::load(&by_hub, Device::Cpu).unwrap();
+    assert_eq!(sae.site(), Some(Site::new(20, SiteKind::BlockOutput)));
+
+    let asked = hub.requests();
+    let by_canon = resolve(
+        "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical",
+        &online,
+    )
+    .unwrap();
+    assert_eq!(by_canon.path, by_hub.path);
+    assert_eq!(
+        hub.requests(),
+        asked,
+        "the canonical name is served from the cache"
+    );
+
+    let err = resolve(
+        "hf://google/gemma-scope-2b-pt-res/saelens/layer_20/sae_weights.safetensors",
+        &online,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Hub(scope_hub::Error::Download { file, .. }) if file == "saelens/layer_20/cfg.json"),
+        "{err}"
+    );
+}
+
 /// Models and SAEs resolve through one cache with one token: both crates hand out the same
 /// `scope_hub::HubOptions` (its environment rules are tested in `scope-hub`).
 #[test]

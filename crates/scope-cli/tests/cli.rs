@@ -731,39 +731,47 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
 /// A Hugging Face cache holding the fixture model as `google/gemma-2-tiny` and the fixture SAE
 /// as `google/gemma-scope-tiny-res/layer_2/width_256/average_l0_20`, like `scope download`
 /// leaves it.
-fn fake_hub_cache(root: &Path) {
-    let commit = "0123456789abcdef0123456789abcdef01234567";
+/// A local stand-in for the Hub holding the fixture model as `google/gemma-2-tiny` and the
+/// fixture SAE under `google/gemma-scope-tiny-res`.
+fn mock_hub() -> scope_hub::mock::MockHub {
+    let hub = scope_hub::mock::MockHub::start().expect("mock hub");
     for (repo, from, under) in [
-        ("models--google--gemma-2-tiny", F32_MODEL, ""),
+        ("google/gemma-2-tiny", F32_MODEL, ""),
         (
-            "models--google--gemma-scope-tiny-res",
+            "google/gemma-scope-tiny-res",
             F32_SAE,
-            "layer_2/width_256/average_l0_20",
+            "layer_2/width_256/average_l0_20/",
         ),
     ] {
-        let repo = root.join(repo);
-        let snapshot = repo.join("snapshots").join(commit).join(under);
-        std::fs::create_dir_all(&snapshot).expect("snapshot dir");
         for entry in std::fs::read_dir(fixtures().join(from)).expect("fixture dir") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), snapshot.join(entry.file_name())).expect("copy");
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+            hub.add(
+                repo,
+                &format!("{under}{name}"),
+                std::fs::read(&path).expect("read"),
+            );
         }
-        std::fs::create_dir_all(repo.join("refs")).expect("refs");
-        std::fs::write(repo.join("refs/main"), commit).expect("ref");
     }
+    hub
 }
 
 #[test]
-fn hub_names_resolve_from_the_cache_offline() {
+fn download_then_run_offline_from_the_cache() {
+    let hub = mock_hub();
     let cache = tempfile::tempdir().expect("tempdir");
-    fake_hub_cache(cache.path());
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_scope"))
-            .args(args)
-            .env("HF_HUB_OFFLINE", "1")
-            .env("HF_HUB_CACHE", cache.path())
-            .output()
-            .expect("scope runs");
+    let run = |args: &[&str], online: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scope"));
+        command.args(args).env("HF_HUB_CACHE", cache.path());
+        if online {
+            command
+                .env("HF_ENDPOINT", hub.endpoint())
+                .env("HF_TOKEN", "hf_gated")
+                .env_remove("HF_HUB_OFFLINE");
+        } else {
+            command.env("HF_HUB_OFFLINE", "1");
+        }
+        let out = command.output().expect("scope runs");
         assert!(
             out.status.success(),
             "{}",
@@ -772,14 +780,17 @@ fn hub_names_resolve_from_the_cache_offline() {
         serde_json::from_slice::<Value>(&out.stdout).expect("json")
     };
     let sae = "google/gemma-scope-tiny-res/layer_2/width_256/average_l0_20";
-    let got = run(&[
-        "download",
-        "--model",
-        "google/gemma-2-tiny",
-        "--sae",
-        sae,
-        "--json",
-    ]);
+    let got = run(
+        &[
+            "download",
+            "--model",
+            "google/gemma-2-tiny",
+            "--sae",
+            sae,
+            "--json",
+        ],
+        true,
+    );
     let paths: Vec<&str> = got["paths"]
         .as_array()
         .expect("paths")
@@ -793,21 +804,31 @@ fn hub_names_resolve_from_the_cache_offline() {
         "{}",
         paths[1]
     );
+    let tokens = hub.authorizations();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t == "Bearer hf_gated"),
+        "HF_TOKEN goes with every request: {tokens:?}"
+    );
 
-    // The hub names work wherever a path does, and give the same numbers.
+    // Offline, the hub names work wherever a path does, and give the same numbers.
+    let asked = hub.requests();
     let prompt = "Would you be able to travel through time using a wormhole?";
-    let by_hub = run(&[
-        "latents",
-        "--model",
-        "google/gemma-2-tiny",
-        "--sae",
-        sae,
-        "--prompt",
-        prompt,
-        "--json",
-        "--device",
-        "cpu",
-    ]);
+    let by_hub = run(
+        &[
+            "latents",
+            "--model",
+            "google/gemma-2-tiny",
+            "--sae",
+            sae,
+            "--prompt",
+            prompt,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        false,
+    );
+    assert_eq!(hub.requests(), asked);
     let by_path = scope_json(&[
         "latents",
         "--model",

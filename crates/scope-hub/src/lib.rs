@@ -263,5 +263,8 @@ impl<'a> HubRepo<'a> {
     }
 }
 
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
+
 #[cfg(test)]
 mod tests;

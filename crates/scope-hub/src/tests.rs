@@ -202,3 +202,97 @@ fn an_unreachable_hub_is_a_download_error_naming_the_file() {
         "{err}"
     );
 }
+
+fn online(cache: &Path, hub: &mock::MockHub) -> HubOptions {
+    HubOptions {
+        offline: false,
+        endpoint: Some(hub.endpoint().to_string()),
+        ..HubOptions::offline_in(cache)
+    }
+}
+
+/// A download lands in the cache in `huggingface_hub`'s layout (blob, snapshot link, ref), so
+/// the next lookup (offline, or by Python) finds it without asking the Hub again.
+#[test]
+fn a_download_fills_the_cache_that_later_lookups_read() {
+    let hub = mock::MockHub::start().unwrap();
+    let config = b"{\"model_type\": \"gemma2\"}".to_vec();
+    hub.add("google/gemma-2-2b", "config.json", config.clone());
+    hub.add(
+        "google/gemma-2-2b",
+        "sub/dir/tokenizer.json",
+        vec![7; 100_000],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let options = online(cache.path(), &hub);
+    let repo = HubRepo::new(&options, "google/gemma-2-2b");
+
+    let path = repo.get("config.json").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), config);
+    let folder = repo_folder(cache.path(), "google/gemma-2-2b");
+    assert_eq!(
+        path,
+        folder
+            .join("snapshots")
+            .join(mock::MOCK_COMMIT)
+            .join("config.json")
+    );
+    assert_eq!(
+        std::fs::read_to_string(folder.join("refs/main"))
+            .unwrap()
+            .trim(),
+        mock::MOCK_COMMIT
+    );
+    let nested = repo.get("sub/dir/tokenizer.json").unwrap();
+    assert_eq!(std::fs::read(nested).unwrap(), vec![7; 100_000]);
+
+    let asked = hub.requests();
+    assert_eq!(
+        repo.get("config.json").unwrap(),
+        path,
+        "a second get is a cache hit"
+    );
+    let offline = HubOptions::offline_in(cache.path());
+    assert_eq!(
+        HubRepo::new(&offline, "google/gemma-2-2b")
+            .get("config.json")
+            .unwrap(),
+        path
+    );
+    assert_eq!(hub.requests(), asked, "cache hits never reach the Hub");
+}
+
+#[test]
+fn a_file_the_hub_does_not_have_is_a_download_error() {
+    let hub = mock::MockHub::start().unwrap();
+    hub.add("google/gemma-2-2b", "config.json", b"{}".to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let options = online(cache.path(), &hub);
+    let err = HubRepo::new(&options, "google/gemma-2-2b")
+        .get("model.safetensors")
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Download { repo, file, .. } if repo == "google/gemma-2-2b" && file == "model.safetensors"),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("404"), "{message}");
+}
+
+/// Gemma is gated: the token must reach the Hub with every request.
+#[test]
+fn the_token_goes_with_every_request() {
+    let hub = mock::MockHub::start().unwrap();
+    hub.add("google/gemma-2-2b", "config.json", b"{}".to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let options = HubOptions {
+        token: Some("hf_secret".into()),
+        ..online(cache.path(), &hub)
+    };
+    HubRepo::new(&options, "google/gemma-2-2b")
+        .get("config.json")
+        .unwrap();
+    let seen = hub.authorizations();
+    assert_eq!(seen.len(), hub.requests(), "{seen:?}");
+    assert!(seen.iter().all(|a| a == "Bearer hf_secret"), "{seen:?}");
+}

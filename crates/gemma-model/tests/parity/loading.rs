@@ -234,6 +234,62 @@ fn hub_offline_resolves_from_cache_layout() {
     );
 }
 
+/// Online, a checkpoint is downloaded from the Hub into the cache: the index, then each shard
+/// it names; a file the repository lacks (here `generation_config.json`) is simply absent.
+/// The Hub is a local stand-in serving the sharded fixture, and the downloaded model gives
+/// the fixture's logits.
+#[test]
+fn hub_online_downloads_a_sharded_checkpoint() {
+    let hub = scope_hub::mock::MockHub::start().expect("mock hub");
+    for entry in std::fs::read_dir(model_dir("tiny-bf16-sharded")).expect("fixture") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        if name != "generation_config.json" {
+            hub.add(
+                "google/gemma-2-tiny",
+                name,
+                std::fs::read(&path).expect("read"),
+            );
+        }
+    }
+    let cache = tempfile::tempdir().expect("tmp");
+    let options = HubOptions {
+        offline: false,
+        endpoint: Some(hub.endpoint().to_string()),
+        ..HubOptions::offline_in(cache.path())
+    };
+    let files = ModelFiles::resolve("google/gemma-2-tiny", &options).expect("download");
+    assert!(
+        files.dir.starts_with(cache.path()) && files.dir.ends_with(scope_hub::mock::MOCK_COMMIT)
+    );
+    assert_eq!(files.weights.len(), 2);
+    assert!(files.tokenizer.is_some());
+    assert!(files.generation_config.is_none());
+
+    let model = Gemma2Model::load_files(
+        &files,
+        gemma_model::DTypeSpec::Fixed(Kind::Float),
+        Device::Cpu,
+    )
+    .expect("load");
+    let exp = expected_forward("tiny-bf16-sharded");
+    let logits = model
+        .forward(&gemma_model::Batch::new(
+            exp["p0.input_ids"].shallow_clone(),
+        ))
+        .expect("fwd")
+        .logits
+        .expect("logits");
+    assert!(max_abs_diff(&logits, &exp["f32.p0.logits"]) < 1e-4);
+
+    // Everything is cached now: offline resolution finds the same files.
+    let offline = HubOptions::offline_in(cache.path());
+    assert_eq!(
+        ModelFiles::resolve("google/gemma-2-tiny", &offline).expect("cached"),
+        files
+    );
+}
+
 /// Without a GPU, CUDA graphs and memory statistics are refused with the reason, never a crash.
 #[test]
 fn cuda_extras_say_why_they_are_unavailable() {
