@@ -166,6 +166,20 @@ fn devices_and_dtypes_parse_or_fail_cleanly() {
     ));
 }
 
+/// `model`, loaded in f32 from the `tiny-bf16-sharded` files, gives that fixture's f32 logits
+/// (1e-4, the f32 tolerance).
+fn assert_gives_sharded_fixture_logits(model: &Gemma2Model) {
+    let exp = expected_forward("tiny-bf16-sharded");
+    let logits = model
+        .forward(&gemma_model::Batch::new(
+            exp["p0.input_ids"].shallow_clone(),
+        ))
+        .expect("fwd")
+        .logits
+        .expect("logits");
+    assert!(max_abs_diff(&logits, &exp["f32.p0.logits"]) < 1e-4);
+}
+
 /// Lays out `cache/models--google--gemma-2-tiny/{refs/main, snapshots/<commit>/...}` like
 /// huggingface_hub does (blobs are plain copies here; HF uses symlinks into blobs/).
 fn fake_hub_cache(root: &Path) -> String {
@@ -217,15 +231,7 @@ fn hub_offline_resolves_from_cache_layout() {
         },
     )
     .expect("load from cache");
-    let exp = expected_forward("tiny-bf16-sharded");
-    let logits = model
-        .forward(&gemma_model::Batch::new(
-            exp["p0.input_ids"].shallow_clone(),
-        ))
-        .expect("fwd")
-        .logits
-        .expect("logits");
-    assert!(max_abs_diff(&logits, &exp["f32.p0.logits"]) < 1e-4);
+    assert_gives_sharded_fixture_logits(&model);
 
     let err = ModelFiles::resolve("google/not-cached", &options).expect_err("not cached");
     assert!(
@@ -272,15 +278,7 @@ fn hub_online_downloads_a_sharded_checkpoint() {
         Device::Cpu,
     )
     .expect("load");
-    let exp = expected_forward("tiny-bf16-sharded");
-    let logits = model
-        .forward(&gemma_model::Batch::new(
-            exp["p0.input_ids"].shallow_clone(),
-        ))
-        .expect("fwd")
-        .logits
-        .expect("logits");
-    assert!(max_abs_diff(&logits, &exp["f32.p0.logits"]) < 1e-4);
+    assert_gives_sharded_fixture_logits(&model);
 
     // Everything is cached now: offline resolution finds the same files.
     let offline = HubOptions::offline_in(cache.path());
