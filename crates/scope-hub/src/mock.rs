@@ -14,6 +14,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// The commit every file of a [`MockHub`] is served at.
 pub const MOCK_COMMIT: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
+/// The variables `hf-hub`'s HTTP client (ureq 2) takes a proxy from.
+const PROXY_VARIABLES: [&str; 6] = [
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
+
 type Files = HashMap<(String, String), Vec<u8>>;
 
 /// A local Hub serving the files given to [`MockHub::add`]; stops when dropped.
@@ -34,8 +44,19 @@ impl std::fmt::Debug for MockHub {
 }
 
 impl MockHub {
-    /// A server on a free port of `127.0.0.1`, holding no files yet.
+    /// A server on a free port of `127.0.0.1`, holding no files yet. An error when a proxy
+    /// variable is set: `hf-hub` would send the requests to that proxy instead (its HTTP
+    /// client reads `ALL_PROXY`, `HTTPS_PROXY` and `HTTP_PROXY`, and ignores `NO_PROXY`).
     pub fn start() -> std::io::Result<MockHub> {
+        if let Some(name) = PROXY_VARIABLES
+            .iter()
+            .find(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+        {
+            return Err(std::io::Error::other(format!(
+                "{name} is set, so hf-hub would ask that proxy instead of the mock Hub (it \
+                 ignores NO_PROXY): unset it to run the download tests"
+            )));
+        }
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let hub = MockHub {
