@@ -143,13 +143,12 @@ fn hf_cache() -> PathBuf {
     hf_home.join("hub")
 }
 
+/// `file` of `repo` in the snapshot `refs/main` names: the one `scope` will read.
 fn cached_snapshot_file(repo: &str, file: &str) -> Option<PathBuf> {
     let dir = hf_cache().join(format!("models--{}", repo.replace('/', "--")));
-    let snapshots = std::fs::read_dir(dir.join("snapshots")).ok()?;
-    snapshots
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join(file))
-        .find(|p| p.exists())
+    let commit = std::fs::read_to_string(dir.join("refs").join("main")).ok()?;
+    let path = dir.join("snapshots").join(commit.trim()).join(file);
+    path.is_file().then_some(path)
 }
 
 fn model_available(env: &str, repo: &str) -> Option<String> {
