@@ -1,5 +1,5 @@
 //! The built-in interventions: collect, add, subtract, zero, interchange (vanilla), constant
-//! source, and user closures.
+//! source, and user closures. Interchange in a rotated basis (DAS) is in [`crate::rotated`].
 //!
 //! Each one receives the selected slice `[batch, k, width]` (or `[batch, heads, k, head_dim]` for
 //! `head_*` components) and, with [`Subspaces`], acts only on those indices of the last dimension,
@@ -121,18 +121,18 @@ impl MaskCache {
 }
 
 /// A tensor kept on the device it was last used on, moved once when the device changes.
-struct OnDevice {
+pub(crate) struct OnDevice {
     cached: Mutex<Tensor>,
 }
 
 impl OnDevice {
-    fn new(t: Tensor) -> Self {
+    pub(crate) fn new(t: Tensor) -> Self {
         OnDevice {
             cached: Mutex::new(t),
         }
     }
 
-    fn on(&self, device: Device) -> Result<Tensor> {
+    pub(crate) fn on(&self, device: Device) -> Result<Tensor> {
         let mut guard = self
             .cached
             .lock()
@@ -144,7 +144,8 @@ impl OnDevice {
     }
 }
 
-fn dims(t: &Tensor) -> (i64, i64, usize) {
+/// (batch, width, ndim) of a slice.
+pub(crate) fn dims(t: &Tensor) -> (i64, i64, usize) {
     let size = t.size();
     let batch = size.first().copied().unwrap_or(1);
     let width = size.last().copied().unwrap_or(1);
@@ -422,7 +423,8 @@ impl Vanilla {
     }
 }
 
-fn interchange(
+/// `base` with `source` in its subspace dims (every dim without subspaces).
+pub(crate) fn interchange(
     mask: &MaskCache,
     base: &Tensor,
     source: &Tensor,

@@ -17,6 +17,7 @@
 //! | `(original, intervened)`, `collected_activations` | [`IntervenableOutput`] |
 //! | `mode="serial"` | [`Mode::Serial`] |
 //! | `CollectIntervention`, `AdditionIntervention`, `SubtractionIntervention`, `ZeroIntervention`, `VanillaIntervention` | [`Collect`], [`Add`], [`Subtract`], [`Zero`], [`Vanilla`], [`ConstantSource`] |
+//! | `RotatedSpaceIntervention`, `LowRankRotatedSpaceIntervention` with a trained `rotate_layer.weight` (DAS at inference) | [`RotatedSpace`], [`LowRankRotatedSpace`] |
 //! | a plain function as intervention | [`FnIntervention`], [`CollectWith`] |
 //!
 //! # A model in twenty lines
@@ -198,6 +199,7 @@ pub mod graph;
 pub mod hooks;
 pub mod intervention;
 pub mod location;
+pub mod rotated;
 mod runner;
 mod select;
 pub mod site;
@@ -215,4 +217,5 @@ pub use hooks::{
 };
 pub use intervention::{Intervention, InterventionRole, Subspaces};
 pub use location::{Locations, PerIntervention, RowPositions};
+pub use rotated::{LowRankRotatedSpace, RotatedSpace};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};

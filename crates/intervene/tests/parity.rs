@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
 use intervene::{
-    Add, CallOptions, Collect, Component, IntervenableModel, Locations, Mode,
-    RepresentationConfig as Rc, Sources, Subspaces, Vanilla, Zero,
+    Add, CallOptions, Collect, Component, IntervenableModel, Intervention, Locations,
+    LowRankRotatedSpace, Mode, RepresentationConfig as Rc, RotatedSpace, Sources, Subspaces,
+    Vanilla, Zero,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -129,6 +130,51 @@ fn vanilla_subspaces() {
         &t("vanilla_subspaces.logits"),
         LOGITS_TOL,
     );
+}
+
+/// DAS at inference: pyvene's `RotatedSpaceIntervention` and `LowRankRotatedSpaceIntervention`
+/// with the rotations the generator drew (pyvene's own orthogonal init), source position 5 into
+/// base position 7 of layer 1's output. Subspaces as the fixture's calls give them.
+#[test]
+fn rotated_space() {
+    let m = &model();
+    let (base, src) = (
+        batch("rotated_space.base.input_ids"),
+        batch("rotated_space.source.input_ids"),
+    );
+    let calls = [
+        ("full", Some(vec![1, 4, 9, 30])),
+        ("low_rank", Some(vec![0, 2, 5])),
+        ("low_rank_all", None),
+    ];
+    for (tag, subspaces) in calls {
+        let rotation = t(&format!("rotated_space.{tag}.rotation"));
+        let intervention: Box<dyn Intervention> = if tag == "full" {
+            Box::new(RotatedSpace::new(rotation).unwrap())
+        } else {
+            Box::new(LowRankRotatedSpace::new(rotation).unwrap())
+        };
+        let pv = IntervenableModel::new(
+            m,
+            vec![Rc::boxed(Component::typed("block_output", 1), intervention)],
+        )
+        .unwrap();
+        let mut opts = CallOptions::new()
+            .output_original_output(true)
+            .locations(Locations::pair(5, 7));
+        if let Some(dims) = subspaces {
+            opts = opts.subspaces(Subspaces::Shared(dims));
+        }
+        let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
+        let what = format!("rotated_space {tag}");
+        assert_changed(&what, &o);
+        assert_close(
+            &what,
+            logits(&o.intervened),
+            &t(&format!("rotated_space.{tag}.logits")),
+            LOGITS_TOL,
+        );
+    }
 }
 
 #[test]
