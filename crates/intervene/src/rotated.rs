@@ -4,8 +4,9 @@
 //! (with safetensors, say), load it as a tensor, and swap the subspace it found.
 //!
 //! As in pyvene, both rotate in the rotation's dtype (`x.to(R.dtype) @ R`) and cast the result
-//! back to the slice's dtype. Subspaces index rotated dimensions; per-row subspaces act per row
-//! (pyvene applies the first row's list to every row; see the crate docs).
+//! back to the slice's dtype. Subspaces index rotated dimensions, and [`Subspaces::PerRow`]
+//! gives each row its own (pyvene's low-rank form accepts differing rows only with a
+//! `subspace_partition`).
 
 use std::fmt;
 
