@@ -18,6 +18,7 @@
 //! | `mode="serial"` | [`Mode::Serial`] |
 //! | `CollectIntervention`, `AdditionIntervention`, `SubtractionIntervention`, `ZeroIntervention`, `VanillaIntervention` | [`Collect`], [`Add`], [`Subtract`], [`Zero`], [`Vanilla`], [`ConstantSource`] |
 //! | `RotatedSpaceIntervention`, `LowRankRotatedSpaceIntervention` with a trained `rotate_layer.weight` (DAS at inference) | [`RotatedSpace`], [`LowRankRotatedSpace`] |
+//! | `BoundlessRotatedSpaceIntervention`, `SigmoidMaskRotatedSpaceIntervention`, `SigmoidMaskIntervention` with trained parameters | [`SoftRotatedSpace::boundless`], [`SoftRotatedSpace::sigmoid_mask`], [`SigmoidMask`] |
 //! | a plain function as intervention | [`FnIntervention`], [`CollectWith`] |
 //!
 //! # A model in twenty lines
@@ -217,5 +218,5 @@ pub use hooks::{
 };
 pub use intervention::{Intervention, InterventionRole, Subspaces};
 pub use location::{Locations, PerIntervention, RowPositions};
-pub use rotated::{LowRankRotatedSpace, RotatedSpace};
+pub use rotated::{LowRankRotatedSpace, RotatedSpace, SigmoidMask, SoftRotatedSpace};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};

@@ -1,7 +1,10 @@
-//! Interchange in a rotated basis: pyvene's `RotatedSpaceIntervention` and
-//! `LowRankRotatedSpaceIntervention` with a given rotation, the inference half of distributed
-//! alignment search (DAS). Train the rotation in pyvene, save `intervention.rotate_layer.weight`
-//! (with safetensors, say), load it as a tensor, and swap the subspace it found.
+//! Interchange in a rotated basis, the inference half of distributed alignment search (DAS):
+//! pyvene's `RotatedSpaceIntervention` and `LowRankRotatedSpaceIntervention` (a hard swap of
+//! chosen rotated dims), `BoundlessRotatedSpaceIntervention` and
+//! `SigmoidMaskRotatedSpaceIntervention` (a soft blend by a learned mask), and
+//! `SigmoidMaskIntervention` (the blend in the original basis). Train in pyvene, save
+//! `intervention.rotate_layer.weight` and the mask parameters (with safetensors, say), load
+//! them as tensors, and apply what was found.
 //!
 //! As in pyvene, both rotate in the rotation's dtype (`x.to(R.dtype) @ R`) and cast the result
 //! back to the slice's dtype. Subspaces index rotated dimensions, and [`Subspaces::PerRow`]
@@ -10,7 +13,7 @@
 
 use std::fmt;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::builtin::{dims, interchange, MaskCache, OnDevice};
 use crate::error::{Error, Result};
@@ -187,6 +190,197 @@ impl Intervention for LowRankRotatedSpace {
     }
 }
 
+/// `Err` naming `name` when subspaces are given to an intervention whose learned mask already
+/// says how much of every dim to take (pyvene ignores them silently).
+fn no_subspaces(name: &str, subspaces: Option<&Subspaces>) -> Result<()> {
+    match subspaces {
+        None => Ok(()),
+        Some(_) => Err(Error::Invalid(format!(
+            "`{name}` blends every dimension by its learned mask and takes no subspaces"
+        ))),
+    }
+}
+
+/// `Ok` when `mask` is a vector of `width` entries.
+fn check_mask(what: &str, mask: &Tensor, width: i64) -> Result<()> {
+    match mask.size()[..] {
+        [n] if n == width => Ok(()),
+        ref other => Err(Error::Invalid(format!(
+            "{what} must be a vector of {width} entries, got shape {other:?}"
+        ))),
+    }
+}
+
+/// `sigmoid(logits / temperature)` in f32, as pyvene computes its sigmoid masks.
+fn sigmoid_of(logits: &Tensor, temperature: f64) -> Result<Tensor> {
+    let t = Tensor::from(temperature as f32);
+    Ok(logits.f_to_kind(Kind::Float)?.f_div(&t)?.f_sigmoid()?)
+}
+
+/// `(1 − m) ⊙ x + m ⊙ z`.
+fn blend(x: &Tensor, z: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let keep = m.f_neg()?.f_add_scalar(1.0)?;
+    Ok(x.f_mul(&keep)?.f_add(&z.f_mul(m)?)?)
+}
+
+/// A blend in a rotated basis with a learned mask per rotated dimension (pyvene's
+/// `BoundlessRotatedSpaceIntervention` and `SigmoidMaskRotatedSpaceIntervention`):
+/// `out = ((1 − m) ⊙ x R + m ⊙ z R) Rᵀ`, with `m` in `[0, 1]`. Takes no subspaces. Needs
+/// sources.
+pub struct SoftRotatedSpace {
+    rotation: OnDevice,
+    mask: OnDevice,
+    width: i64,
+}
+
+impl fmt::Debug for SoftRotatedSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SoftRotatedSpace({0}x{0})", self.width)
+    }
+}
+
+impl SoftRotatedSpace {
+    /// The blend with the mask `m` given directly (`[width]`, values in `[0, 1]`).
+    pub fn new(rotation: Tensor, mask: Tensor) -> Result<Self> {
+        let (rows, columns) = matrix_shape("SoftRotatedSpace's rotation", &rotation)?;
+        if rows != columns {
+            return Err(Error::Invalid(format!(
+                "SoftRotatedSpace's rotation must be square, got [{rows}, {columns}]"
+            )));
+        }
+        check_mask("SoftRotatedSpace's mask", &mask, rows)?;
+        Ok(SoftRotatedSpace {
+            rotation: OnDevice::new(rotation),
+            mask: OnDevice::new(mask),
+            width: rows,
+        })
+    }
+
+    /// pyvene's `BoundlessRotatedSpaceIntervention` with its trained `intervention_boundaries`
+    /// `b` and `temperature` `T`: `m_i = sigmoid(i / T) · sigmoid((clamp(b, 1e-3, 1) · width
+    /// − i) / T)`, about the first `b · width` rotated dims.
+    pub fn boundless(rotation: Tensor, boundary: f64, temperature: f64) -> Result<Self> {
+        let (width, _) = matrix_shape("SoftRotatedSpace's rotation", &rotation)?;
+        let t = Tensor::from(temperature as f32);
+        let population = Tensor::f_arange(width, (Kind::Float, rotation.device()))?;
+        let upper = (boundary as f32).clamp(1e-3, 1.0) * width as f32;
+        let rising = population.f_div(&t)?.f_sigmoid()?;
+        let falling = population
+            .f_neg()?
+            .f_add_scalar(f64::from(upper))?
+            .f_div(&t)?
+            .f_sigmoid()?;
+        Self::new(rotation, rising.f_mul(&falling)?)
+    }
+
+    /// pyvene's `SigmoidMaskRotatedSpaceIntervention` with its trained `masks` (`[width]`) and
+    /// `temperature`: `m = sigmoid(masks / T)`.
+    pub fn sigmoid_mask(rotation: Tensor, masks: &Tensor, temperature: f64) -> Result<Self> {
+        Self::new(rotation, sigmoid_of(masks, temperature)?)
+    }
+}
+
+impl Intervention for SoftRotatedSpace {
+    fn name(&self) -> String {
+        "soft_rotated_space".into()
+    }
+
+    fn role(&self) -> InterventionRole {
+        InterventionRole::NeedsSource
+    }
+
+    fn apply(
+        &self,
+        base: &Tensor,
+        source: Option<&Tensor>,
+        subspaces: Option<&Subspaces>,
+    ) -> Result<Tensor> {
+        no_subspaces(&self.name(), subspaces)?;
+        let source = required(source, &self.name())?;
+        let r = self.rotation.on(base.device())?;
+        let what = "SoftRotatedSpace";
+        let rotated_base = rotate(base, &r, self.width, what)?;
+        let rotated_source = rotate(source, &r, self.width, what)?;
+        let m = self
+            .mask
+            .on(base.device())?
+            .f_to_kind(rotated_base.kind())?;
+        let blended = blend(&rotated_base, &rotated_source, &m)?;
+        Ok(blended.f_matmul(&r.f_tr()?)?.f_to_kind(base.kind())?)
+    }
+
+    /// A fixed rotation and mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
+}
+
+/// pyvene's `SigmoidMaskIntervention`, in the original basis: `out = (1 − m) ⊙ x + m ⊙ z`
+/// with `m = sigmoid(mask / T)` from its trained `mask` (`[width]`) and `temperature`,
+/// computed in f32 (on a bf16 model the graph rounds the result on write-back; pyvene raises
+/// there). Takes no subspaces. Needs sources.
+pub struct SigmoidMask {
+    mask: OnDevice,
+    width: i64,
+}
+
+impl fmt::Debug for SigmoidMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigmoidMask({})", self.width)
+    }
+}
+
+impl SigmoidMask {
+    /// The blend by `sigmoid(mask / temperature)`.
+    pub fn new(mask: &Tensor, temperature: f64) -> Result<Self> {
+        let width = match mask.size()[..] {
+            [n] => n,
+            ref other => {
+                return Err(Error::Invalid(format!(
+                    "SigmoidMask's mask must be a vector, got shape {other:?}"
+                )))
+            }
+        };
+        Ok(SigmoidMask {
+            mask: OnDevice::new(sigmoid_of(mask, temperature)?),
+            width,
+        })
+    }
+}
+
+impl Intervention for SigmoidMask {
+    fn name(&self) -> String {
+        "sigmoid_mask".into()
+    }
+
+    fn role(&self) -> InterventionRole {
+        InterventionRole::NeedsSource
+    }
+
+    fn apply(
+        &self,
+        base: &Tensor,
+        source: Option<&Tensor>,
+        subspaces: Option<&Subspaces>,
+    ) -> Result<Tensor> {
+        no_subspaces(&self.name(), subspaces)?;
+        let source = required(source, &self.name())?;
+        let (_, got, _) = dims(base);
+        if got != self.width {
+            return Err(Error::Invalid(format!(
+                "SigmoidMask: the mask is for slices {} wide, this one is {got} wide",
+                self.width
+            )));
+        }
+        blend(base, source, &self.mask.on(base.device())?)
+    }
+
+    /// A fixed mask, moved to the device on the first call and kept there.
+    fn replayable(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -313,5 +507,84 @@ mod tests {
         );
         let err = low.apply(&base, None, None).unwrap_err();
         assert!(matches!(err, Error::MissingSource { .. }), "{err}");
+    }
+
+    /// With the identity rotation a soft blend is `(1 − m) x + m z` exactly, dim by dim.
+    #[test]
+    fn a_soft_blend_takes_each_dim_by_its_mask() {
+        let (base, source) = slices();
+        let m = Tensor::from_slice(&[0.0f32, 1.0, 0.25, 0.5]);
+        let soft =
+            SoftRotatedSpace::new(Tensor::eye(4, (Kind::Float, Device::Cpu)), m.copy()).unwrap();
+        let out = soft.apply(&base, Some(&source), None).unwrap();
+        let want = &base * (1.0 - &m) + &source * &m;
+        assert!(out.equal(&want));
+        // A rotated blend with a mask of ones gives the source back, of zeros the base.
+        let r = plane_rotation(1.1);
+        for (fill, expected) in [(1.0, &source), (0.0, &base)] {
+            let soft = SoftRotatedSpace::new(
+                r.copy(),
+                Tensor::full([4], fill, (Kind::Float, Device::Cpu)),
+            )
+            .unwrap();
+            let out = soft.apply(&base, Some(&source), None).unwrap();
+            assert!(out.allclose(expected, 1e-5, 1e-4, false), "mask {fill}");
+        }
+        let plain =
+            SigmoidMask::new(&Tensor::from_slice(&[-50.0f32, 50.0, 0.0, 50.0]), 1.0).unwrap();
+        let out = plain.apply(&base, Some(&source), None).unwrap();
+        let half = (&base + &source) / 2.0;
+        for (dim, expected) in [(0, &base), (1, &source), (2, &half), (3, &source)] {
+            assert!(
+                out.select(2, dim)
+                    .allclose(&expected.select(2, dim), 1e-6, 1e-5, false),
+                "dim {dim}"
+            );
+        }
+    }
+
+    /// The boundless mask is pyvene's `sigmoid(i/T) · sigmoid((b·width − i)/T)`: about 1 for the
+    /// first `b·width` dims (0.5 at dim 0), about 0 after, 0.5 at the boundary itself.
+    #[test]
+    fn the_boundless_mask_covers_the_first_boundary_share_of_dims() {
+        let r = Tensor::eye(8, (Kind::Float, Device::Cpu));
+        let soft = SoftRotatedSpace::boundless(r, 0.5, 0.01).unwrap();
+        let m = Vec::<f32>::try_from(soft.mask.on(Device::Cpu).unwrap()).unwrap();
+        assert_eq!(m, [0.5, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0, 0.0]);
+        // The boundary is clamped to [1e-3, 1].
+        let wide =
+            SoftRotatedSpace::boundless(Tensor::eye(8, (Kind::Float, Device::Cpu)), 7.0, 0.01)
+                .unwrap();
+        let m = Vec::<f32>::try_from(wide.mask.on(Device::Cpu).unwrap()).unwrap();
+        assert_eq!(m, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn soft_blends_refuse_subspaces_and_wrong_shapes() {
+        let (base, source) = slices();
+        let eye = || Tensor::eye(4, (Kind::Float, Device::Cpu));
+        let soft =
+            SoftRotatedSpace::new(eye(), Tensor::ones([4], (Kind::Float, Device::Cpu))).unwrap();
+        let err = soft
+            .apply(&base, Some(&source), Some(&Subspaces::Shared(vec![0])))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("soft_rotated_space") && err.contains("no subspaces"),
+            "{err}"
+        );
+        let short = SoftRotatedSpace::new(eye(), Tensor::ones([3], (Kind::Float, Device::Cpu)));
+        assert!(short
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("vector of 4 entries"));
+        let plain = SigmoidMask::new(&Tensor::zeros([3], (Kind::Float, Device::Cpu)), 1.0).unwrap();
+        let err = plain
+            .apply(&base, Some(&source), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 wide") && err.contains("4 wide"), "{err}");
+        assert!(SigmoidMask::new(&eye(), 1.0).is_err());
     }
 }

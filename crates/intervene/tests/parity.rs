@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
 use intervene::{
     Add, CallOptions, Collect, Component, IntervenableModel, Intervention, Locations,
-    LowRankRotatedSpace, Mode, RepresentationConfig as Rc, RotatedSpace, Sources, Subspaces,
-    Vanilla, Zero,
+    LowRankRotatedSpace, Mode, RepresentationConfig as Rc, RotatedSpace, SigmoidMask,
+    SoftRotatedSpace, Sources, Subspaces, Vanilla, Zero,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -172,6 +172,59 @@ fn rotated_space() {
             &what,
             logits(&o.intervened),
             &t(&format!("rotated_space.{tag}.logits")),
+            LOGITS_TOL,
+        );
+    }
+}
+
+/// DAS with learned soft masks: pyvene's boundless and sigmoid-mask rotations and its sigmoid
+/// mask in the original basis, with the parameters the fixture's calls list (boundary 0.3 and
+/// temperature 2.0; temperature 1.5; temperature 0.5), no subspaces.
+#[test]
+fn soft_rotated_space() {
+    let m = &model();
+    let (base, src) = (
+        batch("soft_rotated_space.base.input_ids"),
+        batch("soft_rotated_space.source.input_ids"),
+    );
+    let key = |tag: &str, what: &str| t(&format!("soft_rotated_space.{tag}.{what}"));
+    let calls: [(&str, Box<dyn Intervention>); 3] = [
+        (
+            "boundless",
+            Box::new(SoftRotatedSpace::boundless(key("boundless", "rotation"), 0.3, 2.0).unwrap()),
+        ),
+        (
+            "sigmoid_mask_rotated",
+            Box::new(
+                SoftRotatedSpace::sigmoid_mask(
+                    key("sigmoid_mask_rotated", "rotation"),
+                    &key("sigmoid_mask_rotated", "masks"),
+                    1.5,
+                )
+                .unwrap(),
+            ),
+        ),
+        (
+            "sigmoid_mask",
+            Box::new(SigmoidMask::new(&key("sigmoid_mask", "mask"), 0.5).unwrap()),
+        ),
+    ];
+    for (tag, intervention) in calls {
+        let pv = IntervenableModel::new(
+            m,
+            vec![Rc::boxed(Component::typed("block_output", 1), intervention)],
+        )
+        .unwrap();
+        let opts = CallOptions::new()
+            .output_original_output(true)
+            .locations(Locations::pair(5, 7));
+        let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
+        let what = format!("soft_rotated_space {tag}");
+        assert_changed(&what, &o);
+        assert_close(
+            &what,
+            logits(&o.intervened),
+            &key(tag, "logits"),
             LOGITS_TOL,
         );
     }
