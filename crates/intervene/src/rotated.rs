@@ -19,25 +19,69 @@ use crate::builtin::{dims, interchange, MaskCache, OnDevice};
 use crate::error::{Error, Result};
 use crate::intervention::{Intervention, InterventionRole, Subspaces};
 
-/// A rotation's `[rows, columns]`, or why it is not a matrix.
-fn matrix_shape(what: &str, rotation: &Tensor) -> Result<(i64, i64)> {
-    match rotation.size()[..] {
-        [rows, columns] => Ok((rows, columns)),
-        ref other => Err(Error::Invalid(format!(
-            "{what} must be a matrix [width, rank], got shape {other:?}"
-        ))),
+/// A rotation matrix `R` (`[width, rank]`, square for the full forms), kept on the device it
+/// was last used on, and the name of the intervention that holds it, for errors.
+struct Rotation {
+    matrix: OnDevice,
+    width: i64,
+    rank: i64,
+    owner: &'static str,
+}
+
+impl Rotation {
+    /// `matrix` as the rotation of `owner`, or why it cannot be one.
+    fn new(owner: &'static str, matrix: Tensor) -> Result<Self> {
+        let (width, rank) = match matrix.size()[..] {
+            [width, rank] => (width, rank),
+            ref other => {
+                return Err(Error::Invalid(format!(
+                    "{owner}'s rotation must be a matrix [width, rank], got shape {other:?}"
+                )))
+            }
+        };
+        Ok(Rotation {
+            matrix: OnDevice::new(matrix),
+            width,
+            rank,
+            owner,
+        })
+    }
+
+    /// [`Rotation::new`] for the forms that rotate into a full basis.
+    fn square(owner: &'static str, matrix: Tensor) -> Result<Self> {
+        let rotation = Self::new(owner, matrix)?;
+        if rotation.width != rotation.rank {
+            return Err(Error::Invalid(format!(
+                "{owner}'s rotation must be square, got [{}, {}] (a [width, rank] matrix is a \
+                 LowRankRotatedSpace)",
+                rotation.width, rotation.rank
+            )));
+        }
+        Ok(rotation)
+    }
+
+    /// `R` on `base`'s device, with `base R` and `source R` computed in R's dtype (pyvene's
+    /// `x.to(R.dtype) @ R`), after checking that the slices are `width` wide.
+    fn rotate_pair(&self, base: &Tensor, source: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let r = self.matrix.on(base.device())?;
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            let (_, got, _) = dims(x);
+            if got != self.width {
+                return Err(Error::Invalid(format!(
+                    "{}: the rotation is for slices {} wide, this one is {got} wide",
+                    self.owner, self.width
+                )));
+            }
+            Ok(x.f_to_kind(r.kind())?.f_matmul(&r)?)
+        };
+        let (rotated_base, rotated_source) = (rotate(base)?, rotate(source)?);
+        Ok((r, rotated_base, rotated_source))
     }
 }
 
-/// `x @ r` in `r`'s dtype, after checking that `x` is as wide as `r` is tall.
-fn rotate(x: &Tensor, r: &Tensor, width: i64, what: &str) -> Result<Tensor> {
-    let (_, got, _) = dims(x);
-    if got != width {
-        return Err(Error::Invalid(format!(
-            "{what}: the rotation is for slices {width} wide, this one is {got} wide"
-        )));
-    }
-    Ok(x.f_to_kind(r.kind())?.f_matmul(r)?)
+/// `y Rᵀ` in the dtype `kind`: back from the rotated basis to the slice's.
+fn rotate_back(y: &Tensor, r: &Tensor, kind: Kind) -> Result<Tensor> {
+    Ok(y.f_matmul(&r.f_tr()?)?.f_to_kind(kind)?)
 }
 
 /// The source slice, which a rotated interchange cannot do without.
@@ -52,14 +96,13 @@ fn required<'a>(source: Option<&'a Tensor>, name: &str) -> Result<&'a Tensor> {
 /// `x` is the base slice, `z` the source slice and `dims` the subspaces (all rotated dims
 /// without subspaces, which gives back the source). Needs sources.
 pub struct RotatedSpace {
-    rotation: OnDevice,
-    width: i64,
+    rotation: Rotation,
     mask: MaskCache,
 }
 
 impl fmt::Debug for RotatedSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RotatedSpace({0}x{0})", self.width)
+        write!(f, "RotatedSpace({0}x{0})", self.rotation.width)
     }
 }
 
@@ -67,16 +110,8 @@ impl RotatedSpace {
     /// The interchange in the basis of `rotation` (`[width, width]`, e.g. pyvene's
     /// `rotate_layer.weight`). Orthogonality is the caller's to ensure, as in pyvene.
     pub fn new(rotation: Tensor) -> Result<Self> {
-        let (rows, columns) = matrix_shape("RotatedSpace's rotation", &rotation)?;
-        if rows != columns {
-            return Err(Error::Invalid(format!(
-                "RotatedSpace's rotation must be square, got [{rows}, {columns}] (a [width, \
-                 rank] matrix is a LowRankRotatedSpace)"
-            )));
-        }
         Ok(RotatedSpace {
-            rotation: OnDevice::new(rotation),
-            width: rows,
+            rotation: Rotation::square("RotatedSpace", rotation)?,
             mask: MaskCache::default(),
         })
     }
@@ -98,11 +133,9 @@ impl Intervention for RotatedSpace {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         let source = required(source, &self.name())?;
-        let r = self.rotation.on(base.device())?;
-        let rotated_base = rotate(base, &r, self.width, "RotatedSpace")?;
-        let rotated_source = rotate(source, &r, self.width, "RotatedSpace")?;
+        let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
         let swapped = interchange(&self.mask, &rotated_base, &rotated_source, subspaces)?;
-        Ok(swapped.f_matmul(&r.f_tr()?)?.f_to_kind(base.kind())?)
+        rotate_back(&swapped, &r, base.kind())
     }
 
     /// A fixed rotation and mask, moved to the device on the first call and kept there.
@@ -116,15 +149,14 @@ impl Intervention for RotatedSpace {
 /// R[:, sel]ᵀ`, where `sel` are the subspaces (all `rank` columns without subspaces). Only
 /// the component of `x` in the selected directions changes, to that of `z`. Needs sources.
 pub struct LowRankRotatedSpace {
-    rotation: OnDevice,
-    width: i64,
-    rank: i64,
+    rotation: Rotation,
     mask: MaskCache,
 }
 
 impl fmt::Debug for LowRankRotatedSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LowRankRotatedSpace({}x{})", self.width, self.rank)
+        let Rotation { width, rank, .. } = self.rotation;
+        write!(f, "LowRankRotatedSpace({width}x{rank})")
     }
 }
 
@@ -132,7 +164,8 @@ impl LowRankRotatedSpace {
     /// The interchange in the span of `rotation`'s columns (`[width, rank]`, rank at most
     /// width, e.g. pyvene's `rotate_layer.weight`).
     pub fn new(rotation: Tensor) -> Result<Self> {
-        let (width, rank) = matrix_shape("LowRankRotatedSpace's rotation", &rotation)?;
+        let rotation = Rotation::new("LowRankRotatedSpace", rotation)?;
+        let Rotation { width, rank, .. } = rotation;
         if rank > width || rank == 0 {
             return Err(Error::Invalid(format!(
                 "LowRankRotatedSpace's rotation is [{width}, {rank}]: it needs 1 to {width} \
@@ -140,9 +173,7 @@ impl LowRankRotatedSpace {
             )));
         }
         Ok(LowRankRotatedSpace {
-            rotation: OnDevice::new(rotation),
-            width,
-            rank,
+            rotation,
             mask: MaskCache::default(),
         })
     }
@@ -164,10 +195,8 @@ impl Intervention for LowRankRotatedSpace {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         let source = required(source, &self.name())?;
-        let r = self.rotation.on(base.device())?;
-        let what = "LowRankRotatedSpace";
-        let diff =
-            rotate(source, &r, self.width, what)?.f_sub(&rotate(base, &r, self.width, what)?)?;
+        let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
+        let diff = rotated_source.f_sub(&rotated_base)?;
         // Unselected rotated dims contribute exact zeros, so masking the difference is
         // pyvene's column selection up to the order of the sums; the mask is cached, so a
         // recorded decode step can replay it.
@@ -175,7 +204,9 @@ impl Intervention for LowRankRotatedSpace {
             None => diff,
             Some(s) => {
                 let (batch, _, ndim) = dims(&diff);
-                let mask = self.mask.get(s, batch, self.rank, ndim, diff.device())?;
+                let mask = self
+                    .mask
+                    .get(s, batch, self.rotation.rank, ndim, diff.device())?;
                 diff.f_mul(&mask.f_to_kind(diff.kind())?)?
             }
         };
@@ -228,31 +259,27 @@ fn blend(x: &Tensor, z: &Tensor, m: &Tensor) -> Result<Tensor> {
 /// `out = ((1 − m) ⊙ x R + m ⊙ z R) Rᵀ`, with `m` in `[0, 1]`. Takes no subspaces. Needs
 /// sources.
 pub struct SoftRotatedSpace {
-    rotation: OnDevice,
+    rotation: Rotation,
     mask: OnDevice,
-    width: i64,
 }
 
 impl fmt::Debug for SoftRotatedSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SoftRotatedSpace({0}x{0})", self.width)
+        write!(f, "SoftRotatedSpace({0}x{0})", self.rotation.width)
     }
 }
 
 impl SoftRotatedSpace {
     /// The blend with the mask `m` given directly (`[width]`, values in `[0, 1]`).
     pub fn new(rotation: Tensor, mask: Tensor) -> Result<Self> {
-        let (rows, columns) = matrix_shape("SoftRotatedSpace's rotation", &rotation)?;
-        if rows != columns {
-            return Err(Error::Invalid(format!(
-                "SoftRotatedSpace's rotation must be square, got [{rows}, {columns}]"
-            )));
-        }
-        check_mask("SoftRotatedSpace's mask", &mask, rows)?;
+        Self::blend_by(Rotation::square("SoftRotatedSpace", rotation)?, mask)
+    }
+
+    fn blend_by(rotation: Rotation, mask: Tensor) -> Result<Self> {
+        check_mask("SoftRotatedSpace's mask", &mask, rotation.width)?;
         Ok(SoftRotatedSpace {
-            rotation: OnDevice::new(rotation),
+            rotation,
             mask: OnDevice::new(mask),
-            width: rows,
         })
     }
 
@@ -260,9 +287,10 @@ impl SoftRotatedSpace {
     /// `b` and `temperature` `T`: `m_i = sigmoid(i / T) · sigmoid((clamp(b, 1e-3, 1) · width
     /// − i) / T)`, about the first `b · width` rotated dims.
     pub fn boundless(rotation: Tensor, boundary: f64, temperature: f64) -> Result<Self> {
-        let (width, _) = matrix_shape("SoftRotatedSpace's rotation", &rotation)?;
+        let rotation = Rotation::square("SoftRotatedSpace", rotation)?;
+        let width = rotation.width;
         let t = Tensor::from(temperature as f32);
-        let population = Tensor::f_arange(width, (Kind::Float, rotation.device()))?;
+        let population = Tensor::f_arange(width, (Kind::Float, tch::Device::Cpu))?;
         let upper = (boundary as f32).clamp(1e-3, 1.0) * width as f32;
         let rising = population.f_div(&t)?.f_sigmoid()?;
         let falling = population
@@ -270,7 +298,7 @@ impl SoftRotatedSpace {
             .f_add_scalar(f64::from(upper))?
             .f_div(&t)?
             .f_sigmoid()?;
-        Self::new(rotation, rising.f_mul(&falling)?)
+        Self::blend_by(rotation, rising.f_mul(&falling)?)
     }
 
     /// pyvene's `SigmoidMaskRotatedSpaceIntervention` with its trained `masks` (`[width]`) and
@@ -297,16 +325,12 @@ impl Intervention for SoftRotatedSpace {
     ) -> Result<Tensor> {
         no_subspaces(&self.name(), subspaces)?;
         let source = required(source, &self.name())?;
-        let r = self.rotation.on(base.device())?;
-        let what = "SoftRotatedSpace";
-        let rotated_base = rotate(base, &r, self.width, what)?;
-        let rotated_source = rotate(source, &r, self.width, what)?;
+        let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
         let m = self
             .mask
             .on(base.device())?
             .f_to_kind(rotated_base.kind())?;
-        let blended = blend(&rotated_base, &rotated_source, &m)?;
-        Ok(blended.f_matmul(&r.f_tr()?)?.f_to_kind(base.kind())?)
+        rotate_back(&blend(&rotated_base, &rotated_source, &m)?, &r, base.kind())
     }
 
     /// A fixed rotation and mask, moved to the device on the first call and kept there.
