@@ -257,7 +257,8 @@ impl Gemma2Model {
         })
     }
 
-    /// The mode `config` asks for, with [`DecodeMode::Auto`] resolved.
+    /// The mode `config` asks for, with [`DecodeMode::Auto`] resolved. (An explicit
+    /// [`DecodeMode::Fused`] the model cannot run fails when its decoder is built.)
     fn decode_mode(&self, config: &GenerationConfig, hooks: &dyn Hooks) -> Result<DecodeMode> {
         let on_gpu = matches!(self.device, Device::Cuda(_));
         match config.decode {
@@ -275,10 +276,6 @@ impl Gemma2Model {
                     DecodeMode::Eager
                 },
             ),
-            DecodeMode::Fused => match fused::unsupported(self) {
-                Some(why) => Err(Error::Fused(why)),
-                None => Ok(DecodeMode::Fused),
-            },
             DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
                 "CUDA graphs need the model on a GPU; it is on the {}",
                 match self.device {

@@ -17,7 +17,7 @@ use crate::error::Result;
 /// Rows reduced together.
 const BLOCK: usize = 4;
 
-/// The instruction set the products run on, picked once per step from what the CPU has.
+/// The instruction set the products run on, picked once per generation from what the CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
     /// 16 lanes (x86-64 with AVX-512F).
@@ -45,12 +45,6 @@ impl Isa {
             }
         }
         Isa::Portable
-    }
-
-    /// `[w_r · x, ...]` for the `BLOCK` consecutive rows of `w` (`BLOCK * x.len()` values).
-    fn dot_block(self, w: &[f32], x: &[f32]) -> [f32; BLOCK] {
-        let [sums] = self.dot_tile::<1>(w, x);
-        sums
     }
 
     /// How many inputs one [`Isa::dot_tile`] takes against a block of rows where the CPU has
@@ -182,10 +176,8 @@ fn rows_of(
     let mut r = range.start;
     while r + BLOCK <= range.end {
         let block = &w[r * k..(r + BLOCK) * k];
-        // Inputs in tiles where the CPU has the registers for them (a prompt's tokens), then
-        // one at a time: the same sums in the same order either way.
-        let mut b = 0;
-        let inputs = xs.len() / k;
+        // Inputs in tiles as wide as the CPU has the registers for (a prompt's tokens), the
+        // last tile narrower: the same sums in the same order as one input at a time.
         let put = |b: usize, tile: &[[f32; BLOCK]]| {
             for (j, values) in tile.iter().enumerate() {
                 for (i, &value) in values.iter().enumerate() {
@@ -193,27 +185,18 @@ fn rows_of(
                 }
             }
         };
-        let tile = isa.tile_inputs();
-        while tile > 1 && b + tile <= inputs {
-            match tile {
-                4 => put(b, &isa.dot_tile::<4>(block, &xs[b * k..(b + 4) * k])),
-                _ => put(b, &isa.dot_tile::<2>(block, &xs[b * k..(b + 2) * k])),
+        let (inputs, widest) = (xs.len() / k, isa.tile_inputs());
+        let mut b = 0;
+        while b < inputs {
+            let n = (inputs - b).min(widest);
+            let x = &xs[b * k..(b + n) * k];
+            match n {
+                4 => put(b, &isa.dot_tile::<4>(block, x)),
+                3 => put(b, &isa.dot_tile::<3>(block, x)),
+                2 => put(b, &isa.dot_tile::<2>(block, x)),
+                _ => put(b, &isa.dot_tile::<1>(block, x)),
             }
-            b += tile;
-        }
-        match (tile, inputs - b) {
-            (4, 3) => put(b, &isa.dot_tile::<3>(block, &xs[b * k..(b + 3) * k])),
-            (4, 2) => put(b, &isa.dot_tile::<2>(block, &xs[b * k..(b + 2) * k])),
-            _ => {}
-        }
-        if tile == 4 && inputs - b > 1 {
-            b = inputs;
-        }
-        for x in xs[b * k..].chunks_exact(k) {
-            for (i, value) in isa.dot_block(block, x).into_iter().enumerate() {
-                write(b * rows + r + i, value);
-            }
-            b += 1;
+            b += n;
         }
         r += BLOCK;
     }

@@ -33,16 +33,11 @@ use matvec::{matvec, Isa};
 use ops::{attend_one, gelu_tanh_all, rms_norm, rotate, soft_cap_all, OneQuery};
 use pool::Pool;
 
-/// Why `model` cannot decode through the fused step, or `None` when it can.
-pub(crate) fn unsupported(model: &Gemma2Model) -> Option<String> {
-    Weights::of(model).err()
-}
-
-/// Whether the fused kernels decode `model` faster than libtorch on this CPU: they can, and
-/// the CPU has the vector instructions they are written for. (Measured on the `small`
-/// model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6, libtorch 8.3.)
+/// Whether the fused kernels decode `model` faster than libtorch on this CPU: they can read
+/// its weights, and the CPU has the vector instructions they are written for. (Measured on
+/// the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6, libtorch 8.3.)
 pub(crate) fn preferred(model: &Gemma2Model) -> bool {
-    unsupported(model).is_none() && Isa::detect() != Isa::Portable
+    Isa::detect() != Isa::Portable && Weights::of(model).is_ok()
 }
 
 /// A generation on the fused kernels: the weights as slices, the threads, the buffers.
