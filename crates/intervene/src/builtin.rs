@@ -455,9 +455,7 @@ impl Intervention for Vanilla {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
-        let source = source.ok_or_else(|| Error::MissingSource {
-            intervention: self.name(),
-        })?;
+        let source = self.required_source(source)?;
         interchange(&self.mask, base, source, subspaces)
     }
 

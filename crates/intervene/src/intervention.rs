@@ -59,6 +59,14 @@ pub trait Intervention: Send {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor, Error>;
 
+    /// `source`, which an intervention that needs a source run cannot do without, or
+    /// [`Error::MissingSource`] naming it.
+    fn required_source<'a>(&self, source: Option<&'a Tensor>) -> Result<&'a Tensor, Error> {
+        source.ok_or_else(|| Error::MissingSource {
+            intervention: self.name(),
+        })
+    }
+
     /// Whether, from its second call on with slices of one shape, `apply` enqueues the same
     /// device work on the same tensors every time: no state that changes between calls, no
     /// reading device values on the host, no new host data copied to the device (what the

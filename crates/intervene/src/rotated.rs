@@ -65,13 +65,7 @@ impl Rotation {
     fn rotate_pair(&self, base: &Tensor, source: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let r = self.matrix.on(base.device())?;
         let rotate = |x: &Tensor| -> Result<Tensor> {
-            let (_, got, _) = dims(x);
-            if got != self.width {
-                return Err(Error::Invalid(format!(
-                    "{}: the rotation is for slices {} wide, this one is {got} wide",
-                    self.owner, self.width
-                )));
-            }
+            check_width(self.owner, "rotation", x, self.width)?;
             Ok(x.f_to_kind(r.kind())?.f_matmul(&r)?)
         };
         let (rotated_base, rotated_source) = (rotate(base)?, rotate(source)?);
@@ -79,16 +73,21 @@ impl Rotation {
     }
 }
 
+/// `Ok` when the slice `x` is `width` wide, the width `owner`'s `what` was made for.
+fn check_width(owner: &str, what: &str, x: &Tensor, width: i64) -> Result<()> {
+    let (_, got, _) = dims(x);
+    if got == width {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{owner}: the {what} is for slices {width} wide, this one is {got} wide"
+        )))
+    }
+}
+
 /// `y Rᵀ` in the dtype `kind`: back from the rotated basis to the slice's.
 fn rotate_back(y: &Tensor, r: &Tensor, kind: Kind) -> Result<Tensor> {
     Ok(y.f_matmul(&r.f_tr()?)?.f_to_kind(kind)?)
-}
-
-/// The source slice, which a rotated interchange cannot do without.
-fn required<'a>(source: Option<&'a Tensor>, name: &str) -> Result<&'a Tensor> {
-    source.ok_or_else(|| Error::MissingSource {
-        intervention: name.to_string(),
-    })
 }
 
 /// Interchange in a full rotated basis (pyvene's `RotatedSpaceIntervention`): with `R` the
@@ -132,7 +131,7 @@ impl Intervention for RotatedSpace {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
-        let source = required(source, &self.name())?;
+        let source = self.required_source(source)?;
         let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
         let swapped = interchange(&self.mask, &rotated_base, &rotated_source, subspaces)?;
         rotate_back(&swapped, &r, base.kind())
@@ -194,7 +193,7 @@ impl Intervention for LowRankRotatedSpace {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
-        let source = required(source, &self.name())?;
+        let source = self.required_source(source)?;
         let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
         let diff = rotated_source.f_sub(&rotated_base)?;
         // Unselected rotated dims contribute exact zeros, so masking the difference is
@@ -324,7 +323,7 @@ impl Intervention for SoftRotatedSpace {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         no_subspaces(&self.name(), subspaces)?;
-        let source = required(source, &self.name())?;
+        let source = self.required_source(source)?;
         let (r, rotated_base, rotated_source) = self.rotation.rotate_pair(base, source)?;
         let m = self
             .mask
@@ -388,14 +387,8 @@ impl Intervention for SigmoidMask {
         subspaces: Option<&Subspaces>,
     ) -> Result<Tensor> {
         no_subspaces(&self.name(), subspaces)?;
-        let source = required(source, &self.name())?;
-        let (_, got, _) = dims(base);
-        if got != self.width {
-            return Err(Error::Invalid(format!(
-                "SigmoidMask: the mask is for slices {} wide, this one is {got} wide",
-                self.width
-            )));
-        }
+        let source = self.required_source(source)?;
+        check_width("SigmoidMask", "mask", base, self.width)?;
         blend(base, source, &self.mask.on(base.device())?)
     }
 

@@ -132,49 +132,64 @@ fn vanilla_subspaces() {
     );
 }
 
-/// DAS at inference: pyvene's `RotatedSpaceIntervention` and `LowRankRotatedSpaceIntervention`
-/// with the rotations the generator drew (pyvene's own orthogonal init), source position 5 into
-/// base position 7 of layer 1's output. Subspaces as the fixture's calls give them.
-#[test]
-fn rotated_space() {
+/// One case of the rotated fixtures (`case` = `rotated_space` or `soft_rotated_space`, call
+/// `tag`): `intervention` at layer 1's output, source position 5 into base position 7, with
+/// `subspaces`; the logits must be pyvene's and differ from the clean run's.
+fn check_rotated_case(
+    case: &str,
+    tag: &str,
+    intervention: Box<dyn Intervention>,
+    subspaces: Option<Vec<i64>>,
+) {
     let m = &model();
     let (base, src) = (
-        batch("rotated_space.base.input_ids"),
-        batch("rotated_space.source.input_ids"),
+        batch(&format!("{case}.base.input_ids")),
+        batch(&format!("{case}.source.input_ids")),
     );
-    let calls = [
-        ("full", Some(vec![1, 4, 9, 30])),
-        ("low_rank", Some(vec![0, 2, 5])),
-        ("low_rank_all", None),
-    ];
-    for (tag, subspaces) in calls {
-        let rotation = t(&format!("rotated_space.{tag}.rotation"));
-        let intervention: Box<dyn Intervention> = if tag == "full" {
-            Box::new(RotatedSpace::new(rotation).unwrap())
-        } else {
-            Box::new(LowRankRotatedSpace::new(rotation).unwrap())
-        };
-        let pv = IntervenableModel::new(
-            m,
-            vec![Rc::boxed(Component::typed("block_output", 1), intervention)],
-        )
-        .unwrap();
-        let mut opts = CallOptions::new()
-            .output_original_output(true)
-            .locations(Locations::pair(5, 7));
-        if let Some(dims) = subspaces {
-            opts = opts.subspaces(Subspaces::Shared(dims));
-        }
-        let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
-        let what = format!("rotated_space {tag}");
-        assert_changed(&what, &o);
-        assert_close(
-            &what,
-            logits(&o.intervened),
-            &t(&format!("rotated_space.{tag}.logits")),
-            LOGITS_TOL,
-        );
+    let pv = IntervenableModel::new(
+        m,
+        vec![Rc::boxed(Component::typed("block_output", 1), intervention)],
+    )
+    .unwrap();
+    let mut opts = CallOptions::new()
+        .output_original_output(true)
+        .locations(Locations::pair(5, 7));
+    if let Some(dims) = subspaces {
+        opts = opts.subspaces(Subspaces::Shared(dims));
     }
+    let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
+    let what = format!("{case} {tag}");
+    assert_changed(&what, &o);
+    assert_close(
+        &what,
+        logits(&o.intervened),
+        &t(&format!("{case}.{tag}.logits")),
+        LOGITS_TOL,
+    );
+}
+
+/// DAS at inference: pyvene's `RotatedSpaceIntervention` and `LowRankRotatedSpaceIntervention`
+/// with the rotations the generator drew (pyvene's own orthogonal init). Subspaces as the
+/// fixture's calls give them.
+#[test]
+fn rotated_space() {
+    let rotation = |tag: &str| t(&format!("rotated_space.{tag}.rotation"));
+    let full = RotatedSpace::new(rotation("full")).unwrap();
+    check_rotated_case(
+        "rotated_space",
+        "full",
+        Box::new(full),
+        Some(vec![1, 4, 9, 30]),
+    );
+    let low_rank = LowRankRotatedSpace::new(rotation("low_rank")).unwrap();
+    check_rotated_case(
+        "rotated_space",
+        "low_rank",
+        Box::new(low_rank),
+        Some(vec![0, 2, 5]),
+    );
+    let all = LowRankRotatedSpace::new(rotation("low_rank_all")).unwrap();
+    check_rotated_case("rotated_space", "low_rank_all", Box::new(all), None);
 }
 
 /// DAS with learned soft masks: pyvene's boundless and sigmoid-mask rotations and its sigmoid
@@ -182,52 +197,24 @@ fn rotated_space() {
 /// temperature 2.0; temperature 1.5; temperature 0.5), no subspaces.
 #[test]
 fn soft_rotated_space() {
-    let m = &model();
-    let (base, src) = (
-        batch("soft_rotated_space.base.input_ids"),
-        batch("soft_rotated_space.source.input_ids"),
-    );
     let key = |tag: &str, what: &str| t(&format!("soft_rotated_space.{tag}.{what}"));
-    let calls: [(&str, Box<dyn Intervention>); 3] = [
-        (
-            "boundless",
-            Box::new(SoftRotatedSpace::boundless(key("boundless", "rotation"), 0.3, 2.0).unwrap()),
-        ),
-        (
-            "sigmoid_mask_rotated",
-            Box::new(
-                SoftRotatedSpace::sigmoid_mask(
-                    key("sigmoid_mask_rotated", "rotation"),
-                    &key("sigmoid_mask_rotated", "masks"),
-                    1.5,
-                )
-                .unwrap(),
-            ),
-        ),
-        (
-            "sigmoid_mask",
-            Box::new(SigmoidMask::new(&key("sigmoid_mask", "mask"), 0.5).unwrap()),
-        ),
-    ];
-    for (tag, intervention) in calls {
-        let pv = IntervenableModel::new(
-            m,
-            vec![Rc::boxed(Component::typed("block_output", 1), intervention)],
-        )
-        .unwrap();
-        let opts = CallOptions::new()
-            .output_original_output(true)
-            .locations(Locations::pair(5, 7));
-        let o = pv.forward(&base, Sources::Shared(&src), &opts).unwrap();
-        let what = format!("soft_rotated_space {tag}");
-        assert_changed(&what, &o);
-        assert_close(
-            &what,
-            logits(&o.intervened),
-            &key(tag, "logits"),
-            LOGITS_TOL,
-        );
-    }
+    let case = "soft_rotated_space";
+    let boundless = SoftRotatedSpace::boundless(key("boundless", "rotation"), 0.3, 2.0).unwrap();
+    check_rotated_case(case, "boundless", Box::new(boundless), None);
+    let sigmoid_rotated = SoftRotatedSpace::sigmoid_mask(
+        key("sigmoid_mask_rotated", "rotation"),
+        &key("sigmoid_mask_rotated", "masks"),
+        1.5,
+    )
+    .unwrap();
+    check_rotated_case(
+        case,
+        "sigmoid_mask_rotated",
+        Box::new(sigmoid_rotated),
+        None,
+    );
+    let sigmoid = SigmoidMask::new(&key("sigmoid_mask", "mask"), 0.5).unwrap();
+    check_rotated_case(case, "sigmoid_mask", Box::new(sigmoid), None);
 }
 
 #[test]

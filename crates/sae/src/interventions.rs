@@ -62,9 +62,7 @@ impl Intervention for JumpReluInterchange {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> IResult<Tensor> {
-        let source = source.ok_or_else(|| intervene::Error::MissingSource {
-            intervention: self.name(),
-        })?;
+        let source = self.required_source(source)?;
         if source.size() != base.size() {
             return Err(intervene::Error::Shape {
                 context: "jumprelu interchange: source slice vs base slice".into(),
