@@ -5,6 +5,7 @@
 mod graph;
 mod mock;
 mod parity;
+mod rotated;
 
 use tch::{Kind, Tensor};
 

@@ -263,8 +263,5 @@ impl<'a> HubRepo<'a> {
     }
 }
 
-#[cfg(any(test, feature = "mock"))]
+#[cfg(feature = "mock")]
 pub mod mock;
-
-#[cfg(test)]
-mod tests;

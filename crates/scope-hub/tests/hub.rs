@@ -1,8 +1,11 @@
+//! Where Hub files come from: the environment rules, the cache layout, offline misses, and
+//! downloads from the local stand-in for the Hub (`scope_hub::mock`).
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
-use super::*;
+use scope_hub::{is_repo_id, mock, repo_folder, Error, HubOptions, HubRepo};
 
 /// Variables as `(name, value)` pairs.
 type Env<'a> = &'a [(&'a str, &'a str)];
