@@ -173,20 +173,7 @@ impl Gemma2Model {
             .clone()
             .unwrap_or_else(|| self.config.eos_token_ids.clone());
         let pad = config.pad_token_id.unwrap_or(self.config.pad_token_id);
-        // A generator of our own, not libtorch's global one: the same seed gives the same
-        // tokens whatever else the process samples (other threads, other models).
-        let mut rng = None;
-        if let Sampling::Sample {
-            temperature, seed, ..
-        } = config.sampling
-        {
-            if temperature <= 0.0 || !temperature.is_finite() {
-                return Err(Error::Input(format!(
-                    "temperature must be > 0, got {temperature}"
-                )));
-            }
-            rng = Some(SplitMix64::new(seed));
-        }
+        let mut sampler = Sampler::new(config.sampling)?;
         let device = self.device;
         let input_ids = batch.input_ids.f_to_device(device)?;
         let mask = match &batch.attention_mask {
@@ -225,7 +212,7 @@ impl Gemma2Model {
         for index in 0..config.max_new_tokens {
             // HF copies the last position's logits to f32 before any processing.
             let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
-            let next = choose(&scores, &config.sampling, rng.as_mut())?;
+            let next = sampler.next(&scores)?;
             let next = pad_finished(next, &active, pad)?;
             // The one host sync per step: stopping needs the tokens.
             let tokens: Vec<i64> = Vec::<i64>::try_from(&next.f_to_device(tch::Device::Cpu)?)?;
@@ -503,6 +490,41 @@ pub fn generation_positions(mask: &Tensor) -> Result<Tensor> {
         .f_cumsum(-1, Kind::Int64)?
         .f_sub_scalar(1)?
         .f_masked_fill(&mask.f_eq(0)?, 0)?)
+}
+
+/// Chooses next tokens from scores by one [`Sampling`] rule, with a seeded generator of its
+/// own (not libtorch's global one): the same seed gives the same tokens whatever else the
+/// process samples (other threads, other models, other requests).
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    sampling: Sampling,
+    rng: Option<SplitMix64>,
+}
+
+impl Sampler {
+    /// A sampler for `sampling`, or an error naming a temperature that is not > 0.
+    pub fn new(sampling: Sampling) -> Result<Self> {
+        let rng = match sampling {
+            Sampling::Greedy => None,
+            Sampling::Sample {
+                temperature, seed, ..
+            } => {
+                if temperature <= 0.0 || !temperature.is_finite() {
+                    return Err(Error::Input(format!(
+                        "temperature must be > 0, got {temperature}"
+                    )));
+                }
+                Some(SplitMix64::new(seed))
+            }
+        };
+        Ok(Sampler { sampling, rng })
+    }
+
+    /// The next token of every row of the f32 scores `[B, vocab]` (`[B]`, int64); a sampling
+    /// rule draws one number per row, in row order.
+    pub fn next(&mut self, scores: &Tensor) -> Result<Tensor> {
+        choose(scores, &self.sampling, self.rng.as_mut())
+    }
 }
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a tiny, well-mixed seeded generator for the

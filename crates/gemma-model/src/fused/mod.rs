@@ -36,12 +36,16 @@ use pool::Pool;
 /// Whether the fused kernels decode `model` faster than libtorch on this CPU: they can read
 /// its weights, and the CPU has the vector instructions they are written for. (Measured on
 /// the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6, libtorch 8.3.)
-pub(crate) fn preferred(model: &Gemma2Model) -> bool {
+pub fn preferred(model: &Gemma2Model) -> bool {
     Isa::detect() != Isa::Portable && Weights::of(model).is_ok()
 }
 
 /// A generation on the fused kernels: the weights as slices, the threads, the buffers.
-pub(crate) struct FusedDecoder<'m> {
+///
+/// [`DecodeMode::Fused`](crate::DecodeMode::Fused) generation drives it row by row of one
+/// cache; a batching engine drives it through [`FusedDecoder::forward_slots`], where each row
+/// of a call has a cache row and a length of its own.
+pub struct FusedDecoder<'m> {
     model: &'m Gemma2Model,
     weights: Weights<'m>,
     pool: Pool,
@@ -73,6 +77,12 @@ impl<'m> FusedDecoder<'m> {
         })
     }
 
+    /// A decoder for calls over cache slots ([`Self::forward_slots`]), or why the fused
+    /// kernels cannot run `model` (not a float32 CPU model, or an activation they lack).
+    pub fn for_slots(model: &'m Gemma2Model) -> Result<Self> {
+        Self::new(model, Vec::new())
+    }
+
     /// Whether [`Self::prompt`] is the faster way to run a prompt of `tokens` tokens in all.
     pub(crate) fn takes_prompt(&self, tokens: usize) -> bool {
         tokens <= MAX_FUSED_PROMPT && self.isa.tile_inputs() > 1
@@ -99,10 +109,13 @@ impl<'m> FusedDecoder<'m> {
             tokens: &tokens,
             len: usize::try_from(t).unwrap_or(0),
             positions: &positions,
-            full_mask: host::<f32>(&masks.full)?,
-            sliding_mask: host::<f32>(&masks.sliding)?,
+            places: RowPlace::uniform(b, past),
+            masks: ChunkMasks::Given {
+                full: host::<f32>(&masks.full)?,
+                sliding: host::<f32>(&masks.sliding)?,
+            },
         };
-        self.forward(&chunk, cache, hooks)
+        self.forward_in_order(&chunk, cache, hooks)
     }
 
     /// Feeds `tokens` (one per row) at the cache's next position and returns the step's
@@ -127,17 +140,99 @@ impl<'m> FusedDecoder<'m> {
             tokens,
             len: 1,
             positions: &positions,
-            full_mask: host::<f32>(&step_masks.full)?,
-            sliding_mask: host::<f32>(&step_masks.sliding)?,
+            places: RowPlace::uniform(positions.len() as i64, cache.len()),
+            masks: ChunkMasks::Given {
+                full: host::<f32>(&step_masks.full)?,
+                sliding: host::<f32>(&step_masks.sliding)?,
+            },
         };
-        let logits = self.forward(&chunk, cache, hooks)?;
+        let logits = self.forward_in_order(&chunk, cache, hooks)?;
         for p in &mut self.positions {
             *p += 1;
         }
         Ok(logits)
     }
 
-    /// The model over `chunk`, reading and extending `cache`: the last position's logits.
+    /// `chunk` over the rows of `cache` in order, all at the cache's length, which it then
+    /// advances: the last position's logits.
+    fn forward_in_order(
+        &mut self,
+        chunk: &Chunk<'_>,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let t = chunk.len.max(1);
+        let batch = chunk.tokens.len() / t;
+        if batch != self.positions.len() {
+            return Err(Error::Input(format!(
+                "{} tokens do not make {} rows of {t}",
+                chunk.tokens.len(),
+                self.positions.len()
+            )));
+        }
+        cache.check_fits(batch as i64, t as i64)?;
+        let logits = self.forward(chunk, cache, hooks)?;
+        cache.advance(t as i64);
+        Ok(logits)
+    }
+
+    /// Runs `call.len` tokens of every row of `call`, each row in its own cache row (slot)
+    /// after the positions that slot already holds, and returns the last position's logits
+    /// of every row, `[rows, 1, vocab]`, soft-capped. Row `r`'s tokens sit at positions
+    /// `past[r]..past[r] + len` (unpadded rows: the position id is the cache index) and see
+    /// their own slot's keys causally (and within the sliding window on sliding layers).
+    /// The cache's own length is neither read nor advanced: the caller keeps each slot's.
+    ///
+    /// Every row is computed as it would be alone: the products sum each row in the same
+    /// order whatever rows share the call, and everything else runs row by row. So a row's
+    /// logits are bit-identical whichever and however many other rows the call holds.
+    pub fn forward_slots(
+        &mut self,
+        call: &SlotCall<'_>,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let t = call.len;
+        let rows = call.slots.len();
+        if t == 0 || rows == 0 || call.past.len() != rows || call.tokens.len() != rows * t {
+            return Err(Error::Input(format!(
+                "a slot call needs tokens for each of its {rows} rows: {} slots, {} lengths, \
+                 {} tokens for chunks of {t}",
+                call.slots.len(),
+                call.past.len(),
+                call.tokens.len()
+            )));
+        }
+        let capacity = usize::try_from(cache.max_len()).unwrap_or(0);
+        let slots = usize::try_from(cache.batch()).unwrap_or(0);
+        let mut places = Vec::with_capacity(rows);
+        for (&slot, &past) in call.slots.iter().zip(call.past) {
+            if slot >= slots || past + t > capacity {
+                return Err(Error::Input(format!(
+                    "slot {slot} with {past} cached + {t} new positions does not fit a cache \
+                     of {slots} slots of {capacity} positions"
+                )));
+            }
+            places.push(RowPlace { slot, past });
+        }
+        let positions: Vec<i64> = places
+            .iter()
+            .flat_map(|p| (p.past..p.past + t).map(|i| i as i64))
+            .collect();
+        let chunk = Chunk {
+            tokens: call.tokens,
+            len: t,
+            positions: &positions,
+            places,
+            masks: ChunkMasks::Causal {
+                window: self.model.config.sliding_window.map(|w| w as usize),
+            },
+        };
+        self.forward(&chunk, cache, hooks)
+    }
+
+    /// The model over `chunk`, writing its keys and values into each row's place in
+    /// `cache`: the last position's logits.
     fn forward(
         &mut self,
         chunk: &Chunk<'_>,
@@ -146,20 +241,18 @@ impl<'m> FusedDecoder<'m> {
     ) -> Result<Tensor> {
         let t = chunk.len.max(1);
         let batch = chunk.tokens.len() / t;
-        if batch != self.positions.len() || chunk.positions.len() != chunk.tokens.len() {
+        if batch != chunk.places.len() || chunk.positions.len() != chunk.tokens.len() {
             return Err(Error::Input(format!(
                 "{} tokens and {} positions do not make {} rows of {t}",
                 chunk.tokens.len(),
                 chunk.positions.len(),
-                self.positions.len()
+                chunk.places.len()
             )));
         }
-        let past = cache.len();
-        cache.check_fits(batch as i64, t as i64)?;
         hooks.begin_forward(&ForwardInfo {
             batch: batch as i64,
             chunk_len: t as i64,
-            past_len: past,
+            past_len: chunk.places.iter().map(|p| p.past).min().unwrap_or(0) as i64,
         })?;
         if self.buffers.rows != batch * t {
             self.buffers = Buffers::new(self.model, batch, batch * t);
@@ -167,22 +260,17 @@ impl<'m> FusedDecoder<'m> {
         let (cos, signed_sin) = self.angles(chunk.positions, batch, t)?;
         self.embed(chunk.tokens)?;
         for layer in 0..self.weights.layers.len() {
-            let mask = if self.model.config.is_sliding(layer) {
-                &chunk.sliding_mask
-            } else {
-                &chunk.full_mask
-            };
+            let sliding = self.model.config.is_sliding(layer);
             let step = AttentionStep {
                 layer,
-                past: usize::try_from(past).unwrap_or(0),
                 len: t,
-                mask,
+                places: &chunk.places,
+                mask: chunk.masks.of_layer(sliding),
                 cos: &cos,
                 signed_sin: &signed_sin,
             };
             self.layer(&step, cache, hooks)?;
         }
-        cache.advance(t as i64);
         self.unembed(t)
     }
 
@@ -314,20 +402,82 @@ struct Chunk<'a> {
     len: usize,
     /// Position ids, `[B * len]`.
     positions: &'a [i64],
-    /// Additive masks for global and sliding layers, `[B, len, past + len]` each.
-    full_mask: Vec<f32>,
-    sliding_mask: Vec<f32>,
+    /// Where each row's keys and values go in the cache.
+    places: Vec<RowPlace>,
+    masks: ChunkMasks,
+}
+
+/// The rows of a call over cache slots (see [`FusedDecoder::forward_slots`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SlotCall<'a> {
+    /// The cache row of each row of the call.
+    pub slots: &'a [usize],
+    /// The positions each slot holds before the call.
+    pub past: &'a [usize],
+    /// `[rows * len]`: each row's tokens, row after row.
+    pub tokens: &'a [i64],
+    /// Tokens per row.
+    pub len: usize,
+}
+
+/// One row's place in the cache: its cache row and the positions cached there before.
+#[derive(Clone, Copy, Debug)]
+struct RowPlace {
+    slot: usize,
+    past: usize,
+}
+
+impl RowPlace {
+    /// Rows `0..rows` of a cache, each after `past` positions.
+    fn uniform(rows: i64, past: i64) -> Vec<RowPlace> {
+        let past = usize::try_from(past).unwrap_or(0);
+        (0..usize::try_from(rows).unwrap_or(0))
+            .map(|slot| RowPlace { slot, past })
+            .collect()
+    }
+}
+
+/// Which keys each token of a chunk sees.
+enum ChunkMasks {
+    /// Additive masks for global and sliding layers, `[B, len, past + len]` each, for rows
+    /// that share one `past` (padded generation batches).
+    Given { full: Vec<f32>, sliding: Vec<f32> },
+    /// Unpadded rows: each token sees its row's keys up to its own, and on sliding layers
+    /// only the last `window` of them.
+    Causal { window: Option<usize> },
+}
+
+impl ChunkMasks {
+    /// What a layer reads: the given mask of its kind, or the causal rule.
+    fn of_layer(&self, sliding: bool) -> LayerMask<'_> {
+        match self {
+            ChunkMasks::Given { full, .. } if !sliding => LayerMask::Given(full),
+            ChunkMasks::Given { sliding, .. } => LayerMask::Given(sliding),
+            ChunkMasks::Causal { window } => LayerMask::Causal {
+                window: window.filter(|_| sliding),
+            },
+        }
+    }
+}
+
+/// One layer's masking of a chunk.
+#[derive(Clone, Copy)]
+enum LayerMask<'a> {
+    /// `[B, len, past + len]` additive.
+    Given(&'a [f32]),
+    /// Keys `0..=index`, and only those after `index - window` when sliding.
+    Causal { window: Option<usize> },
 }
 
 /// What one layer reads besides the buffers and the cache.
 struct AttentionStep<'a> {
     layer: usize,
-    /// Positions cached before the chunk: its first token's cache index.
-    past: usize,
     /// Tokens per row in the chunk.
     len: usize,
-    /// This layer's additive masks, `[B, len, past + len]`.
-    mask: &'a [f32],
+    /// Each row's cache row and its first token's cache index.
+    places: &'a [RowPlace],
+    /// This layer's masking.
+    mask: LayerMask<'a>,
     /// Rotary angles, `[B * len, head_dim]` each.
     cos: &'a [f32],
     signed_sin: &'a [f32],
@@ -335,7 +485,7 @@ struct AttentionStep<'a> {
 
 /// From the projections in the `qkv` buffer to the merged heads in `z`: visits the
 /// projection sites, rotates queries and keys, writes keys and values to the cache from
-/// `step.past` on, and attends from each token over everything cached, masked.
+/// each row's place on, and attends from each token over its row's keys, masked.
 fn attention(
     shape: &OneQuery,
     isa: Isa,
@@ -370,11 +520,15 @@ fn attention(
     };
     let keys = slice_mut(keys, what("key")).map_err(Error::Fused)?;
     let values = slice_mut(values, what("value")).map_err(Error::Fused)?;
-    let keys_seen = step.past + t;
     let per_row_cache = shape.kv_heads * capacity * hd;
-    for row in 0..batch {
-        let keys = &mut keys[row * per_row_cache..(row + 1) * per_row_cache];
-        let values = &mut values[row * per_row_cache..(row + 1) * per_row_cache];
+    for (row, place) in step.places.iter().enumerate() {
+        let slot = place.slot * per_row_cache..(place.slot + 1) * per_row_cache;
+        let (Some(keys), Some(values)) = (keys.get_mut(slot.clone()), values.get_mut(slot)) else {
+            return Err(Error::Input(format!(
+                "cache slot {} is outside the KV cache",
+                place.slot
+            )));
+        };
         // Every token's key and value first: a token attends to the chunk's earlier ones.
         for i in 0..t {
             let token = row * t + i;
@@ -385,7 +539,7 @@ fn attention(
                 &step.signed_sin[token * hd..(token + 1) * hd],
             );
             for head in 0..shape.kv_heads {
-                let at = (head * capacity + step.past + i) * hd;
+                let at = (head * capacity + place.past + i) * hd;
                 let (k, v) = (qw + head * hd, qw + kvw + head * hd);
                 keys[at..at + hd].copy_from_slice(&qkv[k..k + hd]);
                 values[at..at + hd].copy_from_slice(&qkv[v..v + hd]);
@@ -393,6 +547,16 @@ fn attention(
         }
         for i in 0..t {
             let token = row * t + i;
+            let mask = match step.mask {
+                LayerMask::Given(mask) => {
+                    let seen = place.past + t;
+                    &mask[token * seen..(token + 1) * seen]
+                }
+                LayerMask::Causal { window } => {
+                    causal_mask(place.past + i, window, &mut buf.causal_mask);
+                    &buf.causal_mask[..]
+                }
+            };
             attend_one(
                 isa,
                 shape,
@@ -400,13 +564,26 @@ fn attention(
                 keys,
                 values,
                 capacity,
-                &step.mask[token * keys_seen..(token + 1) * keys_seen],
+                mask,
                 &mut buf.scores,
                 &mut buf.z[token * qw..(token + 1) * qw],
             );
         }
     }
     Ok(())
+}
+
+/// The additive mask of the query at cache index `index` over keys `0..=index`, into `out`:
+/// 0 where visible, `f32::MIN` (transformers' `finfo.min`) for keys out of the sliding
+/// `window`.
+fn causal_mask(index: usize, window: Option<usize>, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(index + 1, 0.0);
+    if let Some(w) = window {
+        // Keys `j <= index - w` are out of the window.
+        let hidden = (index + 1).saturating_sub(w);
+        out[..hidden].fill(f32::MIN);
+    }
 }
 
 /// The model's weights as f32 slices, borrowed for one generation.
@@ -581,6 +758,8 @@ struct Buffers {
     logits: Vec<f32>,
     /// One head's attention scores.
     scores: Vec<f32>,
+    /// One token's causal mask, for calls over cache slots.
+    causal_mask: Vec<f32>,
 }
 
 impl Buffers {
@@ -600,6 +779,7 @@ impl Buffers {
             act: n(c.intermediate_size),
             logits: vec![0f32; batch * usize::try_from(c.vocab_size).unwrap_or(0)],
             scores: Vec::new(),
+            causal_mask: Vec::new(),
         }
     }
 }

@@ -1,0 +1,463 @@
+//! The scheduler: requests wait for a cache slot, run their prompt when admitted, then decode
+//! together one token per step until each stops.
+
+use std::collections::VecDeque;
+
+use gemma_model::fused::{self, FusedDecoder, SlotCall};
+use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig, KvCache, Sampler};
+use intervene::Site;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::hooks::{RowHooks, RowInterventions};
+use crate::request::{FinishReason, Finished, Readout, Request};
+
+/// How much the engine holds at once. The KV cache is allocated once, up front, for
+/// `max_rows` slots of `context` positions; a request waits for a free slot, and one that
+/// could never fit a slot is refused when submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests decoded together (cache rows).
+    pub max_rows: usize,
+    /// Positions per slot: a request's prompt plus its `max_new_tokens`.
+    pub context: usize,
+}
+
+impl Limits {
+    /// The KV cache's size in bytes for `model`: keys and values of every layer, for every
+    /// slot and position.
+    pub fn cache_bytes(&self, model: &Gemma2Model) -> u64 {
+        let c = model.config();
+        let per_position =
+            2 * c.num_hidden_layers as u64 * (c.num_key_value_heads * c.head_dim) as u64;
+        per_position
+            * self.max_rows as u64
+            * self.context as u64
+            * model.dtype().elt_size_in_bytes() as u64
+    }
+}
+
+/// How the engine runs its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineMode {
+    /// One call per decode step over every running request, on the fused CPU kernels (a
+    /// float32 model on a CPU with AVX2 or AVX-512), each admitted prompt in a call of its
+    /// own. A request's logits are bit-identical whatever runs beside it.
+    Batched,
+    /// One request after another through the model's own generation (any device and dtype):
+    /// the same results as running each alone, without the batching.
+    Sequential,
+}
+
+impl EngineMode {
+    /// `batched` or `sequential`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineMode::Batched => "batched",
+            EngineMode::Sequential => "sequential",
+        }
+    }
+}
+
+/// Many requests over one model: see the [crate docs](crate).
+pub struct Engine<'m> {
+    model: &'m Gemma2Model,
+    limits: Limits,
+    runner: Runner<'m>,
+    slots: Vec<Option<Running>>,
+    waiting: VecDeque<Prepared>,
+}
+
+enum Runner<'m> {
+    Batched {
+        decoder: Box<FusedDecoder<'m>>,
+        cache: KvCache,
+    },
+    Sequential,
+}
+
+/// A checked request, its interventions on the model's device.
+struct Prepared {
+    id: String,
+    prompt: Vec<i64>,
+    max_new_tokens: usize,
+    sampler: Sampler,
+    config: GenerationConfig,
+    stop: Vec<i64>,
+    edits: Vec<(Site, Tensor)>,
+    readouts: Vec<Box<dyn Readout>>,
+    keep_scores: bool,
+}
+
+/// A request in a slot.
+struct Running {
+    request: Prepared,
+    /// Positions in its slot.
+    past: usize,
+    tokens: Vec<i64>,
+    scores: Vec<Tensor>,
+    reads: Vec<Vec<Tensor>>,
+}
+
+impl Running {
+    fn interventions(&self) -> RowInterventions<'_> {
+        RowInterventions {
+            edits: &self.request.edits,
+            readouts: &self.request.readouts,
+        }
+    }
+
+    /// Takes the token chosen from `scores` (`[1, vocab]`, f32) and says whether the request
+    /// is done.
+    fn take(&mut self, scores: Tensor) -> Result<Option<FinishReason>> {
+        let token = self.request.sampler.next(&scores)?.f_int64_value(&[0])?;
+        if self.request.keep_scores {
+            self.scores.push(scores.f_squeeze_dim(0)?);
+        }
+        self.tokens.push(token);
+        Ok(if self.request.stop.contains(&token) {
+            Some(FinishReason::Stop)
+        } else if self.tokens.len() >= self.request.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        })
+    }
+
+    fn finish(self, reason: FinishReason) -> Finished {
+        Finished {
+            id: self.request.id,
+            prompt: self.request.prompt,
+            tokens: self.tokens,
+            reason,
+            scores: self.scores,
+            readouts: self.reads,
+        }
+    }
+}
+
+impl<'m> Engine<'m> {
+    /// An engine over `model` with `limits`: batched on the fused CPU kernels where they run
+    /// `model`, sequential otherwise.
+    pub fn new(model: &'m Gemma2Model, limits: Limits) -> Result<Self> {
+        let mode = if fused::preferred(model) {
+            EngineMode::Batched
+        } else {
+            EngineMode::Sequential
+        };
+        Self::with_mode(model, limits, mode)
+    }
+
+    /// An engine in `mode`; [`EngineMode::Batched`] fails with the reason when the fused
+    /// kernels cannot run `model`.
+    pub fn with_mode(model: &'m Gemma2Model, limits: Limits, mode: EngineMode) -> Result<Self> {
+        if limits.max_rows == 0 || limits.context == 0 {
+            return Err(Error::Limits(format!(
+                "rows and context must be at least 1, got {} rows of {} positions",
+                limits.max_rows, limits.context
+            )));
+        }
+        let runner = match mode {
+            EngineMode::Batched => Runner::Batched {
+                decoder: Box::new(FusedDecoder::for_slots(model)?),
+                cache: model.new_cache(limits.max_rows as i64, limits.context as i64)?,
+            },
+            EngineMode::Sequential => Runner::Sequential,
+        };
+        Ok(Engine {
+            model,
+            limits,
+            runner,
+            slots: (0..limits.max_rows).map(|_| None).collect(),
+            waiting: VecDeque::new(),
+        })
+    }
+
+    /// How it runs.
+    pub fn mode(&self) -> EngineMode {
+        match self.runner {
+            Runner::Batched { .. } => EngineMode::Batched,
+            Runner::Sequential => EngineMode::Sequential,
+        }
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Queues `request`, or says why it can never run (naming it): an empty prompt, a token
+    /// outside the vocabulary, more positions than a slot holds, an edit at a site the model
+    /// lacks or of the wrong width, a temperature that is not > 0.
+    pub fn submit(&mut self, request: Request) -> Result<()> {
+        let prepared = self.prepare(request)?;
+        self.waiting.push_back(prepared);
+        Ok(())
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests in slots.
+    pub fn running(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// Whether nothing is waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running() == 0
+    }
+
+    /// Admits waiting requests into free slots (running each one's prompt), then decodes
+    /// one token of every running request; returns those that finished.
+    pub fn step(&mut self) -> Result<Vec<Finished>> {
+        let _guard = tch::no_grad_guard();
+        match self.runner {
+            Runner::Batched { .. } => {
+                let mut done = self.admit()?;
+                done.extend(self.decode()?);
+                Ok(done)
+            }
+            Runner::Sequential => match self.waiting.pop_front() {
+                Some(request) => Ok(vec![self.run_alone(request)?]),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+
+    /// Submits every request, then steps until all are done, handing each finished request
+    /// (or a request's refusal) to `on_done` as it comes.
+    pub fn run(
+        &mut self,
+        requests: impl IntoIterator<Item = Request>,
+        on_done: &mut dyn FnMut(Result<Finished>),
+    ) -> Result<()> {
+        for request in requests {
+            if let Err(refused) = self.submit(request) {
+                on_done(Err(refused));
+            }
+        }
+        while !self.is_idle() {
+            for finished in self.step()? {
+                on_done(Ok(finished));
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, request: Request) -> Result<Prepared> {
+        let Request {
+            id,
+            prompt,
+            max_new_tokens,
+            sampling,
+            stop_tokens,
+            edits,
+            readouts,
+            keep_scores,
+        } = request;
+        let refuse = |why: String| Error::Request {
+            id: id.clone(),
+            why,
+        };
+        let config = self.model.config();
+        if prompt.is_empty() {
+            return Err(refuse("the prompt has no tokens".into()));
+        }
+        if let Some((i, t)) = prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t < 0 || t >= config.vocab_size)
+        {
+            return Err(refuse(format!(
+                "prompt token {i} is {t}, outside the vocabulary of {}",
+                config.vocab_size
+            )));
+        }
+        let positions = prompt.len() + max_new_tokens;
+        if positions > self.limits.context {
+            return Err(refuse(format!(
+                "its prompt ({} tokens) plus max_new_tokens ({max_new_tokens}) needs {positions} \
+                 positions; a slot holds {}",
+                prompt.len(),
+                self.limits.context
+            )));
+        }
+        if keep_scores && self.mode() == EngineMode::Sequential {
+            return Err(refuse(
+                "scores are kept only in batched mode (a float32 model on the CPU)".into(),
+            ));
+        }
+        let catalog = self.model.site_catalog();
+        let mut on_device = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let width = catalog
+                .get(edit.site)
+                .map(|info| info.width)
+                .ok_or_else(|| refuse(format!("the model has no site {}", edit.site)))?;
+            if edit.vector.size() != [width] {
+                return Err(refuse(format!(
+                    "the vector added at {} must be [{width}], got {:?}",
+                    edit.site,
+                    edit.vector.size()
+                )));
+            }
+            let vector = edit.vector.f_to_device(self.model.device())?;
+            on_device.push((edit.site, vector));
+        }
+        for readout in &readouts {
+            if catalog.get(readout.site()).is_none() {
+                return Err(refuse(format!("the model has no site {}", readout.site())));
+            }
+        }
+        let stop = stop_tokens.unwrap_or_else(|| config.eos_token_ids.clone());
+        let mut generation = GenerationConfig::greedy(max_new_tokens);
+        generation.sampling = sampling;
+        generation.eos_token_ids = Some(stop.clone());
+        generation.decode = DecodeMode::Eager;
+        Ok(Prepared {
+            sampler: Sampler::new(sampling).map_err(|e| refuse(e.to_string()))?,
+            id,
+            prompt,
+            max_new_tokens,
+            config: generation,
+            stop,
+            edits: on_device,
+            readouts,
+            keep_scores,
+        })
+    }
+
+    /// Moves waiting requests into free slots, running each one's prompt in a call of its
+    /// own; returns those done after their first token.
+    fn admit(&mut self) -> Result<Vec<Finished>> {
+        let mut done = Vec::new();
+        while let Some(slot) = self.slots.iter().position(Option::is_none) {
+            let Some(request) = self.waiting.pop_front() else {
+                break;
+            };
+            let mut running = Running {
+                reads: request.readouts.iter().map(|_| Vec::new()).collect(),
+                request,
+                past: 0,
+                tokens: Vec::new(),
+                scores: Vec::new(),
+            };
+            if running.request.max_new_tokens == 0 {
+                done.push(running.finish(FinishReason::Length));
+                continue;
+            }
+            let Runner::Batched { decoder, cache } = &mut self.runner else {
+                return Err(Error::Limits(
+                    "a batched call on a sequential engine".into(),
+                ));
+            };
+            let prompt = running.request.prompt.clone();
+            let scores = call_slots(decoder, cache, &[slot], &mut [&mut running], &prompt)?;
+            running.past = prompt.len();
+            match running.take(scores.f_narrow(0, 0, 1)?)? {
+                Some(reason) => done.push(running.finish(reason)),
+                None => self.slots[slot] = Some(running),
+            }
+        }
+        Ok(done)
+    }
+
+    /// One token of every running request, in one call.
+    fn decode(&mut self) -> Result<Vec<Finished>> {
+        let mut slots = Vec::new();
+        let mut rows = Vec::new();
+        for (slot, running) in self.slots.iter_mut().enumerate() {
+            if let Some(running) = running.as_mut() {
+                slots.push(slot);
+                rows.push(running);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<i64> = rows
+            .iter()
+            .map(|r| r.tokens.last().copied().unwrap_or_default())
+            .collect();
+        let Runner::Batched { decoder, cache } = &mut self.runner else {
+            return Ok(Vec::new());
+        };
+        let scores = call_slots(decoder, cache, &slots, &mut rows, &tokens)?;
+        let mut finished = Vec::new();
+        for (row, running) in rows.into_iter().enumerate() {
+            running.past += 1;
+            if let Some(reason) = running.take(scores.f_narrow(0, row as i64, 1)?)? {
+                finished.push((row, reason));
+            }
+        }
+        let mut done = Vec::new();
+        for (row, reason) in finished {
+            if let Some(running) = self.slots[slots[row]].take() {
+                done.push(running.finish(reason));
+            }
+        }
+        Ok(done)
+    }
+
+    /// `request` alone through the model's generation, as [`EngineMode::Sequential`] runs it.
+    fn run_alone(&self, request: Prepared) -> Result<Finished> {
+        let mut running = Running {
+            reads: request.readouts.iter().map(|_| Vec::new()).collect(),
+            request,
+            past: 0,
+            tokens: Vec::new(),
+            scores: Vec::new(),
+        };
+        if running.request.max_new_tokens == 0 {
+            return Ok(running.finish(FinishReason::Length));
+        }
+        let mut hooks = RowHooks::new(vec![running.interventions()]);
+        let batch = Batch::from_ids(&running.request.prompt);
+        let generated =
+            self.model
+                .generate_with(&batch, &running.request.config, &mut hooks, &mut |_| true)?;
+        let reads = std::mem::take(&mut hooks.reads);
+        drop(hooks);
+        running.reads = reads.into_iter().next().unwrap_or_default();
+        running.tokens = generated.new_tokens.into_iter().next().unwrap_or_default();
+        let reason = match running.tokens.last() {
+            Some(t) if running.request.stop.contains(t) => FinishReason::Stop,
+            _ => FinishReason::Length,
+        };
+        Ok(running.finish(reason))
+    }
+}
+
+/// One fused call over `slots`, `tokens` split evenly between the rows: visits each row's
+/// interventions, keeps its readouts, and returns the last position's scores of each row
+/// (`[rows, vocab]`, f32).
+fn call_slots(
+    decoder: &mut FusedDecoder<'_>,
+    cache: &mut KvCache,
+    slots: &[usize],
+    rows: &mut [&mut Running],
+    tokens: &[i64],
+) -> Result<Tensor> {
+    let len = tokens.len() / rows.len().max(1);
+    let past: Vec<usize> = rows.iter().map(|r| r.past).collect();
+    let mut hooks = RowHooks::new(rows.iter().map(|r| r.interventions()).collect());
+    let call = SlotCall {
+        slots,
+        past: &past,
+        tokens,
+        len,
+    };
+    let logits = decoder.forward_slots(&call, cache, &mut hooks)?;
+    let reads = std::mem::take(&mut hooks.reads);
+    drop(hooks);
+    for (running, row_reads) in rows.iter_mut().zip(reads) {
+        for (all, mut new) in running.reads.iter_mut().zip(row_reads) {
+            all.append(&mut new);
+        }
+    }
+    // HF copies the last position's logits to f32 before choosing.
+    Ok(logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}

@@ -1,0 +1,340 @@
+//! The engine against itself and against pyvene.
+//!
+//! - Batch invariance: 18 requests with different prompts, lengths, steering sets and
+//!   sampling seeds, each run alone and then among the others (5 slots, so requests are
+//!   admitted as others finish; and 18 slots in reverse order, so each sits in another row).
+//!   Tokens and every step's logits must be bit-identical (CPU, float32, batched mode).
+//! - Parity: greedy steered requests give pyvene's single-request steered tokens exactly, on
+//!   both fixtures (float32 batched, bfloat16 sequential).
+//! - Refusals name the request and the problem, and the other requests still run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use gemma_model::{Gemma2Model, Sampling};
+use intervene::{Site, SiteKind};
+use scope_engine::{Edit, Engine, EngineMode, Error, Finished, Limits, Request};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
+}
+
+fn read_st(path: PathBuf) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// Row `latent` of an SAE's decoder times `magnitude`: the tutorial's steering vector.
+fn steering(sae: &str, latent: i64, magnitude: f64) -> Tensor {
+    let params: HashMap<String, Tensor> = Tensor::read_npz(fixtures().join(sae).join("params.npz"))
+        .expect("params.npz")
+        .into_iter()
+        .collect();
+    params["W_dec"].get(latent).to_kind(Kind::Float) * magnitude
+}
+
+const F32_SAE: &str = "saes/tiny-f32-res/layer_2/width_256/average_l0_20";
+const BF16_SAE: &str = "saes/tiny-bf16-sharded-res/layer_3/width_192/average_l0_20";
+
+fn block_output(layer: usize) -> Site {
+    Site::new(layer, SiteKind::BlockOutput)
+}
+
+/// 18 requests: prompts of 1 to 22 tokens (past the fixture's sliding window of 6), 1 to
+/// 24 new tokens, no steering, one edit or two at two layers, greedy or sampled with their
+/// own seeds. Every one keeps its scores.
+fn varied_requests() -> Vec<Request> {
+    let forward = read_st(fixtures().join("expected/tiny-f32/forward.safetensors"));
+    let prompts: Vec<Vec<i64>> = (0..4)
+        .map(|p| Vec::<i64>::try_from(forward[&format!("p{p}.input_ids")].flatten(0, -1)).unwrap())
+        .collect();
+    (0..18)
+        .map(|i| {
+            let source = &prompts[i % prompts.len()];
+            let len = 1 + (i * 7) % source.len();
+            let max_new = 1 + (i * 5) % 24;
+            let mut request = Request::greedy(format!("r{i}"), source[..len].to_vec(), max_new);
+            request.keep_scores = true;
+            if i % 3 != 0 {
+                let latent = (i as i64 * 13) % 256;
+                let magnitude = [8.0, -4.0, 0.5, 16.0][i % 4];
+                request = request.with_edit(Edit {
+                    site: block_output(2),
+                    vector: steering(F32_SAE, latent, magnitude),
+                });
+            }
+            if i % 4 == 1 {
+                request = request.with_edit(Edit {
+                    site: block_output(0),
+                    vector: steering(F32_SAE, 7, -6.0),
+                });
+            }
+            if i % 2 == 1 {
+                request = request.with_sampling(Sampling::Sample {
+                    temperature: [0.7, 1.0, 1.3][i % 3],
+                    top_k: (i % 5 == 0).then_some(20),
+                    top_p: (i % 3 == 0).then_some(0.9),
+                    seed: 1000 + i as i64,
+                });
+            }
+            // Never the fixture's eos, so that lengths vary by max_new_tokens alone.
+            request.stop_tokens = Some(Vec::new());
+            request
+        })
+        .collect()
+}
+
+fn tiny_f32() -> Gemma2Model {
+    Gemma2Model::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
+        .expect("tiny-f32")
+}
+
+/// Runs `requests` on an engine of `rows` slots; the results by id, and the most requests
+/// that ran at once.
+fn run(
+    model: &Gemma2Model,
+    mode: EngineMode,
+    rows: usize,
+    requests: Vec<Request>,
+) -> (HashMap<String, Finished>, usize) {
+    let limits = Limits {
+        max_rows: rows,
+        context: 64,
+    };
+    let mut engine = Engine::with_mode(model, limits, mode).expect("engine");
+    for request in requests {
+        engine.submit(request).expect("submit");
+    }
+    let (mut done, mut widest) = (HashMap::new(), 0);
+    while !engine.is_idle() {
+        for finished in engine.step().expect("step") {
+            done.insert(finished.id.clone(), finished);
+        }
+        widest = widest.max(engine.running());
+    }
+    (done, widest)
+}
+
+fn assert_same(what: &str, solo: &Finished, got: &Finished) {
+    assert_eq!(solo.tokens, got.tokens, "{what} {}: tokens", solo.id);
+    assert_eq!(solo.reason, got.reason, "{what} {}: reason", solo.id);
+    assert_eq!(solo.scores.len(), got.scores.len(), "{what} {}", solo.id);
+    for (step, (a, b)) in solo.scores.iter().zip(&got.scores).enumerate() {
+        assert!(
+            a.equal(b),
+            "{what} {}: logits of step {step} differ",
+            solo.id
+        );
+    }
+}
+
+#[test]
+fn requests_give_the_same_logits_alone_and_batched() {
+    let model = tiny_f32();
+    let solo: HashMap<String, Finished> = varied_requests()
+        .into_iter()
+        .map(|request| {
+            let (mut done, _) = run(&model, EngineMode::Batched, 1, vec![request]);
+            let (_, finished) = done.drain().next().expect("one result");
+            (finished.id.clone(), finished)
+        })
+        .collect();
+    assert_eq!(solo.len(), 18);
+    let lengths: Vec<usize> = solo.values().map(|f| f.tokens.len()).collect();
+    assert!(lengths.iter().any(|&n| n > 20) && lengths.contains(&1));
+
+    let (five_slots, widest) = run(&model, EngineMode::Batched, 5, varied_requests());
+    assert_eq!(widest, 5, "the requests shared calls");
+    let mut reversed = varied_requests();
+    reversed.reverse();
+    let (all_slots, widest_all) = run(&model, EngineMode::Batched, 18, reversed);
+    assert!(widest_all >= 12, "most requests in one call ({widest_all})");
+    for (id, alone) in &solo {
+        assert_same("5 slots", alone, &five_slots[id]);
+        assert_same("18 slots, reversed", alone, &all_slots[id]);
+    }
+    let steps: usize = solo.values().map(|f| f.scores.len()).sum();
+    println!("ENGINE|18 requests, {steps} steps: logits bit-identical alone, in 5 slots and in 18 reversed");
+}
+
+/// The fixture's steering cases: (name, [(layer, latent, magnitude)]).
+fn steering_cases(case: &serde_json::Value, layer: usize) -> Vec<(String, Vec<(usize, i64, f64)>)> {
+    let subspaces = &case["call"]["subspaces"];
+    ["a", "b", "two"]
+        .into_iter()
+        .map(|name| {
+            let edits = subspaces[name]
+                .as_array()
+                .expect("subspaces")
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    (
+                        layer + k,
+                        s["idx"].as_i64().expect("idx"),
+                        s["mag"].as_f64().expect("mag"),
+                    )
+                })
+                .collect();
+            (name.to_string(), edits)
+        })
+        .collect()
+}
+
+/// Every steering case of a fixture as one request each, run together: pyvene's tokens.
+fn steered_parity(model_dir: &str, expected: &str, dtype: Kind, sae: &str, mode: EngineMode) {
+    let model =
+        Gemma2Model::from_dir(fixtures().join(model_dir), dtype, Device::Cpu).expect("model");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(expected).join("pyvene.json")).expect("json"),
+    )
+    .expect("pyvene.json");
+    let t = read_st(fixtures().join(expected).join("pyvene.safetensors"));
+    let case = json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == "steer_generate")
+        .expect("steer_generate");
+    let layer = json["sae_layer"].as_u64().expect("sae_layer") as usize;
+    let prompt = Vec::<i64>::try_from(t["steer_generate.input_ids"].flatten(0, -1)).expect("ids");
+    let cases = steering_cases(case, layer);
+    let requests = cases.iter().map(|(name, edits)| {
+        let mut request = Request::greedy(name.clone(), prompt.clone(), 20);
+        for &(layer, latent, magnitude) in edits {
+            request = request.with_edit(Edit {
+                site: block_output(layer),
+                vector: steering(sae, latent, magnitude),
+            });
+        }
+        request
+    });
+    let (done, _) = run(&model, mode, 4, requests.collect());
+    let pad = model.config().pad_token_id;
+    for (name, _) in &cases {
+        let want =
+            Vec::<i64>::try_from(t[&format!("steer_generate.{name}.output_ids")].flatten(0, -1))
+                .expect("output ids");
+        let (want_prompt, want_new) = want.split_at(prompt.len());
+        assert_eq!(want_prompt, &prompt[..]);
+        let got = &done[name].tokens;
+        assert_eq!(
+            &want_new[..got.len()],
+            &got[..],
+            "{model_dir} {name}: steered tokens"
+        );
+        assert!(
+            want_new[got.len()..].iter().all(|&t| t == pad),
+            "{model_dir} {name}: stopped early"
+        );
+    }
+    println!(
+        "PARITY|engine steered requests vs pyvene single-request tokens ({model_dir}, {})|exact|0",
+        mode.name()
+    );
+}
+
+#[test]
+fn steered_requests_give_pyvenes_tokens_f32() {
+    steered_parity(
+        "models/tiny-f32",
+        "expected/tiny-f32",
+        Kind::Float,
+        F32_SAE,
+        EngineMode::Batched,
+    );
+}
+
+#[test]
+fn steered_requests_give_pyvenes_tokens_bf16() {
+    steered_parity(
+        "models/tiny-bf16-sharded",
+        "expected/tiny-bf16-sharded",
+        Kind::BFloat16,
+        BF16_SAE,
+        EngineMode::Sequential,
+    );
+}
+
+#[test]
+fn a_refused_request_names_itself_and_the_rest_run() {
+    let model = tiny_f32();
+    let hidden = model.config().hidden_size;
+    let limits = Limits {
+        max_rows: 2,
+        context: 16,
+    };
+    let mut engine = Engine::with_mode(&model, limits, EngineMode::Batched).expect("engine");
+    let refusals = [
+        (
+            Request::greedy("long", vec![2; 10], 7),
+            "needs 17 positions; a slot holds 16",
+        ),
+        (
+            Request::greedy("empty", vec![], 4),
+            "the prompt has no tokens",
+        ),
+        (
+            Request::greedy("vocab", vec![2, 9999], 4),
+            "prompt token 1 is 9999",
+        ),
+        (
+            Request::greedy("width", vec![2, 3], 4).with_edit(Edit {
+                site: block_output(1),
+                vector: Tensor::zeros([hidden + 1], (Kind::Float, Device::Cpu)),
+            }),
+            "must be [64], got [65]",
+        ),
+        (
+            Request::greedy("site", vec![2, 3], 4).with_edit(Edit {
+                site: block_output(9),
+                vector: Tensor::zeros([hidden], (Kind::Float, Device::Cpu)),
+            }),
+            "has no site",
+        ),
+        (
+            Request::greedy("hot", vec![2, 3], 4).with_sampling(Sampling::Sample {
+                temperature: 0.0,
+                top_k: None,
+                top_p: None,
+                seed: 0,
+            }),
+            "temperature must be > 0",
+        ),
+    ];
+    for (request, why) in refusals {
+        let id = request.id.clone();
+        match engine.submit(request) {
+            Err(e @ Error::Request { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&format!("`{id}`")) && message.contains(why),
+                    "{message}"
+                );
+            }
+            other => panic!("{id}: expected a refusal, got {other:?}"),
+        }
+    }
+    for i in 0..3 {
+        engine
+            .submit(Request::greedy(format!("ok{i}"), vec![2, 3, 4], 8))
+            .expect("fits");
+    }
+    let mut done = Vec::new();
+    while !engine.is_idle() {
+        done.extend(engine.step().expect("step"));
+    }
+    assert_eq!(done.len(), 3);
+    assert!(Engine::with_mode(
+        &model,
+        Limits {
+            max_rows: 0,
+            context: 8
+        },
+        EngineMode::Batched
+    )
+    .is_err());
+}
