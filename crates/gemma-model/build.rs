@@ -9,7 +9,6 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SHIM: &str = "csrc/cuda_shim.cpp";
 const LIBRARY: &str = "libscope_cuda_shim.so";
@@ -49,28 +48,38 @@ fn compile(out: &Path) -> Result<(), String> {
         ));
     }
     let include = libtorch.join("include");
-    let compiler = env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let output = Command::new(&compiler)
-        .args(["-std=c++17", "-shared", "-fPIC", "-O2", "-w"])
-        .arg("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .arg(format!("-I{}", include.display()))
-        .arg(format!(
-            "-I{}",
-            include.join("torch/csrc/api/include").display()
-        ))
-        .arg(format!("-I{}", cuda_include.display()))
+    // cc configures the compiler (`CXX`, `CXXFLAGS`, the target's flags) but only builds static
+    // archives: run the compiler it configured ourselves to compile and link a shared object.
+    let compiler = cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .pic(true)
+        .warnings(false)
+        .extra_warnings(false)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(&cuda_include)
+        .try_get_compiler()
+        .map_err(|e| format!("no C++ compiler: {e}"))?;
+    let name = compiler.path().display().to_string();
+    let output = compiler
+        .to_command()
+        .arg("-shared")
         .arg(SHIM)
         .arg("-o")
         .arg(out)
         .arg(format!("-L{}", libtorch.join("lib").display()))
         .args(["-ltorch_cuda", "-lc10_cuda", "-lc10"])
         .output()
-        .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "{compiler} failed on {SHIM}: {}",
+            "{name} failed on {SHIM}: {}",
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .find(|l| l.contains("error"))

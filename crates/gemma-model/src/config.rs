@@ -1,13 +1,33 @@
 //! `Gemma2Config`: the model's hyper-parameters read from a Hugging Face `config.json`, with
 //! transformers' defaults for the keys Google's files leave out.
 //!
-//! Shape keys (sizes, head counts, `query_pre_attn_scalar`) are required: a silent default of
-//! 2304 for a missing `hidden_size` (what transformers does) would only surface later as a
-//! confusing shape error.
+//! serde reads the file into [`RawConfig`], whose fields are all optional and keep a value of
+//! the wrong JSON type instead of failing ([`Field`]); the conversion into [`Gemma2Config`]
+//! then applies the defaults and reports every problem with the file and the key.
+//!
+//! How keys are treated:
+//!
+//! - Shape keys (sizes, head counts, `query_pre_attn_scalar`) are required: a silent default of
+//!   2304 for a missing `hidden_size` (what transformers does) would only surface later as a
+//!   confusing shape error.
+//! - `null` counts as absent, except for `sliding_window`, `attn_logit_softcapping` and
+//!   `final_logit_softcapping`, where an explicit `null` turns the feature off.
+//! - A known key holding the wrong JSON type is an error naming it; integers may be written as
+//!   integral floats (`4096.0`), as Python writes them.
+//! - Unknown keys are ignored, as transformers keeps them as attributes nothing reads: training
+//!   and bookkeeping keys (`attention_dropout`, `initializer_range`, `use_cache`,
+//!   `cache_implementation`, `architectures`, `model_type`, `transformers_version`), 9b's
+//!   `sliding_window_size`, and anything a later release adds.
+//! - Keys that change the computation in a way this port does not implement are rejected with
+//!   an error naming the key instead of computing something else: `attention_bias: true`,
+//!   `use_bidirectional_attention: true`, and a `rope_parameters.rope_type` other than
+//!   `default`.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 
@@ -81,8 +101,7 @@ impl Gemma2Config {
     /// when that file exists (generation stops on those ids in transformers).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let map = read_json_object(path)?;
-        let mut config = Self::from_map(&map, path)?;
+        let mut config = read_object::<RawConfig>(path)?.into_config(path)?;
         if let Some(dir) = path.parent() {
             let gen_path = dir.join("generation_config.json");
             if gen_path.is_file() {
@@ -95,60 +114,24 @@ impl Gemma2Config {
     /// Parses the text of a `config.json` (`origin` names it in errors).
     pub fn from_json_str(text: &str, origin: impl Into<PathBuf>) -> Result<Self> {
         let path = origin.into();
-        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.clone(),
-            source,
-        })?;
-        let map = as_object(value, &path)?;
-        Self::from_map(&map, &path)
+        parse_object::<RawConfig>(text, &path)?.into_config(&path)
     }
 
     /// Takes `eos_token_id` (an int or a list), `bos_token_id` and `pad_token_id` from a
     /// `generation_config.json`.
     pub fn apply_generation_config(&mut self, path: &Path) -> Result<()> {
-        let map = read_json_object(path)?;
-        let keys = Keys { map: &map, path };
-        if let Some(ids) = keys.id_list("eos_token_id")? {
+        let raw = read_object::<RawGenerationConfig>(path)?;
+        let k = Keys { path };
+        if let Some(ids) = k.id_list("eos_token_id", raw.eos_token_id)? {
             self.eos_token_ids = ids;
         }
-        if let Some(id) = keys.opt_i64("bos_token_id")? {
+        if let Some(id) = k.opt_i64("bos_token_id", raw.bos_token_id)? {
             self.bos_token_id = id;
         }
-        if let Some(id) = keys.opt_i64("pad_token_id")? {
+        if let Some(id) = k.opt_i64("pad_token_id", raw.pad_token_id)? {
             self.pad_token_id = id;
         }
         Ok(())
-    }
-
-    fn from_map(map: &Map<String, Value>, path: &Path) -> Result<Self> {
-        let k = Keys { map, path };
-        let num_hidden_layers = k.usize("num_hidden_layers")?;
-        let config = Gemma2Config {
-            vocab_size: k.i64("vocab_size")?,
-            hidden_size: k.i64("hidden_size")?,
-            intermediate_size: k.i64("intermediate_size")?,
-            num_hidden_layers,
-            num_attention_heads: k.i64("num_attention_heads")?,
-            num_key_value_heads: k.i64("num_key_value_heads")?,
-            head_dim: k.i64("head_dim")?,
-            query_pre_attn_scalar: k.f64("query_pre_attn_scalar")?,
-            sliding_window: k.nullable_i64("sliding_window", Some(4096))?,
-            attn_logit_softcapping: k.nullable_f64("attn_logit_softcapping", Some(50.0))?,
-            final_logit_softcapping: k.nullable_f64("final_logit_softcapping", Some(30.0))?,
-            rms_norm_eps: k.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: k.rope_theta()?,
-            hidden_activation: k.activation()?,
-            layer_types: k.layer_types(num_hidden_layers)?,
-            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            max_position_embeddings: k.opt_i64("max_position_embeddings")?.unwrap_or(8192),
-            bos_token_id: k.opt_i64("bos_token_id")?.unwrap_or(2),
-            eos_token_ids: k.id_list("eos_token_id")?.unwrap_or_else(|| vec![1]),
-            pad_token_id: k.opt_i64("pad_token_id")?.unwrap_or(0),
-            torch_dtype: k.opt_str("torch_dtype")?.or(k.opt_str("dtype")?),
-        };
-        k.reject_unsupported()?;
-        config.validate(path)?;
-        Ok(config)
     }
 
     /// Checks the relations between sizes that the forward pass relies on.
@@ -279,29 +262,171 @@ pub fn derived_layer_types(num_layers: usize) -> Vec<LayerType> {
         .collect()
 }
 
-fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
+/// Reads the JSON object in `path` into `T`.
+fn read_object<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    as_object(value, path)
+    parse_object(&text, path)
 }
 
-fn as_object(value: Value, path: &Path) -> Result<Map<String, Value>> {
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(Error::InvalidConfig {
+/// Parses `text` into `T`, refusing anything but a JSON object at the root (`path` names the
+/// file in errors).
+fn parse_object<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    let json_error = |source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    };
+    let value: Value = serde_json::from_str(text).map_err(json_error)?;
+    if !value.is_object() {
+        return Err(Error::InvalidConfig {
             path: path.to_path_buf(),
             key: "<root>".into(),
             reason: "not a JSON object".into(),
-        }),
+        });
+    }
+    T::deserialize(value).map_err(json_error)
+}
+
+/// The value of a key: of the expected JSON type, or whatever stood there instead, kept so
+/// that the error can name the key (serde's own errors only give a line and a column).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Field<T> {
+    /// A value of the expected type.
+    Valid(T),
+    /// Any other JSON value.
+    Invalid(Value),
+}
+
+/// A key whose absence means a default but whose explicit `null` means "none": `None` when
+/// absent, `Some(None)` for `null`.
+type Nullable<T> = Option<Option<Field<T>>>;
+
+/// Deserializes a present key (even `null`) as `Some`, so that [`Nullable`] tells it from an
+/// absent one (which `#[serde(default)]` makes `None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// An id or a list of ids (`eos_token_id` is either).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Ids {
+    /// A single id.
+    One(Number),
+    /// A list of ids.
+    Many(Vec<Field<i64>>),
+}
+
+/// `rope_parameters`, as transformers 5.x saves it.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RopeParameters {
+    rope_type: Option<Field<String>>,
+    rope_theta: Option<Field<f64>>,
+}
+
+/// The keys of `config.json` this crate reads, as found in the file (see the module docs for
+/// the keys it ignores).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    vocab_size: Option<Field<Number>>,
+    hidden_size: Option<Field<Number>>,
+    intermediate_size: Option<Field<Number>>,
+    num_hidden_layers: Option<Field<Number>>,
+    num_attention_heads: Option<Field<Number>>,
+    num_key_value_heads: Option<Field<Number>>,
+    head_dim: Option<Field<Number>>,
+    query_pre_attn_scalar: Option<Field<f64>>,
+    #[serde(deserialize_with = "present")]
+    sliding_window: Nullable<Number>,
+    #[serde(deserialize_with = "present")]
+    attn_logit_softcapping: Nullable<f64>,
+    #[serde(deserialize_with = "present")]
+    final_logit_softcapping: Nullable<f64>,
+    rms_norm_eps: Option<Field<f64>>,
+    rope_theta: Option<Field<f64>>,
+    rope_parameters: Option<Field<RopeParameters>>,
+    hidden_activation: Option<Field<String>>,
+    hidden_act: Option<Field<String>>,
+    layer_types: Option<Field<Vec<Field<String>>>>,
+    tie_word_embeddings: Option<Field<bool>>,
+    max_position_embeddings: Option<Field<Number>>,
+    bos_token_id: Option<Field<Number>>,
+    eos_token_id: Option<Field<Ids>>,
+    pad_token_id: Option<Field<Number>>,
+    torch_dtype: Option<Field<String>>,
+    dtype: Option<Field<String>>,
+    attention_bias: Option<Field<bool>>,
+    use_bidirectional_attention: Option<Field<bool>>,
+}
+
+/// The keys of `generation_config.json` this crate reads.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawGenerationConfig {
+    bos_token_id: Option<Field<Number>>,
+    eos_token_id: Option<Field<Ids>>,
+    pad_token_id: Option<Field<Number>>,
+}
+
+impl RawConfig {
+    /// Applies transformers' defaults and checks every key (in a fixed order, so the first
+    /// problem reported does not depend on the file's key order).
+    fn into_config(self, path: &Path) -> Result<Gemma2Config> {
+        let k = Keys { path };
+        let num_hidden_layers = k.count("num_hidden_layers", self.num_hidden_layers)?;
+        let config = Gemma2Config {
+            vocab_size: k.positive("vocab_size", self.vocab_size)?,
+            hidden_size: k.positive("hidden_size", self.hidden_size)?,
+            intermediate_size: k.positive("intermediate_size", self.intermediate_size)?,
+            num_hidden_layers,
+            num_attention_heads: k.positive("num_attention_heads", self.num_attention_heads)?,
+            num_key_value_heads: k.positive("num_key_value_heads", self.num_key_value_heads)?,
+            head_dim: k.positive("head_dim", self.head_dim)?,
+            query_pre_attn_scalar: k.f64("query_pre_attn_scalar", self.query_pre_attn_scalar)?,
+            sliding_window: k.nullable_i64("sliding_window", self.sliding_window, Some(4096))?,
+            attn_logit_softcapping: k.nullable_f64(
+                "attn_logit_softcapping",
+                self.attn_logit_softcapping,
+                Some(50.0),
+            )?,
+            final_logit_softcapping: k.nullable_f64(
+                "final_logit_softcapping",
+                self.final_logit_softcapping,
+                Some(30.0),
+            )?,
+            rms_norm_eps: k
+                .opt_f64("rms_norm_eps", self.rms_norm_eps)?
+                .unwrap_or(1e-6),
+            rope_theta: k.rope_theta(self.rope_theta, self.rope_parameters)?,
+            hidden_activation: k.activation(self.hidden_activation, self.hidden_act)?,
+            layer_types: k.layer_types(self.layer_types, num_hidden_layers)?,
+            tie_word_embeddings: k
+                .opt_bool("tie_word_embeddings", self.tie_word_embeddings)?
+                .unwrap_or(true),
+            max_position_embeddings: k
+                .opt_i64("max_position_embeddings", self.max_position_embeddings)?
+                .unwrap_or(8192),
+            bos_token_id: k.opt_i64("bos_token_id", self.bos_token_id)?.unwrap_or(2),
+            eos_token_ids: k
+                .id_list("eos_token_id", self.eos_token_id)?
+                .unwrap_or_else(|| vec![1]),
+            pad_token_id: k.opt_i64("pad_token_id", self.pad_token_id)?.unwrap_or(0),
+            torch_dtype: k.dtype(self.torch_dtype, self.dtype)?,
+        };
+        k.reject_unsupported(self.attention_bias, self.use_bidirectional_attention)?;
+        config.validate(path)?;
+        Ok(config)
     }
 }
 
-/// Typed access to config keys with errors that name the file and the key.
+/// Checks raw values, with errors that name the file and the key.
 struct Keys<'a> {
-    map: &'a Map<String, Value>,
     path: &'a Path,
 }
 
@@ -321,136 +446,137 @@ impl Keys<'_> {
         }
     }
 
-    /// The value at `key`, treating JSON `null` as absent.
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_i64(&self, key: &str) -> Result<Option<i64>> {
-        match self.get(key) {
+    /// The value of an optional key (`None` when absent or `null`); `expected` describes the
+    /// JSON type in the error.
+    fn opt<T>(&self, key: &str, field: Option<Field<T>>, expected: &str) -> Result<Option<T>> {
+        match field {
             None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-                .map(Some)
-                .ok_or_else(|| self.invalid(key, format!("expected an integer, got {v}"))),
+            Some(Field::Valid(value)) => Ok(Some(value)),
+            Some(Field::Invalid(v)) => {
+                Err(self.invalid(key, format!("expected {expected}, got {v}")))
+            }
         }
     }
 
-    fn i64(&self, key: &str) -> Result<i64> {
-        let v = self.opt_i64(key)?.ok_or_else(|| self.missing(key))?;
+    /// An integer, also when written as an integral float (`4096.0`).
+    fn integer(&self, key: &str, n: &Number) -> Result<i64> {
+        n.as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .ok_or_else(|| self.invalid(key, format!("expected an integer, got {n}")))
+    }
+
+    fn opt_i64(&self, key: &str, field: Option<Field<Number>>) -> Result<Option<i64>> {
+        self.opt(key, field, "an integer")?
+            .map(|n| self.integer(key, &n))
+            .transpose()
+    }
+
+    /// A required integer that must be positive.
+    fn positive(&self, key: &str, field: Option<Field<Number>>) -> Result<i64> {
+        let v = self.opt_i64(key, field)?.ok_or_else(|| self.missing(key))?;
         if v <= 0 {
             return Err(self.invalid(key, format!("expected a positive integer, got {v}")));
         }
         Ok(v)
     }
 
-    fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.i64(key)?;
+    /// A required positive integer used as a count.
+    fn count(&self, key: &str, field: Option<Field<Number>>) -> Result<usize> {
+        let v = self.positive(key, field)?;
         usize::try_from(v).map_err(|_| self.invalid(key, format!("{v} does not fit usize")))
     }
 
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.invalid(key, format!("expected a number, got {v}"))),
-        }
+    fn opt_f64(&self, key: &str, field: Option<Field<f64>>) -> Result<Option<f64>> {
+        self.opt(key, field, "a number")
     }
 
-    fn f64(&self, key: &str) -> Result<f64> {
-        self.opt_f64(key)?.ok_or_else(|| self.missing(key))
+    fn f64(&self, key: &str, field: Option<Field<f64>>) -> Result<f64> {
+        self.opt_f64(key, field)?.ok_or_else(|| self.missing(key))
     }
 
-    /// A key whose absence means `default` but whose explicit `null` means "none".
-    fn nullable_f64(&self, key: &str, default: Option<f64>) -> Result<Option<f64>> {
-        match self.map.get(key) {
+    fn nullable_f64(
+        &self,
+        key: &str,
+        field: Nullable<f64>,
+        default: Option<f64>,
+    ) -> Result<Option<f64>> {
+        match field {
             None => Ok(default),
-            Some(Value::Null) => Ok(None),
-            Some(_) => self.opt_f64(key),
+            Some(value) => self.opt_f64(key, value),
         }
     }
 
-    fn nullable_i64(&self, key: &str, default: Option<i64>) -> Result<Option<i64>> {
-        match self.map.get(key) {
+    fn nullable_i64(
+        &self,
+        key: &str,
+        field: Nullable<Number>,
+        default: Option<i64>,
+    ) -> Result<Option<i64>> {
+        match field {
             None => Ok(default),
-            Some(Value::Null) => Ok(None),
-            Some(_) => self.opt_i64(key),
+            Some(value) => self.opt_i64(key, value),
         }
     }
 
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.invalid(key, format!("expected a boolean, got {v}"))),
-        }
+    fn opt_bool(&self, key: &str, field: Option<Field<bool>>) -> Result<Option<bool>> {
+        self.opt(key, field, "a boolean")
     }
 
-    fn opt_str(&self, key: &str) -> Result<Option<String>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| self.invalid(key, format!("expected a string, got {v}"))),
-        }
+    fn opt_str(&self, key: &str, field: Option<Field<String>>) -> Result<Option<String>> {
+        self.opt(key, field, "a string")
     }
 
-    /// An id or a list of ids (`eos_token_id` is either).
-    fn id_list(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        match self.get(key) {
+    /// An id or a list of ids.
+    fn id_list(&self, key: &str, field: Option<Field<Ids>>) -> Result<Option<Vec<i64>>> {
+        match self.opt(key, field, "an integer")? {
             None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_i64()
-                        .ok_or_else(|| self.invalid(key, format!("expected integer ids, got {v}")))
+            Some(Ids::One(n)) => Ok(Some(vec![self.integer(key, &n)?])),
+            Some(Ids::Many(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Field::Valid(id) => Ok(id),
+                    Field::Invalid(v) => {
+                        Err(self.invalid(key, format!("expected integer ids, got {v}")))
+                    }
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(_) => Ok(self.opt_i64(key)?.map(|id| vec![id])),
         }
     }
 
     /// `rope_theta` (4.x files) or `rope_parameters.rope_theta` (5.x re-saves), default 10000.
-    fn rope_theta(&self) -> Result<f64> {
-        if let Some(theta) = self.opt_f64("rope_theta")? {
+    fn rope_theta(
+        &self,
+        theta: Option<Field<f64>>,
+        params: Option<Field<RopeParameters>>,
+    ) -> Result<f64> {
+        if let Some(theta) = self.opt_f64("rope_theta", theta)? {
             return Ok(theta);
         }
-        let Some(params) = self.get("rope_parameters") else {
+        let Some(params) = self.opt("rope_parameters", params, "an object")? else {
             return Ok(10000.0);
         };
-        let rope_type = params
-            .get("rope_type")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if rope_type != "default" {
+        let rope_type = self.opt_str("rope_parameters.rope_type", params.rope_type)?;
+        if let Some(rope_type) = rope_type.filter(|t| t != "default") {
             return Err(self.invalid(
                 "rope_parameters",
                 format!("rope_type `{rope_type}` is not supported (only `default`)"),
             ));
         }
-        match params.get("rope_theta") {
-            None | Some(Value::Null) => Ok(10000.0),
-            Some(v) => v.as_f64().ok_or_else(|| {
-                self.invalid(
-                    "rope_parameters.rope_theta",
-                    format!("expected a number, got {v}"),
-                )
-            }),
-        }
+        Ok(self
+            .opt_f64("rope_parameters.rope_theta", params.rope_theta)?
+            .unwrap_or(10000.0))
     }
 
     /// `hidden_activation`, falling back to `hidden_act`, default `gelu_pytorch_tanh`.
-    fn activation(&self) -> Result<Activation> {
-        let (key, name) = match self.opt_str("hidden_activation")? {
+    fn activation(
+        &self,
+        hidden_activation: Option<Field<String>>,
+        hidden_act: Option<Field<String>>,
+    ) -> Result<Activation> {
+        let (key, name) = match self.opt_str("hidden_activation", hidden_activation)? {
             Some(name) => ("hidden_activation", name),
-            None => match self.opt_str("hidden_act")? {
+            None => match self.opt_str("hidden_act", hidden_act)? {
                 Some(name) => ("hidden_act", name),
                 None => return Ok(Activation::GeluTanh),
             },
@@ -462,13 +588,14 @@ impl Keys<'_> {
         }
     }
 
-    fn layer_types(&self, num_layers: usize) -> Result<Vec<LayerType>> {
-        let Some(value) = self.get("layer_types") else {
+    fn layer_types(
+        &self,
+        field: Option<Field<Vec<Field<String>>>>,
+        num_layers: usize,
+    ) -> Result<Vec<LayerType>> {
+        let Some(items) = self.opt("layer_types", field, "a list")? else {
             return Ok(derived_layer_types(num_layers));
         };
-        let items = value
-            .as_array()
-            .ok_or_else(|| self.invalid("layer_types", "expected a list"))?;
         if items.len() != num_layers {
             return Err(self.invalid(
                 "layer_types",
@@ -476,22 +603,42 @@ impl Keys<'_> {
             ));
         }
         items
-            .iter()
-            .map(|v| match v.as_str() {
-                Some("sliding_attention") => Ok(LayerType::Sliding),
-                Some("full_attention") => Ok(LayerType::Full),
-                _ => Err(self.invalid("layer_types", format!("unknown layer type {v}"))),
+            .into_iter()
+            .map(|item| match item {
+                Field::Valid(name) if name == "sliding_attention" => Ok(LayerType::Sliding),
+                Field::Valid(name) if name == "full_attention" => Ok(LayerType::Full),
+                Field::Valid(name) => Err(self.invalid(
+                    "layer_types",
+                    format!("unknown layer type {}", Value::String(name)),
+                )),
+                Field::Invalid(v) => {
+                    Err(self.invalid("layer_types", format!("unknown layer type {v}")))
+                }
             })
             .collect()
     }
 
+    /// `torch_dtype` (4.x files), else `dtype` (5.x re-saves).
+    fn dtype(
+        &self,
+        torch_dtype: Option<Field<String>>,
+        dtype: Option<Field<String>>,
+    ) -> Result<Option<String>> {
+        let torch_dtype = self.opt_str("torch_dtype", torch_dtype)?;
+        Ok(torch_dtype.or(self.opt_str("dtype", dtype)?))
+    }
+
     /// Options transformers supports for Gemma 2 that this port does not implement: refuse
     /// them instead of computing something else.
-    fn reject_unsupported(&self) -> Result<()> {
-        if self.opt_bool("attention_bias")? == Some(true) {
+    fn reject_unsupported(
+        &self,
+        attention_bias: Option<Field<bool>>,
+        bidirectional: Option<Field<bool>>,
+    ) -> Result<()> {
+        if self.opt_bool("attention_bias", attention_bias)? == Some(true) {
             return Err(self.invalid("attention_bias", "biases in attention are not supported"));
         }
-        if self.opt_bool("use_bidirectional_attention")? == Some(true) {
+        if self.opt_bool("use_bidirectional_attention", bidirectional)? == Some(true) {
             return Err(self.invalid(
                 "use_bidirectional_attention",
                 "bidirectional attention is not supported",
