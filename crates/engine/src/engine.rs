@@ -50,6 +50,16 @@ pub enum EngineMode {
 }
 
 impl EngineMode {
+    /// What [`Engine::new`] picks for `model`: batched where the fused kernels run it faster
+    /// than libtorch, sequential otherwise.
+    pub fn preferred(model: &Gemma2Model) -> Self {
+        if fused::preferred(model) {
+            EngineMode::Batched
+        } else {
+            EngineMode::Sequential
+        }
+    }
+
     /// `batched` or `sequential`.
     pub fn name(self) -> &'static str {
         match self {
@@ -140,12 +150,7 @@ impl<'m> Engine<'m> {
     /// An engine over `model` with `limits`: batched on the fused CPU kernels where they run
     /// `model`, sequential otherwise.
     pub fn new(model: &'m Gemma2Model, limits: Limits) -> Result<Self> {
-        let mode = if fused::preferred(model) {
-            EngineMode::Batched
-        } else {
-            EngineMode::Sequential
-        };
-        Self::with_mode(model, limits, mode)
+        Self::with_mode(model, limits, EngineMode::preferred(model))
     }
 
     /// An engine in `mode`; [`EngineMode::Batched`] fails with the reason when the fused

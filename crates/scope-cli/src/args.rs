@@ -70,8 +70,21 @@ pub struct SaeArgs {
 #[derive(Debug, Args)]
 pub struct GenerationArgs {
     /// The prompt.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(
+        long,
+        required_unless_present = "requests",
+        conflicts_with = "requests"
+    )]
+    pub prompt: Option<String>,
+    /// Many requests, one JSON object a line (`id`, `prompt`, optionally `steer`,
+    /// `max_new_tokens`, `sample`, `temperature`, `top_k`, `top_p`, `seed`, `chat`), run
+    /// together with continuous batching; one JSON line per request on stdout as it finishes.
+    /// The sampling flags and --max-new-tokens are the defaults of every line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub requests: Option<std::path::PathBuf>,
+    /// With --requests: at most this many requests decode together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_batch: u64,
     /// How many tokens to generate at most.
     #[arg(long, default_value_t = 50)]
     pub max_new_tokens: usize,
@@ -137,7 +150,7 @@ pub struct SteerArgs {
     #[command(flatten)]
     pub sae: SaeArgs,
     /// The latent whose decoder direction is added.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "requests")]
     pub latent: Option<i64>,
     /// The magnitude of the added direction.
     #[arg(long, allow_negative_numbers = true)]
@@ -146,7 +159,8 @@ pub struct SteerArgs {
     #[arg(
         long = "steer",
         value_name = "LATENT:MAGNITUDE",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        conflicts_with = "requests"
     )]
     pub steer: Vec<String>,
     #[command(flatten)]

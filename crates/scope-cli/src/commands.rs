@@ -1,11 +1,8 @@
-//! One function per subcommand: load, run, report.
+//! One function per subcommand: load, call the workflow in the `scope` crate, report.
 
 use anyhow::{bail, Context, Result};
 use gemma_model::Batch;
-use intervene::{
-    CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
-};
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 use crate::args::{
     DownloadArgs, EvalArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs,
@@ -16,28 +13,33 @@ use crate::output::{
     LatentValue, LatentsReport, PatchReport, SteeringReport, TokenDiff, TokenScore, TopExample,
     TopReport,
 };
-use crate::session::{generation_config, resolve_position, LoadedSae, Session};
+use crate::requests;
+use crate::session::{generation_config, open_sae, Session};
 
 /// `scope generate`.
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let report = run_generation(&session, &args.generation, &mut intervene::NoHooks)?;
+    if let Some(path) = &args.generation.requests {
+        return requests::run(&session, None, &args.generation, path);
+    }
+    let prompt_ids = prompt_ids(&session, &args.generation)?;
+    let config = generation_config(&args.generation)?;
+    let generated = session
+        .model
+        .generate(&Batch::from_ids(&prompt_ids), &config)?;
+    let report = report_generation(&session, prompt_ids, &generated)?;
     emit_generation(report, args.model.json)
 }
 
-fn run_generation(
-    session: &Session,
-    args: &GenerationArgs,
-    hooks: &mut dyn intervene::Hooks,
-) -> Result<GenerateReport> {
-    let prompt_ids = session.encode_prompt(&args.prompt, args.chat)?;
-    session.check_fits(prompt_ids.len(), args.max_new_tokens)?;
-    let config = generation_config(args)?;
-    let batch = Batch::from_ids(&prompt_ids);
-    let generated = session
-        .model
-        .generate_with(&batch, &config, hooks, &mut |_| true)?;
-    report_generation(session, prompt_ids, &generated)
+/// The prompt of a one-prompt generation, encoded and checked against the context.
+fn prompt_ids(session: &Session, args: &GenerationArgs) -> Result<Vec<i64>> {
+    let prompt = args
+        .prompt
+        .as_deref()
+        .context("give --prompt TEXT or --requests FILE.jsonl")?;
+    let ids = session.encode_prompt(prompt, args.chat)?;
+    session.check_fits(ids.len(), args.max_new_tokens)?;
+    Ok(ids)
 }
 
 fn report_generation(
@@ -46,16 +48,7 @@ fn report_generation(
     generated: &gemma_model::Generated,
 ) -> Result<GenerateReport> {
     let new_tokens = generated.new_tokens.first().cloned().unwrap_or_default();
-    let mut output_ids = prompt_ids.clone();
-    output_ids.extend(&new_tokens);
-    Ok(GenerateReport {
-        completion: session.tokenizer.decode(&new_tokens, true)?,
-        text: session.tokenizer.decode(&output_ids, true)?,
-        prompt_ids,
-        output_ids,
-        decode: generated.decode.name(),
-        steering: Vec::new(),
-    })
+    GenerateReport::new(session, prompt_ids, new_tokens, generated.decode.name())
 }
 
 fn emit_generation(report: GenerateReport, json: bool) -> Result<()> {
@@ -70,18 +63,18 @@ fn emit_generation(report: GenerateReport, json: bool) -> Result<()> {
 /// `scope latents`.
 pub fn latents(args: &LatentsArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let sae = open_sae(&args.sae, &session)?;
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);
     }
     let ids = session.encode_prompt(&args.prompt, false)?;
-    let acts = collect_latents(&session, &loaded, &ids)?; // [T, L] f32
+    let acts = scope::latents(&session.model, &sae, &ids)?; // [T, L]
     let l0 = acts
         .f_gt(args.threshold)?
         .f_sum_dim_intlist(-1, false, Kind::Int64)?;
     let (max_value, max_latent) = acts.f_max_dim(-1, false)?;
-    let k = (args.top_k as usize).min(loaded.sae.d_sae() as usize);
-    let top = loaded.sae.top_k_of(&acts, k)?;
+    let k = (args.top_k as usize).min(sae.sae.d_sae() as usize);
+    let top = sae.sae.top_k_of(&acts, k)?;
     let report = LatentsReport {
         tokens: session.token_strings(&ids)?,
         l0: Vec::<i64>::try_from(&l0)?,
@@ -99,7 +92,7 @@ pub fn latents(args: &LatentsArgs) -> Result<()> {
             .collect(),
         token_ids: ids,
         threshold: args.threshold,
-        layer: loaded.site.layer,
+        layer: sae.site.layer,
     };
     if args.model.json {
         print_json(&report)
@@ -109,75 +102,24 @@ pub fn latents(args: &LatentsArgs) -> Result<()> {
     }
 }
 
-/// The SAE's latents at every position of `ids`, `[T, L]` in f32.
-fn collect_latents(session: &Session, loaded: &LoadedSae, ids: &[i64]) -> Result<Tensor> {
-    let acts = LatentCollector::new(session, loaded)?.latents(&Batch::from_ids(ids))?;
-    Ok(acts.f_squeeze_dim(0)?)
-}
-
-/// An SAE's latents through the intervention graph (the tutorial's collect-with-encoder),
-/// each call stopping after the SAE's layer.
-struct LatentCollector<'m> {
-    graph: IntervenableModel<'m, gemma_model::Gemma2Model>,
-    options: CallOptions,
-}
-
-impl<'m> LatentCollector<'m> {
-    fn new(session: &'m Session, loaded: &LoadedSae) -> Result<Self> {
-        let graph = IntervenableModel::new(
-            &session.model,
-            vec![RepresentationConfig::new(
-                loaded.component(),
-                sae::EncodeCollect::new(&loaded.sae),
-            )],
-        )?;
-        let options = CallOptions::new().collect_only_stop_early(true);
-        Ok(LatentCollector { graph, options })
-    }
-
-    /// The latents of `batch`, `[B, T, d_sae]` in f32.
-    fn latents(&self, batch: &Batch) -> Result<Tensor> {
-        let out = self.graph.forward(batch, Sources::None, &self.options)?;
-        out.collected
-            .into_iter()
-            .next()
-            .context("the collect intervention returned nothing")
-    }
-}
-
 /// `scope steer`.
 pub fn steer(args: &SteerArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
-    let pairs = steering_pairs(args, &loaded)?;
-    let graph = IntervenableModel::new(
-        &session.model,
-        vec![RepresentationConfig::new(
-            loaded.component(),
-            sae::Steer::new(&loaded.sae, &pairs)?,
-        )],
-    )?;
-    let prompt_ids = session.encode_prompt(&args.generation.prompt, args.generation.chat)?;
-    session.check_fits(prompt_ids.len(), args.generation.max_new_tokens)?;
+    let sae = open_sae(&args.sae, &session)?;
+    if let Some(path) = &args.generation.requests {
+        return requests::run(&session, Some(&sae), &args.generation, path);
+    }
+    let pairs = steering_pairs(args)?;
+    let prompt_ids = prompt_ids(&session, &args.generation)?;
     let config = generation_config(&args.generation)?;
-    // pyvene's tutorial steering: unit_locations=None, intervene_on_prompt=True.
-    let options = CallOptions::new().intervene_on_prompt(true);
-    let out = graph.generate(
-        &Batch::from_ids(&prompt_ids),
-        Sources::None,
-        &options,
-        &config,
-    )?;
-    let mut report = report_generation(&session, prompt_ids, &out.intervened)?;
-    report.steering = pairs
-        .iter()
-        .map(|&(latent, magnitude)| SteeringReport { latent, magnitude })
-        .collect();
+    let generated = scope::steer(&session.model, &sae, &prompt_ids, &pairs, &config)?;
+    let mut report = report_generation(&session, prompt_ids, &generated)?;
+    report.steering = SteeringReport::of(&pairs);
     emit_generation(report, args.model.json)
 }
 
-/// `--latent I --magnitude M` and every `--steer I:M`, checked.
-fn steering_pairs(args: &SteerArgs, loaded: &LoadedSae) -> Result<Vec<(i64, f64)>> {
+/// `--latent I --magnitude M` and every `--steer I:M`, parsed (the workflow checks them).
+fn steering_pairs(args: &SteerArgs) -> Result<Vec<(i64, f64)>> {
     let mut pairs = Vec::new();
     match (args.latent, args.magnitude) {
         (Some(latent), Some(magnitude)) => pairs.push((latent, magnitude)),
@@ -201,93 +143,39 @@ fn steering_pairs(args: &SteerArgs, loaded: &LoadedSae) -> Result<Vec<(i64, f64)
     if pairs.is_empty() {
         bail!("nothing to steer: give --latent I --magnitude M or --steer I:M");
     }
-    for &(latent, magnitude) in &pairs {
-        loaded.check_latent(latent)?;
-        if !magnitude.is_finite() {
-            bail!("magnitude {magnitude} for latent {latent} is not finite");
-        }
-    }
     Ok(pairs)
 }
 
 /// `scope patch`.
 pub fn patch(args: &PatchArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
-    let latent = loaded.check_latent(args.latent)?;
+    let sae = open_sae(&args.sae, &session)?;
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);
     }
     let base_ids = session.encode_prompt(&args.base, false)?;
     let source_ids = session.encode_prompt(&args.source, false)?;
-    let base_pos = resolve_position(args.base_pos, base_ids.len(), "--base-pos")?;
-    let source_pos = resolve_position(args.source_pos, source_ids.len(), "--source-pos")?;
-    // The interchange, and ahead of it at the same site a collect of the base latents there
-    // (it sees the activation before the swap): the values reported come from the one
-    // intervened call, with no extra forward.
-    let graph = IntervenableModel::new(
+    let base_pos = scope::resolve_position(args.base_pos, base_ids.len(), "--base-pos")?;
+    let source_pos = scope::resolve_position(args.source_pos, source_ids.len(), "--source-pos")?;
+    let patched = scope::patch(
         &session.model,
-        vec![
-            RepresentationConfig::new(loaded.component(), sae::EncodeCollect::new(&loaded.sae)),
-            RepresentationConfig::new(
-                loaded.component(),
-                sae::JumpReluInterchange::new(&loaded.sae).keep_error(args.keep_error),
-            ),
-        ],
+        &sae,
+        &scope::Patch {
+            base: &base_ids,
+            source: &source_ids,
+            base_pos,
+            source_pos,
+            latent: args.latent,
+            keep_error: args.keep_error,
+            top_k: args.top_k,
+        },
     )?;
-    let options = CallOptions::new()
-        .locations_each(vec![
-            Locations::base(vec![base_pos]),
-            Locations::pair(source_pos, base_pos),
-        ])
-        .subspaces_each(vec![None, Some(Subspaces::Shared(vec![latent]))])
-        .output_original_output(true)
-        // Only the last position's logits are reported, so the final layer runs for that
-        // position alone (within float rounding of the full run; tested against pyvene at 1e-4).
-        .last_position_logits(true);
-    let base = Batch::from_ids(&base_ids);
-    let source = Batch::from_ids(&source_ids);
-    let out = graph.forward(&base, Sources::Shared(&source), &options)?;
-    let last_logits = |logits: Option<&Tensor>| -> Result<Tensor> {
-        let logits = logits.context("the model returned no logits")?;
-        Ok(logits
-            .f_select(0, 0)?
-            .f_select(0, -1)?
-            .f_to_kind(Kind::Float)?)
-    };
-    let original = out.original.as_ref().context("no original run")?;
-    let diff = (last_logits(out.intervened.logits.as_ref())?
-        - last_logits(original.logits.as_ref())?)
-    .f_to_device(tch::Device::Cpu)?;
-    let k = args.top_k.min(diff.size()[0]);
-    let (values, indices) = diff.f_topk(k, 0, true, true)?;
-    let values = Vec::<f64>::try_from(&values.f_to_kind(Kind::Double)?)?;
-    let indices = Vec::<i64>::try_from(&indices)?;
-    // [1, 1, d_sae] encodings at the one selected position: the base's before the swap, and
-    // the source slice the interchange read.
-    let latent_value = |acts: &Tensor| -> Result<f64> {
-        Ok(acts
-            .f_reshape([-1])?
-            .f_select(0, latent)?
-            .f_double_value(&[])?)
-    };
-    let base_latents = out
-        .collected
-        .first()
-        .context("the collect of the base latents returned nothing")?;
-    let source_slice = out
-        .source_slices
-        .get(1)
-        .and_then(Option::as_ref)
-        .context("the interchange read no source slice")?;
-    let base_value = latent_value(base_latents)?;
-    let source_value = latent_value(&loaded.sae.encode(source_slice)?)?;
     let report = PatchReport {
         position: base_ids.len() as i64 - 1,
-        top: indices
+        top: patched
+            .top
             .iter()
-            .zip(&values)
-            .map(|(&token_id, &logit_diff)| {
+            .map(|&(token_id, logit_diff)| {
                 Ok(TokenDiff {
                     token_id,
                     token: session.tokenizer.decode(&[token_id], false)?,
@@ -297,9 +185,9 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         base_pos,
         source_pos,
-        latent,
-        base_value,
-        source_value,
+        latent: args.latent,
+        base_value: patched.base_value,
+        source_value: patched.source_value,
     };
     if args.model.json {
         print_json(&report)
@@ -312,19 +200,11 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
 /// `scope explain`.
 pub fn explain(args: &ExplainArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
-    let latent = loaded.check_latent(args.latent)?;
+    let sae = open_sae(&args.sae, &session)?;
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);
     }
-    let lens =
-        loaded
-            .sae
-            .logit_lens(&[latent], session.model.unembedding(), args.top_k as usize)?;
-    let lens = lens
-        .into_iter()
-        .next()
-        .context("the logit lens returned nothing")?;
+    let lens = scope::explain(&session.model, &sae, args.latent, args.top_k)?;
     let scores = |pairs: &[(i64, f32)]| -> Result<Vec<TokenScore>> {
         pairs
             .iter()
@@ -338,7 +218,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
             .collect()
     };
     let report = ExplainReport {
-        latent,
+        latent: args.latent,
         promoted: scores(&lens.promoted)?,
         suppressed: scores(&lens.suppressed)?,
     };
@@ -353,41 +233,13 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
 /// `scope eval`.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let sae = open_sae(&args.sae, &session)?;
     let rows = args
         .prompts
         .iter()
         .map(|p| session.encode_prompt(p, false))
         .collect::<Result<Vec<_>>>()?;
-    let batch = Batch::left_padded(&rows, session.model.config().pad_token_id)?;
-    let (b, t) = batch.shape()?;
-    // The SAE's input: the raw activation at its site, read without changing the model.
-    let graph = IntervenableModel::new(
-        &session.model,
-        vec![RepresentationConfig::new(
-            loaded.component(),
-            intervene::Collect,
-        )],
-    )?;
-    let options = CallOptions::new().collect_only_stop_early(true);
-    let out = graph.forward(&batch, Sources::None, &options)?;
-    let x = out
-        .collected
-        .first()
-        .context("the collect returned nothing")?;
-    let mask = sae::metrics::position_mask(batch.attention_mask.as_ref(), b, t)?;
-    let rec = loaded
-        .sae
-        .reconstruction_metrics(x, Some(&mask), args.threshold)?;
-    let splice = sae::splice_metrics(
-        &loaded.sae,
-        &session.model,
-        &batch,
-        &batch.input_ids,
-        batch.attention_mask.as_ref(),
-        loaded.site,
-        |o| o.logits,
-    )?;
+    let (rec, splice) = scope::eval(&session.model, &sae, &rows, args.threshold)?;
     let report = EvalReport {
         tokens: rec.tokens,
         l0_threshold: rec.l0_threshold,
@@ -413,7 +265,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 /// `scope top`.
 pub fn top(args: &TopArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
-    let loaded = LoadedSae::open(&args.sae, &session)?;
+    let sae = open_sae(&args.sae, &session)?;
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);
     }
@@ -421,7 +273,7 @@ pub fn top(args: &TopArgs) -> Result<()> {
         bail!("--batch must be at least 1, got {}", args.batch);
     }
     for &latent in &args.latents {
-        loaded.check_latent(latent)?;
+        sae.check_latent(latent)?;
     }
     let texts = top_texts(args)?;
     let ids = texts
@@ -433,25 +285,20 @@ pub fn top(args: &TopArgs) -> Result<()> {
                 .with_context(|| format!("text {i}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let collector = LatentCollector::new(&session, &loaded)?;
-    let skip = if args.include_bos { 0 } else { 1 };
-    let mut top = sae::TopExamples::new(&args.latents, args.top_k as usize);
     // On stderr, and only when it is a terminal.
     let bar = indicatif::ProgressBar::new(ids.len() as u64).with_message("texts");
-    for chunk in ids.chunks(args.batch) {
-        // End-padded: each text's positions compute as in its own call (no position attends
-        // to a later one), so the batch size changes no activation beyond rounding.
-        let rows: Vec<Batch> = chunk.iter().map(|row| Batch::from_ids(row)).collect();
-        let refs: Vec<&Batch> = rows.iter().collect();
-        let (batch, _) = Batch::stacked_end_padded(&refs, session.model.config().pad_token_id)?;
-        let acts = collector.latents(&batch)?;
-        let lens: Vec<i64> = chunk.iter().map(|row| row.len() as i64).collect();
-        top.update(&acts, &lens, skip)?;
-        bar.inc(chunk.len() as u64);
-    }
+    let query = scope::TopQuery {
+        latents: &args.latents,
+        k: args.top_k as usize,
+        batch: args.batch,
+        include_bos: args.include_bos,
+    };
+    let top = scope::top_examples(&session.model, &sae, &ids, &query, &mut |n| {
+        bar.inc(n as u64)
+    })?;
     bar.finish_and_clear();
     let report = TopReport {
-        layer: loaded.site.layer,
+        layer: sae.site.layer,
         texts: top.texts(),
         tokens: top.tokens(),
         latents: top

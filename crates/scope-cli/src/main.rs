@@ -6,6 +6,7 @@
 mod args;
 mod commands;
 mod output;
+mod requests;
 mod session;
 
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
 }
 
 /// The error and its causes on one line, without repeating a cause its parent already quotes.
-fn one_line(err: &anyhow::Error) -> String {
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let text = cause.to_string();

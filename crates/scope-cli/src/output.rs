@@ -24,6 +24,27 @@ pub struct GenerateReport {
     pub steering: Vec<SteeringReport>,
 }
 
+impl GenerateReport {
+    /// The report of `new_tokens` generated after `prompt_ids`, decoded.
+    pub fn new(
+        session: &crate::session::Session,
+        prompt_ids: Vec<i64>,
+        new_tokens: Vec<i64>,
+        decode: &'static str,
+    ) -> anyhow::Result<Self> {
+        let mut output_ids = prompt_ids.clone();
+        output_ids.extend(&new_tokens);
+        Ok(GenerateReport {
+            completion: session.tokenizer.decode(&new_tokens, true)?,
+            text: session.tokenizer.decode(&output_ids, true)?,
+            prompt_ids,
+            output_ids,
+            decode,
+            steering: Vec::new(),
+        })
+    }
+}
+
 /// One steered latent.
 #[derive(Debug, Serialize)]
 pub struct SteeringReport {
@@ -31,6 +52,16 @@ pub struct SteeringReport {
     pub latent: i64,
     /// Its magnitude.
     pub magnitude: f64,
+}
+
+impl SteeringReport {
+    /// The reports of `(latent, magnitude)` pairs.
+    pub fn of(pairs: &[(i64, f64)]) -> Vec<Self> {
+        pairs
+            .iter()
+            .map(|&(latent, magnitude)| SteeringReport { latent, magnitude })
+            .collect()
+    }
 }
 
 /// One latent and its activation.

@@ -93,113 +93,68 @@ fn cli_dtype(spec: &str, device: Device) -> Result<DTypeSpec> {
 
 /// The model's generation settings from the CLI flags.
 pub fn generation_config(args: &GenerationArgs) -> Result<gemma_model::GenerationConfig> {
-    use gemma_model::{DecodeMode, GenerationConfig, Sampling};
-    let mut config = GenerationConfig::greedy(args.max_new_tokens);
-    config.decode = DecodeMode::parse(&args.decode)?;
-    if args.sample {
-        if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", args.top_p);
-        }
-        if args.top_k < 0 {
-            bail!("--top-k must be >= 0, got {}", args.top_k);
-        }
-        config.sampling = Sampling::Sample {
-            temperature: args.temperature,
-            top_k: (args.top_k > 0).then_some(args.top_k),
-            top_p: (args.top_p < 1.0).then_some(args.top_p),
-            seed: args.seed as i64,
-        };
-    }
+    let mut config = gemma_model::GenerationConfig::greedy(args.max_new_tokens);
+    config.decode = gemma_model::DecodeMode::parse(&args.decode)?;
+    config.sampling = sampling(
+        args.sample,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+    )?;
     Ok(config)
 }
 
-/// An SAE loaded next to a model, with the site it reads.
-pub struct LoadedSae {
-    /// The SAE, on the model's device, in f32.
-    pub sae: sae::Sae,
-    /// Where it reads and writes.
-    pub site: intervene::Site,
+/// Greedy, or sampling with these settings, checked.
+pub fn sampling(
+    sample: bool,
+    temperature: f64,
+    top_k: i64,
+    top_p: f64,
+    seed: u64,
+) -> Result<gemma_model::Sampling> {
+    if !sample {
+        return Ok(gemma_model::Sampling::Greedy);
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        bail!("top_p must be in (0, 1], got {top_p}");
+    }
+    if top_k < 0 {
+        bail!("top_k must be >= 0, got {top_k}");
+    }
+    Ok(gemma_model::Sampling::Sample {
+        temperature,
+        top_k: (top_k > 0).then_some(top_k),
+        top_p: (top_p < 1.0).then_some(top_p),
+        seed: seed as i64,
+    })
 }
 
-impl LoadedSae {
-    /// Resolve and load `--sae` for `session`'s model, on its device; `--layer` overrides or
-    /// supplies the layer the name does not say.
-    pub fn open(args: &crate::args::SaeArgs, session: &Session) -> Result<LoadedSae> {
-        let resolved = sae::resolve(&args.sae, &sae::HubOptions::from_env())
-            .with_context(|| format!("cannot find SAE `{}`", args.sae))?;
-        let spinner = progress(format!("loading SAE {}", args.sae));
-        let sae = sae::Sae::load(&resolved, session.model.device())
-            .with_context(|| format!("cannot load SAE `{}`", args.sae))?;
-        let dtype = match args.sae_dtype.as_str() {
-            "model" => session.model.dtype(),
-            other => match parse_dtype(other)? {
-                DTypeSpec::Fixed(kind) => kind,
-                DTypeSpec::Auto => session.model.dtype(),
-            },
-        };
-        let sae = sae
-            .to_dtype(dtype)
-            .with_context(|| format!("cannot convert SAE `{}` to {dtype:?}", args.sae))?;
-        spinner.finish_and_clear();
-        let named = sae.site();
-        let site = match (args.layer, named) {
-            (Some(layer), Some(site)) => intervene::Site::new(layer, site.kind),
-            (Some(layer), None) => intervene::Site::new(layer, intervene::SiteKind::BlockOutput),
-            (None, Some(site)) => site,
-            (None, None) => bail!(
-                "the SAE `{}` does not say which layer it reads: pass --layer L",
-                args.sae
-            ),
-        };
-        let layers = session.model.config().num_hidden_layers;
-        if site.layer >= layers {
-            bail!(
-                "layer {} is out of range: the model has {layers} layers (0..={})",
-                site.layer,
-                layers.saturating_sub(1)
-            );
-        }
-        let catalog = intervene::HookedModel::site_catalog(&session.model);
-        let width = catalog
-            .get(site)
-            .map(|info| info.width)
-            .with_context(|| format!("the model has no site {site}"))?;
-        sae.check_d_in(width)
-            .with_context(|| format!("SAE `{}` does not fit this model's {site}", args.sae))?;
-        Ok(LoadedSae { sae, site })
-    }
-
-    /// The intervention-graph component of the SAE's site.
-    pub fn component(&self) -> intervene::Component {
-        intervene::Component::typed(self.site.kind.type_name(), self.site.layer)
-    }
-
-    /// A latent index checked against the SAE's width.
-    pub fn check_latent(&self, latent: i64) -> Result<i64> {
-        let width = self.sae.d_sae();
-        if !(0..width).contains(&latent) {
-            bail!(
-                "latent {latent} is out of range: the SAE has {width} latents (0..={})",
-                width - 1
-            );
-        }
-        Ok(latent)
-    }
-}
-
-/// A 0-based position (negative counts from the end) checked against a sequence of `len`.
-pub fn resolve_position(position: i64, len: usize, what: &str) -> Result<i64> {
-    let len = len as i64;
-    let resolved = if position < 0 {
-        len + position
-    } else {
-        position
+/// The SAE named by the flags, loaded on the model's device in the chosen dtype and placed
+/// at its site (checked against the model).
+pub fn open_sae(args: &crate::args::SaeArgs, session: &Session) -> Result<scope::SaeAt> {
+    let resolved = sae::resolve(&args.sae, &sae::HubOptions::from_env())
+        .with_context(|| format!("cannot find SAE `{}`", args.sae))?;
+    let spinner = progress(format!("loading SAE {}", args.sae));
+    let sae = sae::Sae::load(&resolved, session.model.device())
+        .with_context(|| format!("cannot load SAE `{}`", args.sae))?;
+    let dtype = match args.sae_dtype.as_str() {
+        "model" => session.model.dtype(),
+        other => match parse_dtype(other)? {
+            DTypeSpec::Fixed(kind) => kind,
+            DTypeSpec::Auto => session.model.dtype(),
+        },
     };
-    if !(0..len).contains(&resolved) {
+    let sae = sae
+        .to_dtype(dtype)
+        .with_context(|| format!("cannot convert SAE `{}` to {dtype:?}", args.sae))?;
+    spinner.finish_and_clear();
+    if args.layer.is_none() && sae.site().is_none() {
         bail!(
-            "{what} {position} is out of range for a prompt of {len} tokens (0..={})",
-            len - 1
+            "the SAE `{}` does not say which layer it reads: pass --layer L",
+            args.sae
         );
     }
-    Ok(resolved)
+    scope::SaeAt::new(sae, args.layer, &session.model)
+        .with_context(|| format!("SAE `{}` does not fit this model", args.sae))
 }

@@ -896,3 +896,105 @@ fn eval_matches_the_sae_metrics_fixture() {
         worst,
     );
 }
+
+/// The JSON lines of a `--requests` run, by id, and its exit code and stderr.
+fn run_requests(
+    args: &[&str],
+    lines: &[Value],
+) -> (
+    std::collections::HashMap<String, Value>,
+    Option<i32>,
+    String,
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("requests.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n") + "\n\nnot json\n").expect("write requests");
+    let mut all: Vec<&str> = args.to_vec();
+    let path = file.display().to_string();
+    all.extend(["--requests", &path, "--device", "cpu", "--max-batch", "2"]);
+    let out = scope(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut by_id = std::collections::HashMap::new();
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line).expect("one JSON object a line");
+        let id = value["id"].as_str().unwrap_or("<none>").to_string();
+        by_id.insert(id, value);
+    }
+    (
+        by_id,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Greedy steered requests through `--requests`, several at once in 2 slots, give pyvene's
+/// single-request steered tokens exactly, on both fixtures (f32: batched on the fused
+/// kernels; bf16: sequential). A bad line gets its own error line, the others still run, and
+/// the command then exits 1.
+#[test]
+fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
+    for (model, sae, expected, dtype) in [
+        (F32_MODEL, F32_SAE, "expected/tiny-f32", "f32"),
+        (
+            "models/tiny-bf16-sharded",
+            BF16_SAE,
+            "expected/tiny-bf16-sharded",
+            "bf16",
+        ),
+    ] {
+        let spec = read_json(&format!("{expected}/pyvene.json"));
+        let case = spec["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .find(|c| c["name"] == "steer_generate")
+            .expect("steer_generate case");
+        let prompt = case["prompts"][0].as_str().expect("prompt");
+        let mut lines = vec![serde_json::json!({"id": "unsteered", "prompt": prompt})];
+        for which in ["a", "b"] {
+            let sub = &case["call"]["subspaces"][which][0];
+            lines.push(serde_json::json!({
+                "id": which,
+                "prompt": prompt,
+                "steer": [{"latent": sub["idx"], "magnitude": sub["mag"]}],
+            }));
+        }
+        lines.push(serde_json::json!({"id": "far", "prompt": prompt, "steer": [{"latent": 100000, "magnitude": 1.0}]}));
+        let (model, sae) = (fixture(model), fixture(sae));
+        let (out, code, stderr) = run_requests(
+            &[
+                "steer",
+                "--model",
+                &model,
+                "--sae",
+                &sae,
+                "--max-new-tokens",
+                "20",
+                "--dtype",
+                dtype,
+            ],
+            &lines,
+        );
+        for which in ["unsteered", "a", "b"] {
+            let want = read_tensor(
+                &format!("{expected}/pyvene.safetensors"),
+                &format!("steer_generate.{which}.output_ids"),
+            );
+            let want = Vec::<i64>::try_from(&want.flatten(0, -1)).expect("ids");
+            assert_eq!(ints(&out[which]["output_ids"]), want, "{expected}: {which}");
+        }
+        assert!(out["far"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("latent 100000"));
+        assert_eq!(
+            out["<none>"]["line"].as_i64(),
+            Some(6),
+            "the line that is not JSON"
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("2 of 5 requests"), "{stderr}");
+    }
+    println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots)|exact|0");
+}

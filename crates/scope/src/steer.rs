@@ -1,0 +1,101 @@
+//! Steering generation along SAE decoder directions: one prompt through the intervention
+//! graph, as the tutorial runs pyvene, or many requests at once through the engine.
+
+use gemma_model::{Batch, Gemma2Model, Generated, GenerationConfig, Sampling};
+use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
+use scope_engine::{Engine, Finished, Limits, Request};
+
+use crate::error::{Error, Result};
+use crate::sae_at::{check_steering, SaeAt};
+
+/// Generates from `prompt` (token ids, `<bos>` included) with `magnitude * W_dec[latent]`
+/// of every pair added at the SAE's site, at every prompt position and every generated token
+/// (pyvene's `intervene_on_prompt=True`, `unit_locations=None`).
+pub fn steer(
+    model: &Gemma2Model,
+    sae: &SaeAt,
+    prompt: &[i64],
+    pairs: &[(i64, f64)],
+    config: &GenerationConfig,
+) -> Result<Generated> {
+    check_steering(sae, pairs)?;
+    let graph = IntervenableModel::new(
+        model,
+        vec![RepresentationConfig::new(
+            sae.component(),
+            sae::Steer::new(&sae.sae, pairs)?,
+        )],
+    )?;
+    let options = CallOptions::new().intervene_on_prompt(true);
+    let out = graph.generate(&Batch::from_ids(prompt), Sources::None, &options, config)?;
+    Ok(out.intervened)
+}
+
+/// One request of [`steer_many`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SteerRequest {
+    /// Echoed back.
+    pub id: String,
+    /// Token ids, `<bos>` included.
+    pub prompt: Vec<i64>,
+    /// `(latent, magnitude)` pairs; empty for an unsteered request.
+    pub steer: Vec<(i64, f64)>,
+    /// At most this many new tokens.
+    pub max_new_tokens: usize,
+    /// Greedy, or sampling with the request's own seed.
+    pub sampling: Sampling,
+}
+
+impl SteerRequest {
+    /// The engine request, steering at `sae`'s site; an error when it steers without an SAE.
+    pub fn to_engine(&self, sae: Option<&SaeAt>) -> Result<Request> {
+        let mut request =
+            Request::greedy(self.id.clone(), self.prompt.clone(), self.max_new_tokens)
+                .with_sampling(self.sampling);
+        if !self.steer.is_empty() {
+            let sae = sae.ok_or_else(|| {
+                Error::Input("`steer` needs an SAE (scope steer --sae ...)".into())
+            })?;
+            request = request.with_edit(sae.steering_edit(&self.steer)?);
+        }
+        Ok(request)
+    }
+}
+
+/// Runs every request through one [`Engine`] with `limits` (continuous batching; each
+/// request's tokens are those it gets alone), handing each result to `on_done` as it
+/// finishes: the finished request, or its refusal (a latent out of range, steering without
+/// an SAE, too many positions, ...), which leaves the others running.
+pub fn steer_many(
+    model: &Gemma2Model,
+    sae: Option<&SaeAt>,
+    requests: &[SteerRequest],
+    limits: Limits,
+    on_done: &mut dyn FnMut(&SteerRequest, Result<Finished>),
+) -> Result<()> {
+    let mut engine = Engine::new(model, limits)?;
+    // The engine knows each request by its index: ids need not be unique.
+    for (index, request) in requests.iter().enumerate() {
+        let submitted = request.to_engine(sae).and_then(|mut r| {
+            r.id = index.to_string();
+            Ok(engine.submit(r)?)
+        });
+        if let Err(refused) = submitted {
+            on_done(request, Err(refused));
+        }
+    }
+    while !engine.is_idle() {
+        for mut finished in engine.step()? {
+            let request = finished
+                .id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| requests.get(i));
+            if let Some(request) = request {
+                finished.id = request.id.clone();
+                on_done(request, Ok(finished));
+            }
+        }
+    }
+    Ok(())
+}
