@@ -1,9 +1,9 @@
 //! `Gemma2Config`: the model's hyper-parameters read from a Hugging Face `config.json`, with
 //! transformers' defaults for the keys Google's files leave out.
 //!
-//! serde reads the file into [`RawConfig`], whose fields are all optional and keep a value of
-//! the wrong JSON type instead of failing ([`Field`]); the conversion into [`Gemma2Config`]
-//! then applies the defaults and reports every problem with the file and the key.
+//! serde reads the file into `RawConfig`, whose fields are optional and plainly typed;
+//! `serde_path_to_error` names the key of a value of the wrong JSON type. The conversion into
+//! [`Gemma2Config`] then applies the defaults and checks the values, naming the file and the key.
 //!
 //! How keys are treated:
 //!
@@ -31,12 +31,14 @@ use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 
-/// The attention pattern of one decoder layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The attention pattern of one decoder layer (an entry of `layer_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum LayerType {
     /// Local attention over the last `sliding_window` positions.
+    #[serde(rename = "sliding_attention")]
     Sliding,
     /// Causal attention over every earlier position.
+    #[serde(rename = "full_attention")]
     Full,
 }
 
@@ -102,11 +104,9 @@ impl Gemma2Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let mut config = read_object::<RawConfig>(path)?.into_config(path)?;
-        if let Some(dir) = path.parent() {
-            let gen_path = dir.join("generation_config.json");
-            if gen_path.is_file() {
-                config.apply_generation_config(&gen_path)?;
-            }
+        let gen_path = path.parent().map(|dir| dir.join("generation_config.json"));
+        if let Some(gen_path) = gen_path.filter(|p| p.is_file()) {
+            config.apply_generation_config(&gen_path)?;
         }
         Ok(config)
     }
@@ -121,14 +121,13 @@ impl Gemma2Config {
     /// `generation_config.json`.
     pub fn apply_generation_config(&mut self, path: &Path) -> Result<()> {
         let raw = read_object::<RawGenerationConfig>(path)?;
-        let k = Keys { path };
-        if let Some(ids) = k.id_list("eos_token_id", raw.eos_token_id)? {
-            self.eos_token_ids = ids;
+        if let Some(ids) = raw.eos_token_id {
+            self.eos_token_ids = ids.into();
         }
-        if let Some(id) = k.opt_i64("bos_token_id", raw.bos_token_id)? {
+        if let Some(Int(id)) = raw.bos_token_id {
             self.bos_token_id = id;
         }
-        if let Some(id) = k.opt_i64("pad_token_id", raw.pad_token_id)? {
+        if let Some(Int(id)) = raw.pad_token_id {
             self.pad_token_id = id;
         }
         Ok(())
@@ -136,39 +135,25 @@ impl Gemma2Config {
 
     /// Checks the relations between sizes that the forward pass relies on.
     fn validate(&self, path: &Path) -> Result<()> {
-        let invalid = |key: &str, reason: String| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            reason,
+        let (heads, kv) = (self.num_attention_heads, self.num_key_value_heads);
+        let (dim, layers) = (self.head_dim, self.num_hidden_layers);
+        let (key, reason) = if kv <= 0 || heads % kv != 0 {
+            let reason = format!("{heads} query heads are not a multiple of {kv} kv heads");
+            ("num_key_value_heads", reason)
+        } else if dim <= 0 || dim % 2 != 0 {
+            let reason = format!("{dim} is not a positive even number (RoPE splits it in halves)");
+            ("head_dim", reason)
+        } else if self.query_pre_attn_scalar <= 0.0 {
+            ("query_pre_attn_scalar", "must be positive".to_string())
+        } else if self.layer_types.len() != layers {
+            let reason = format!("{} entries for {layers} layers", self.layer_types.len());
+            ("layer_types", reason)
+        } else if let Some(w) = self.sliding_window.filter(|&w| w <= 0) {
+            ("sliding_window", format!("{w} is not positive"))
+        } else {
+            return Ok(());
         };
-        if self.num_key_value_heads <= 0 || self.num_attention_heads % self.num_key_value_heads != 0
-        {
-            return Err(invalid(
-                "num_key_value_heads",
-                format!(
-                    "{} query heads are not a multiple of {} kv heads",
-                    self.num_attention_heads, self.num_key_value_heads
-                ),
-            ));
-        }
-        if self.head_dim <= 0 || self.head_dim % 2 != 0 {
-            return Err(invalid(
-                "head_dim",
-                format!(
-                    "{} is not a positive even number (RoPE splits it in halves)",
-                    self.head_dim
-                ),
-            ));
-        }
-        if self.query_pre_attn_scalar <= 0.0 {
-            return Err(invalid("query_pre_attn_scalar", "must be positive".into()));
-        }
-        if let Some(w) = self.sliding_window {
-            if w <= 0 {
-                return Err(invalid("sliding_window", format!("{w} is not positive")));
-            }
-        }
-        Ok(())
+        Err(invalid(path, key, reason))
     }
 
     /// Whether decoder layer `layer` uses the sliding window (the single source of truth for
@@ -251,15 +236,8 @@ impl Gemma2Config {
 /// transformers' rule when `layer_types` is absent: `(i + 1) % 2 != 0` → sliding, i.e. even
 /// indices are sliding and the last layer (odd count) is global.
 pub fn derived_layer_types(num_layers: usize) -> Vec<LayerType> {
-    (0..num_layers)
-        .map(|i| {
-            if i % 2 == 0 {
-                LayerType::Sliding
-            } else {
-                LayerType::Full
-            }
-        })
-        .collect()
+    let pattern = [LayerType::Sliding, LayerType::Full];
+    pattern.into_iter().cycle().take(num_layers).collect()
 }
 
 /// Reads the JSON object in `path` into `T`.
@@ -268,382 +246,214 @@ fn read_object<T: DeserializeOwned>(path: &Path) -> Result<T> {
     parse_object(&text, path)
 }
 
-/// Parses `text` into `T`, refusing anything but a JSON object at the root (`path` names the
-/// file in errors).
+/// Parses `text` into `T`: a syntax error is [`Error::Json`], a value of the wrong type an
+/// [`Error::InvalidConfig`] naming its key (serde_json alone gives only a line and a column).
 fn parse_object<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
-    let json_error = |source| Error::Json {
+    let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
-    };
-    let value: Value = serde_json::from_str(text).map_err(json_error)?;
+    })?;
+    // serde's derive would also read a struct from a JSON array (fields by position).
     if !value.is_object() {
-        return Err(Error::InvalidConfig {
-            path: path.to_path_buf(),
-            key: "<root>".into(),
-            reason: "not a JSON object".into(),
-        });
+        return Err(invalid(path, "<root>", "not a JSON object"));
     }
-    T::deserialize(value).map_err(json_error)
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        invalid(path, &key, e.into_inner().to_string())
+    })
 }
 
-/// The value of a key: of the expected JSON type, or whatever stood there instead, kept so
-/// that the error can name the key (serde's own errors only give a line and a column).
+/// An [`Error::InvalidConfig`] for `key` of the file `path`.
+fn invalid(path: &Path, key: &str, reason: impl Into<String>) -> Error {
+    let (path, key, reason) = (path.to_path_buf(), key.to_string(), reason.into());
+    Error::InvalidConfig { path, key, reason }
+}
+
+/// The value of a required key, or an [`Error::MissingConfigKey`] naming it.
+fn required<T>(path: &Path, key: &str, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| {
+        let (path, key) = (path.to_path_buf(), key.to_string());
+        Error::MissingConfigKey { path, key }
+    })
+}
+
+/// A required integer that must be positive (a size or a count).
+fn positive(path: &Path, key: &str, value: Option<Int>) -> Result<i64> {
+    let Int(v) = required(path, key, value)?;
+    if v <= 0 {
+        let reason = format!("expected a positive integer, got {v}");
+        return Err(invalid(path, key, reason));
+    }
+    Ok(v)
+}
+
+/// An integer, also when written as an integral float (`4096.0`), as Python may save it.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(try_from = "Number")]
+struct Int(i64);
+
+impl TryFrom<Number> for Int {
+    type Error = String;
+
+    fn try_from(n: Number) -> Result<Self, String> {
+        n.as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .map(Int)
+            .ok_or_else(|| format!("expected an integer, got {n}"))
+    }
+}
+
+/// Deserializes a present key, `null` included, as `Some`: with `#[serde(default)]` making an
+/// absent key `None`, an `Option<Option<T>>` tells "absent" (default) from `null` (off).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// `eos_token_id`: one id or a list of ids (`expecting` replaces serde's "data did not match
+/// any variant" in the error).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Field<T> {
-    /// A value of the expected type.
-    Valid(T),
-    /// Any other JSON value.
-    Invalid(Value),
-}
-
-/// A key whose absence means a default but whose explicit `null` means "none": `None` when
-/// absent, `Some(None)` for `null`.
-type Nullable<T> = Option<Option<Field<T>>>;
-
-/// Deserializes a present key (even `null`) as `Some`, so that [`Nullable`] tells it from an
-/// absent one (which `#[serde(default)]` makes `None`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(deserializer).map(Some)
-}
-
-/// An id or a list of ids (`eos_token_id` is either).
-#[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected an integer or a list of integers")]
 enum Ids {
-    /// A single id.
-    One(Number),
-    /// A list of ids.
-    Many(Vec<Field<i64>>),
+    One(Int),
+    Many(Vec<Int>),
+}
+
+impl From<Ids> for Vec<i64> {
+    fn from(ids: Ids) -> Self {
+        match ids {
+            Ids::One(Int(id)) => vec![id],
+            Ids::Many(ids) => ids.into_iter().map(|id| id.0).collect(),
+        }
+    }
 }
 
 /// `rope_parameters`, as transformers 5.x saves it.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct RopeParameters {
-    rope_type: Option<Field<String>>,
-    rope_theta: Option<Field<f64>>,
+    rope_type: Option<String>,
+    rope_theta: Option<f64>,
 }
 
-/// The keys of `config.json` this crate reads, as found in the file (see the module docs for
-/// the keys it ignores).
+/// The keys of `config.json` this crate reads (unknown keys are ignored, see the module docs).
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct RawConfig {
-    vocab_size: Option<Field<Number>>,
-    hidden_size: Option<Field<Number>>,
-    intermediate_size: Option<Field<Number>>,
-    num_hidden_layers: Option<Field<Number>>,
-    num_attention_heads: Option<Field<Number>>,
-    num_key_value_heads: Option<Field<Number>>,
-    head_dim: Option<Field<Number>>,
-    query_pre_attn_scalar: Option<Field<f64>>,
+    vocab_size: Option<Int>,
+    hidden_size: Option<Int>,
+    intermediate_size: Option<Int>,
+    num_hidden_layers: Option<Int>,
+    num_attention_heads: Option<Int>,
+    num_key_value_heads: Option<Int>,
+    head_dim: Option<Int>,
+    query_pre_attn_scalar: Option<f64>,
     #[serde(deserialize_with = "present")]
-    sliding_window: Nullable<Number>,
+    sliding_window: Option<Option<Int>>,
     #[serde(deserialize_with = "present")]
-    attn_logit_softcapping: Nullable<f64>,
+    attn_logit_softcapping: Option<Option<f64>>,
     #[serde(deserialize_with = "present")]
-    final_logit_softcapping: Nullable<f64>,
-    rms_norm_eps: Option<Field<f64>>,
-    rope_theta: Option<Field<f64>>,
-    rope_parameters: Option<Field<RopeParameters>>,
-    hidden_activation: Option<Field<String>>,
-    hidden_act: Option<Field<String>>,
-    layer_types: Option<Field<Vec<Field<String>>>>,
-    tie_word_embeddings: Option<Field<bool>>,
-    max_position_embeddings: Option<Field<Number>>,
-    bos_token_id: Option<Field<Number>>,
-    eos_token_id: Option<Field<Ids>>,
-    pad_token_id: Option<Field<Number>>,
-    torch_dtype: Option<Field<String>>,
-    dtype: Option<Field<String>>,
-    attention_bias: Option<Field<bool>>,
-    use_bidirectional_attention: Option<Field<bool>>,
+    final_logit_softcapping: Option<Option<f64>>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    hidden_activation: Option<String>,
+    hidden_act: Option<String>,
+    layer_types: Option<Vec<LayerType>>,
+    tie_word_embeddings: Option<bool>,
+    max_position_embeddings: Option<Int>,
+    bos_token_id: Option<Int>,
+    eos_token_id: Option<Ids>,
+    pad_token_id: Option<Int>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    attention_bias: Option<bool>,
+    use_bidirectional_attention: Option<bool>,
 }
 
 /// The keys of `generation_config.json` this crate reads.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct RawGenerationConfig {
-    bos_token_id: Option<Field<Number>>,
-    eos_token_id: Option<Field<Ids>>,
-    pad_token_id: Option<Field<Number>>,
+    bos_token_id: Option<Int>,
+    eos_token_id: Option<Ids>,
+    pad_token_id: Option<Int>,
 }
 
 impl RawConfig {
-    /// Applies transformers' defaults and checks every key (in a fixed order, so the first
-    /// problem reported does not depend on the file's key order).
+    /// Applies transformers' defaults and checks the values in a fixed order, so that the first
+    /// problem reported does not depend on the file's key order.
     fn into_config(self, path: &Path) -> Result<Gemma2Config> {
-        let k = Keys { path };
-        let num_hidden_layers = k.count("num_hidden_layers", self.num_hidden_layers)?;
+        let positive = |key, value| positive(path, key, value);
+        let layers = positive("num_hidden_layers", self.num_hidden_layers)?;
+        let num_hidden_layers = usize::try_from(layers)
+            .map_err(|e| invalid(path, "num_hidden_layers", e.to_string()))?;
+        let scalar = required(path, "query_pre_attn_scalar", self.query_pre_attn_scalar)?;
         let config = Gemma2Config {
-            vocab_size: k.positive("vocab_size", self.vocab_size)?,
-            hidden_size: k.positive("hidden_size", self.hidden_size)?,
-            intermediate_size: k.positive("intermediate_size", self.intermediate_size)?,
+            vocab_size: positive("vocab_size", self.vocab_size)?,
+            hidden_size: positive("hidden_size", self.hidden_size)?,
+            intermediate_size: positive("intermediate_size", self.intermediate_size)?,
             num_hidden_layers,
-            num_attention_heads: k.positive("num_attention_heads", self.num_attention_heads)?,
-            num_key_value_heads: k.positive("num_key_value_heads", self.num_key_value_heads)?,
-            head_dim: k.positive("head_dim", self.head_dim)?,
-            query_pre_attn_scalar: k.f64("query_pre_attn_scalar", self.query_pre_attn_scalar)?,
-            sliding_window: k.nullable_i64("sliding_window", self.sliding_window, Some(4096))?,
-            attn_logit_softcapping: k.nullable_f64(
-                "attn_logit_softcapping",
-                self.attn_logit_softcapping,
-                Some(50.0),
-            )?,
-            final_logit_softcapping: k.nullable_f64(
-                "final_logit_softcapping",
-                self.final_logit_softcapping,
-                Some(30.0),
-            )?,
-            rms_norm_eps: k
-                .opt_f64("rms_norm_eps", self.rms_norm_eps)?
-                .unwrap_or(1e-6),
-            rope_theta: k.rope_theta(self.rope_theta, self.rope_parameters)?,
-            hidden_activation: k.activation(self.hidden_activation, self.hidden_act)?,
-            layer_types: k.layer_types(self.layer_types, num_hidden_layers)?,
-            tie_word_embeddings: k
-                .opt_bool("tie_word_embeddings", self.tie_word_embeddings)?
-                .unwrap_or(true),
-            max_position_embeddings: k
-                .opt_i64("max_position_embeddings", self.max_position_embeddings)?
-                .unwrap_or(8192),
-            bos_token_id: k.opt_i64("bos_token_id", self.bos_token_id)?.unwrap_or(2),
-            eos_token_ids: k
-                .id_list("eos_token_id", self.eos_token_id)?
-                .unwrap_or_else(|| vec![1]),
-            pad_token_id: k.opt_i64("pad_token_id", self.pad_token_id)?.unwrap_or(0),
-            torch_dtype: k.dtype(self.torch_dtype, self.dtype)?,
+            num_attention_heads: positive("num_attention_heads", self.num_attention_heads)?,
+            num_key_value_heads: positive("num_key_value_heads", self.num_key_value_heads)?,
+            head_dim: positive("head_dim", self.head_dim)?,
+            query_pre_attn_scalar: scalar,
+            sliding_window: self.sliding_window.map_or(Some(4096), |w| w.map(|n| n.0)),
+            attn_logit_softcapping: self.attn_logit_softcapping.unwrap_or(Some(50.0)),
+            final_logit_softcapping: self.final_logit_softcapping.unwrap_or(Some(30.0)),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: rope_theta(path, self.rope_theta, self.rope_parameters)?,
+            hidden_activation: activation(path, self.hidden_activation, self.hidden_act)?,
+            layer_types: self
+                .layer_types
+                .unwrap_or_else(|| derived_layer_types(num_hidden_layers)),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
+            max_position_embeddings: self.max_position_embeddings.map_or(8192, |n| n.0),
+            bos_token_id: self.bos_token_id.map_or(2, |n| n.0),
+            eos_token_ids: self.eos_token_id.map_or_else(|| vec![1], Vec::from),
+            pad_token_id: self.pad_token_id.map_or(0, |n| n.0),
+            // `torch_dtype` in 4.x files, `dtype` in 5.x re-saves.
+            torch_dtype: self.torch_dtype.or(self.dtype),
         };
-        k.reject_unsupported(self.attention_bias, self.use_bidirectional_attention)?;
+        // Options transformers supports that this port does not implement: refuse them
+        // instead of computing something else.
+        if self.attention_bias == Some(true) {
+            let reason = "biases in attention are not supported";
+            return Err(invalid(path, "attention_bias", reason));
+        }
+        if self.use_bidirectional_attention == Some(true) {
+            let reason = "bidirectional attention is not supported";
+            return Err(invalid(path, "use_bidirectional_attention", reason));
+        }
         config.validate(path)?;
         Ok(config)
     }
 }
 
-/// Checks raw values, with errors that name the file and the key.
-struct Keys<'a> {
-    path: &'a Path,
+/// `rope_theta` (4.x files) or `rope_parameters.rope_theta` (5.x re-saves), default 10000;
+/// a scaled RoPE (`rope_type` other than `default`) is refused.
+fn rope_theta(path: &Path, theta: Option<f64>, params: Option<RopeParameters>) -> Result<f64> {
+    let params = params.unwrap_or_default();
+    if let Some(rope_type) = params.rope_type.filter(|t| t != "default") {
+        let reason = format!("rope_type `{rope_type}` is not supported (only `default`)");
+        return Err(invalid(path, "rope_parameters", reason));
+    }
+    Ok(theta.or(params.rope_theta).unwrap_or(10000.0))
 }
 
-impl Keys<'_> {
-    fn invalid(&self, key: &str, reason: impl Into<String>) -> Error {
-        Error::InvalidConfig {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-            reason: reason.into(),
-        }
-    }
-
-    fn missing(&self, key: &str) -> Error {
-        Error::MissingConfigKey {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-        }
-    }
-
-    /// The value of an optional key (`None` when absent or `null`); `expected` describes the
-    /// JSON type in the error.
-    fn opt<T>(&self, key: &str, field: Option<Field<T>>, expected: &str) -> Result<Option<T>> {
-        match field {
-            None => Ok(None),
-            Some(Field::Valid(value)) => Ok(Some(value)),
-            Some(Field::Invalid(v)) => {
-                Err(self.invalid(key, format!("expected {expected}, got {v}")))
-            }
-        }
-    }
-
-    /// An integer, also when written as an integral float (`4096.0`).
-    fn integer(&self, key: &str, n: &Number) -> Result<i64> {
-        n.as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .ok_or_else(|| self.invalid(key, format!("expected an integer, got {n}")))
-    }
-
-    fn opt_i64(&self, key: &str, field: Option<Field<Number>>) -> Result<Option<i64>> {
-        self.opt(key, field, "an integer")?
-            .map(|n| self.integer(key, &n))
-            .transpose()
-    }
-
-    /// A required integer that must be positive.
-    fn positive(&self, key: &str, field: Option<Field<Number>>) -> Result<i64> {
-        let v = self.opt_i64(key, field)?.ok_or_else(|| self.missing(key))?;
-        if v <= 0 {
-            return Err(self.invalid(key, format!("expected a positive integer, got {v}")));
-        }
-        Ok(v)
-    }
-
-    /// A required positive integer used as a count.
-    fn count(&self, key: &str, field: Option<Field<Number>>) -> Result<usize> {
-        let v = self.positive(key, field)?;
-        usize::try_from(v).map_err(|_| self.invalid(key, format!("{v} does not fit usize")))
-    }
-
-    fn opt_f64(&self, key: &str, field: Option<Field<f64>>) -> Result<Option<f64>> {
-        self.opt(key, field, "a number")
-    }
-
-    fn f64(&self, key: &str, field: Option<Field<f64>>) -> Result<f64> {
-        self.opt_f64(key, field)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn nullable_f64(
-        &self,
-        key: &str,
-        field: Nullable<f64>,
-        default: Option<f64>,
-    ) -> Result<Option<f64>> {
-        match field {
-            None => Ok(default),
-            Some(value) => self.opt_f64(key, value),
-        }
-    }
-
-    fn nullable_i64(
-        &self,
-        key: &str,
-        field: Nullable<Number>,
-        default: Option<i64>,
-    ) -> Result<Option<i64>> {
-        match field {
-            None => Ok(default),
-            Some(value) => self.opt_i64(key, value),
-        }
-    }
-
-    fn opt_bool(&self, key: &str, field: Option<Field<bool>>) -> Result<Option<bool>> {
-        self.opt(key, field, "a boolean")
-    }
-
-    fn opt_str(&self, key: &str, field: Option<Field<String>>) -> Result<Option<String>> {
-        self.opt(key, field, "a string")
-    }
-
-    /// An id or a list of ids.
-    fn id_list(&self, key: &str, field: Option<Field<Ids>>) -> Result<Option<Vec<i64>>> {
-        match self.opt(key, field, "an integer")? {
-            None => Ok(None),
-            Some(Ids::One(n)) => Ok(Some(vec![self.integer(key, &n)?])),
-            Some(Ids::Many(items)) => items
-                .into_iter()
-                .map(|item| match item {
-                    Field::Valid(id) => Ok(id),
-                    Field::Invalid(v) => {
-                        Err(self.invalid(key, format!("expected integer ids, got {v}")))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-        }
-    }
-
-    /// `rope_theta` (4.x files) or `rope_parameters.rope_theta` (5.x re-saves), default 10000.
-    fn rope_theta(
-        &self,
-        theta: Option<Field<f64>>,
-        params: Option<Field<RopeParameters>>,
-    ) -> Result<f64> {
-        if let Some(theta) = self.opt_f64("rope_theta", theta)? {
-            return Ok(theta);
-        }
-        let Some(params) = self.opt("rope_parameters", params, "an object")? else {
-            return Ok(10000.0);
-        };
-        let rope_type = self.opt_str("rope_parameters.rope_type", params.rope_type)?;
-        if let Some(rope_type) = rope_type.filter(|t| t != "default") {
-            return Err(self.invalid(
-                "rope_parameters",
-                format!("rope_type `{rope_type}` is not supported (only `default`)"),
-            ));
-        }
-        Ok(self
-            .opt_f64("rope_parameters.rope_theta", params.rope_theta)?
-            .unwrap_or(10000.0))
-    }
-
-    /// `hidden_activation`, falling back to `hidden_act`, default `gelu_pytorch_tanh`.
-    fn activation(
-        &self,
-        hidden_activation: Option<Field<String>>,
-        hidden_act: Option<Field<String>>,
-    ) -> Result<Activation> {
-        let (key, name) = match self.opt_str("hidden_activation", hidden_activation)? {
-            Some(name) => ("hidden_activation", name),
-            None => match self.opt_str("hidden_act", hidden_act)? {
-                Some(name) => ("hidden_act", name),
-                None => return Ok(Activation::GeluTanh),
-            },
-        };
-        match name.as_str() {
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "gelu" => Ok(Activation::Gelu),
-            other => Err(self.invalid(key, format!("unsupported activation `{other}`"))),
-        }
-    }
-
-    fn layer_types(
-        &self,
-        field: Option<Field<Vec<Field<String>>>>,
-        num_layers: usize,
-    ) -> Result<Vec<LayerType>> {
-        let Some(items) = self.opt("layer_types", field, "a list")? else {
-            return Ok(derived_layer_types(num_layers));
-        };
-        if items.len() != num_layers {
-            return Err(self.invalid(
-                "layer_types",
-                format!("{} entries for {num_layers} layers", items.len()),
-            ));
-        }
-        items
-            .into_iter()
-            .map(|item| match item {
-                Field::Valid(name) if name == "sliding_attention" => Ok(LayerType::Sliding),
-                Field::Valid(name) if name == "full_attention" => Ok(LayerType::Full),
-                Field::Valid(name) => Err(self.invalid(
-                    "layer_types",
-                    format!("unknown layer type {}", Value::String(name)),
-                )),
-                Field::Invalid(v) => {
-                    Err(self.invalid("layer_types", format!("unknown layer type {v}")))
-                }
-            })
-            .collect()
-    }
-
-    /// `torch_dtype` (4.x files), else `dtype` (5.x re-saves).
-    fn dtype(
-        &self,
-        torch_dtype: Option<Field<String>>,
-        dtype: Option<Field<String>>,
-    ) -> Result<Option<String>> {
-        let torch_dtype = self.opt_str("torch_dtype", torch_dtype)?;
-        Ok(torch_dtype.or(self.opt_str("dtype", dtype)?))
-    }
-
-    /// Options transformers supports for Gemma 2 that this port does not implement: refuse
-    /// them instead of computing something else.
-    fn reject_unsupported(
-        &self,
-        attention_bias: Option<Field<bool>>,
-        bidirectional: Option<Field<bool>>,
-    ) -> Result<()> {
-        if self.opt_bool("attention_bias", attention_bias)? == Some(true) {
-            return Err(self.invalid("attention_bias", "biases in attention are not supported"));
-        }
-        if self.opt_bool("use_bidirectional_attention", bidirectional)? == Some(true) {
-            return Err(self.invalid(
-                "use_bidirectional_attention",
-                "bidirectional attention is not supported",
-            ));
-        }
-        Ok(())
+/// `hidden_activation`, falling back to `hidden_act`, default `gelu_pytorch_tanh`.
+fn activation(path: &Path, activation: Option<String>, act: Option<String>) -> Result<Activation> {
+    let (key, name) = match (activation, act) {
+        (Some(name), _) => ("hidden_activation", name),
+        (None, Some(name)) => ("hidden_act", name),
+        (None, None) => return Ok(Activation::GeluTanh),
+    };
+    match name.as_str() {
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "gelu" => Ok(Activation::Gelu),
+        other => Err(invalid(
+            path,
+            key,
+            format!("unsupported activation `{other}`"),
+        )),
     }
 }
