@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hooks::{RowHooks, RowInterventions};
-use crate::request::{FinishReason, Finished, Readout, Request};
+use crate::request::{FinishReason, Finished, Reading, Readout, Request};
 
 /// How much the engine holds at once. The KV cache is allocated once, up front, for
 /// `max_rows` slots of `context` positions; a request waits for a free slot, and one that
@@ -106,7 +106,7 @@ struct Running {
     past: usize,
     tokens: Vec<i64>,
     scores: Vec<Tensor>,
-    reads: Vec<Vec<Tensor>>,
+    reads: Vec<Vec<Reading>>,
 }
 
 impl Running {

@@ -3,7 +3,7 @@
 use intervene::{Hooks, Site};
 use tch::Tensor;
 
-use crate::request::Readout;
+use crate::request::{Reading, Readout};
 
 /// What one row of a call brings: its edits (vectors already on the model's device) and
 /// readouts.
@@ -20,7 +20,7 @@ pub(crate) struct RowHooks<'a> {
     rows: Vec<RowInterventions<'a>>,
     /// What the readouts read at the last position of each call: `reads[row][readout]`, one
     /// value per call.
-    pub reads: Vec<Vec<Vec<Tensor>>>,
+    pub reads: Vec<Vec<Vec<Reading>>>,
 }
 
 impl<'a> RowHooks<'a> {

@@ -54,4 +54,4 @@ mod request;
 
 pub use engine::{Engine, EngineMode, Limits};
 pub use error::{Error, Result};
-pub use request::{Edit, FinishReason, Finished, Readout, Request};
+pub use request::{Edit, FinishReason, Finished, Reading, Readout, Request};

@@ -74,10 +74,14 @@ pub struct Edit {
 pub trait Readout: std::fmt::Debug {
     /// The site it reads.
     fn site(&self) -> Site;
-    /// What it keeps of `activation` (`[width]`, the model's dtype): one value per generated
-    /// token, in [`Finished::readouts`].
-    fn read(&self, activation: &Tensor) -> Result<Tensor, String>;
+    /// What it keeps of `activation` (`[width]`, the model's dtype, after the request's
+    /// edits): one [`Reading`] per generated token, in [`Finished::readouts`]. It sees one
+    /// row alone, so a reading never depends on the other requests.
+    fn read(&self, activation: &Tensor) -> Result<Reading, String>;
 }
+
+/// `(index, value)` pairs, such as latents and their activations, strongest first.
+pub type Reading = Vec<(i64, f32)>;
 
 /// Why a request stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +116,6 @@ pub struct Finished {
     /// Each new token's scores (`[vocab]`, f32: the soft-capped logits it was chosen from),
     /// when the request kept them.
     pub scores: Vec<Tensor>,
-    /// For each readout of the request, one value per new token.
-    pub readouts: Vec<Vec<Tensor>>,
+    /// For each readout of the request, one reading per new token.
+    pub readouts: Vec<Vec<Reading>>,
 }

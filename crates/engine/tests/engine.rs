@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use gemma_model::{Gemma2Model, Sampling};
 use intervene::{Site, SiteKind};
-use scope_engine::{Edit, Engine, EngineMode, Error, Finished, Limits, Request};
+use scope_engine::{Edit, Engine, EngineMode, Error, Finished, Limits, Reading, Readout, Request};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -80,11 +80,38 @@ fn varied_requests() -> Vec<Request> {
                     seed: 1000 + i as i64,
                 });
             }
+            if i % 5 == 2 {
+                request.readouts.push(Box::new(LargestDims {
+                    site: block_output(2),
+                    k: 4,
+                }));
+            }
             // Never the fixture's eos, so that lengths vary by max_new_tokens alone.
             request.stop_tokens = Some(Vec::new());
             request
         })
         .collect()
+}
+
+/// A readout of the `k` largest values of the activation at a site, with their indices.
+#[derive(Debug)]
+struct LargestDims {
+    site: Site,
+    k: i64,
+}
+
+impl Readout for LargestDims {
+    fn site(&self) -> Site {
+        self.site
+    }
+
+    fn read(&self, activation: &Tensor) -> Result<Reading, String> {
+        let (values, indices) = activation.topk(self.k, 0, true, true);
+        let values =
+            Vec::<f32>::try_from(values.to_kind(Kind::Float)).map_err(|e| e.to_string())?;
+        let indices = Vec::<i64>::try_from(indices).map_err(|e| e.to_string())?;
+        Ok(indices.into_iter().zip(values).collect())
+    }
 }
 
 fn tiny_f32() -> Gemma2Model {

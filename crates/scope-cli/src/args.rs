@@ -77,7 +77,8 @@ pub struct GenerationArgs {
     )]
     pub prompt: Option<String>,
     /// Many requests, one JSON object a line (`id`, `prompt`, optionally `steer`,
-    /// `max_new_tokens`, `sample`, `temperature`, `top_k`, `top_p`, `seed`, `chat`), run
+    /// `max_new_tokens`, `sample`, `temperature`, `top_k`, `top_p`, `seed`, `chat`,
+    /// `top_latents`), run
     /// together with continuous batching; one JSON line per request on stdout as it finishes.
     /// The sampling flags and --max-new-tokens are the defaults of every line.
     #[arg(long, value_name = "FILE.jsonl")]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::args::GenerationArgs;
-use crate::output::{GenerateReport, SteeringReport};
+use crate::output::{GenerateReport, LatentValue, SteeringReport};
 use crate::session::{sampling, Session};
 
 /// One line of the file.
@@ -28,6 +28,7 @@ struct Line {
     top_p: Option<f64>,
     seed: Option<u64>,
     chat: Option<bool>,
+    top_latents: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +45,10 @@ struct Done<'a> {
     finish_reason: &'static str,
     #[serde(flatten)]
     report: GenerateReport,
+    /// With `top_latents`: per new token, the SAE's most active latents where it was
+    /// predicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latents: Option<Vec<Vec<LatentValue>>>,
 }
 
 /// What is printed for a request that could not run.
@@ -161,6 +166,7 @@ fn prepare(session: &Session, args: &GenerationArgs, raw: &str) -> Result<scope:
         prompt,
         steer: line.steer.iter().map(|s| (s.latent, s.magnitude)).collect(),
         max_new_tokens,
+        top_latents: line.top_latents,
         sampling: sampling(
             line.sample.unwrap_or(args.sample),
             line.temperature.unwrap_or(args.temperature),
@@ -183,12 +189,30 @@ fn report(
     finished: scope_engine::Finished,
     decode: &'static str,
 ) -> Result<()> {
+    let latents = request.top_latents.and_then(|_| {
+        let readings = finished.readouts.into_iter().next()?;
+        Some(
+            readings
+                .into_iter()
+                .map(|reading| {
+                    reading
+                        .into_iter()
+                        .map(|(latent, value)| LatentValue {
+                            latent,
+                            value: f64::from(value),
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    });
     let mut report = GenerateReport::new(session, finished.prompt, finished.tokens, decode)?;
     report.steering = SteeringReport::of(&request.steer);
     print_line(&Done {
         id: &request.id,
         finish_reason: finished.reason.name(),
         report,
+        latents,
     })
 }
 

@@ -998,3 +998,40 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
     }
     println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots)|exact|0");
 }
+
+/// `top_latents` reads the SAE where each new token is predicted: the first token's reading
+/// is the prompt's last position, which `scope latents` reports too (the engine's fused
+/// kernels against libtorch's: the same latents, values within the f32 kernel tolerance).
+#[test]
+fn requests_read_the_top_latents_of_each_new_token() {
+    let (model, sae) = (fixture(F32_MODEL), fixture(F32_SAE));
+    let prompt = "Would you be able to travel through time using a wormhole?";
+    let lines =
+        [serde_json::json!({"id": "r", "prompt": prompt, "top_latents": 3, "max_new_tokens": 5})];
+    let (out, code, stderr) = run_requests(&["steer", "--model", &model, "--sae", &sae], &lines);
+    assert_eq!(code, Some(1), "the extra line that is not JSON: {stderr}");
+    let readings = out["r"]["latents"].as_array().expect("latents per token");
+    assert_eq!(readings.len(), 5);
+    let latents = scope_json(&[
+        "latents", "--model", &model, "--sae", &sae, "--prompt", prompt, "--top-k", "3",
+    ]);
+    let last = latents["top"]
+        .as_array()
+        .expect("top")
+        .last()
+        .expect("last token")
+        .clone();
+    let first = readings[0].as_array().expect("reading");
+    assert_eq!(first.len(), 3);
+    let mut worst = 0f64;
+    for (got, want) in first.iter().zip(last.as_array().expect("list")) {
+        assert_eq!(got["latent"], want["latent"]);
+        worst = worst
+            .max((got["value"].as_f64().expect("v") - want["value"].as_f64().expect("v")).abs());
+    }
+    parity(
+        "cli --requests top_latents vs scope latents at the prompt's last position",
+        1e-3,
+        worst,
+    );
+}

@@ -50,6 +50,6 @@ pub use eval::eval;
 pub use explain::explain;
 pub use latents::{latents, LatentCollector};
 pub use patch::{patch, resolve_position, Patch, Patched};
-pub use sae_at::SaeAt;
+pub use sae_at::{SaeAt, TopLatents};
 pub use steer::{steer, steer_many, SteerRequest};
 pub use top::{top_examples, TopQuery};

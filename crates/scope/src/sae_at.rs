@@ -94,3 +94,39 @@ pub(crate) fn check_steering(sae: &SaeAt, pairs: &[(i64, f64)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// An engine [`Readout`](scope_engine::Readout): the `k` most active latents of an SAE at
+/// each generated token (at the position that predicts it, after the request's steering),
+/// strongest first; latents at 0 are left out.
+#[derive(Clone, Debug)]
+pub struct TopLatents {
+    sae: SaeAt,
+    k: usize,
+}
+
+impl TopLatents {
+    /// The `k` strongest latents of `sae` (at least 1, at most its width).
+    pub fn new(sae: &SaeAt, k: usize) -> Result<Self> {
+        if k < 1 {
+            return Err(Error::Input("top latents: k must be at least 1".into()));
+        }
+        Ok(TopLatents {
+            sae: sae.clone(),
+            k: k.min(usize::try_from(sae.sae.d_sae()).unwrap_or(k)),
+        })
+    }
+}
+
+impl scope_engine::Readout for TopLatents {
+    fn site(&self) -> Site {
+        self.sae.site
+    }
+
+    fn read(&self, activation: &tch::Tensor) -> std::result::Result<scope_engine::Reading, String> {
+        let top = activation
+            .f_unsqueeze(0)
+            .map_err(|e| e.to_string())
+            .and_then(|x| self.sae.sae.top_k(&x, self.k).map_err(|e| e.to_string()))?;
+        Ok(top.active(0).collect())
+    }
+}

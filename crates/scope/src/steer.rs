@@ -6,7 +6,7 @@ use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 use scope_engine::{Engine, Finished, Limits, Request};
 
 use crate::error::{Error, Result};
-use crate::sae_at::{check_steering, SaeAt};
+use crate::sae_at::{check_steering, SaeAt, TopLatents};
 
 /// Generates from `prompt` (token ids, `<bos>` included) with `magnitude * W_dec[latent]`
 /// of every pair added at the SAE's site, at every prompt position and every generated token
@@ -44,6 +44,9 @@ pub struct SteerRequest {
     pub max_new_tokens: usize,
     /// Greedy, or sampling with the request's own seed.
     pub sampling: Sampling,
+    /// Also read the SAE's `k` most active latents at each generated token
+    /// ([`TopLatents`]); they come back in [`Finished::readouts`]`[0]`.
+    pub top_latents: Option<usize>,
 }
 
 impl SteerRequest {
@@ -52,11 +55,15 @@ impl SteerRequest {
         let mut request =
             Request::greedy(self.id.clone(), self.prompt.clone(), self.max_new_tokens)
                 .with_sampling(self.sampling);
+        let needs_sae =
+            |what: &str| Error::Input(format!("`{what}` needs an SAE (scope steer --sae ...)"));
         if !self.steer.is_empty() {
-            let sae = sae.ok_or_else(|| {
-                Error::Input("`steer` needs an SAE (scope steer --sae ...)".into())
-            })?;
+            let sae = sae.ok_or_else(|| needs_sae("steer"))?;
             request = request.with_edit(sae.steering_edit(&self.steer)?);
+        }
+        if let Some(k) = self.top_latents {
+            let sae = sae.ok_or_else(|| needs_sae("top_latents"))?;
+            request.readouts.push(Box::new(TopLatents::new(sae, k)?));
         }
         Ok(request)
     }
