@@ -3,8 +3,11 @@
 
 use std::collections::VecDeque;
 
-use gemma_model::fused::{self, FusedDecoder, SlotCall};
-use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig, KvCache, Sampler};
+use crate::batch::Batch;
+use crate::cache::KvCache;
+use crate::fused::{self, FusedDecoder, SlotCall};
+use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler};
+use crate::model::DecoderModel;
 use intervene::Site;
 use tch::{Kind, Tensor};
 
@@ -26,14 +29,13 @@ pub struct Limits {
 impl Limits {
     /// The KV cache's size in bytes for `model`: keys and values of every layer, for every
     /// slot and position.
-    pub fn cache_bytes(&self, model: &Gemma2Model) -> u64 {
-        let c = model.config();
-        let per_position =
-            2 * c.num_hidden_layers as u64 * (c.num_key_value_heads * c.head_dim) as u64;
+    pub fn cache_bytes(&self, model: &dyn DecoderModel) -> u64 {
+        let c = model.spec();
+        let per_position = 2 * c.num_layers as u64 * (c.kv_heads * c.head_dim) as u64;
         per_position
             * self.max_rows as u64
             * self.context as u64
-            * model.dtype().elt_size_in_bytes() as u64
+            * c.dtype.elt_size_in_bytes() as u64
     }
 }
 
@@ -52,7 +54,7 @@ pub enum EngineMode {
 impl EngineMode {
     /// What [`Engine::new`] picks for `model`: batched where the fused kernels run it faster
     /// than libtorch, sequential otherwise.
-    pub fn preferred(model: &Gemma2Model) -> Self {
+    pub fn preferred(model: &dyn DecoderModel) -> Self {
         if fused::preferred(model) {
             EngineMode::Batched
         } else {
@@ -71,7 +73,7 @@ impl EngineMode {
 
 /// Many requests over one model: see the [crate docs](crate).
 pub struct Engine<'m> {
-    model: &'m Gemma2Model,
+    model: &'m dyn DecoderModel,
     limits: Limits,
     runner: Runner<'m>,
     slots: Vec<Option<Running>>,
@@ -149,13 +151,17 @@ impl Running {
 impl<'m> Engine<'m> {
     /// An engine over `model` with `limits`: batched on the fused CPU kernels where they run
     /// `model`, sequential otherwise.
-    pub fn new(model: &'m Gemma2Model, limits: Limits) -> Result<Self> {
+    pub fn new(model: &'m dyn DecoderModel, limits: Limits) -> Result<Self> {
         Self::with_mode(model, limits, EngineMode::preferred(model))
     }
 
     /// An engine in `mode`; [`EngineMode::Batched`] fails with the reason when the fused
     /// kernels cannot run `model`.
-    pub fn with_mode(model: &'m Gemma2Model, limits: Limits, mode: EngineMode) -> Result<Self> {
+    pub fn with_mode(
+        model: &'m dyn DecoderModel,
+        limits: Limits,
+        mode: EngineMode,
+    ) -> Result<Self> {
         if limits.max_rows == 0 || limits.context == 0 {
             return Err(Error::Limits(format!(
                 "rows and context must be at least 1, got {} rows of {} positions",
@@ -165,7 +171,7 @@ impl<'m> Engine<'m> {
         let runner = match mode {
             EngineMode::Batched => Runner::Batched {
                 decoder: Box::new(FusedDecoder::for_slots(model)?),
-                cache: model.new_cache(limits.max_rows as i64, limits.context as i64)?,
+                cache: KvCache::new(&model.spec(), limits.max_rows as i64, limits.context as i64)?,
             },
             EngineMode::Sequential => Runner::Sequential,
         };
@@ -267,18 +273,18 @@ impl<'m> Engine<'m> {
             id: id.clone(),
             why,
         };
-        let config = self.model.config();
+        let spec = self.model.spec();
         if prompt.is_empty() {
             return Err(refuse("the prompt has no tokens".into()));
         }
         if let Some((i, t)) = prompt
             .iter()
             .enumerate()
-            .find(|(_, &t)| t < 0 || t >= config.vocab_size)
+            .find(|(_, &t)| t < 0 || t >= spec.vocab_size)
         {
             return Err(refuse(format!(
                 "prompt token {i} is {t}, outside the vocabulary of {}",
-                config.vocab_size
+                spec.vocab_size
             )));
         }
         let positions = prompt.len() + max_new_tokens;
@@ -309,7 +315,7 @@ impl<'m> Engine<'m> {
                     edit.vector.size()
                 )));
             }
-            let vector = edit.vector.f_to_device(self.model.device())?;
+            let vector = edit.vector.f_to_device(spec.device)?;
             on_device.push((edit.site, vector));
         }
         for readout in &readouts {
@@ -317,7 +323,7 @@ impl<'m> Engine<'m> {
                 return Err(refuse(format!("the model has no site {}", readout.site())));
             }
         }
-        let stop = stop_tokens.unwrap_or_else(|| config.eos_token_ids.clone());
+        let stop = stop_tokens.unwrap_or_else(|| spec.eos_token_ids.clone());
         let mut generation = GenerationConfig::greedy(max_new_tokens);
         generation.sampling = sampling;
         generation.eos_token_ids = Some(stop.clone());
@@ -421,9 +427,13 @@ impl<'m> Engine<'m> {
         }
         let mut hooks = RowHooks::new(vec![running.interventions()]);
         let batch = Batch::from_ids(&running.request.prompt);
-        let generated =
-            self.model
-                .generate_with(&batch, &running.request.config, &mut hooks, &mut |_| true)?;
+        let generated = generate(
+            self.model,
+            &batch,
+            &running.request.config,
+            &mut hooks,
+            &mut |_| true,
+        )?;
         let reads = std::mem::take(&mut hooks.reads);
         drop(hooks);
         running.reads = reads.into_iter().next().unwrap_or_default();

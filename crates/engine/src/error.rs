@@ -17,11 +17,23 @@ pub enum Error {
     /// The engine's limits themselves are unusable.
     #[error("engine limits: {0}")]
     Limits(String),
-    /// The model failed.
+    /// Bad input to a call: shapes, ids, settings.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// CUDA graphs or memory statistics are unavailable, or failed.
+    #[error("{0}")]
+    Cuda(String),
+    /// The fused CPU kernels cannot run this model.
+    #[error("the fused decode step cannot run this model: {0}")]
+    Fused(String),
+    /// The model's own forward failed.
     #[error(transparent)]
-    Model(#[from] gemma_model::Error),
+    Model(Box<dyn std::error::Error + Send + Sync>),
+    /// A hook failed.
+    #[error("intervention: {0}")]
+    Intervene(#[from] intervene::Error),
     /// A tensor operation failed.
-    #[error(transparent)]
+    #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
 

@@ -1,5 +1,19 @@
-//! Many generation requests over one Gemma model at once: continuous batching, interventions
-//! per request, and outputs that do not depend on what else is running.
+//! Generation for decoder models on libtorch, and many requests at once.
+//!
+//! A model plugs in through [`DecoderModel`]: one forward call over a [`Batch`] and a
+//! [`Call`] (a KV cache view, masks, a start layer), its shapes ([`ModelSpec`]) and a
+//! weights view for the fused CPU kernels ([`FusedWeights`]). Everything else lives here, so
+//! a second architecture gets it without copying:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`batch`] | token ids, padding, positions, stacking |
+//! | [`mask`] | the one attention-mask rule, for prompts, decode steps, fixed-shape steps and cache slots |
+//! | [`cache`] | the preallocated KV cache |
+//! | [`generate`] | transformers' `generate()` loop, sampling, and the [`DecodeMode`]s: eager, fixed-shape, CUDA graph, fused CPU kernels |
+//! | [`fused`] | scope's own CPU kernels for float32 models |
+//! | [`cuda`] | CUDA graphs and GPU memory statistics through a small C++ shim |
+//! | [`Engine`] | continuous batching with per-request interventions |
 //!
 //! An [`Engine`] holds a KV cache of [`Limits::max_rows`] slots of [`Limits::context`]
 //! positions, allocated once. [`Engine::submit`] checks a [`Request`] and queues it (one that
@@ -16,8 +30,8 @@
 //! norms and edits run row by row, and each request samples from its own seeded generator. A
 //! request's tokens and logits are therefore bit-identical whether it runs alone or among any
 //! number of others, in any slot; `tests/engine.rs` checks it. [`EngineMode::Sequential`]
-//! (other devices and dtypes) runs requests one after another through the model's own
-//! generation, which gives each request exactly its solo result.
+//! (other devices and dtypes) runs requests one after another through [`generate()`],
+//! which gives each request exactly its solo result.
 //!
 //! ```no_run
 //! use gemma_model::Gemma2Model;
@@ -29,12 +43,11 @@
 //! let model = Gemma2Model::from_dir("fixtures/models/tiny-f32", Kind::Float, Device::Cpu)?;
 //! let mut engine = Engine::new(&model, Limits { max_rows: 8, context: 128 })?;
 //! let hidden = model.config().hidden_size;
-//! for (i, magnitude) in [0.0, 4.0, 8.0].into_iter().enumerate() {
+//! for magnitude in [0.0, 4.0, 8.0] {
 //!     let vector = Tensor::ones([hidden], (Kind::Float, Device::Cpu)) * magnitude;
 //!     let request = Request::greedy(format!("m{magnitude}"), vec![2, 651, 6037], 16)
 //!         .with_edit(Edit { site: Site::new(1, SiteKind::BlockOutput), vector });
 //!     engine.submit(request)?;
-//!     let _ = i;
 //! }
 //! while !engine.is_idle() {
 //!     for done in engine.step()? {
@@ -47,11 +60,24 @@
 
 #![deny(missing_docs)]
 
+pub mod batch;
+pub mod cache;
+pub mod cuda;
+pub mod dl;
 mod engine;
 pub mod error;
+pub mod fused;
+pub mod generate;
 mod hooks;
+pub mod mask;
+pub mod model;
 mod request;
 
+pub use batch::Batch;
+pub use cache::KvCache;
 pub use engine::{Engine, EngineMode, Limits};
 pub use error::{Error, Result};
+pub use generate::{generate, DecodeMode, Generated, GenerationConfig, Sampler, Sampling, Step};
+pub use mask::Masks;
+pub use model::{Call, DecoderModel, FusedLayer, FusedWeights, ModelOutput, ModelSpec};
 pub use request::{Edit, FinishReason, Finished, Reading, Readout, Request};

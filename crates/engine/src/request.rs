@@ -1,6 +1,6 @@
 //! What a request asks for and what it gets back.
 
-use gemma_model::Sampling;
+use crate::generate::Sampling;
 use intervene::Site;
 use tch::Tensor;
 

@@ -5,9 +5,9 @@
 use intervene::{Hooks, Site, SiteKind};
 use tch::{Kind, Tensor};
 
-use crate::cache::KvCache;
 use crate::error::Result;
 use crate::rope::{apply_rotary, RotaryAngles};
+use scope_engine::KvCache;
 
 /// One layer's attention weights and shape facts.
 #[derive(Debug)]

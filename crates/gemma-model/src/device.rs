@@ -4,8 +4,6 @@
 //! linker drops it: libtorch then reports no GPU even on a GPU machine. Loading the library
 //! with `RTLD_GLOBAL` before the first CUDA query registers the CUDA backend.
 
-use std::sync::OnceLock;
-
 use tch::{Device, Kind};
 
 use crate::error::{Error, Result};
@@ -84,7 +82,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 fn require_cuda(spec: &str, index: usize) -> Result<Device> {
-    load_cuda_backend().map_err(|reason| Error::CudaUnavailable {
+    scope_engine::cuda::load_cuda_backend().map_err(|reason| Error::CudaUnavailable {
         requested: spec.to_string(),
         reason,
     })?;
@@ -106,23 +104,5 @@ fn require_cuda(spec: &str, index: usize) -> Result<Device> {
 
 /// Whether a CUDA device can be used (loads the CUDA backend first).
 pub fn cuda_is_available() -> bool {
-    load_cuda_backend().is_ok() && tch::Cuda::is_available()
-}
-
-/// Loads `libtorch_cuda.so` once, globally, so libtorch registers its CUDA backend.
-/// Returns the loader's message when the library is absent (a CPU-only libtorch).
-pub fn load_cuda_backend() -> std::result::Result<(), String> {
-    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    LOADED.get_or_init(dlopen_cuda).clone()
-}
-
-fn dlopen_cuda() -> std::result::Result<(), String> {
-    let name = c"libtorch_cuda.so";
-    // SAFETY: `name` is a valid NUL-terminated string; the handle is intentionally leaked so the
-    // library stays loaded for the life of the process (libtorch keeps pointers into it).
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if !handle.is_null() {
-        return Ok(());
-    }
-    Err(crate::dl::error())
+    scope_engine::cuda::load_cuda_backend().is_ok() && tch::Cuda::is_available()
 }

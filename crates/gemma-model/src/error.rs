@@ -113,10 +113,6 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// A CUDA facility beyond tensors (graphs, memory statistics) failed or is unavailable
-    /// here.
-    #[error("{0}")]
-    Cuda(String),
 
     // --- hub ------------------------------------------------------------------------------
     /// A Hugging Face Hub lookup or download failed (names the repository and the file).
@@ -135,9 +131,6 @@ pub enum Error {
     /// Inputs that do not fit the model (shapes, dtypes, ids, lengths).
     #[error("invalid input: {0}")]
     Input(String),
-    /// The fused CPU decode step cannot run this model.
-    #[error("the fused decode step cannot run this model: {0}")]
-    Fused(String),
     /// A stop-after layer beyond the model's depth.
     #[error("layer {layer} is out of range: the model has {num_layers} layers")]
     LayerOutOfRange {
@@ -152,6 +145,9 @@ pub enum Error {
     /// An error raised by a hook of the intervention graph.
     #[error("intervention: {0}")]
     Intervene(#[from] intervene::Error),
+    /// The engine (generation, masks, the KV cache, CUDA graphs) failed.
+    #[error(transparent)]
+    Engine(#[from] scope_engine::Error),
 }
 
 impl Error {

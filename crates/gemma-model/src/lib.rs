@@ -2,20 +2,20 @@
 //! with eager attention, with hook sites for the [`intervene`] graph.
 //!
 //! Modules mirror the checkpoint: [`config`], [`attention`], [`mlp`], [`norm`], [`rope`],
-//! [`cache`], [`model`]; plus [`generate`], [`tokenizer`] (with the chat template),
-//! [`loading`] (safetensors, shard index, Hub cache), [`device`], [`cuda`] (CUDA graphs, GPU memory statistics) and [`error`].
+//! [`model`]; plus [`tokenizer`] (with the chat template), [`loading`] (safetensors, shard
+//! index, Hub cache), [`device`] and [`error`]. The model has one forward call,
+//! [`Gemma2Model::forward`], over a [`Batch`] and a [`Call`] (a KV cache view, masks, a
+//! start layer), and no speed branches.
 //!
-//! On a GPU, generation records its decode step once as a CUDA graph and replays it for every
-//! later token when the hooks allow it ([`DecodeMode::Auto`]; see [`DecodeMode`] for the
-//! others). The replayed step is the fixed-shape step transformers' static cache computes,
-//! and [`DecodeMode::FixedShape`] runs it without a graph on any device, which is how its
-//! numbers are tested against transformers here. On the CPU in float32, generation runs short
-//! prompts and every decode step on scope's own kernels instead ([`DecodeMode::Fused`]:
-//! bandwidth-bound matrix-vector products on libtorch's OpenMP threads, no libtorch call per
-//! operation); [`DecodeMode::Eager`] is the path bit-identical to transformers.
+//! Everything that runs the model many times lives in [`scope_engine`], which reads it
+//! through [`scope_engine::DecoderModel`] (implemented in `decoder.rs`): batches and masks,
+//! the KV cache, sampling, the generation loop and its decode modes (eager, fixed-shape,
+//! CUDA graph, fused CPU kernels), and the continuous-batching engine. They are re-exported
+//! here ([`generate`], [`cuda`], [`KvCache`], ...) so that a user of the model finds them.
 //!
 //! ```no_run
-//! use gemma_model::{Batch, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions};
+//! use gemma_model::{Batch, Call, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions};
+//! use intervene::NoHooks;
 //!
 //! # fn main() -> gemma_model::Result<()> {
 //! let options = LoadOptions {
@@ -29,7 +29,7 @@
 //!
 //! let ids = tokenizer.encode("The capital of France is", true)?; // starts with <bos>
 //! let batch = Batch::from_ids(&ids);
-//! let logits = model.forward(&batch)?.logits; // Some([1, T, 256000]), soft-capped
+//! let logits = model.forward(&batch, Call::default(), &mut NoHooks)?.logits; // [1, T, 256000]
 //! let out = model.generate(&batch, &GenerationConfig::greedy(20))?;
 //! println!("{}", tokenizer.decode(&out.new_tokens[0], true)?);
 //! # let _ = logits;
@@ -40,15 +40,11 @@
 #![deny(missing_docs)]
 
 pub mod attention;
-pub mod cache;
 pub mod config;
-pub mod cuda;
+mod decoder;
 pub mod device;
-mod dl;
 pub mod error;
 pub mod files;
-pub mod fused;
-pub mod generate;
 mod hooked;
 pub mod hub;
 pub mod loading;
@@ -58,13 +54,15 @@ pub mod norm;
 pub mod rope;
 pub mod tokenizer;
 
-pub use cache::KvCache;
 pub use config::{Activation, Gemma2Config, LayerType};
 pub use device::{parse_device, parse_dtype, resolve_dtype, DTypeSpec};
 pub use error::{Error, Result};
 pub use files::ModelFiles;
-pub use generate::{DecodeMode, Generated, GenerationConfig, Sampler, Sampling, Step};
 pub use loading::{LoadOptions, WeightStore};
-pub use model::{Batch, Gemma2Model, ModelOutput};
+pub use model::{DecoderLayer, Gemma2Model};
+pub use scope_engine::{
+    cuda, fused, generate, mask, Batch, Call, DecodeMode, Generated, GenerationConfig, KvCache,
+    ModelOutput, Sampler, Sampling, Step,
+};
 pub use scope_hub::HubOptions;
 pub use tokenizer::{render_chat, ChatMessage, GemmaTokenizer};

@@ -1,189 +1,17 @@
-//! `Gemma2Model`: the decoder stack, the forward pass with every hook site, and the
-//! [`intervene::HookedModel`] implementation.
+//! `Gemma2Model`: the decoder stack and its one forward call, with every hook site.
 
 use intervene::{
-    ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Paired, Site, SiteCatalog, SiteInfo,
-    SiteKind, StackedPart,
+    ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Site, SiteCatalog, SiteInfo, SiteKind,
 };
+use scope_engine::{Batch, Call, KvCache, Masks, ModelOutput};
 use tch::{Device, Kind, Tensor};
 
 use crate::attention::{Attention, AttentionContext};
-use crate::cache::KvCache;
 use crate::config::{Gemma2Config, LayerType};
 use crate::error::{Error, Result};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
-
-/// Token ids with optional padding mask and position ids.
-#[derive(Debug)]
-pub struct Batch {
-    /// `[B, T]`, int64.
-    pub input_ids: Tensor,
-    /// `[B, T]` (or `[B, past + T]` for a cached call), 1 = real token, 0 = padding.
-    pub attention_mask: Option<Tensor>,
-    /// `[B, T]` int64 positions; default `arange(T) + past_len` (pads counted, as HF forward).
-    pub position_ids: Option<Tensor>,
-}
-
-impl Batch {
-    /// A batch of `input_ids` (`[B, T]`) without padding.
-    pub fn new(input_ids: Tensor) -> Self {
-        Batch {
-            input_ids,
-            attention_mask: None,
-            position_ids: None,
-        }
-    }
-
-    /// One unpadded row `[1, len]`.
-    ///
-    /// Infallible for callers' convenience: building a 1-D int64 tensor from a slice and adding a
-    /// leading axis can only fail on allocation failure, where libtorch aborts anyway.
-    pub fn from_ids(ids: &[i64]) -> Self {
-        Batch::new(Tensor::from_slice(ids).unsqueeze(0))
-    }
-
-    /// Rows of different lengths, left-padded with `pad_id` (the convention for generation),
-    /// with the matching attention mask. Positions are left to the caller (forward uses
-    /// arange, generate uses `cumsum(mask) - 1`).
-    pub fn left_padded(rows: &[Vec<i64>], pad_id: i64) -> Result<Self> {
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-        if rows.is_empty() || width == 0 {
-            return Err(Error::Input(
-                "a batch needs at least one non-empty row".into(),
-            ));
-        }
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        let mut mask = Vec::with_capacity(rows.len() * width);
-        for row in rows {
-            let pad = width - row.len();
-            ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.iter().copied()));
-            mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, row.len())));
-        }
-        let shape = [rows.len() as i64, width as i64];
-        Ok(Batch {
-            input_ids: Tensor::f_from_slice(&ids)?.f_reshape(shape)?,
-            attention_mask: Some(Tensor::f_from_slice(&mask)?.f_reshape(shape)?),
-            position_ids: None,
-        })
-    }
-
-    /// The same batch with `position_ids`.
-    pub fn with_position_ids(mut self, position_ids: Tensor) -> Self {
-        self.position_ids = Some(position_ids);
-        self
-    }
-
-    /// The same batch with `attention_mask`.
-    pub fn with_attention_mask(mut self, attention_mask: Tensor) -> Self {
-        self.attention_mask = Some(attention_mask);
-        self
-    }
-
-    /// The batch stacked on itself (`[2B, T]`): every row twice, the copies after the rows.
-    pub fn twice(&self) -> Result<Self> {
-        let stack = |t: &Tensor| Tensor::f_cat(&[t, t], 0);
-        Ok(Batch {
-            input_ids: stack(&self.input_ids)?,
-            attention_mask: self.attention_mask.as_ref().map(stack).transpose()?,
-            // `[1, T]` positions broadcast over any number of rows.
-            position_ids: match &self.position_ids {
-                Some(p) if p.size().first() == Some(&1) => Some(p.shallow_clone()),
-                Some(p) => Some(stack(p)?),
-                None => None,
-            },
-        })
-    }
-
-    /// `batches` as one batch: their rows one after another, each padded at the end to the
-    /// longest with `pad_id` (attended, position 0: only later padding sees it, and nothing
-    /// reads its outputs). Since no position attends to later ones, each real position is
-    /// computed as in its own batch's call. Also returns where each batch sits.
-    pub fn stacked_end_padded(batches: &[&Batch], pad_id: i64) -> Result<(Self, Vec<StackedPart>)> {
-        let shapes = batches
-            .iter()
-            .map(|b| b.shape())
-            .collect::<Result<Vec<_>>>()?;
-        let width = shapes
-            .iter()
-            .map(|&(_, t)| t)
-            .max()
-            .ok_or_else(|| Error::Input("stacking needs at least one batch".into()))?;
-        let pad_end = |t: &Tensor, value: i64| -> Result<Tensor> {
-            let len = t.size().last().copied().unwrap_or(0);
-            Ok(t.f_pad([0, width - len], "constant", Some(value as f64))?)
-        };
-        // A mask or positions for every part as soon as one part has them.
-        let any_mask = batches.iter().any(|b| b.attention_mask.is_some());
-        let any_positions = batches.iter().any(|b| b.position_ids.is_some());
-        let (mut ids, mut masks, mut positions, mut parts) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut first_row = 0;
-        for (batch, &(rows, len)) in batches.iter().zip(&shapes) {
-            let device = batch.input_ids.device();
-            ids.push(pad_end(&batch.input_ids, pad_id)?);
-            if any_mask {
-                let mask = match &batch.attention_mask {
-                    Some(mask) => mask.shallow_clone(),
-                    None => Tensor::f_ones([rows, len], (Kind::Int64, device))?,
-                };
-                masks.push(pad_end(&mask, 1)?);
-            }
-            if any_positions {
-                let own = match &batch.position_ids {
-                    Some(p) => p.f_expand([rows, len], false)?,
-                    None => Tensor::f_arange(len, (Kind::Int64, device))?
-                        .f_expand([rows, len], false)?,
-                };
-                positions.push(pad_end(&own, 0)?);
-            }
-            parts.push(StackedPart {
-                first_row,
-                rows,
-                len,
-            });
-            first_row += rows;
-        }
-        let cat = |parts: &[Tensor]| -> Result<Option<Tensor>> {
-            Ok(match parts {
-                [] => None,
-                _ => Some(Tensor::f_cat(parts, 0)?),
-            })
-        };
-        let input_ids =
-            cat(&ids)?.ok_or_else(|| Error::Input("stacking needs at least one batch".into()))?;
-        Ok((
-            Batch {
-                input_ids,
-                attention_mask: cat(&masks)?,
-                position_ids: cat(&positions)?,
-            },
-            parts,
-        ))
-    }
-
-    /// `[B, T]`.
-    pub fn shape(&self) -> Result<(i64, i64)> {
-        match self.input_ids.size().as_slice() {
-            [b, t] => Ok((*b, *t)),
-            other => Err(Error::Input(format!(
-                "input_ids must be [batch, seq], got {other:?}"
-            ))),
-        }
-    }
-}
-
-/// What a forward call returns.
-#[derive(Debug)]
-pub struct ModelOutput {
-    /// `[B, T, vocab]` in the model dtype, soft-capped; `None` when stopped early.
-    pub logits: Option<Tensor>,
-    /// The residual stream after the last layer computed (before the final norm), `[B, T, hidden]`;
-    /// `[B, 1, hidden]` when only the last position's logits were asked for and the final layer
-    /// ran for that position alone.
-    pub hidden: Tensor,
-}
 
 /// One decoder layer: sandwich norms around attention and MLP.
 #[derive(Debug)]
@@ -256,7 +84,7 @@ impl DecoderLayer {
 }
 
 /// The sites of `layers` a hook wants, in execution order.
-fn wanted_sites(
+pub(crate) fn wanted_sites(
     hooks: &dyn Hooks,
     layers: std::ops::RangeInclusive<usize>,
 ) -> impl Iterator<Item = Site> + '_ {
@@ -349,175 +177,27 @@ impl Gemma2Model {
             .f_to_device(device)?)
     }
 
-    /// Full forward over `batch` without hooks: logits for every position.
-    pub fn forward(&self, batch: &Batch) -> Result<ModelOutput> {
-        self.forward_with(batch, &ForwardOptions::default(), &mut NoHooks)
-    }
-
-    /// Forward over `batch` visiting `hooks`, optionally stopping after a layer.
-    pub fn forward_with(
-        &self,
-        batch: &Batch,
-        options: &ForwardOptions,
-        hooks: &mut dyn Hooks,
-    ) -> Result<ModelOutput> {
-        self.run(batch, options, Call::default(), hooks)
-    }
-
-    /// Like [`forward_with`](Self::forward_with), but starting at the input of decoder layer
-    /// `layer` with the residual stream `hidden` (`[B, T, hidden]`) instead of embedding the
-    /// tokens and running the layers before it. Given the `block_input` activation of `layer`
-    /// from a run over the same `batch`, the result is that run's, bit for bit.
-    pub fn forward_from(
-        &self,
-        batch: &Batch,
-        layer: usize,
-        hidden: &Tensor,
-        options: &ForwardOptions,
-        hooks: &mut dyn Hooks,
-    ) -> Result<ModelOutput> {
-        let call = Call {
-            start: Some((layer, hidden)),
-            ..Call::default()
-        };
-        self.run(batch, options, call, hooks)
-    }
-
-    /// Two runs resumed at decoder layer `layer` (at least 1) from the same residual stream
-    /// `hidden`, as one batch of twice the rows: the first visits `hooks` at the block output of
-    /// layer `layer - 1` (the site [`forward_from`](Self::forward_from) visits first) and nowhere
-    /// else, the second runs without hooks. Returns both, each within float rounding of its
-    /// own `forward_from` call (the products run over twice the rows). Every
-    /// weight from `layer` on, and the unembedding, is read once for both: an interchange's
-    /// intervened run and the end of its clean run. A hook that wants a later site is an error.
-    pub fn forward_from_paired(
-        &self,
-        batch: &Batch,
-        layer: usize,
-        hidden: &Tensor,
-        options: &ForwardOptions,
-        hooks: &mut dyn Hooks,
-    ) -> Result<Paired<ModelOutput>> {
-        let (b, t) = batch.shape()?;
-        let previous = layer.checked_sub(1).ok_or_else(|| {
-            Error::Input("a paired run resumes after a layer: `layer` must be at least 1".into())
-        })?;
-        let last_layer = self.last_layer(options)?;
-        let plain = self.check_start(layer, hidden, b, t, last_layer)?;
-        hooks.begin_forward(&ForwardInfo {
-            batch: b,
-            chunk_len: t,
-            past_len: 0,
-        })?;
-        if let Some(site) = wanted_sites(hooks, layer..=last_layer).next() {
-            return Err(Error::Input(format!(
-                "a paired run visits hooks only at the output of layer {previous}, \
-                 but a hook wants {site}"
-            )));
-        }
-        // A copy: a hook may write into the activation it is given.
-        let mut hooked = plain.f_detach_copy()?;
-        visit(hooks, previous, SiteKind::BlockOutput, &mut hooked)?;
-        let both = Tensor::f_cat(&[&hooked, &plain], 0)?;
-        let call = Call {
-            start: Some((layer, &both)),
-            ..Call::default()
-        };
-        let out = self.run(&batch.twice()?, options, call, &mut NoHooks)?;
-        let rows = |t: &Tensor, first: i64| t.f_narrow(0, first, b);
-        let half = |first: i64| -> Result<ModelOutput> {
-            Ok(ModelOutput {
-                logits: out.logits.as_ref().map(|l| rows(l, first)).transpose()?,
-                hidden: rows(&out.hidden, first)?,
-            })
-        };
-        Ok(Paired {
-            hooked: half(0)?,
-            plain: half(b)?,
-        })
-    }
-
-    /// An empty KV cache for `batch` rows and up to `max_len` positions.
-    pub fn new_cache(&self, batch: i64, max_len: i64) -> Result<KvCache> {
-        KvCache::new(&self.config, batch, max_len, self.dtype, self.device)
-    }
-
-    /// Forward over the next chunk of positions, reading and extending `cache`.
+    /// The one forward call: `batch` under `call` (by default every layer and every
+    /// position's logits, no cache; see [`Call`]), visiting `hooks` at every site they want.
     ///
-    /// `batch.attention_mask`, when given, covers every key: `[B, cache.len() + T]` (HF's
-    /// convention). Default positions are `arange(T) + cache.len()`.
-    pub fn forward_cached(
+    /// With `call.cache`, the positions come after those cached (`batch.attention_mask`, when
+    /// given, covers every key: `[B, cache.len() + T]`, HF's convention; default positions are
+    /// `arange(T) + cache.len()`). With `call.start = (layer, hidden)` the call starts at the
+    /// input of decoder layer `layer` from the residual stream `hidden` (`[B, T, hidden]`);
+    /// given the `block_input` activation of `layer` from a run over the same `batch`, the
+    /// result is that run's, bit for bit.
+    pub fn forward(
         &self,
         batch: &Batch,
-        cache: &mut KvCache,
-        hooks: &mut dyn Hooks,
-    ) -> Result<ModelOutput> {
-        let call = Call {
-            cache: Some(cache),
-            ..Call::default()
-        };
-        self.run(batch, &ForwardOptions::default(), call, hooks)
-    }
-
-    /// Like [`forward_cached`](Self::forward_cached) but unembeds only the last position
-    /// (`[B, 1, vocab]`), as transformers' `generate()` does with `logits_to_keep=1`. One-position
-    /// chunks take their masks from `decode_masks` (and ignore `batch.attention_mask`).
-    pub(crate) fn forward_step(
-        &self,
-        batch: &Batch,
-        cache: &mut KvCache,
-        decode_masks: &DecodeMasks,
-        hooks: &mut dyn Hooks,
-    ) -> Result<ModelOutput> {
-        let options = ForwardOptions {
-            last_position_logits: true,
-            ..ForwardOptions::default()
-        };
-        let call = Call {
-            cache: Some(cache),
-            decode_masks: Some(decode_masks),
-            ..Call::default()
-        };
-        self.run(batch, &options, call, hooks)
-    }
-
-    /// One decode step of fixed shape: the tokens in `step.input_ids` at `step.positions`,
-    /// keys and values written at `step.cursor`, attention over the whole cache buffer; the
-    /// last position's logits (`[B, 1, vocab]`). Nothing on the host depends on the step, so
-    /// it can be recorded once and replayed (a CUDA graph); the caller advances `step` and
-    /// the cache after each step that ran.
-    pub(crate) fn forward_fixed_step(
-        &self,
-        step: &FixedStep,
-        cache: &mut KvCache,
-        hooks: &mut dyn Hooks,
-    ) -> Result<ModelOutput> {
-        let options = ForwardOptions {
-            last_position_logits: true,
-            ..ForwardOptions::default()
-        };
-        let batch = Batch::new(step.input_ids.shallow_clone())
-            .with_position_ids(step.positions.shallow_clone());
-        let call = Call {
-            cache: Some(cache),
-            fixed: Some(step),
-            ..Call::default()
-        };
-        self.run(&batch, &options, call, hooks)
-    }
-
-    fn run(
-        &self,
-        batch: &Batch,
-        options: &ForwardOptions,
         call: Call<'_>,
         hooks: &mut dyn Hooks,
     ) -> Result<ModelOutput> {
         let Call {
-            mut cache,
+            options,
             start,
-            decode_masks,
-            fixed,
+            mut cache,
+            masks,
+            cursor,
         } = call;
         let _guard = tch::no_grad_guard();
         let (b, t) = batch.shape()?;
@@ -525,7 +205,7 @@ impl Gemma2Model {
         if let Some(c) = cache.as_ref() {
             c.check_fits(b, t)?;
         }
-        let last_layer = self.last_layer(options)?;
+        let last_layer = self.last_layer(&options)?;
         hooks.begin_forward(&ForwardInfo {
             batch: b,
             chunk_len: t,
@@ -535,12 +215,18 @@ impl Gemma2Model {
         let positions = self.positions(batch, b, t, past)?;
         // Built once per call, shared by every layer.
         let angles = self.rope.angles(&positions, self.dtype)?;
-        let masks = match (fixed, decode_masks) {
-            (Some(step), _) => step.masks()?,
-            (None, Some(d)) if t == 1 && past > 0 => d.step(past)?,
-            _ => {
+        let masks = match masks {
+            Some(masks) => masks,
+            None => {
                 let key_mask = self.key_mask(batch, b, past + t)?;
-                self.masks(key_mask.as_ref(), b, t, past)?
+                Masks::of_chunk(
+                    past,
+                    t,
+                    key_mask.as_ref(),
+                    self.window(),
+                    self.dtype,
+                    self.device,
+                )?
             }
         };
 
@@ -569,7 +255,7 @@ impl Gemma2Model {
                 } else {
                     &masks.full
                 },
-                cursor: fixed.map(|step| &step.cursor),
+                cursor,
             };
             x = if last_row_only && layer == final_layer && !hooks_inside(hooks, layer) {
                 visit(hooks, layer, SiteKind::BlockInput, &mut x)?;
@@ -579,7 +265,7 @@ impl Gemma2Model {
             };
         }
         // A fixed step may be recorded rather than run: its caller counts the steps that ran.
-        if let (Some(c), None) = (cache, fixed) {
+        if let (Some(c), None) = (cache, cursor) {
             c.advance(t);
         }
         let logits = if last_layer + 1 == self.layers.len() {
@@ -598,7 +284,7 @@ impl Gemma2Model {
     }
 
     /// The residual stream to start layer `layer` from, after checking it fits the call.
-    fn check_start(
+    pub(crate) fn check_start(
         &self,
         layer: usize,
         hidden: &Tensor,
@@ -622,7 +308,7 @@ impl Gemma2Model {
     }
 
     /// The index of the last layer to run.
-    fn last_layer(&self, options: &ForwardOptions) -> Result<usize> {
+    pub(crate) fn last_layer(&self, options: &ForwardOptions) -> Result<usize> {
         let n = self.layers.len();
         match options.stop_after_layer {
             Some(l) if l >= n => Err(Error::LayerOutOfRange {
@@ -680,58 +366,11 @@ impl Gemma2Model {
         Ok(Some(mask.f_to_device(self.device)?.f_ne(0)?))
     }
 
-    /// The additive masks of a call over `batch` (`[B, T]`) after `past` cached positions,
-    /// `[B, 1, T, past + T]` each: what [`Self::forward_cached`] applies.
-    pub(crate) fn chunk_masks(&self, batch: &Batch, b: i64, t: i64, past: i64) -> Result<Masks> {
-        let key_mask = self.key_mask(batch, b, past + t)?;
-        let Masks { full, sliding } = self.masks(key_mask.as_ref(), b, t, past)?;
-        let shape = [b, 1, t, past + t];
-        Ok(Masks {
-            full: full.f_expand(shape, false)?,
-            sliding: sliding.f_expand(shape, false)?,
-        })
-    }
-
-    fn masks(&self, key_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Masks> {
-        let full = additive_mask(key_mask, b, t, past, None, self.dtype, self.device)?;
-        let sliding = match self.window() {
-            Some(w) => additive_mask(key_mask, b, t, past, Some(w), self.dtype, self.device)?,
-            None => full.shallow_clone(),
-        };
-        Ok(Masks { full, sliding })
-    }
-
     /// The sliding window, if any layer slides.
-    fn window(&self) -> Option<i64> {
+    pub(crate) fn window(&self) -> Option<i64> {
         self.config
             .sliding_window
             .filter(|_| self.config.layer_types.contains(&LayerType::Sliding))
-    }
-
-    /// The masks of every one-position step of a generation over rows with the 2-D key mask
-    /// `prompt_mask` (`[B, T]`, nonzero = real token) and up to `max_len` positions in all.
-    pub(crate) fn decode_masks(&self, prompt_mask: &Tensor, max_len: i64) -> Result<DecodeMasks> {
-        let size = prompt_mask.size();
-        let (b, t) = (size[0], size[1]);
-        // Every generated position is a real token (HF appends ones to the mask).
-        let new = Tensor::f_ones([b, max_len - t], (Kind::Int64, self.device))?;
-        let real = Tensor::f_cat(
-            &[
-                &prompt_mask
-                    .f_to_device(self.device)?
-                    .f_to_kind(Kind::Int64)?,
-                &new,
-            ],
-            1,
-        )?;
-        let min = finfo_min(self.dtype);
-        let keys = Tensor::f_zeros([b, 1, 1, max_len], (self.dtype, self.device))?
-            .f_masked_fill(&real.f_eq(0)?.f_view([b, 1, 1, max_len])?, min)?;
-        Ok(DecodeMasks {
-            keys,
-            window: self.window(),
-            min,
-        })
     }
 
     /// Every hook site at every layer, with pyvene module paths and widths.
@@ -778,205 +417,5 @@ fn site_layout(c: &Gemma2Config, kind: SiteKind) -> (&'static str, HookPoint, i6
         SiteKind::PostFeedforwardNormOutput => {
             (".post_feedforward_layernorm", Output, c.hidden_size, None)
         }
-    }
-}
-
-/// The additive masks of one call, `[B, 1, T, S]` each.
-pub(crate) struct Masks {
-    /// For global layers.
-    pub full: Tensor,
-    /// For sliding-window layers (the same as `full` when nothing slides).
-    pub sliding: Tensor,
-}
-
-/// What a forward call reads besides the batch and options.
-#[derive(Default)]
-struct Call<'a> {
-    /// The KV cache to read and extend.
-    cache: Option<&'a mut KvCache>,
-    /// Start at this layer from this residual stream instead of embedding the tokens.
-    start: Option<(usize, &'a Tensor)>,
-    /// Prebuilt masks for one-position steps.
-    decode_masks: Option<&'a DecodeMasks>,
-    /// A fixed-shape decode step: its device-side cursor, positions and masks.
-    fixed: Option<&'a FixedStep>,
-}
-
-/// The additive masks of one generation's decode steps, built once instead of per step: the
-/// same values [`additive_mask`] gives for one query at physical index `past` (keys
-/// `0..=past`, causality is then trivial).
-pub(crate) struct DecodeMasks {
-    /// `[B, 1, 1, max_len]`: 0 at real tokens, `finfo.min` at pads.
-    keys: Tensor,
-    window: Option<i64>,
-    min: f64,
-}
-
-impl DecodeMasks {
-    /// The masks of the query at physical index `past`.
-    pub(crate) fn step(&self, past: i64) -> Result<Masks> {
-        let s = past + 1;
-        let full = self.keys.f_narrow(3, 0, s)?;
-        let sliding = match self.window {
-            // Keys `j <= past - w` are out of the window: the first `s - w`.
-            Some(w) if s > w => {
-                let m = full.f_detach_copy()?;
-                let _ = m.f_narrow(3, 0, s - w)?.f_fill_(self.min)?;
-                m
-            }
-            _ => full.shallow_clone(),
-        };
-        Ok(Masks { full, sliding })
-    }
-}
-
-/// The device-side state of fixed-shape decode steps (see [`Gemma2Model::forward_fixed_step`]).
-/// Every tensor keeps its storage for the whole generation: a recorded step reads them in
-/// place, and [`FixedStep::advance`] updates them in place.
-pub(crate) struct FixedStep {
-    /// `[B, 1]` int64: the tokens to feed.
-    pub input_ids: Tensor,
-    /// `[B, 1]` int64: their position ids.
-    pub positions: Tensor,
-    /// `[1]` int64: the physical cache index they are written at.
-    pub cursor: Tensor,
-    /// `[B, 1, 1, max_len]` bool: pad keys (never visible).
-    pads: Tensor,
-    /// `[max_len]` int64: `0..max_len`.
-    key_index: Tensor,
-    /// `[B, 1, 1, max_len]` zeros in the model dtype, the mask's base.
-    zeros: Tensor,
-    window: Option<i64>,
-    min: f64,
-}
-
-impl FixedStep {
-    /// The state for the first step after `masks`' prompt: its tokens (fed later, see
-    /// [`FixedStep::feed`]) at `positions` (`[B, 1]`), written at index `cursor`.
-    pub(crate) fn new(masks: &DecodeMasks, positions: &Tensor, cursor: i64) -> Result<Self> {
-        let device = masks.keys.device();
-        let size = masks.keys.size();
-        let max_len = size.last().copied().unwrap_or(0);
-        let rows = size.first().copied().unwrap_or(0);
-        Ok(FixedStep {
-            input_ids: Tensor::f_zeros([rows, 1], (Kind::Int64, device))?,
-            positions: positions.f_to_device(device)?.f_detach_copy()?,
-            cursor: Tensor::f_full([1], cursor, (Kind::Int64, device))?,
-            pads: masks.keys.f_ne(0.0)?,
-            key_index: Tensor::f_arange(max_len, (Kind::Int64, device))?,
-            zeros: masks.keys.f_zeros_like()?,
-            window: masks.window,
-            min: masks.min,
-        })
-    }
-
-    /// The masks of the query at index `cursor`: the values [`DecodeMasks::step`] gives, over
-    /// every key index, later ones hidden.
-    fn masks(&self) -> Result<Masks> {
-        let hidden = self
-            .pads
-            .f_logical_or(&self.key_index.f_gt_tensor(&self.cursor)?)?;
-        let full = self.zeros.f_masked_fill(&hidden, self.min)?;
-        let sliding = match self.window {
-            // Keys `j <= cursor - w` are out of the window.
-            Some(w) => {
-                let oldest = self.cursor.f_sub_scalar(w)?;
-                let outside = hidden.f_logical_or(&self.key_index.f_le_tensor(&oldest)?)?;
-                self.zeros.f_masked_fill(&outside, self.min)?
-            }
-            None => full.shallow_clone(),
-        };
-        Ok(Masks { full, sliding })
-    }
-
-    /// Sets the step's tokens, `next` (`[B, 1]`).
-    pub(crate) fn feed(&mut self, next: &Tensor) -> Result<()> {
-        self.input_ids.f_copy_(next)?;
-        Ok(())
-    }
-
-    /// Moves one position on, after a step ran.
-    pub(crate) fn advance(&mut self) -> Result<()> {
-        let _ = self.positions.f_add_scalar_(1)?;
-        let _ = self.cursor.f_add_scalar_(1)?;
-        Ok(())
-    }
-}
-
-/// The smallest finite value of `dtype` (transformers masks with it, not `-inf`).
-pub fn finfo_min(dtype: Kind) -> f64 {
-    match dtype {
-        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
-        Kind::Half => -65504.0,
-        Kind::Double => f64::MIN,
-        _ => f32::MIN as f64,
-    }
-}
-
-/// The additive mask `[B, 1, T, S]` (S = past + T) in `dtype`: 0 where query `past + i` may see
-/// key `j`, `finfo(dtype).min` elsewhere. Key `j` is visible iff `j <= i`, it is a real token,
-/// and for sliding layers `i - window < j` (physical cache indices, pads counted).
-pub fn additive_mask(
-    key_mask: Option<&Tensor>,
-    b: i64,
-    t: i64,
-    past: i64,
-    window: Option<i64>,
-    dtype: Kind,
-    device: Device,
-) -> Result<Tensor> {
-    let s = past + t;
-    let q = Tensor::f_arange_start(past, s, (Kind::Int64, device))?.f_unsqueeze(1)?;
-    let k = Tensor::f_arange(s, (Kind::Int64, device))?.f_unsqueeze(0)?;
-    let mut allowed = k.f_le_tensor(&q)?;
-    if let Some(w) = window {
-        allowed = allowed.f_logical_and(&k.f_gt_tensor(&q.f_sub_scalar(w)?)?)?;
-    }
-    let mut allowed = allowed.f_unsqueeze(0)?.f_unsqueeze(0)?; // [1, 1, T, S]
-    if let Some(km) = key_mask {
-        allowed = allowed.f_logical_and(&km.f_unsqueeze(1)?.f_unsqueeze(1)?)?; // [B, 1, T, S]
-    }
-    let allowed = allowed.f_expand([b, 1, t, s], false)?;
-    Ok(Tensor::f_zeros([b, 1, t, s], (dtype, device))?
-        .f_masked_fill(&allowed.f_logical_not()?, finfo_min(dtype))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fixed-shape step's masks, over the whole buffer, are the per-step masks followed by
-    /// hidden keys, value for value: padded rows, inside and past the sliding window.
-    #[test]
-    fn fixed_step_masks_extend_the_per_step_masks() -> Result<()> {
-        let config = Gemma2Config::small();
-        let window = config.sliding_window.unwrap_or(0);
-        assert!(window > 0, "the small config slides");
-        let model = Gemma2Model::random(&config, 0, Kind::Float, Device::Cpu)?;
-        // Row 0 has two pads, row 1 none; 5 prompt positions, room for 3 * window more.
-        let prompt_mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 5]);
-        let max_len = 5 + 3 * window;
-        let masks = model.decode_masks(&prompt_mask, max_len)?;
-        let positions = Tensor::zeros([2, 1], (Kind::Int64, Device::Cpu));
-        let mut step = FixedStep::new(&masks, &positions, 5)?;
-        for past in 5..max_len {
-            let eager = masks.step(past)?;
-            let fixed = step.masks()?;
-            for (name, e, f) in [
-                ("full", &eager.full, &fixed.full),
-                ("sliding", &eager.sliding, &fixed.sliding),
-            ] {
-                let seen = f.narrow(3, 0, past + 1);
-                assert!(seen.equal(e), "{name} mask at index {past}");
-                let later = f.narrow(3, past + 1, max_len - past - 1);
-                let min = finfo_min(Kind::Float);
-                assert!(
-                    later.eq(min).all().int64_value(&[]) == 1,
-                    "{name} at {past}"
-                );
-            }
-            step.advance()?;
-        }
-        Ok(())
     }
 }

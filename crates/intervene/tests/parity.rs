@@ -587,7 +587,7 @@ fn resumed_intervened_run_equals_the_full_run() {
         if paired {
             assert!(diff < 1e-5, "{component}: paired run differs by {diff}");
             let clean = m
-                .forward(&base)
+                .forward(&base, gemma_model::Call::default(), &mut intervene::NoHooks)
                 .expect("clean")
                 .logits
                 .expect("clean logits");

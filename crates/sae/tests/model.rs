@@ -124,7 +124,11 @@ fn pyvene_collect_sae_f32() {
         );
         // The model is not changed by a collect.
         let clean = m
-            .forward(&Batch::new(ids.shallow_clone()))
+            .forward(
+                &Batch::new(ids.shallow_clone()),
+                gemma_model::Call::default(),
+                &mut intervene::NoHooks,
+            )
             .unwrap()
             .logits
             .unwrap();

@@ -1,6 +1,7 @@
 //! Forward parity with HF transformers 5.17 eager (fixtures/expected/*/forward.safetensors).
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, Call, Gemma2Model};
+use intervene::HookedModel;
 use intervene::{ForwardOptions, SiteKind};
 use tch::{Kind, Tensor};
 
@@ -16,7 +17,7 @@ fn residuals(model: &Gemma2Model, batch: &Batch) -> (Tensor, Vec<Tensor>) {
         ..Recorder::default()
     };
     let out = model
-        .forward_with(batch, &ForwardOptions::default(), &mut rec)
+        .forward_hooked(batch, &ForwardOptions::default(), &mut rec)
         .expect("forward");
     let resid = rec.seen.into_iter().map(|(_, t)| t).collect();
     (out.logits.expect("logits"), resid)
@@ -65,7 +66,7 @@ fn check_batch(
     let batch = fixture_batch(exp, "batch")
         .with_position_ids(exp["batch_gen_pos.position_ids"].shallow_clone());
     let logits = model
-        .forward(&batch)
+        .forward(&batch, Call::default(), &mut intervene::NoHooks)
         .expect("forward")
         .logits
         .expect("logits");
@@ -166,7 +167,7 @@ fn stop_after_layer_returns_no_logits() {
     let exp = expected_forward("tiny-f32");
     let batch = Batch::new(exp["p0.input_ids"].shallow_clone());
     let out = model
-        .forward_with(
+        .forward_hooked(
             &batch,
             &ForwardOptions {
                 stop_after_layer: Some(1),
@@ -177,7 +178,7 @@ fn stop_after_layer_returns_no_logits() {
         .expect("forward");
     assert!(out.logits.is_none());
     assert!(max_abs_diff(&out.hidden, &exp["p0.resid.1"]) < F32_TOL);
-    let err = model.forward_with(
+    let err = model.forward_hooked(
         &batch,
         &ForwardOptions {
             stop_after_layer: Some(4),
@@ -210,7 +211,7 @@ fn last_position_logits_match_hf_last_row() {
         for p in ["p0", "p1", "p2", "p3"] {
             let batch = Batch::new(exp[&format!("{p}.input_ids")].shallow_clone());
             let out = model
-                .forward_with(&batch, &options, &mut intervene::NoHooks)
+                .forward_hooked(&batch, &options, &mut intervene::NoHooks)
                 .expect("forward");
             assert_eq!(
                 out.hidden.size()[1],
@@ -229,7 +230,7 @@ fn last_position_logits_match_hf_last_row() {
         };
         let batch = Batch::new(exp["p0.input_ids"].shallow_clone());
         let out = model
-            .forward_with(&batch, &options, &mut rec)
+            .forward_hooked(&batch, &options, &mut rec)
             .expect("forward");
         let t = batch.input_ids.size()[1];
         assert_eq!(out.hidden.size()[1], t, "hooked final layer runs in full");

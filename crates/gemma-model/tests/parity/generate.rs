@@ -1,7 +1,8 @@
 //! Generation parity (greedy token ids, incl. a left-padded batch and prompts longer than the
 //! sliding window) and KV-cache consistency.
 
-use gemma_model::{Batch, DecodeMode, GenerationConfig, Sampling};
+use gemma_model::{Batch, Call, DecodeMode, GenerationConfig, Sampling};
+use intervene::HookedModel;
 use intervene::{NoHooks, SiteKind};
 use tch::Kind;
 
@@ -130,7 +131,7 @@ fn fixed_shape_steps_track_the_full_forward_like_eager_steps() {
         ..Recorder::default()
     };
     model
-        .forward_with(&full_batch, &Default::default(), &mut full)
+        .forward_hooked(&full_batch, &Default::default(), &mut full)
         .expect("full forward");
     let layers = full.seen.len();
     // Decode step k (from 1) feeds sequence index t + k - 1.
@@ -349,7 +350,11 @@ fn incremental_vs_full(dtype: Kind) -> f64 {
     let exp = expected_forward("tiny-f32");
     let ids = exp["p3.input_ids"].shallow_clone();
     let full = model
-        .forward(&Batch::new(ids.shallow_clone()))
+        .forward(
+            &Batch::new(ids.shallow_clone()),
+            Call::default(),
+            &mut NoHooks,
+        )
         .expect("forward")
         .logits
         .expect("logits");
@@ -361,7 +366,7 @@ fn incremental_vs_full(dtype: Kind) -> f64 {
         let len = if start == 0 { 3 } else { 1 };
         let chunk = Batch::new(ids.narrow(1, start, len));
         let out = model
-            .forward_cached(&chunk, &mut cache, &mut NoHooks)
+            .forward(&chunk, Call::cached(&mut cache), &mut NoHooks)
             .expect("step");
         pieces.push(out.logits.expect("logits"));
         start += len;
@@ -391,7 +396,7 @@ fn incremental_decode_equals_full_forward() {
     let exp = expected_forward("tiny-f32");
     let batch = Batch::new(exp["p3.input_ids"].shallow_clone());
     let wrong = off_by_one
-        .forward(&batch)
+        .forward(&batch, Call::default(), &mut NoHooks)
         .expect("forward")
         .logits
         .expect("logits");

@@ -171,9 +171,11 @@ fn devices_and_dtypes_parse_or_fail_cleanly() {
 fn assert_gives_sharded_fixture_logits(model: &Gemma2Model) {
     let exp = expected_forward("tiny-bf16-sharded");
     let logits = model
-        .forward(&gemma_model::Batch::new(
-            exp["p0.input_ids"].shallow_clone(),
-        ))
+        .forward(
+            &gemma_model::Batch::new(exp["p0.input_ids"].shallow_clone()),
+            gemma_model::Call::default(),
+            &mut intervene::NoHooks,
+        )
         .expect("fwd")
         .logits
         .expect("logits");

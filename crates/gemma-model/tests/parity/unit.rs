@@ -1,7 +1,27 @@
 //! Unit tests of config parsing and the numeric building blocks.
 
 use gemma_model::config::{Activation, Gemma2Config, LayerType};
-use gemma_model::model::{additive_mask, finfo_min};
+use gemma_model::mask::{finfo_min, Masks};
+use intervene::HookedModel;
+
+/// The chunk mask the model builds for `t` queries after `past` cached positions (the
+/// sliding one when a window is given).
+fn additive_mask(
+    key_mask: Option<&Tensor>,
+    _rows: i64,
+    t: i64,
+    past: i64,
+    window: Option<i64>,
+    dtype: Kind,
+    device: Device,
+) -> gemma_model::Result<Tensor> {
+    let masks = Masks::of_chunk(past, t, key_mask, window, dtype, device)?;
+    Ok(if window.is_some() {
+        masks.sliding
+    } else {
+        masks.full
+    })
+}
 use gemma_model::norm::RmsNorm;
 use gemma_model::rope::{apply_rotary, rotate_half, swap_halves, Rope};
 use intervene::{HookPoint, Site, SiteKind};
@@ -370,7 +390,7 @@ fn hooks_visit_in_execution_order_and_can_replace() {
         last_position_logits: false,
     };
     model
-        .forward_with(&batch, &opts, &mut hooks)
+        .forward_hooked(&batch, &opts, &mut hooks)
         .expect("forward");
     let kinds: Vec<SiteKind> = hooks.0.iter().map(|s| s.kind).collect();
     assert_eq!(
@@ -403,7 +423,7 @@ fn hooks_visit_in_execution_order_and_can_replace() {
     }
     let mut both = Both(ZeroMlp(Vec::new()), &mut rec);
     model
-        .forward_with(&batch, &opts, &mut both)
+        .forward_hooked(&batch, &opts, &mut both)
         .expect("forward");
     let seen = |k: SiteKind| {
         rec.seen
@@ -454,18 +474,19 @@ fn resumed_forward_is_the_full_forward() {
     let hooked = Site::new(1, SiteKind::BlockOutput);
     let mut full_hooks = Nudge(hooked, Vec::new());
     let full = model
-        .forward_with(&batch, &opts, &mut full_hooks)
+        .forward_hooked(&batch, &opts, &mut full_hooks)
         .expect("full");
     for start in [1usize, 2] {
         let mut record = Record(Site::new(start, SiteKind::BlockInput), None);
         model
-            .forward_with(&batch, &opts, &mut record)
+            .forward_hooked(&batch, &opts, &mut record)
             .expect("clean");
         let hidden = record.1.expect("recorded");
         let mut hooks = Nudge(hooked, Vec::new());
         let resumed = model
-            .forward_from(&batch, start, &hidden, &opts, &mut hooks)
-            .expect("resumed");
+            .forward_hooked_from(&batch, start, &hidden, &opts, &mut hooks)
+            .expect("resumed")
+            .expect("an output");
         assert_eq!(hooks.1, vec![hooked], "start {start}: the hook ran once");
         let (a, b) = (
             full.logits.as_ref().expect("logits"),
@@ -486,7 +507,7 @@ fn resumed_forward_is_the_full_forward() {
         };
         let mut record = Record(Site::new(2, SiteKind::BlockInput), None);
         model
-            .forward_with(batch, &opts, &mut record)
+            .forward_hooked(batch, &opts, &mut record)
             .expect("clean");
         let hidden = record.1.expect("recorded");
         let mut hooks = Nudge(hooked, Vec::new());
@@ -494,16 +515,19 @@ fn resumed_forward_is_the_full_forward() {
             hooked: with,
             plain: without,
         } = model
-            .forward_from_paired(batch, 2, &hidden, &opts, &mut hooks)
-            .expect("paired");
+            .forward_hooked_from_paired(batch, 2, &hidden, &opts, &mut hooks)
+            .expect("paired")
+            .expect("an output");
         assert_eq!(hooks.1, vec![hooked], "the hook ran once");
         let mut alone = Nudge(hooked, Vec::new());
         let want_with = model
-            .forward_from(batch, 2, &hidden, &opts, &mut alone)
-            .expect("hooked alone");
+            .forward_hooked_from(batch, 2, &hidden, &opts, &mut alone)
+            .expect("hooked alone")
+            .expect("an output");
         let want_without = model
-            .forward_from(batch, 2, &hidden, &opts, &mut intervene::NoHooks)
-            .expect("clean alone");
+            .forward_hooked_from(batch, 2, &hidden, &opts, &mut intervene::NoHooks)
+            .expect("clean alone")
+            .expect("an output");
         for (got, want) in [(&with, &want_with), (&without, &want_without)] {
             let (got, want) = (
                 got.logits.as_ref().expect("logits"),
@@ -522,7 +546,7 @@ fn resumed_forward_is_the_full_forward() {
     // Hooks the paired call would skip are an error, as is resuming before layer 1.
     let mut later = Nudge(Site::new(3, SiteKind::MlpOutput), Vec::new());
     let record_hidden = model
-        .forward_with(
+        .forward_hooked(
             &batch,
             &intervene::ForwardOptions {
                 stop_after_layer: Some(1),
@@ -532,13 +556,13 @@ fn resumed_forward_is_the_full_forward() {
         )
         .expect("prefix")
         .hidden;
-    let err = model.forward_from_paired(&batch, 2, &record_hidden, &opts, &mut later);
+    let err = model.forward_hooked_from_paired(&batch, 2, &record_hidden, &opts, &mut later);
     assert!(
         matches!(&err, Err(gemma_model::Error::Input(m)) if m.contains("mlp_output at layer 3")),
         "{err:?}"
     );
     assert!(model
-        .forward_from_paired(&batch, 0, &record_hidden, &opts, &mut intervene::NoHooks)
+        .forward_hooked_from_paired(&batch, 0, &record_hidden, &opts, &mut intervene::NoHooks)
         .is_err());
 }
 
@@ -570,13 +594,13 @@ fn stacked_batches_compute_as_their_own_calls() {
     for (g, group) in groups.iter().enumerate() {
         let (stacked, parts) = Batch::stacked_end_padded(group, 0).expect("stacked");
         let together = model
-            .forward_with(&stacked, &opts, &mut intervene::NoHooks)
+            .forward_hooked(&stacked, &opts, &mut intervene::NoHooks)
             .expect("stacked forward");
         let together = together.logits.expect("logits");
         assert_eq!(parts.len(), group.len());
         for (batch, part) in group.iter().zip(&parts) {
             let alone = model
-                .forward_with(batch, &opts, &mut intervene::NoHooks)
+                .forward_hooked(batch, &opts, &mut intervene::NoHooks)
                 .expect("own forward")
                 .logits
                 .expect("logits");
@@ -621,10 +645,10 @@ fn hooking_queries_and_keys_changes_nothing_by_itself() {
         let decode = |hooks: &mut dyn intervene::Hooks| {
             let mut cache = model.new_cache(1, 8).expect("cache");
             model
-                .forward_cached(&prompt, &mut cache, hooks)
+                .forward(&prompt, gemma_model::Call::cached(&mut cache), hooks)
                 .expect("prompt");
             model
-                .forward_cached(&step, &mut cache, hooks)
+                .forward(&step, gemma_model::Call::cached(&mut cache), hooks)
                 .expect("step")
                 .logits
                 .expect("logits")

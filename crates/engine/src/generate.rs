@@ -3,14 +3,16 @@
 //! argmax or sampling with HF's warper order (temperature, top-k, top-p), finished rows emit the
 //! pad id, and the loop stops when every row has produced an eos id.
 
-use intervene::{Hooks, NoHooks};
+use intervene::{ForwardOptions, Hooks};
 use tch::{Device, Kind, Tensor};
 
+use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::cuda::{self, CudaGraph};
 use crate::error::{Error, Result};
 use crate::fused::{self, FusedDecoder};
-use crate::model::{Batch, DecodeMasks, FixedStep, Gemma2Model};
+use crate::mask::{DecodeMasks, Masks};
+use crate::model::{Call, DecoderModel, ModelOutput};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -151,144 +153,144 @@ pub struct Step<'a> {
     pub active: &'a [bool],
 }
 
-impl Gemma2Model {
-    /// Generates from `batch` (left-padded rows with an attention mask, or unpadded rows).
-    pub fn generate(&self, batch: &Batch, config: &GenerationConfig) -> Result<Generated> {
-        self.generate_with(batch, config, &mut NoHooks, &mut |_| true)
-    }
+/// Generates from `batch` (left-padded rows with an attention mask, or unpadded rows) with
+/// `model`, visiting `hooks` at every forward call and calling `on_step` after each token;
+/// `on_step` returning false stops early.
+pub fn generate(
+    model: &dyn DecoderModel,
+    batch: &Batch,
+    config: &GenerationConfig,
+    hooks: &mut dyn Hooks,
+    on_step: &mut dyn FnMut(&Step<'_>) -> bool,
+) -> Result<Generated> {
+    let _guard = tch::no_grad_guard();
+    let spec = model.spec();
+    let (b, t) = batch.shape()?;
+    let eos = config
+        .eos_token_ids
+        .clone()
+        .unwrap_or_else(|| spec.eos_token_ids.clone());
+    let pad = config.pad_token_id.unwrap_or(spec.pad_token_id);
+    let mut sampler = Sampler::new(config.sampling)?;
+    let device = spec.device;
+    let input_ids = batch.input_ids.f_to_device(device)?;
+    let mask = match &batch.attention_mask {
+        Some(m) => m.f_to_device(device)?.f_to_kind(Kind::Int64)?,
+        None => Tensor::f_ones([b, t], (Kind::Int64, device))?,
+    };
+    let positions = match &batch.position_ids {
+        Some(p) => p.f_to_device(device)?,
+        None => generation_positions(&mask)?,
+    };
+    let max_len = t + config.max_new_tokens as i64;
+    let mut cache = KvCache::new(&spec, b, max_len)?;
+    let decode_masks = DecodeMasks::new(&mask, max_len, spec.window, spec.dtype)?;
+    let mut pieces = vec![input_ids.shallow_clone()];
+    let mut new_tokens = vec![Vec::new(); b as usize];
+    let mut active = vec![true; b as usize];
+    let mut decoder = Decoder::new(
+        model,
+        decode_mode(model, config, &*hooks)?,
+        &decode_masks,
+        positions.f_narrow(1, t - 1, 1)?,
+        t,
+    )?;
+    let prompt = Batch {
+        input_ids,
+        attention_mask: Some(mask),
+        position_ids: Some(positions),
+    };
+    let mut logits = decoder.prompt(model, &prompt, &mut cache, hooks)?;
+    let context = StepContext {
+        model,
+        masks: &decode_masks,
+        fall_back: config.decode == DecodeMode::Auto,
+    };
 
-    /// Generation visiting `hooks` at every forward call, calling `on_step` after each token;
-    /// `on_step` returning false stops early.
-    pub fn generate_with(
-        &self,
-        batch: &Batch,
-        config: &GenerationConfig,
-        hooks: &mut dyn Hooks,
-        on_step: &mut dyn FnMut(&Step<'_>) -> bool,
-    ) -> Result<Generated> {
-        let _guard = tch::no_grad_guard();
-        let (b, t) = batch.shape()?;
-        let eos = config
-            .eos_token_ids
-            .clone()
-            .unwrap_or_else(|| self.config.eos_token_ids.clone());
-        let pad = config.pad_token_id.unwrap_or(self.config.pad_token_id);
-        let mut sampler = Sampler::new(config.sampling)?;
-        let device = self.device;
-        let input_ids = batch.input_ids.f_to_device(device)?;
-        let mask = match &batch.attention_mask {
-            Some(m) => m.f_to_device(device)?.f_to_kind(Kind::Int64)?,
-            None => Tensor::f_ones([b, t], (Kind::Int64, device))?,
-        };
-        let positions = match &batch.position_ids {
-            Some(p) => p.f_to_device(device)?,
-            None => generation_positions(&mask)?,
-        };
-        let max_len = t + config.max_new_tokens as i64;
-        let mut cache = self.new_cache(b, max_len)?;
-        let decode_masks = self.decode_masks(&mask, max_len)?;
-        let mut pieces = vec![input_ids.shallow_clone()];
-        let mut new_tokens = vec![Vec::new(); b as usize];
-        let mut active = vec![true; b as usize];
-        let mut decoder = Decoder::new(
-            self,
-            self.decode_mode(config, &*hooks)?,
-            &decode_masks,
-            positions.f_narrow(1, t - 1, 1)?,
-            t,
-        )?;
-        let prompt = Batch {
-            input_ids,
-            attention_mask: Some(mask),
-            position_ids: Some(positions),
-        };
-        let mut logits = decoder.prompt(self, &prompt, &mut cache, &decode_masks, hooks)?;
-        let context = StepContext {
-            model: self,
-            masks: &decode_masks,
-            fall_back: config.decode == DecodeMode::Auto,
-        };
-
-        for index in 0..config.max_new_tokens {
-            // HF copies the last position's logits to f32 before any processing.
-            let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
-            let next = sampler.next(&scores)?;
-            let next = pad_finished(next, &active, pad)?;
-            // The one host sync per step: stopping needs the tokens.
-            let tokens: Vec<i64> = Vec::<i64>::try_from(&next.f_to_device(tch::Device::Cpu)?)?;
-            let was_active = active.clone();
-            for (row, &tok) in tokens.iter().enumerate() {
-                if was_active[row] {
-                    new_tokens[row].push(tok);
-                    if eos.contains(&tok) {
-                        active[row] = false;
-                    }
+    for index in 0..config.max_new_tokens {
+        // HF copies the last position's logits to f32 before any processing.
+        let scores = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
+        let next = sampler.next(&scores)?;
+        let next = pad_finished(next, &active, pad)?;
+        // The one host sync per step: stopping needs the tokens.
+        let tokens: Vec<i64> = Vec::<i64>::try_from(&next.f_to_device(tch::Device::Cpu)?)?;
+        let was_active = active.clone();
+        for (row, &tok) in tokens.iter().enumerate() {
+            if was_active[row] {
+                new_tokens[row].push(tok);
+                if eos.contains(&tok) {
+                    active[row] = false;
                 }
             }
-            pieces.push(next.f_unsqueeze(1)?);
-            let keep_going = on_step(&Step {
-                index,
-                tokens: &tokens,
-                active: &was_active,
-            });
-            if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
-                break;
-            }
-            logits = decoder.step(&context, &next.f_unsqueeze(1)?, &mut cache, hooks)?;
         }
-        Ok(Generated {
-            sequences: Tensor::f_cat(&pieces, 1)?,
-            new_tokens,
-            decode: decoder.mode(),
-            graph_fallback: decoder.fallback(),
-        })
+        pieces.push(next.f_unsqueeze(1)?);
+        let keep_going = on_step(&Step {
+            index,
+            tokens: &tokens,
+            active: &was_active,
+        });
+        if !keep_going || active.iter().all(|a| !a) || index + 1 == config.max_new_tokens {
+            break;
+        }
+        logits = decoder.step(&context, &next.f_unsqueeze(1)?, &mut cache, hooks)?;
     }
+    Ok(Generated {
+        sequences: Tensor::f_cat(&pieces, 1)?,
+        new_tokens,
+        decode: decoder.mode(),
+        graph_fallback: decoder.fallback(),
+    })
+}
 
-    /// The mode `config` asks for, with [`DecodeMode::Auto`] resolved. (An explicit
-    /// [`DecodeMode::Fused`] the model cannot run fails when its decoder is built.)
-    fn decode_mode(&self, config: &GenerationConfig, hooks: &dyn Hooks) -> Result<DecodeMode> {
-        let on_gpu = matches!(self.device, Device::Cuda(_));
-        match config.decode {
-            DecodeMode::Auto => Ok(
-                // Recording costs about two steps: not worth it for a handful of tokens.
-                if on_gpu
-                    && config.max_new_tokens > 4
-                    && hooks.decode_steps_replayable()
-                    && cuda::graphs_available()
-                {
-                    DecodeMode::CudaGraph
-                } else if !on_gpu && fused::preferred(self) {
-                    DecodeMode::Fused
-                } else {
-                    DecodeMode::Eager
-                },
-            ),
-            DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
-                "CUDA graphs need the model on a GPU; it is on the {}",
-                match self.device {
-                    Device::Cpu => "CPU".to_string(),
-                    other => format!("{other:?} device"),
-                }
-            ))),
-            DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::Cuda(
-                "the hooks of this generation cannot be replayed (a collect, or an \
+/// The mode `config` asks for, with [`DecodeMode::Auto`] resolved. (An explicit
+/// [`DecodeMode::Fused`] the model cannot run fails when its decoder is built.)
+fn decode_mode(
+    model: &dyn DecoderModel,
+    config: &GenerationConfig,
+    hooks: &dyn Hooks,
+) -> Result<DecodeMode> {
+    let device = model.spec().device;
+    let on_gpu = matches!(device, Device::Cuda(_));
+    match config.decode {
+        DecodeMode::Auto => Ok(
+            // Recording costs about two steps: not worth it for a handful of tokens.
+            if on_gpu
+                && config.max_new_tokens > 4
+                && hooks.decode_steps_replayable()
+                && cuda::graphs_available()
+            {
+                DecodeMode::CudaGraph
+            } else if !on_gpu && fused::preferred(model) {
+                DecodeMode::Fused
+            } else {
+                DecodeMode::Eager
+            },
+        ),
+        DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
+            "CUDA graphs need the model on a GPU; it is on the {}",
+            match device {
+                Device::Cpu => "CPU".to_string(),
+                other => format!("{other:?} device"),
+            }
+        ))),
+        DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::Cuda(
+            "the hooks of this generation cannot be replayed (a collect, or an \
                      intervention that does not declare itself replayable): use eager decoding"
-                    .into(),
-            )),
-            other => Ok(other),
-        }
+                .into(),
+        )),
+        other => Ok(other),
     }
 }
 
 /// The logits of a forward call that must have them.
-fn logits_of(out: crate::model::ModelOutput) -> Result<Tensor> {
+fn logits_of(out: ModelOutput) -> Result<Tensor> {
     out.logits
         .ok_or_else(|| Error::Input("forward returned no logits".into()))
 }
 
 /// What every decode step reads.
 struct StepContext<'a> {
-    model: &'a Gemma2Model,
+    model: &'a dyn DecoderModel,
     masks: &'a DecodeMasks,
     /// Whether a failed recording may fall back to unrecorded fixed-shape steps.
     fall_back: bool,
@@ -324,7 +326,7 @@ impl<'m> Decoder<'m> {
     /// The decoder of `model` for `mode` after a prompt whose last position ids are
     /// `last_pos` (`[B, 1]`) and whose `prompt_len` positions fill the cache.
     fn new(
-        model: &'m Gemma2Model,
+        model: &'m dyn DecoderModel,
         mode: DecodeMode,
         masks: &DecodeMasks,
         last_pos: Tensor,
@@ -352,10 +354,9 @@ impl<'m> Decoder<'m> {
     /// through libtorch.
     fn prompt(
         &mut self,
-        model: &Gemma2Model,
+        model: &dyn DecoderModel,
         prompt: &Batch,
         cache: &mut KvCache,
-        masks: &DecodeMasks,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         if let Decoder::Fused(fused) = self {
@@ -363,7 +364,11 @@ impl<'m> Decoder<'m> {
                 return fused.prompt(prompt, cache, hooks);
             }
         }
-        logits_of(model.forward_step(prompt, cache, masks, hooks)?)
+        let call = Call {
+            options: last_position(),
+            ..Call::cached(cache)
+        };
+        logits_of(model.run(prompt, call, hooks)?)
     }
 
     /// Why recording failed, if it did.
@@ -403,7 +408,12 @@ impl<'m> Decoder<'m> {
                     attention_mask: None,
                     position_ids: Some(last_pos.shallow_clone()),
                 };
-                logits_of(ctx.model.forward_step(&input, cache, ctx.masks, hooks)?)
+                let call = Call {
+                    options: last_position(),
+                    masks: Some(ctx.masks.step(cache.len())?),
+                    ..Call::cached(cache)
+                };
+                logits_of(ctx.model.run(&input, call, hooks)?)
             }
             Decoder::Fused(fused) => {
                 fused.step(&fused::host::<i64>(next)?, cache, ctx.masks, hooks)
@@ -415,7 +425,7 @@ impl<'m> Decoder<'m> {
             } => {
                 step.feed(next)?;
                 let logits = match graph {
-                    Recording::Off => logits_of(ctx.model.forward_fixed_step(step, cache, hooks)?)?,
+                    Recording::Off => logits_of(step.run(ctx.model, cache, hooks)?)?,
                     Recording::Recorded { graph, logits } => {
                         graph.replay()?;
                         logits.shallow_clone()
@@ -445,7 +455,7 @@ impl<'m> Decoder<'m> {
 /// outside the capture), then records the same step as a CUDA graph without running it. The
 /// step's logits, and the recording or why it failed; an error only when the step itself fails.
 fn run_and_record(
-    model: &Gemma2Model,
+    model: &dyn DecoderModel,
     step: &FixedStep,
     cache: &mut KvCache,
     hooks: &mut dyn Hooks,
@@ -453,13 +463,13 @@ fn run_and_record(
     let mut graph = match CudaGraph::new().and_then(|mut g| g.enter().map(|()| g)) {
         Ok(graph) => graph,
         Err(why) => {
-            let logits = logits_of(model.forward_fixed_step(step, cache, hooks)?)?;
+            let logits = logits_of(step.run(model, cache, hooks)?)?;
             return Ok((logits, Err(why)));
         }
     };
-    let ran = logits_of(model.forward_fixed_step(step, cache, hooks)?);
+    let ran = logits_of(step.run(model, cache, hooks)?);
     let recorded = match &ran {
-        Ok(_) => graph.capture(|| logits_of(model.forward_fixed_step(step, cache, hooks)?)),
+        Ok(_) => graph.capture(|| logits_of(step.run(model, cache, hooks)?)),
         Err(_) => Err(Error::Cuda("the step to record failed".into())),
     };
     graph.exit()?;
@@ -468,6 +478,135 @@ fn run_and_record(
         logits,
         recorded.map(|logits| Recording::Recorded { logits, graph }),
     ))
+}
+
+/// Options of a call that wants only the last position's logits (transformers'
+/// `logits_to_keep=1`).
+fn last_position() -> ForwardOptions {
+    ForwardOptions {
+        last_position_logits: true,
+        ..ForwardOptions::default()
+    }
+}
+
+/// The device-side state of fixed-shape decode steps. Every tensor keeps its storage for
+/// the whole generation: a recorded step reads them in place, and [`FixedStep::advance`]
+/// updates them in place.
+pub(crate) struct FixedStep {
+    /// `[B, 1]` int64: the tokens to feed.
+    input_ids: Tensor,
+    /// `[B, 1]` int64: their position ids.
+    positions: Tensor,
+    /// `[1]` int64: the cache index they are written at.
+    cursor: Tensor,
+    /// `[B, max_len]` bool: real tokens.
+    key_real: Tensor,
+    window: Option<i64>,
+    dtype: Kind,
+}
+
+impl FixedStep {
+    /// The state for the first step after `masks`' prompt: its tokens (fed later, see
+    /// [`FixedStep::feed`]) at `positions` (`[B, 1]`), written at index `cursor`.
+    pub(crate) fn new(masks: &DecodeMasks, positions: &Tensor, cursor: i64) -> Result<Self> {
+        let device = masks.key_real.device();
+        let rows = masks.key_real.size().first().copied().unwrap_or(0);
+        Ok(FixedStep {
+            input_ids: Tensor::f_zeros([rows, 1], (Kind::Int64, device))?,
+            positions: positions.f_to_device(device)?.f_detach_copy()?,
+            cursor: Tensor::f_full([1], cursor, (Kind::Int64, device))?,
+            key_real: masks.key_real.shallow_clone(),
+            window: masks.window,
+            dtype: masks.dtype,
+        })
+    }
+
+    /// The masks of the query at index `cursor` over every key index of the buffer (later
+    /// ones hidden): computed on the device from the cursor, so a replay sees the new index.
+    pub(crate) fn masks(&self) -> Result<Masks> {
+        let keys = self.key_real.size().last().copied().unwrap_or(0);
+        let queries = self.cursor.f_view([1, 1])?;
+        Masks::new(
+            &queries,
+            keys,
+            Some(&self.key_real),
+            self.window,
+            self.dtype,
+        )
+    }
+
+    /// One step of fixed shape: the tokens in `input_ids` at `positions`, keys and values
+    /// written at `cursor`, attention over the whole cache buffer; the last position's
+    /// logits (`[B, 1, vocab]`). Nothing on the host depends on the step, so it can be
+    /// recorded once and replayed; the caller advances the step and the cache after each
+    /// step that ran.
+    fn run(
+        &self,
+        model: &dyn DecoderModel,
+        cache: &mut KvCache,
+        hooks: &mut dyn Hooks,
+    ) -> Result<ModelOutput> {
+        let batch = Batch::new(self.input_ids.shallow_clone())
+            .with_position_ids(self.positions.shallow_clone());
+        let call = Call {
+            options: last_position(),
+            masks: Some(self.masks()?),
+            cursor: Some(&self.cursor),
+            ..Call::cached(cache)
+        };
+        model.run(&batch, call, hooks)
+    }
+
+    /// Sets the step's tokens, `next` (`[B, 1]`).
+    pub(crate) fn feed(&mut self, next: &Tensor) -> Result<()> {
+        self.input_ids.f_copy_(next)?;
+        Ok(())
+    }
+
+    /// Moves one position on, after a step ran.
+    pub(crate) fn advance(&mut self) -> Result<()> {
+        let _ = self.positions.f_add_scalar_(1)?;
+        let _ = self.cursor.f_add_scalar_(1)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::finfo_min;
+
+    /// The fixed-shape step's masks, over the whole buffer, are the per-step masks followed by
+    /// hidden keys, value for value: padded rows, inside and past the sliding window.
+    #[test]
+    fn fixed_step_masks_extend_the_per_step_masks() -> Result<()> {
+        let window = 6;
+        // Row 0 has two pads, row 1 none; 5 prompt positions, room for 3 * window more.
+        let prompt_mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 5]);
+        let max_len = 5 + 3 * window;
+        let masks = DecodeMasks::new(&prompt_mask, max_len, Some(window), Kind::Float)?;
+        let positions = Tensor::zeros([2, 1], (Kind::Int64, Device::Cpu));
+        let mut step = FixedStep::new(&masks, &positions, 5)?;
+        for past in 5..max_len {
+            let eager = masks.step(past)?;
+            let fixed = step.masks()?;
+            for (name, e, f) in [
+                ("full", &eager.full, &fixed.full),
+                ("sliding", &eager.sliding, &fixed.sliding),
+            ] {
+                let seen = f.narrow(3, 0, past + 1);
+                assert!(seen.equal(e), "{name} mask at index {past}");
+                let later = f.narrow(3, past + 1, max_len - past - 1);
+                let min = finfo_min(Kind::Float);
+                assert!(
+                    later.eq(min).all().int64_value(&[]) == 1,
+                    "{name} at {past}"
+                );
+            }
+            step.advance()?;
+        }
+        Ok(())
+    }
 }
 
 /// `next` with the pad id in the rows no longer `active` (HF's

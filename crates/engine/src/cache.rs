@@ -7,8 +7,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::Gemma2Config;
 use crate::error::{Error, Result};
+use crate::model::ModelSpec;
 
 /// The cached rotated keys and raw values of every layer, plus the 2-D key mask seen so far.
 #[derive(Debug)]
@@ -21,18 +21,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` rows and up to `max_len` positions.
-    pub fn new(
-        config: &Gemma2Config,
-        batch: i64,
-        max_len: i64,
-        dtype: Kind,
-        device: Device,
-    ) -> Result<Self> {
-        let shape = [batch, config.num_key_value_heads, max_len, config.head_dim];
-        let mut keys = Vec::with_capacity(config.num_hidden_layers);
-        let mut values = Vec::with_capacity(config.num_hidden_layers);
-        for _ in 0..config.num_hidden_layers {
+    /// An empty cache of a model with `spec` for `batch` rows and up to `max_len` positions,
+    /// in the model's dtype on its device.
+    pub fn new(spec: &ModelSpec, batch: i64, max_len: i64) -> Result<Self> {
+        let shape = [batch, spec.kv_heads, max_len, spec.head_dim];
+        let (dtype, device): (Kind, Device) = (spec.dtype, spec.device);
+        let mut keys = Vec::with_capacity(spec.num_layers);
+        let mut values = Vec::with_capacity(spec.num_layers);
+        for _ in 0..spec.num_layers {
             keys.push(Tensor::f_zeros(shape, (dtype, device))?);
             values.push(Tensor::f_zeros(shape, (dtype, device))?);
         }
@@ -66,7 +62,7 @@ impl KvCache {
     }
 
     /// Checks that `chunk` more positions of `batch` rows fit.
-    pub(crate) fn check_fits(&self, batch: i64, chunk: i64) -> Result<()> {
+    pub fn check_fits(&self, batch: i64, chunk: i64) -> Result<()> {
         if batch != self.batch {
             return Err(Error::Input(format!(
                 "batch of {batch} rows for a cache built for {}",
@@ -84,12 +80,7 @@ impl KvCache {
 
     /// Writes `k`, `v` (`[B, kv, T, hd]`) of `layer` at the current offset and returns views of
     /// everything cached for that layer including them (`[B, kv, len + T, hd]`).
-    pub(crate) fn write(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn write(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let chunk = k.size()[2];
         let (Some(kc), Some(vc)) = (self.keys.get(layer), self.values.get(layer)) else {
             return Err(Error::Input(format!("cache has no layer {layer}")));
@@ -105,7 +96,7 @@ impl KvCache {
     /// (`[B, kv, max_len, hd]`): a step whose shapes and host-side arguments never change, so
     /// that it can be recorded once and replayed. Positions not yet written hold zeros, and the
     /// step's mask hides them.
-    pub(crate) fn write_at(
+    pub fn write_at(
         &mut self,
         layer: usize,
         k: &Tensor,
@@ -130,7 +121,7 @@ impl KvCache {
     }
 
     /// Marks `chunk` more positions as cached (after every layer has written them).
-    pub(crate) fn advance(&mut self, chunk: i64) {
+    pub fn advance(&mut self, chunk: i64) {
         self.len += chunk;
     }
 }

@@ -1,4 +1,4 @@
-//! Dynamically loaded libraries: libtorch's CUDA backend ([`crate::device`]), the CUDA-graph
+//! Dynamically loaded libraries: libtorch's CUDA backend ([`crate::cuda`]), the CUDA-graph
 //! shim ([`crate::cuda`]) and the OpenMP runtime libtorch loaded (the fused CPU kernels'
 //! threads).
 
@@ -10,7 +10,7 @@ use std::ffi::{c_void, CStr};
 /// # Safety
 /// `lib` must be a live handle from `dlopen` or a pseudo-handle, and `F` a function-pointer
 /// type matching the symbol's definition.
-pub(crate) unsafe fn symbol<F: Copy>(lib: *mut c_void, name: &CStr) -> Option<F> {
+pub unsafe fn symbol<F: Copy>(lib: *mut c_void, name: &CStr) -> Option<F> {
     // SAFETY: the caller passes a live handle; `name` is NUL-terminated.
     let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
     if f.is_null() || std::mem::size_of::<F>() != std::mem::size_of::<*mut c_void>() {
@@ -22,7 +22,7 @@ pub(crate) unsafe fn symbol<F: Copy>(lib: *mut c_void, name: &CStr) -> Option<F>
 }
 
 /// The last `dlopen`/`dlsym` error of this thread.
-pub(crate) fn error() -> String {
+pub fn error() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated thread-local string.
     unsafe {
         let err = libc::dlerror();

@@ -63,7 +63,7 @@ fn load() -> std::result::Result<Shim, String> {
             "this build found no CUDA headers (run `cargo xtask setup`, then rebuild)".into(),
         );
     }
-    crate::device::load_cuda_backend().map_err(|e| format!("libtorch_cuda.so: {e}"))?;
+    load_cuda_backend().map_err(|e| format!("libtorch_cuda.so: {e}"))?;
     if !tch::Cuda::is_available() {
         return Err("no CUDA device".into());
     }
@@ -300,4 +300,22 @@ fn reported(what: &str, rc: c_int, why: &[c_char]) -> Result<()> {
         "CUDA: could not {what}: {}",
         why.to_string_lossy()
     )))
+}
+
+/// Loads `libtorch_cuda.so` once, globally, so libtorch registers its CUDA backend.
+/// Returns the loader's message when the library is absent (a CPU-only libtorch).
+pub fn load_cuda_backend() -> std::result::Result<(), String> {
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    LOADED.get_or_init(dlopen_cuda).clone()
+}
+
+fn dlopen_cuda() -> std::result::Result<(), String> {
+    let name = c"libtorch_cuda.so";
+    // SAFETY: `name` is a valid NUL-terminated string; the handle is intentionally leaked so the
+    // library stays loaded for the life of the process (libtorch keeps pointers into it).
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if !handle.is_null() {
+        return Ok(());
+    }
+    Err(crate::dl::error())
 }
