@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::ModelSpec;
+use crate::spec::ModelSpec;
 
 /// The cached rotated keys and raw values of every layer, plus the 2-D key mask seen so far.
 #[derive(Debug)]

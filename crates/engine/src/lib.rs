@@ -72,6 +72,7 @@ mod hooks;
 pub mod mask;
 pub mod model;
 mod request;
+pub mod spec;
 
 pub use batch::Batch;
 pub use cache::KvCache;
@@ -79,5 +80,6 @@ pub use engine::{Engine, EngineMode, Limits};
 pub use error::{Error, Result};
 pub use generate::{generate, DecodeMode, Generated, GenerationConfig, Sampler, Sampling, Step};
 pub use mask::Masks;
-pub use model::{Call, DecoderModel, FusedLayer, FusedWeights, ModelOutput, ModelSpec};
+pub use model::{Call, DecoderModel, FusedLayer, FusedWeights, ModelOutput};
 pub use request::{Edit, FinishReason, Finished, Reading, Readout, Request};
+pub use spec::ModelSpec;

@@ -4,12 +4,13 @@
 //! and gets generation, the decode modes and the batching engine without copying them.
 
 use intervene::{ForwardOptions, Hooks, SiteCatalog};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::mask::Masks;
+use crate::spec::ModelSpec;
 
 /// What a forward call returns.
 #[derive(Debug)]
@@ -58,31 +59,6 @@ impl<'a> Call<'a> {
             ..Call::default()
         }
     }
-}
-
-/// The shapes and settings the engine allocates and decides by.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelSpec {
-    /// Decoder layers.
-    pub num_layers: usize,
-    /// Key/value heads.
-    pub kv_heads: i64,
-    /// Width of one head.
-    pub head_dim: i64,
-    /// Vocabulary size.
-    pub vocab_size: i64,
-    /// The sliding window of the layers that slide, if any.
-    pub window: Option<i64>,
-    /// Generation stops at these ids by default.
-    pub eos_token_ids: Vec<i64>,
-    /// Finished rows of a batch emit this id.
-    pub pad_token_id: i64,
-    /// Positions the model was trained for.
-    pub max_positions: i64,
-    /// Compute dtype.
-    pub dtype: Kind,
-    /// Where the weights live.
-    pub device: Device,
 }
 
 /// A decoder-only language model the engine can run.

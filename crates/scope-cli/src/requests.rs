@@ -220,7 +220,7 @@ fn print_failure(id: Option<&str>, line: usize, error: &anyhow::Error) -> Result
     print_line(&Failed {
         id,
         line,
-        error: crate::one_line(error),
+        error: crate::output::one_line(error),
     })
 }
 
