@@ -8,6 +8,8 @@
 //!   both fixtures (float32 batched, bfloat16 sequential).
 //! - Refusals name the request and the problem, and the other requests still run.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -188,7 +190,10 @@ fn requests_give_the_same_logits_alone_and_batched() {
 }
 
 /// The fixture's steering cases: (name, [(layer, latent, magnitude)]).
-fn steering_cases(case: &serde_json::Value, layer: usize) -> Vec<(String, Vec<(usize, i64, f64)>)> {
+/// One steering case: its name and its `(layer, latent, magnitude)` edits.
+type SteeringCase = (String, Vec<(usize, i64, f64)>);
+
+fn steering_cases(case: &serde_json::Value, layer: usize) -> Vec<SteeringCase> {
     let subspaces = &case["call"]["subspaces"];
     ["a", "b", "two"]
         .into_iter()

@@ -2,6 +2,8 @@
 //! prompts, and a prompt followed by one-token steps past the sliding window, next to what
 //! the eager path gives for the same calls.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -40,7 +42,9 @@ fn fused_call(
         tokens,
         len: tokens.len(),
     };
-    fused.forward_slots(&call, cache, &mut NoHooks).expect("fused call")
+    fused
+        .forward_slots(&call, cache, &mut NoHooks)
+        .expect("fused call")
 }
 
 /// The eager path's call over `batch` into `cache`: the last position's logits.
@@ -82,14 +86,19 @@ fn incremental_vs_hf() -> (f64, f64) {
     );
     let mut eager_cache = model.new_cache(1, t).expect("cache");
     let prompt = Batch::from_ids(&tokens[..prompt_len]);
-    let mut eager_err = worst(&eager_call(&model, &mut eager_cache, &prompt), prompt_len - 1);
-    for position in prompt_len..t as usize {
-        let token = tokens[position];
+    let mut eager_err = worst(
+        &eager_call(&model, &mut eager_cache, &prompt),
+        prompt_len - 1,
+    );
+    for (position, &token) in tokens.iter().enumerate().skip(prompt_len) {
         let logits = fused_call(&mut fused, &mut fused_cache, &[token], position);
         fused_err = fused_err.max(worst(&logits, position));
         let step = Batch::from_ids(&[token])
             .with_position_ids(Tensor::from_slice(&[position as i64]).view([1, 1]));
-        eager_err = eager_err.max(worst(&eager_call(&model, &mut eager_cache, &step), position));
+        eager_err = eager_err.max(worst(
+            &eager_call(&model, &mut eager_cache, &step),
+            position,
+        ));
     }
     (fused_err, eager_err)
 }
@@ -122,7 +131,11 @@ fn fused_prompts_are_as_accurate_as_hf_f32() {
         let mut fused = FusedDecoder::for_slots(&model).expect("fused");
         let got = fused_call(&mut fused, &mut cache, &tokens, 0);
         let truth = exact
-            .forward(&Batch::new(ids.shallow_clone()), Call::default(), &mut NoHooks)
+            .forward(
+                &Batch::new(ids.shallow_clone()),
+                Call::default(),
+                &mut NoHooks,
+            )
             .expect("f64 forward")
             .logits
             .expect("logits")
