@@ -112,6 +112,17 @@ struct Running {
 }
 
 impl Running {
+    /// `request` before its prompt runs.
+    fn new(request: Prepared) -> Self {
+        Running {
+            reads: request.readouts.iter().map(|_| Vec::new()).collect(),
+            request,
+            past: 0,
+            tokens: Vec::new(),
+            scores: Vec::new(),
+        }
+    }
+
     fn interventions(&self) -> RowInterventions<'_> {
         RowInterventions {
             edits: &self.request.edits,
@@ -349,13 +360,7 @@ impl<'m> Engine<'m> {
             let Some(request) = self.waiting.pop_front() else {
                 break;
             };
-            let mut running = Running {
-                reads: request.readouts.iter().map(|_| Vec::new()).collect(),
-                request,
-                past: 0,
-                tokens: Vec::new(),
-                scores: Vec::new(),
-            };
+            let mut running = Running::new(request);
             if running.request.max_new_tokens == 0 {
                 done.push(running.finish(FinishReason::Length));
                 continue;
@@ -415,13 +420,7 @@ impl<'m> Engine<'m> {
 
     /// `request` alone through the model's generation, as [`EngineMode::Sequential`] runs it.
     fn run_alone(&self, request: Prepared) -> Result<Finished> {
-        let mut running = Running {
-            reads: request.readouts.iter().map(|_| Vec::new()).collect(),
-            request,
-            past: 0,
-            tokens: Vec::new(),
-            scores: Vec::new(),
-        };
+        let mut running = Running::new(request);
         if running.request.max_new_tokens == 0 {
             return Ok(running.finish(FinishReason::Length));
         }
