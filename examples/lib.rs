@@ -29,7 +29,8 @@ pub fn sae_source() -> String {
     })
 }
 
-/// The model, its tokenizer and the SAE every example starts from, with the SAE's site.
+/// The model, its tokenizer and the SAE every example starts from (each example places the SAE
+/// at its site with `scope::SaeAt::new`).
 pub struct Setup {
     /// The model (f32 on CPU unless the checkpoint says otherwise).
     pub model: gemma_model::Gemma2Model,
@@ -37,8 +38,6 @@ pub struct Setup {
     pub tokenizer: gemma_model::GemmaTokenizer,
     /// The SAE, on the model's device.
     pub sae: sae::Sae,
-    /// Where the SAE reads and writes, as a graph component.
-    pub component: intervene::Component,
 }
 
 /// Load [`model_source`] and [`sae_source`].
@@ -51,14 +50,9 @@ pub fn setup() -> anyhow::Result<Setup> {
     let tokenizer =
         gemma_model::GemmaTokenizer::from_file(files.tokenizer.context("no tokenizer.json")?)?;
     let sae = sae::Sae::from_pretrained(&sae_source(), model.device())?;
-    let site = sae
-        .site()
-        .context("the SAE's name does not say its layer")?;
-    let component = intervene::Component::typed(site.kind.type_name(), site.layer);
     Ok(Setup {
         model,
         tokenizer,
         sae,
-        component,
     })
 }

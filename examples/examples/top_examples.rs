@@ -1,12 +1,10 @@
 //! Beyond the tutorial: where one SAE latent fires most over many texts (the examples a
-//! feature dashboard shows), batching the texts end-padded so that each text's activations are
-//! those of its own call.
+//! feature dashboard shows; here `scope::top_examples`), batching the texts end-padded so that
+//! each text's activations are those of its own call.
 //!
 //! `cargo run -p scope-examples --example top_examples`
 
-use anyhow::Result;
-use gemma_model::Batch;
-use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
+use anyhow::{Context, Result};
 
 const TEXTS: [&str; 4] = [
     "Would you be able to travel through time using a wormhole?",
@@ -20,41 +18,36 @@ fn main() -> Result<()> {
         model,
         tokenizer,
         sae,
-        component,
     } = scope_examples::setup()?;
+    let sae = scope::SaeAt::new(sae, None, &model)?;
     let latent = 183;
 
-    let graph = IntervenableModel::new(
-        &model,
-        vec![RepresentationConfig::new(
-            component,
-            sae::EncodeCollect::new(&sae),
-        )],
-    )?;
-    let options = CallOptions::new().collect_only_stop_early(true);
     let ids = TEXTS
         .iter()
         .map(|text| tokenizer.encode(text, true))
         .collect::<Result<Vec<_>, _>>()?;
-
-    let mut top = sae::TopExamples::new(&[latent], 3);
-    for chunk in ids.chunks(2) {
-        let rows: Vec<Batch> = chunk.iter().map(|row| Batch::from_ids(row)).collect();
-        let refs: Vec<&Batch> = rows.iter().collect();
-        let (batch, _) = Batch::stacked_end_padded(&refs, model.config().pad_token_id)?;
-        let out = graph.forward(&batch, Sources::None, &options)?;
-        let lens: Vec<i64> = chunk.iter().map(|row| row.len() as i64).collect();
-        // Skip position 0: `<bos>` is an outlier many latents fire on.
-        top.update(&out.collected[0], &lens, 1)?;
-    }
+    // The 3 strongest activations, 2 texts per forward call, skipping position 0: `<bos>` is an
+    // outlier many latents fire on.
+    let query = scope::TopQuery {
+        latents: &[latent],
+        k: 3,
+        batch: 2,
+        include_bos: false,
+    };
+    let mut calls = 0;
+    let top = scope::top_examples(&model, &sae, &ids, &query, &mut |_texts| calls += 1)?;
 
     println!(
-        "latent {latent} over {} texts ({} tokens):",
+        "latent {latent} over {} texts ({} tokens, {calls} forward calls):",
         top.texts(),
         top.tokens()
     );
     for e in top.examples(0) {
-        let token = tokenizer.decode(&[ids[e.text][e.position]], false)?;
+        let id = ids
+            .get(e.text)
+            .and_then(|text| text.get(e.position))
+            .context("an example outside the texts")?;
+        let token = tokenizer.decode(&[*id], false)?;
         println!(
             "  {:>8.3}  text {} position {:>2}  {token:?}",
             e.value, e.text, e.position
