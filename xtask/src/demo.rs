@@ -33,6 +33,7 @@ pub fn run() -> Result {
         "cargo build -p scope-cli",
     )?;
     let scope = root.join("target/release/scope");
+    write_requests(&root)?;
     let mut not_built = Vec::new();
     for step in steps(&model, &sae) {
         println!("\n=== {} ===", step.title);
@@ -130,7 +131,34 @@ fn steps(model: &Path, sae: &Path) -> Vec<Step> {
                 ("--prompt", THIRD),
             ],
         ),
+        step(
+            "8. many steered requests at once (a sweep of latent 51, one JSON line each as it finishes)",
+            "steer --model MODEL --sae SAE --requests target/demo-requests.jsonl --max-new-tokens 12 --max-batch 4",
+            &[],
+        ),
     ]
+}
+
+/// The requests of step 8: latent 51 at five magnitudes on the tutorial's prompt, one of them
+/// also reading the SAE's top latents at each new token, and a sampled unsteered request.
+fn write_requests(root: &Path) -> Result {
+    let mut lines: Vec<String> = [0, 4, 8, 16, 32]
+        .iter()
+        .map(|m| {
+            format!(
+                r#"{{"id": "m{m}", "prompt": "{PROMPT}", "steer": [{{"latent": 51, "magnitude": {m}}}]}}"#
+            )
+        })
+        .collect();
+    lines.push(format!(
+        r#"{{"id": "m8-latents", "prompt": "{PROMPT}", "steer": [{{"latent": 51, "magnitude": 8}}], "top_latents": 2, "max_new_tokens": 3}}"#
+    ));
+    lines.push(format!(
+        r#"{{"id": "sampled", "prompt": "{THIRD}", "sample": true, "temperature": 0.8, "seed": 7}}"#
+    ));
+    let path = root.join("target/demo-requests.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .map_err(|e| Failure::new(format!("could not write {}: {e}", path.display())))
 }
 
 /// The one SAE directory under `family` (`layer_*/width_*/average_l0_*`).
