@@ -23,6 +23,10 @@
 //! * [`Workbench::interchange`]: pyvene's JumpReLU interchange, source position 11 into base
 //!   position 14 on one latent, with the clean run, giving the logit difference at the last
 //!   position.
+//! * [`Workbench::steer_requests`] / [`run_steer_batch`]: the `steer_batch` workload (the
+//!   peer is `benches/peer_steer_batch.py`): [`steer_batch_jobs`] gives 64 greedy requests,
+//!   each steered by a latent and magnitude of its own, with prompts of 8–64 tokens and 8–96
+//!   new tokens, run through `scope-engine` all at once (continuous batching) or one at a time.
 
 use std::time::Instant;
 
@@ -30,9 +34,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use gemma_model::config::derived_layer_types;
 use gemma_model::{Batch, DecodeMode, Gemma2Config, Gemma2Model, Generated, GenerationConfig};
 use intervene::{
-    CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
+    CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Site, SiteKind,
+    Sources, Subspaces,
 };
 use sae::{EncodeCollect, JumpReluInterchange, Sae, SaeFamily, SaeFormat, SiteHint, Steer};
+use scope_engine::{Edit, Engine, Finished, Request};
 use tch::{Device, Kind, Tensor};
 
 /// The benchmark shapes (the peer's `--size`).
@@ -214,6 +220,103 @@ pub const PROMPT_LEN: i64 = 14;
 /// Base and source lengths of the interchange, and its (source, base) positions and latent.
 pub const INTERCHANGE: (i64, i64, i64, i64, i64) = (15, 12, 11, 14, 7);
 
+/// Requests in the `steer_batch` workload.
+pub const STEER_BATCH_REQUESTS: usize = 64;
+
+/// One request of the `steer_batch` workload (see [`steer_batch_jobs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SteerJob {
+    /// The SAE latent it steers with.
+    pub latent: i64,
+    /// How far: the vector added is `magnitude * W_dec[latent]`.
+    pub magnitude: f64,
+    /// Its prompt, `<bos>` (id 2) first.
+    pub prompt: Vec<i64>,
+    /// Exactly this many new tokens (eos never ends it).
+    pub new_tokens: usize,
+}
+
+/// The `steer_batch` workload: `n` requests (64 in the race) over an SAE of `d_sae` latents
+/// and a vocabulary of `vocab` ids. Request `i` (from 0) has
+///
+/// * latent `(61 i) mod d_sae` and magnitude `2 + (i mod 7)` (2..=8),
+/// * a prompt of `8 + (37 i) mod 57` tokens (8..=64): id 2 (`<bos>`), then for `j = 1..`
+///   the id `3 + (1009 i + 7919 j) mod (vocab - 3)` (never 0, 1 or 2),
+/// * `8 + (53 i) mod 89` new tokens (8..=96).
+///
+/// `benches/peer_steer_batch.py` computes the same formula; change both together.
+pub fn steer_batch_jobs(n: usize, d_sae: i64, vocab: i64) -> Vec<SteerJob> {
+    (0..n as i64)
+        .map(|i| {
+            let prompt_len = 8 + (37 * i) % 57;
+            let prompt = std::iter::once(2)
+                .chain((1..prompt_len).map(|j| 3 + (1009 * i + 7919 * j) % (vocab - 3)))
+                .collect();
+            SteerJob {
+                latent: (61 * i) % d_sae,
+                magnitude: (2 + i % 7) as f64,
+                prompt,
+                new_tokens: (8 + (53 * i) % 89) as usize,
+            }
+        })
+        .collect()
+}
+
+/// `requests` run to the end on an engine (see [`run_steer_batch`]).
+#[derive(Debug)]
+pub struct SteerBatchRun {
+    /// The requests finished, in the order given.
+    pub finished: Vec<Finished>,
+    /// Seconds of the engine's first step: admitting every request a slot holds (each prompt
+    /// in a call of its own) and decoding one token of each. Only where all were submitted at
+    /// once.
+    pub first_step_s: Option<f64>,
+}
+
+/// Runs `requests` on `engine` to the end: all submitted at once (`one_at_a_time == false`:
+/// the engine batches as many as it has rows for), or each submitted only when the one
+/// before has finished. Any refused request is an error.
+pub fn run_steer_batch(
+    engine: &mut Engine<'_>,
+    requests: Vec<Request>,
+    one_at_a_time: bool,
+) -> Result<SteerBatchRun> {
+    let order: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
+    let mut done = Vec::with_capacity(requests.len());
+    let mut first_step_s = None;
+    if one_at_a_time {
+        for request in requests {
+            engine.submit(request)?;
+            while !engine.is_idle() {
+                done.extend(engine.step()?);
+            }
+        }
+    } else {
+        for request in requests {
+            engine.submit(request)?;
+        }
+        while !engine.is_idle() {
+            let start = Instant::now();
+            done.extend(engine.step()?);
+            first_step_s.get_or_insert(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut by_id: std::collections::HashMap<String, Finished> =
+        done.into_iter().map(|f| (f.id.clone(), f)).collect();
+    let finished = order
+        .iter()
+        .map(|id| {
+            by_id
+                .remove(id)
+                .ok_or_else(|| anyhow!("request {id} did not finish"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(SteerBatchRun {
+        finished,
+        first_step_s,
+    })
+}
+
 /// A random model and SAE of one size on one device.
 pub struct Workbench {
     /// The shapes.
@@ -274,7 +377,7 @@ impl Workbench {
     /// A plain forward; the logits `[B, T, vocab]`.
     pub fn forward_plain(&self, batch: &Batch) -> Result<Tensor> {
         self.model
-            .forward(batch)?
+            .forward(batch, gemma_model::Call::default(), &mut intervene::NoHooks)?
             .logits
             .ok_or_else(|| anyhow!("the plain forward returned no logits"))
     }
@@ -364,6 +467,24 @@ impl Workbench {
                 &Self::generation_config(new, decode),
             )?
             .intervened)
+    }
+
+    /// The engine requests of `jobs`: greedy, exactly `new_tokens` each (no stop tokens),
+    /// each adding its own `magnitude * W_dec[latent]` at the SAE's site (`block_output`)
+    /// at every prompt position and every generated token. Ids are `r{index}`.
+    pub fn steer_requests(&self, jobs: &[SteerJob]) -> Result<Vec<Request>> {
+        let site = Site::new(self.layer, SiteKind::BlockOutput);
+        jobs.iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let vector = self.sae.steering_sum(&[(job.latent, job.magnitude)])?;
+                let mut request =
+                    Request::greedy(format!("r{i}"), job.prompt.clone(), job.new_tokens)
+                        .with_edit(Edit { site, vector });
+                request.stop_tokens = Some(Vec::new());
+                Ok(request)
+            })
+            .collect()
     }
 
     /// The graph for [`interchange`](Self::interchange): pyvene's JumpReLU interchange.

@@ -8,6 +8,14 @@
 //!
 //! Timing as the peer: one warm-up, then the median of `reps` runs (generation: `reps / 2`,
 //! at least one), synchronising CUDA before each clock read.
+//!
+//! The `steer_batch` group (peer: `benches/peer_steer_batch.py`) runs the 64 steered requests
+//! of [`scope_benches::steer_batch_jobs`] through `scope-engine`, all submitted at once into
+//! `--rows` slots (`steer_batch`), and again one after another on an engine of one row
+//! (`steer_batch_serial`); `tok_per_s` is the requests' new tokens (all generated: no stop
+//! tokens) over the wall time. `--batch`, `--seq` and `--new` do not change it. Without
+//! `--only` it runs only where the engine batches (a float32 model on a CPU with AVX2 or
+//! AVX-512); elsewhere the engine runs requests one by one anyway, so ask for it by name.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,9 +23,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gemma_model::{Batch, DecodeMode};
 use scope_benches::{
-    mean_l0, parse_device, parse_dtype, peak_rss_gib, sync, timed, top_k_indices, Size, Workbench,
-    PROMPT_LEN, STEER_LATENT, STEER_MAGNITUDE,
+    mean_l0, parse_device, parse_dtype, peak_rss_gib, run_steer_batch, steer_batch_jobs, sync,
+    timed, top_k_indices, Size, Workbench, PROMPT_LEN, STEER_BATCH_REQUESTS, STEER_LATENT,
+    STEER_MAGNITUDE,
 };
+use scope_engine::{Engine, EngineMode, Limits};
 use serde_json::{json, Value};
 use tch::Device;
 
@@ -30,7 +40,10 @@ struct Args {
     new: usize,
     reps: usize,
     decode: DecodeMode,
-    /// Workflow groups to run (`forward`, `collect`, `generate`, `interchange`); all when empty.
+    /// The engine's rows (slots) in `steer_batch`.
+    rows: usize,
+    /// Workflow groups to run (`forward`, `collect`, `generate`, `interchange`,
+    /// `steer_batch`); all when empty (`steer_batch` only where the engine batches).
     only: Vec<String>,
 }
 
@@ -42,7 +55,8 @@ impl Args {
 
 const USAGE: &str = "usage: race [--size tiny|small|2b] [--device cpu|cuda] \
     [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R] \
-    [--decode auto|eager|fixed|graph|fused] [--only forward,collect,generate,interchange]";
+    [--decode auto|eager|fixed|graph|fused] [--rows N] \
+    [--only forward,collect,generate,interchange,steer_batch]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -59,6 +73,7 @@ fn parse_args() -> Result<Args> {
         new: 128,
         reps: 5,
         decode: DecodeMode::Auto,
+        rows: STEER_BATCH_REQUESTS,
         only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -88,9 +103,16 @@ fn parse_args() -> Result<Args> {
             "--new" => args.new = number("--new")? as usize,
             "--reps" => args.reps = number("--reps")? as usize,
             "--decode" => args.decode = DecodeMode::parse(&value)?,
+            "--rows" => args.rows = number("--rows")? as usize,
             "--only" => {
                 args.only = value.split(',').map(|g| g.trim().to_string()).collect();
-                let known = ["forward", "collect", "generate", "interchange"];
+                let known = [
+                    "forward",
+                    "collect",
+                    "generate",
+                    "interchange",
+                    "steer_batch",
+                ];
                 if let Some(bad) = args.only.iter().find(|g| !known.contains(&g.as_str())) {
                     bail!(
                         "unknown workflow group `{bad}` in --only (expected {})",
@@ -212,6 +234,94 @@ fn run() -> Result<()> {
     if a.runs("collect") {
         emit(json!({"what": "peak_mem_gib_after_collect", "gib": mem}));
     }
+
+    if a.runs("steer_batch") {
+        steer_batch(&a, &bench)?;
+    }
+    Ok(())
+}
+
+/// The `steer_batch` rows: the engine with `--rows` slots, then one request at a time.
+fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
+    let device = bench.device();
+    let config = bench.model.config();
+    let jobs = steer_batch_jobs(STEER_BATCH_REQUESTS, a.size.d_sae(), config.vocab_size);
+    let context = jobs
+        .iter()
+        .map(|j| j.prompt.len() + j.new_tokens)
+        .max()
+        .unwrap_or(1);
+    let new_tokens: usize = jobs.iter().map(|j| j.new_tokens).sum();
+    let prompt_tokens: usize = jobs.iter().map(|j| j.prompt.len()).sum();
+    let mut engine = Engine::new(
+        &bench.model,
+        Limits {
+            max_rows: a.rows,
+            context,
+        },
+    )?;
+    if a.only.is_empty() && engine.mode() != EngineMode::Batched {
+        emit(json!({
+            "what": "steer_batch_skipped",
+            "why": "the engine runs requests one by one here (not a float32 model on an AVX2 CPU); \
+                    --only steer_batch runs it anyway",
+        }));
+        return Ok(());
+    }
+    let gen_reps = (a.reps / 2).max(1);
+    let check = |out: &[scope_engine::Finished]| -> Result<()> {
+        for (job, done) in jobs.iter().zip(out) {
+            if done.tokens.len() != job.new_tokens {
+                bail!(
+                    "request {} gave {} tokens, asked for {}",
+                    done.id,
+                    done.tokens.len(),
+                    job.new_tokens
+                );
+            }
+        }
+        Ok(())
+    };
+    let (t_batch, batched) = timed(device, gen_reps, || {
+        run_steer_batch(&mut engine, bench.steer_requests(&jobs)?, false)
+    })?;
+    check(&batched.finished)?;
+    let first = batched
+        .finished
+        .first()
+        .map(|f| f.tokens.iter().take(8).copied().collect::<Vec<_>>());
+    emit(json!({
+        "what": "steer_batch", "requests": jobs.len(), "rows": a.rows, "context": context,
+        "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
+        "tok_per_s": round(new_tokens as f64 / t_batch, 1), "s": t_batch,
+        "mode": engine.mode().name(), "first_tokens": first,
+        "first_step_s": batched.first_step_s.map(|s| round(s, 3)),
+    }));
+    drop(engine);
+
+    let mut serial = Engine::new(
+        &bench.model,
+        Limits {
+            max_rows: 1,
+            context,
+        },
+    )?;
+    let (t_serial, alone) = timed(device, gen_reps, || {
+        run_steer_batch(&mut serial, bench.steer_requests(&jobs)?, true)
+    })?;
+    check(&alone.finished)?;
+    let same = batched
+        .finished
+        .iter()
+        .zip(&alone.finished)
+        .all(|(b, s)| b.tokens == s.tokens);
+    emit(json!({
+        "what": "steer_batch_serial", "requests": jobs.len(), "rows": 1,
+        "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
+        "tok_per_s": round(new_tokens as f64 / t_serial, 1), "s": t_serial,
+        "mode": serial.mode().name(), "same_tokens_as_batched": same,
+        "engine_speedup": round(t_serial / t_batch, 2),
+    }));
     Ok(())
 }
 

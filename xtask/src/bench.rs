@@ -9,6 +9,15 @@
 //! one round of fewer repetitions; `--size`, `--device`, `--dtype`, `--batch`, `--seq`,
 //! `--new`, `--reps` are passed to both sides.
 //!
+//! The `steer_batch` row (64 steered greedy requests of their own prompts, latents and
+//! lengths; see `benches/lib.rs`) compares scope's engine, all requests submitted at once,
+//! with `benches/peer_steer_batch.py` (HF `generate` on left-padded batches of 16 with a
+//! steering hook); it runs in a round whenever scope's side reported it (`race` does where
+//! its engine batches: float32 on an AVX2 CPU). Below the table, scope's engine against
+//! scope one request at a time (`steer_batch_serial`). `--only GROUPS` (race's groups:
+//! `forward,collect,generate,interchange,steer_batch`) runs just those: `--only steer_batch`
+//! skips the baseline peer.
+//!
 //! On a machine without cargo (a lent GPU machine, see `device-bundle`), three flags replace
 //! what is normally built or installed here: `--race PATH` (a prebuilt `race` binary),
 //! `--python PATH` (an interpreter that already has transformers 5.17.0 and pyvene 0.1.8) and
@@ -36,7 +45,12 @@ struct Race {
     python: Option<PathBuf>,
     /// The peer's script (else `../shared/bench/pyvene_baseline.py`).
     peer: Option<PathBuf>,
+    /// `--only`: race's workflow groups to run (all when empty).
+    only: Vec<String>,
 }
+
+/// The race's groups that `pyvene_baseline.py` measures (`steer_batch` has a script of its own).
+const BASELINE_GROUPS: [&str; 4] = ["forward", "collect", "generate", "interchange"];
 
 impl Race {
     fn from_args(args: &[&str]) -> Result<Race> {
@@ -59,6 +73,7 @@ impl Race {
             race_bin: None,
             python: None,
             peer: None,
+            only: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -87,6 +102,13 @@ impl Race {
                 }
                 "--python" => race.python = Some(PathBuf::from(value)),
                 "--peer" => race.peer = Some(existing_file(flag, &value)?),
+                "--only" => {
+                    race.only = value
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect()
+                }
                 "--rounds" => {
                     race.rounds = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
                         Failure::with_code(
@@ -114,6 +136,24 @@ impl Race {
         .iter()
         .flat_map(|(k, v)| [k.to_string(), v.to_string()])
         .collect()
+    }
+
+    /// [`Self::flags`] and, for scope's race, `--only`.
+    fn race_flags(&self) -> Vec<String> {
+        let mut flags = self.flags();
+        if !self.only.is_empty() {
+            flags.extend(["--only".to_string(), self.only.join(",")]);
+        }
+        flags
+    }
+
+    /// Whether any of the baseline peer's workflows is asked for.
+    fn runs_baseline(&self) -> bool {
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|g| BASELINE_GROUPS.contains(&g.as_str()))
     }
 }
 
@@ -158,31 +198,69 @@ pub fn run(args: &[&str]) -> Result {
             venv.python()
         }
     };
+    let steer_peer = steer_peer_script(&peer_script);
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     for round in 1..=race.rounds {
         println!(
             "bench-compare: round {round}/{}: scope ({}) ...",
             race.rounds,
-            race.flags().join(" ")
+            race.race_flags().join(" ")
         );
-        ours.push(measure(
-            Command::new(&race_bin).args(race.flags()),
-            "scope",
-        )?);
-        println!(
-            "bench-compare: round {round}/{}: peer, HF transformers + pyvene (eager attention) ...",
-            race.rounds
-        );
-        peer.push(measure(
-            Command::new(&python)
-                .arg(&peer_script)
-                .args(race.flags())
-                .args(["--attn", "eager"]),
-            "the peer",
-        )?);
+        let scope_round = measure(Command::new(&race_bin).args(race.race_flags()), "scope")?;
+        let mut peer_round = Measurements::new();
+        if race.runs_baseline() {
+            println!(
+                "bench-compare: round {round}/{}: peer, HF transformers + pyvene (eager attention) ...",
+                race.rounds
+            );
+            peer_round.extend(measure(
+                Command::new(&python)
+                    .arg(&peer_script)
+                    .args(race.flags())
+                    .args(["--attn", "eager"]),
+                "the peer",
+            )?);
+        }
+        if scope_round.contains_key("steer_batch") {
+            match &steer_peer {
+                Some(script) => {
+                    println!(
+                        "bench-compare: round {round}/{}: peer steer_batch, HF generate in \
+                         left-padded batches of 16 with a steering hook (eager attention) ...",
+                        race.rounds
+                    );
+                    peer_round.extend(measure(
+                        Command::new(&python)
+                            .arg(script)
+                            .args(race.flags())
+                            .args(["--attn", "eager", "--baseline"])
+                            .arg(&peer_script),
+                        "the peer",
+                    )?);
+                }
+                None => println!(
+                    "bench-compare: no peer_steer_batch.py beside {} or in benches/: \
+                     steer_batch has no peer this time",
+                    peer_script.display()
+                ),
+            }
+        }
+        ours.push(scope_round);
+        peer.push(peer_round);
     }
     print_ratios(&race, &ours, &peer);
     Ok(())
+}
+
+/// The `steer_batch` peer: `peer_steer_batch.py` beside the baseline script (a device
+/// bundle's `peer/`), else the repository's `benches/`.
+fn steer_peer_script(baseline: &std::path::Path) -> Option<PathBuf> {
+    const NAME: &str = "peer_steer_batch.py";
+    let beside = baseline.parent().map(|dir| dir.join(NAME));
+    beside
+        .into_iter()
+        .chain([project_root().join("benches").join(NAME)])
+        .find(|p| p.is_file())
 }
 
 /// Builds scope's `race` binary in release (setting up libtorch first if needed).
@@ -275,14 +353,35 @@ fn split_top_level(body: &str) -> Vec<&str> {
 }
 
 /// A row of the ratio table: the measurement, the field, and whether larger is better.
-const ROWS: [(&str, &str, bool); 6] = [
+const ROWS: [(&str, &str, bool); 7] = [
     ("forward_plain", "tok_per_s", true),
     ("collect_latents", "tok_per_s", true),
     ("generate_plain", "tok_per_s", true),
     ("generate_steered", "tok_per_s", true),
     ("interchange", "ms", false),
     ("peak_mem_gib_after_collect", "gib", false),
+    ("steer_batch", "tok_per_s", true),
 ];
+
+/// Scope against itself, below the table: (measurement, the one it is compared with, what
+/// the ratio means); `tok_per_s`, larger is better.
+const SCOPE_RATIOS: [(&str, &str, &str); 1] = [(
+    "steer_batch",
+    "steer_batch_serial",
+    "steer_batch: the engine, all 64 requests at once, vs one request at a time",
+)];
+
+/// The median of the per-round `ratios` and their range, as table cells.
+fn ratio_cells(mut ratios: Vec<f64>) -> (String, String) {
+    match median(&mut ratios) {
+        Some(r) if ratios.len() > 1 => (
+            format!("{r:.2}x"),
+            format!("{:.2}–{:.2}x", ratios[0], ratios[ratios.len() - 1]),
+        ),
+        Some(r) => (format!("{r:.2}x"), String::new()),
+        None => ("n/a".to_string(), String::new()),
+    }
+}
 
 fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
     println!(
@@ -305,7 +404,7 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
         let a: Vec<f64> = ours.iter().filter_map(value).collect();
         let b: Vec<f64> = peer.iter().filter_map(value).collect();
         // Paired by round: each ratio compares two runs made back to back.
-        let mut ratios: Vec<f64> = ours
+        let ratios: Vec<f64> = ours
             .iter()
             .zip(peer)
             .filter_map(|(o, p)| match (value(o), value(p)) {
@@ -315,14 +414,7 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
                 _ => None,
             })
             .collect();
-        let (ratio, range) = match median(&mut ratios) {
-            Some(r) if ratios.len() > 1 => (
-                format!("{r:.2}x"),
-                format!("{:.2}–{:.2}x", ratios[0], ratios[ratios.len() - 1]),
-            ),
-            Some(r) => (format!("{r:.2}x"), String::new()),
-            None => ("n/a".to_string(), String::new()),
-        };
+        let (ratio, range) = ratio_cells(ratios);
         let unit = match field {
             "tok_per_s" => "tok/s",
             "gib" => "GiB",
@@ -338,6 +430,41 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
             what,
             show(a),
             show(b),
+            ratio,
+            range
+        );
+    }
+    if ours.iter().any(|o| o.contains_key("steer_batch")) {
+        println!(
+            "(steer_batch: 64 greedy requests, each steered by its own SAE latent, prompts of \
+             8–64 tokens, 8–96 new tokens; scope's engine with all requests submitted at once \
+             against HF generate on left-padded batches of 16 with a steering hook)"
+        );
+    }
+    for (what, against, meaning) in SCOPE_RATIOS {
+        let value = |m: &Measurements, w: &str| m.get(w).and_then(|f| f.get("tok_per_s")).copied();
+        let ratios: Vec<f64> = ours
+            .iter()
+            .filter_map(|o| match (value(o, what), value(o, against)) {
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
+                _ => None,
+            })
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let show = |w: &str| {
+            let mut v: Vec<f64> = ours.iter().filter_map(|o| value(o, w)).collect();
+            median(&mut v)
+                .map(|v| format!("{v:.1} tok/s"))
+                .unwrap_or("-".into())
+        };
+        let (ratio, range) = ratio_cells(ratios);
+        println!(
+            "\n{meaning}:\n{:<28} {:>16} {:>16} {:>9} {:>15}",
+            format!("{what} / {against}"),
+            show(what),
+            show(against),
             ratio,
             range
         );
@@ -380,6 +507,42 @@ mod tests {
         // Printing must not panic with missing rows either.
         let race = Race::from_args(&["--quick"]).expect("defaults");
         print_ratios(&race, &[ours], &[peer]);
+    }
+
+    #[test]
+    fn only_selects_groups_and_peers() {
+        let all = Race::from_args(&["--quick"]).expect("defaults");
+        assert!(all.runs_baseline());
+        assert!(!all.race_flags().contains(&"--only".to_string()));
+        let steer = Race::from_args(&["--only", "steer_batch"]).expect("--only");
+        assert!(!steer.runs_baseline());
+        assert_eq!(
+            steer.race_flags()[steer.race_flags().len() - 2..],
+            ["--only".to_string(), "steer_batch".to_string()]
+        );
+        let both = Race::from_args(&["--only", "forward, steer_batch"]).expect("--only");
+        assert!(both.runs_baseline());
+        assert_eq!(both.only, ["forward", "steer_batch"]);
+    }
+
+    #[test]
+    fn scope_ratios_print() {
+        let mut ours = Measurements::new();
+        ours.insert(
+            "steer_batch".into(),
+            [("tok_per_s".to_string(), 800.0)].into(),
+        );
+        ours.insert(
+            "steer_batch_serial".into(),
+            [("tok_per_s".to_string(), 100.0)].into(),
+        );
+        let race = Race::from_args(&["--quick"]).expect("defaults");
+        print_ratios(&race, &[ours], &[Measurements::new()]);
+        // The repository's own script is found when no bundle sits beside the baseline.
+        assert_eq!(
+            steer_peer_script(std::path::Path::new("/no/such/dir/pyvene_baseline.py")),
+            Some(project_root().join("benches/peer_steer_batch.py"))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `../shared`, so this prepares `.device/` (ignored by git, carried with `carry: [".device"]`):
 //! - `bin/`: `scope`, `race` and `xtask` built here in release, stripped of debug info (the
 //!   carried tree is limited to 64 MiB);
-//! - `peer/`: the peer's scripts from `../shared/bench`;
+//! - `peer/`: the peer's scripts from `../shared/bench`, and `benches/peer_steer_batch.py`;
 //! - `whl/`: the pyvene wheel (pure Python), which the check installs into a scratch folder.
 //!
 //! `xtask/device/check.sh` then runs there in one call: `xtask bench-compare` on gemma-2-2b's
@@ -26,6 +26,9 @@ const BINARIES: [(&str, &str); 3] = [
 
 /// The peer's scripts, from `../shared/bench`.
 const PEER_SCRIPTS: [&str; 2] = ["pyvene_baseline.py", "hf_static_generate.py"];
+
+/// The peer of the `steer_batch` row, from `benches/`.
+const STEER_BATCH_PEER: &str = "peer_steer_batch.py";
 
 pub fn run() -> Result {
     let venv = setup::ensure()?;
@@ -60,6 +63,10 @@ pub fn run() -> Result {
         copy(&from, &to)?;
         report(&to);
     }
+    // The many-requests peer lives in this repository; beside the baseline it imports.
+    let to = peer_dir.join(STEER_BATCH_PEER);
+    copy(&root.join("benches").join(STEER_BATCH_PEER), &to)?;
+    report(&to);
 
     let wheel_dir = bundle.join("whl");
     create_dir(&wheel_dir)?;

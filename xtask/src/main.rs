@@ -47,7 +47,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--race PATH] [--python PATH] [--peer PATH] | device-bundle>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--race PATH] [--python PATH] [--peer PATH] | device-bundle>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
