@@ -49,12 +49,13 @@ impl Isa {
 
     /// How many inputs one [`Isa::dot_tile`] takes against a block of rows where the CPU has
     /// the registers for it (one accumulator per row and input, plus the rows and an input):
-    /// 4 with AVX-512's 32 registers, 2 with AVX2's 16, 1 (no tiles) otherwise. Tiles make
-    /// several inputs, a prompt's tokens, cost little more than one.
+    /// 6 with AVX-512's 32 registers (24 accumulators, 4 rows, an input), 2 with AVX2's 16, 1 (no
+    /// tiles) otherwise. Tiles make several inputs, a prompt's tokens or a batch's rows, cost little
+    /// more than one.
     pub(crate) fn tile_inputs(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => 4,
+            Isa::Avx512 => 6,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => 2,
             Isa::Portable => 1,
@@ -64,17 +65,20 @@ impl Isa {
     /// `[[w_r · x_j for r] for j]` for `BLOCK` consecutive rows of `w` and `N` inputs `xs`:
     /// each sum accumulated in the instruction set's lanes over `k` in order, then reduced,
     /// so the same whatever `N` (a tile of inputs gives what one input at a time gives).
-    fn dot_tile<const N: usize>(self, w: &[f32], xs: &[f32]) -> [[f32; BLOCK]; N] {
+    /// `prefetch` asks for the next block of rows while this one streams: wanted on the
+    /// block's first tile, not on later ones, which find the next rows already on their way.
+    fn dot_tile<const N: usize>(self, w: &[f32], xs: &[f32], prefetch: bool) -> [[f32; BLOCK]; N] {
         debug_assert_eq!(w.len() * N, xs.len() * BLOCK);
         let k = xs.len() / N;
         match self {
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::dot_tile_avx512::<N>(w, xs) },
+            Isa::Avx512 => unsafe { x86::dot_tile_avx512::<N>(w, xs, prefetch) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::dot_tile_avx2::<N>(w, xs) },
+            Isa::Avx2 => unsafe { x86::dot_tile_avx2::<N>(w, xs, prefetch) },
             Isa::Portable => std::array::from_fn(|j| {
+                let _ = prefetch;
                 let x = &xs[j * k..(j + 1) * k];
                 std::array::from_fn(|r| portable_dot(&w[r * k..(r + 1) * k], x))
             }),
@@ -190,11 +194,14 @@ fn rows_of(
         while b < inputs {
             let n = (inputs - b).min(widest);
             let x = &xs[b * k..(b + n) * k];
+            let first = b == 0;
             match n {
-                4 => put(b, &isa.dot_tile::<4>(block, x)),
-                3 => put(b, &isa.dot_tile::<3>(block, x)),
-                2 => put(b, &isa.dot_tile::<2>(block, x)),
-                _ => put(b, &isa.dot_tile::<1>(block, x)),
+                6 => put(b, &isa.dot_tile::<6>(block, x, first)),
+                5 => put(b, &isa.dot_tile::<5>(block, x, first)),
+                4 => put(b, &isa.dot_tile::<4>(block, x, first)),
+                3 => put(b, &isa.dot_tile::<3>(block, x, first)),
+                2 => put(b, &isa.dot_tile::<2>(block, x, first)),
+                _ => put(b, &isa.dot_tile::<1>(block, x, first)),
             }
             b += n;
         }
@@ -226,6 +233,7 @@ mod x86 {
             pub(super) unsafe fn $tile<const N: usize>(
                 w: &[f32],
                 xs: &[f32],
+                prefetch: bool,
             ) -> [[f32; BLOCK]; N] {
                 let k = xs.len() / N;
                 let whole = k / $lanes * $lanes;
@@ -241,7 +249,7 @@ mod x86 {
                             let at = pw.add(r * k + i);
                             // The same place in the next block, once per 64-byte line: a
                             // hint, never dereferenced.
-                            if i % 16 == 0 {
+                            if prefetch && i % 16 == 0 {
                                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
                             }
                             *row = $load(at);
@@ -382,8 +390,8 @@ mod tests {
     fn a_batch_computes_each_input_as_alone() -> Result<()> {
         let pool = Pool::new(2);
         for isa in isas() {
-            // Whole tiles and every remainder of 4 and of 2.
-            for batch in [2, 3, 5, 7, 8] {
+            // Whole tiles and every remainder of 6 and of 2.
+            for batch in [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13] {
                 let (rows, k) = (24, 200);
                 let w = values(rows * k, 3);
                 let xs = values(batch * k, 4);
