@@ -7,8 +7,9 @@
 //! ran at 30–31 GB/s (MKL's sgemv) and the dispatches cost another 2.5 ms: 8.2–8.6 ms a step.
 //! Here the products stream the weights at 33–36 GB/s ([`matvec`]) on libtorch's own OpenMP
 //! threads ([`pool`]), and everything else is a loop over a few hundred floats ([`ops`]):
-//! 5.7–6.0 ms a step. A prompt's tokens, or a batch's rows, go six (AVX2: two) at a time against each block of
-//! weight rows (the benchmark's 14-token prompt: 13 ms instead of 17, measured with tiles of four).
+//! 5.7–6.0 ms a step. A prompt's tokens, or a batch's rows, go six (AVX2: two) at a time
+//! against each block of weight rows (the benchmark's 14-token prompt: 13 ms instead of 17,
+//! measured with tiles of four).
 //!
 //! Numbers: the same operations in the same order as the eager path, except the summation
 //! order inside dot products and branch-free `tanh`/`exp` (within 2 ulp) for libtorch's
