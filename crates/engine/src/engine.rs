@@ -30,13 +30,53 @@ impl Limits {
     /// The KV cache's size in bytes for `model`: keys and values of every layer, for every
     /// slot and position.
     pub fn cache_bytes(&self, model: &dyn DecoderModel) -> u64 {
-        let c = model.spec();
-        let per_position = 2 * c.num_layers as u64 * (c.kv_heads * c.head_dim) as u64;
-        per_position
-            * self.max_rows as u64
-            * self.context as u64
-            * c.dtype.elt_size_in_bytes() as u64
+        slot_bytes(model, self.context) * self.max_rows as u64
     }
+
+    /// Up to `max_rows` slots of `context` positions, as many as fit in `budget` bytes of KV
+    /// cache; an error saying what one slot needs when not even one fits.
+    pub fn within_budget(
+        model: &dyn DecoderModel,
+        max_rows: usize,
+        context: usize,
+        budget: u64,
+    ) -> Result<Limits> {
+        let per_slot = slot_bytes(model, context).max(1);
+        let rows = usize::try_from(budget / per_slot)
+            .unwrap_or(usize::MAX)
+            .min(max_rows);
+        if rows == 0 {
+            return Err(Error::Limits(format!(
+                "one slot of {context} positions needs {} of KV cache, more than the budget \
+                 of {}",
+                human_bytes(per_slot),
+                human_bytes(budget)
+            )));
+        }
+        Ok(Limits {
+            max_rows: rows,
+            context,
+        })
+    }
+}
+
+/// `bytes` in the largest binary unit that keeps it at least 1.
+fn human_bytes(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// The KV cache bytes of one slot of `context` positions.
+fn slot_bytes(model: &dyn DecoderModel, context: usize) -> u64 {
+    let c = model.spec();
+    let per_position = 2 * c.num_layers as u64 * (c.kv_heads * c.head_dim) as u64;
+    per_position * context as u64 * c.dtype.elt_size_in_bytes() as u64
 }
 
 /// How the engine runs its rows.

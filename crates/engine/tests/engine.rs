@@ -370,3 +370,28 @@ fn a_refused_request_names_itself_and_the_rest_run() {
     )
     .is_err());
 }
+
+/// The KV cache stays within its budget: fewer rows when the asked-for rows would not fit,
+/// and an error naming the sizes when not even one slot fits.
+#[test]
+fn the_cache_budget_bounds_the_rows() {
+    let model = tiny_f32();
+    let one = Limits {
+        max_rows: 1,
+        context: 16,
+    }
+    .cache_bytes(&model);
+    let two = Limits::within_budget(&model, 8, 16, 2 * one + one / 2).expect("two fit");
+    assert_eq!(two.max_rows, 2);
+    assert_eq!(
+        Limits::within_budget(&model, 8, 16, 100 * one)
+            .expect("fits")
+            .max_rows,
+        8
+    );
+    let err = Limits::within_budget(&model, 8, 16, one - 1).expect_err("none fits");
+    assert!(
+        err.to_string().contains("one slot of 16 positions needs"),
+        "{err}"
+    );
+}

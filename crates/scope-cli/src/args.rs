@@ -86,6 +86,10 @@ pub struct GenerationArgs {
     /// With --requests: at most this many requests decode together.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_batch: u64,
+    /// With --requests: the KV cache's budget in GiB; fewer requests decode together when
+    /// --max-batch slots of the longest request would not fit.
+    #[arg(long, default_value_t = 4.0)]
+    pub cache_gib: f64,
     /// How many tokens to generate at most.
     #[arg(long, default_value_t = 50)]
     pub max_new_tokens: usize,

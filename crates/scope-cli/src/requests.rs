@@ -97,12 +97,18 @@ pub fn run(
         .map(|r| r.prompt.len() + r.max_new_tokens)
         .max()
         .unwrap_or(1);
-    let limits = scope_engine::Limits {
-        max_rows: usize::try_from(args.max_batch)
-            .unwrap_or(1)
-            .min(requests.len().max(1)),
-        context,
-    };
+    if !(args.cache_gib > 0.0 && args.cache_gib.is_finite()) {
+        bail!(
+            "--cache-gib must be a positive number, got {}",
+            args.cache_gib
+        );
+    }
+    let rows = usize::try_from(args.max_batch)
+        .unwrap_or(1)
+        .min(requests.len().max(1));
+    let budget = (args.cache_gib * f64::from(1u32 << 30)) as u64;
+    let limits = scope_engine::Limits::within_budget(&session.model, rows, context, budget)
+        .context("--cache-gib")?;
     let decode = match scope_engine::EngineMode::preferred(&session.model) {
         scope_engine::EngineMode::Batched => "fused",
         scope_engine::EngineMode::Sequential => "eager",
