@@ -92,10 +92,11 @@ impl KvCache {
     }
 
     /// Writes the one-position `k`, `v` (`[B, kv, 1, hd]`) of `layer` at the physical index held
-    /// by the device tensor `cursor` (`[1]`, int64) and returns the whole buffers
-    /// (`[B, kv, max_len, hd]`): a step whose shapes and host-side arguments never change, so
-    /// that it can be recorded once and replayed. Positions not yet written hold zeros, and the
-    /// step's mask hides them.
+    /// by the device tensor `cursor` (`[1]`: every row at one index; `[B]`: each row at its
+    /// own, as the engine's slots are) and returns the whole buffers (`[B, kv, max_len, hd]`):
+    /// a step whose shapes and host-side arguments never change, so that it can be recorded
+    /// once and replayed. Positions not yet written hold zeros or stale values, and the step's
+    /// mask hides them.
     pub fn write_at(
         &mut self,
         layer: usize,
@@ -106,9 +107,32 @@ impl KvCache {
         let (Some(kc), Some(vc)) = (self.keys.get_mut(layer), self.values.get_mut(layer)) else {
             return Err(Error::Input(format!("cache has no layer {layer}")));
         };
-        let _ = kc.f_index_copy_(2, cursor, k)?;
-        let _ = vc.f_index_copy_(2, cursor, v)?;
+        if cursor.size() == [1] {
+            let _ = kc.f_index_copy_(2, cursor, k)?;
+            let _ = vc.f_index_copy_(2, cursor, v)?;
+        } else {
+            // Row b's position goes to index cursor[b] along the sequence axis.
+            let index = cursor.f_view([-1, 1, 1, 1])?.f_expand(k.size(), false)?;
+            let _ = kc.f_scatter_(2, &index, k)?;
+            let _ = vc.f_scatter_(2, &index, v)?;
+        }
         Ok((kc.shallow_clone(), vc.shallow_clone()))
+    }
+
+    /// Copies the first `len` positions of row 0 of `from` (a one-row cache of the same model)
+    /// into row `slot`: a prompt run alone, moved into the engine's cache.
+    pub fn copy_slot_from(&mut self, slot: i64, from: &KvCache, len: i64) -> Result<()> {
+        for (mine, theirs) in self
+            .keys
+            .iter_mut()
+            .zip(&from.keys)
+            .chain(self.values.iter_mut().zip(&from.values))
+        {
+            mine.f_narrow(0, slot, 1)?
+                .f_narrow(2, 0, len)?
+                .f_copy_(&theirs.f_narrow(0, 0, 1)?.f_narrow(2, 0, len)?)?;
+        }
+        Ok(())
     }
 
     /// The key and value buffers of `layer` (`[B, kv_heads, max_len, head_dim]` each), for

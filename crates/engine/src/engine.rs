@@ -7,8 +7,10 @@ use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::fused::{self, FusedDecoder, SlotCall};
 use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler};
+use crate::mask::Masks;
+use crate::model::Call;
 use crate::model::DecoderModel;
-use intervene::Site;
+use intervene::{ForwardOptions, Site};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -85,26 +87,33 @@ pub enum EngineMode {
     /// One call per decode step over every running request, on the fused CPU kernels (a
     /// float32 model on a CPU with AVX2 or AVX-512), each admitted prompt in a call of its
     /// own. A request's logits are bit-identical whatever runs beside it.
+    Fused,
+    /// One libtorch call per decode step over every slot (any device and dtype; a step of
+    /// one fixed shape, as a CUDA graph wants), each admitted prompt in a call of its own.
+    /// A row's products may round differently with the rows around it (the library picks
+    /// its kernels by shape), so logits can differ in the last bits from a solo run; tokens
+    /// are the solo run's on the test fixtures.
     Batched,
     /// One request after another through the model's own generation (any device and dtype):
-    /// the same results as running each alone, without the batching.
+    /// exactly the results of running each alone, without the batching.
     Sequential,
 }
 
 impl EngineMode {
-    /// What [`Engine::new`] picks for `model`: batched where the fused kernels run it faster
-    /// than libtorch, sequential otherwise.
+    /// What [`Engine::new`] picks for `model`: the fused kernels where they run it faster
+    /// than libtorch, libtorch's batched steps otherwise.
     pub fn preferred(model: &dyn DecoderModel) -> Self {
         if fused::preferred(model) {
-            EngineMode::Batched
+            EngineMode::Fused
         } else {
-            EngineMode::Sequential
+            EngineMode::Batched
         }
     }
 
-    /// `batched` or `sequential`.
+    /// `fused`, `batched` or `sequential`.
     pub fn name(self) -> &'static str {
         match self {
+            EngineMode::Fused => "fused",
             EngineMode::Batched => "batched",
             EngineMode::Sequential => "sequential",
         }
@@ -121,8 +130,11 @@ pub struct Engine<'m> {
 }
 
 enum Runner<'m> {
-    Batched {
+    Fused {
         decoder: Box<FusedDecoder<'m>>,
+        cache: KvCache,
+    },
+    Batched {
         cache: KvCache,
     },
     Sequential,
@@ -200,13 +212,12 @@ impl Running {
 }
 
 impl<'m> Engine<'m> {
-    /// An engine over `model` with `limits`: batched on the fused CPU kernels where they run
-    /// `model`, sequential otherwise.
+    /// An engine over `model` with `limits`, in [`EngineMode::preferred`].
     pub fn new(model: &'m dyn DecoderModel, limits: Limits) -> Result<Self> {
         Self::with_mode(model, limits, EngineMode::preferred(model))
     }
 
-    /// An engine in `mode`; [`EngineMode::Batched`] fails with the reason when the fused
+    /// An engine in `mode`; [`EngineMode::Fused`] fails with the reason when the fused
     /// kernels cannot run `model`.
     pub fn with_mode(
         model: &'m dyn DecoderModel,
@@ -219,11 +230,13 @@ impl<'m> Engine<'m> {
                 limits.max_rows, limits.context
             )));
         }
+        let cache = || KvCache::new(&model.spec(), limits.max_rows as i64, limits.context as i64);
         let runner = match mode {
-            EngineMode::Batched => Runner::Batched {
+            EngineMode::Fused => Runner::Fused {
                 decoder: Box::new(FusedDecoder::for_slots(model)?),
-                cache: KvCache::new(&model.spec(), limits.max_rows as i64, limits.context as i64)?,
+                cache: cache()?,
             },
+            EngineMode::Batched => Runner::Batched { cache: cache()? },
             EngineMode::Sequential => Runner::Sequential,
         };
         Ok(Engine {
@@ -238,6 +251,7 @@ impl<'m> Engine<'m> {
     /// How it runs.
     pub fn mode(&self) -> EngineMode {
         match self.runner {
+            Runner::Fused { .. } => EngineMode::Fused,
             Runner::Batched { .. } => EngineMode::Batched,
             Runner::Sequential => EngineMode::Sequential,
         }
@@ -277,15 +291,15 @@ impl<'m> Engine<'m> {
     pub fn step(&mut self) -> Result<Vec<Finished>> {
         let _guard = tch::no_grad_guard();
         match self.runner {
-            Runner::Batched { .. } => {
-                let mut done = self.admit()?;
-                done.extend(self.decode()?);
-                Ok(done)
-            }
             Runner::Sequential => match self.waiting.pop_front() {
                 Some(request) => Ok(vec![self.run_alone(request)?]),
                 None => Ok(Vec::new()),
             },
+            Runner::Fused { .. } | Runner::Batched { .. } => {
+                let mut done = self.admit()?;
+                done.extend(self.decode()?);
+                Ok(done)
+            }
         }
     }
 
@@ -405,13 +419,18 @@ impl<'m> Engine<'m> {
                 done.push(running.finish(FinishReason::Length));
                 continue;
             }
-            let Runner::Batched { decoder, cache } = &mut self.runner else {
-                return Err(Error::Limits(
-                    "a batched call on a sequential engine".into(),
-                ));
-            };
             let prompt = running.request.prompt.clone();
-            let scores = call_slots(decoder, cache, &[slot], &mut [&mut running], &prompt)?;
+            let scores = match &mut self.runner {
+                Runner::Fused { decoder, cache } => {
+                    call_slots(decoder, cache, &[slot], &mut [&mut running], &prompt)?
+                }
+                Runner::Batched { cache } => prefill(self.model, cache, slot, &mut running)?,
+                Runner::Sequential => {
+                    return Err(Error::Limits(
+                        "a batched call on a sequential engine".into(),
+                    ))
+                }
+            };
             running.past = prompt.len();
             match running.take(scores.f_narrow(0, 0, 1)?)? {
                 Some(reason) => done.push(running.finish(reason)),
@@ -438,10 +457,20 @@ impl<'m> Engine<'m> {
             .iter()
             .map(|r| r.tokens.last().copied().unwrap_or_default())
             .collect();
-        let Runner::Batched { decoder, cache } = &mut self.runner else {
-            return Ok(Vec::new());
+        let scores = match &mut self.runner {
+            Runner::Fused { decoder, cache } => {
+                call_slots(decoder, cache, &slots, &mut rows, &tokens)?
+            }
+            Runner::Batched { cache } => step_every_slot(
+                self.model,
+                cache,
+                self.limits.max_rows,
+                &slots,
+                &mut rows,
+                &tokens,
+            )?,
+            Runner::Sequential => return Ok(Vec::new()),
         };
-        let scores = call_slots(decoder, cache, &slots, &mut rows, &tokens)?;
         let mut finished = Vec::new();
         for (row, running) in rows.into_iter().enumerate() {
             running.past += 1;
@@ -505,13 +534,110 @@ fn call_slots(
         len,
     };
     let logits = decoder.forward_slots(&call, cache, &mut hooks)?;
-    let reads = std::mem::take(&mut hooks.reads);
+    let hooks_reads = std::mem::take(&mut hooks.reads);
     drop(hooks);
+    keep_reads(rows, hooks_reads);
+    // HF copies the last position's logits to f32 before choosing.
+    Ok(logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}
+
+/// Appends each row's readings of one call to its request's.
+fn keep_reads(rows: &mut [&mut Running], reads: Vec<Vec<Vec<Reading>>>) {
     for (running, row_reads) in rows.iter_mut().zip(reads) {
         for (all, mut new) in running.reads.iter_mut().zip(row_reads) {
             all.append(&mut new);
         }
     }
-    // HF copies the last position's logits to f32 before choosing.
+}
+
+/// Options of a call that wants only the last position's logits.
+fn last_position() -> ForwardOptions {
+    ForwardOptions {
+        last_position_logits: true,
+        ..ForwardOptions::default()
+    }
+}
+
+/// `running`'s prompt through the model alone, into a one-row cache that is then copied into
+/// `slot`: the last position's scores, `[1, vocab]` in f32.
+fn prefill(
+    model: &dyn DecoderModel,
+    cache: &mut KvCache,
+    slot: usize,
+    running: &mut Running,
+) -> Result<Tensor> {
+    let prompt = &running.request.prompt;
+    let len = prompt.len() as i64;
+    let mut alone = KvCache::new(&model.spec(), 1, len)?;
+    let mut hooks = RowHooks::new(vec![running.interventions()]);
+    let call = Call {
+        options: last_position(),
+        ..Call::cached(&mut alone)
+    };
+    let logits = model
+        .run(&Batch::from_ids(prompt), call, &mut hooks)?
+        .logits
+        .ok_or_else(|| Error::Input("the prompt's call returned no logits".into()))?;
+    let reads = std::mem::take(&mut hooks.reads);
+    drop(hooks);
+    keep_reads(&mut [running], reads);
+    cache.copy_slot_from(slot as i64, &alone, len)?;
     Ok(logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}
+
+/// One libtorch step over every slot of `cache` (`rows` of them; free ones feed a pad at
+/// index 0 of their own row, which admission overwrites): each running row's token at its
+/// own position, keys and values written at its own index, attention over its row's buffer
+/// with later indices hidden. The scores of the running rows, in their order (`[rows,
+/// vocab]`, f32).
+fn step_every_slot(
+    model: &dyn DecoderModel,
+    cache: &mut KvCache,
+    rows: usize,
+    slots: &[usize],
+    running: &mut [&mut Running],
+    tokens: &[i64],
+) -> Result<Tensor> {
+    let spec = model.spec();
+    let (mut feed, mut index) = (vec![spec.pad_token_id; rows], vec![0i64; rows]);
+    for ((&slot, &token), row) in slots.iter().zip(tokens).zip(running.iter()) {
+        feed[slot] = token;
+        index[slot] = row.past as i64;
+    }
+    let on_device = |values: &[i64]| -> Result<Tensor> {
+        Ok(Tensor::f_from_slice(values)?.f_to_device(spec.device)?)
+    };
+    let cursor = on_device(&index)?; // [rows]
+    let positions = cursor.f_view([rows as i64, 1])?;
+    let batch = Batch::new(on_device(&feed)?.f_view([rows as i64, 1])?)
+        .with_position_ids(positions.shallow_clone());
+    let masks = Masks::new(&positions, cache.max_len(), None, spec.window, spec.dtype)?;
+    let mut interventions = vec![RowInterventions::default(); rows];
+    for (&slot, row) in slots.iter().zip(running.iter()) {
+        interventions[slot] = row.interventions();
+    }
+    let mut hooks = RowHooks::new(interventions);
+    let call = Call {
+        options: last_position(),
+        masks: Some(masks),
+        cursor: Some(&cursor),
+        ..Call::cached(cache)
+    };
+    let logits = model
+        .run(&batch, call, &mut hooks)?
+        .logits
+        .ok_or_else(|| Error::Input("the decode step returned no logits".into()))?;
+    let mut reads = std::mem::take(&mut hooks.reads);
+    drop(hooks);
+    let ours: Vec<_> = slots
+        .iter()
+        .map(|&slot| std::mem::take(&mut reads[slot]))
+        .collect();
+    keep_reads(running, ours);
+    let picked = Tensor::f_from_slice(&slots.iter().map(|&s| s as i64).collect::<Vec<_>>())?
+        .f_to_device(spec.device)?;
+    Ok(logits
+        .f_select(1, 0)?
+        .f_index_select(0, &picked)?
+        .f_to_kind(Kind::Float)?)
 }

@@ -24,14 +24,17 @@
 //! [`Edit`]s (vectors added at sites, such as SAE steering at several layers) and
 //! [`Readout`]s (values read where each new token is predicted, such as an SAE's top latents).
 //!
-//! **Batch invariance.** In [`EngineMode::Batched`] (a float32 model on a CPU with AVX2 or
+//! **Batch invariance.** In [`EngineMode::Fused`] (a float32 model on a CPU with AVX2 or
 //! AVX-512, on the fused kernels) every row of a call is computed as it would be alone: the
 //! matrix products sum each row in one fixed order whatever the other rows are, attention,
 //! norms and edits run row by row, and each request samples from its own seeded generator. A
 //! request's tokens and logits are therefore bit-identical whether it runs alone or among any
-//! number of others, in any slot; `tests/engine.rs` checks it. [`EngineMode::Sequential`]
-//! (other devices and dtypes) runs requests one after another through [`generate()`],
-//! which gives each request exactly its solo result.
+//! number of others, in any slot; `tests/engine.rs` checks it. [`EngineMode::Batched`] (other
+//! devices and dtypes) runs each decode step as one libtorch call of fixed shape over every
+//! slot; there a row's products may round differently with the rows beside it, and the test
+//! checks tokens (the solo ones) and logits (within float rounding). [`EngineMode::Sequential`]
+//! runs requests one after another through [`generate()`], which gives each request exactly
+//! its solo result.
 //!
 //! ```no_run
 //! use gemma_model::Gemma2Model;

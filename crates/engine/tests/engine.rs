@@ -166,7 +166,7 @@ fn requests_give_the_same_logits_alone_and_batched() {
     let solo: HashMap<String, Finished> = varied_requests()
         .into_iter()
         .map(|request| {
-            let (mut done, _) = run(&model, EngineMode::Batched, 1, vec![request]);
+            let (mut done, _) = run(&model, EngineMode::Fused, 1, vec![request]);
             let (_, finished) = done.drain().next().expect("one result");
             (finished.id.clone(), finished)
         })
@@ -175,11 +175,11 @@ fn requests_give_the_same_logits_alone_and_batched() {
     let lengths: Vec<usize> = solo.values().map(|f| f.tokens.len()).collect();
     assert!(lengths.iter().any(|&n| n > 20) && lengths.contains(&1));
 
-    let (five_slots, widest) = run(&model, EngineMode::Batched, 5, varied_requests());
+    let (five_slots, widest) = run(&model, EngineMode::Fused, 5, varied_requests());
     assert_eq!(widest, 5, "the requests shared calls");
     let mut reversed = varied_requests();
     reversed.reverse();
-    let (all_slots, widest_all) = run(&model, EngineMode::Batched, 18, reversed);
+    let (all_slots, widest_all) = run(&model, EngineMode::Fused, 18, reversed);
     assert!(widest_all >= 12, "most requests in one call ({widest_all})");
     for (id, alone) in &solo {
         assert_same("5 slots", alone, &five_slots[id]);
@@ -271,13 +271,15 @@ fn steered_parity(model_dir: &str, expected: &str, dtype: Kind, sae: &str, mode:
 
 #[test]
 fn steered_requests_give_pyvenes_tokens_f32() {
-    steered_parity(
-        "models/tiny-f32",
-        "expected/tiny-f32",
-        Kind::Float,
-        F32_SAE,
-        EngineMode::Batched,
-    );
+    for mode in [EngineMode::Fused, EngineMode::Batched] {
+        steered_parity(
+            "models/tiny-f32",
+            "expected/tiny-f32",
+            Kind::Float,
+            F32_SAE,
+            mode,
+        );
+    }
 }
 
 #[test]
@@ -289,6 +291,50 @@ fn steered_requests_give_pyvenes_tokens_bf16() {
         BF16_SAE,
         EngineMode::Sequential,
     );
+    steered_parity(
+        "models/tiny-bf16-sharded",
+        "expected/tiny-bf16-sharded",
+        Kind::BFloat16,
+        BF16_SAE,
+        EngineMode::Batched,
+    );
+}
+
+/// libtorch's batched steps (the mode for GPUs and other dtypes) over the 18 varied requests:
+/// every request's tokens are those it gets alone, in 5 slots and in 18 reversed, and its
+/// logits within float rounding of its solo run (the products may round differently with
+/// the rows around them): the fixture's decode-path bound, 1e-3, as for the fused steps
+/// against the eager ones (this stressed fixture, with attention scores up to 202 before the
+/// cap, turns one summation order into up to ~6e-4 of logits).
+#[test]
+fn batched_libtorch_steps_give_each_request_its_solo_tokens() {
+    let model = tiny_f32();
+    let solo: HashMap<String, Finished> = varied_requests()
+        .into_iter()
+        .map(|request| {
+            let (mut done, _) = run(&model, EngineMode::Batched, 1, vec![request]);
+            let (_, finished) = done.drain().next().expect("one result");
+            (finished.id.clone(), finished)
+        })
+        .collect();
+    let (five, widest) = run(&model, EngineMode::Batched, 5, varied_requests());
+    assert_eq!(widest, 5);
+    let mut reversed = varied_requests();
+    reversed.reverse();
+    let (all, _) = run(&model, EngineMode::Batched, 18, reversed);
+    let mut worst = 0f64;
+    for (id, alone) in &solo {
+        for (what, got) in [("5 slots", &five[id]), ("18 slots, reversed", &all[id])] {
+            assert_eq!(alone.tokens, got.tokens, "{what} {id}: tokens");
+            for (a, b) in alone.scores.iter().zip(&got.scores) {
+                worst = worst.max((a - b).abs().max().double_value(&[]));
+            }
+        }
+    }
+    println!(
+        "ENGINE|libtorch batched steps: 18 requests' tokens as alone; logits within {worst:.2e}"
+    );
+    assert!(worst <= 1e-3, "{worst}");
 }
 
 #[test]
@@ -299,7 +345,7 @@ fn a_refused_request_names_itself_and_the_rest_run() {
         max_rows: 2,
         context: 16,
     };
-    let mut engine = Engine::with_mode(&model, limits, EngineMode::Batched).expect("engine");
+    let mut engine = Engine::with_mode(&model, limits, EngineMode::Fused).expect("engine");
     let refusals = [
         (
             Request::greedy("long", vec![2; 10], 7),
@@ -366,7 +412,7 @@ fn a_refused_request_names_itself_and_the_rest_run() {
             max_rows: 0,
             context: 8
         },
-        EngineMode::Batched
+        EngineMode::Fused
     )
     .is_err());
 }

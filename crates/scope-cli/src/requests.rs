@@ -110,7 +110,9 @@ pub fn run(
     let limits = scope_engine::Limits::within_budget(&session.model, rows, context, budget)
         .context("--cache-gib")?;
     let decode = match scope_engine::EngineMode::preferred(&session.model) {
-        scope_engine::EngineMode::Batched => "fused",
+        scope_engine::EngineMode::Fused => "fused",
+        // One fixed-shape libtorch step over every slot.
+        scope_engine::EngineMode::Batched => "fixed",
         scope_engine::EngineMode::Sequential => "eager",
     };
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
