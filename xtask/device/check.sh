@@ -104,6 +104,32 @@ cli_case() { # name model sae args...
     done
 }
 
+# Many requests through the engine (fused or batched steps on the CPU, batched libtorch steps
+# on the GPU): each request's output, the decode mode left out.
+requests_case() { # name model sae dtype
+    local name=$1 model=$2 sae=$3 dtype=$4
+    for dev in cpu "$DEVICE"; do
+        timeout 120 "$BIN/scope" steer --requests "$OUT/requests.jsonl" --model "$model" --sae "$sae" \
+            --dtype "$dtype" --device "$dev" --max-new-tokens 12 --max-batch 4 \
+            >"$OUT/requests-out.jsonl" 2>"$OUT/err.txt"
+        python3 -c '
+import json, sys
+name, dev, out, err = sys.argv[1:5]
+rows = [json.loads(l) for l in open(out) if l.strip()]
+for r in rows:
+    r.pop("decode", None)
+by_id = {r["id"]: r for r in rows} or {"error": open(err).read().strip()}
+print(json.dumps({"case": name, "device": dev, "out": by_id}))
+' "$name" "$dev" "$OUT/requests-out.jsonl" "$OUT/err.txt" >>"$OUT/cli.jsonl"
+    done
+}
+cat >"$OUT/requests.jsonl" <<REQUESTS
+{"id": "plain", "prompt": "$PROMPT"}
+{"id": "m8", "prompt": "$PROMPT", "steer": [{"latent": 51, "magnitude": 8}]}
+{"id": "m4-latents", "prompt": "$BASE", "steer": [{"latent": 51, "magnitude": 4}], "top_latents": 2}
+{"id": "two", "prompt": "$BASE", "steer": [{"latent": 51, "magnitude": 8}, {"latent": 183, "magnitude": -4}]}
+REQUESTS
+
 if [ "$(left)" -gt 60 ]; then
 echo "== 3. workflows on the fixtures, cpu and $DEVICE ($(left) s left)"
 : >"$OUT/cli.jsonl"
@@ -118,6 +144,7 @@ for model in tiny-f32 tiny-bf16-sharded; do
         cli_case "$model $dtype patch" "$m" "$sae" patch --dtype $dtype --source-pos 9 --base-pos -1 \
             --latent 183 --top-k 5 --base "$BASE" --source "$PROMPT"
         cli_case "$model $dtype eval" "$m" "$sae" eval --dtype $dtype --prompt "$PROMPT" --prompt "$BASE"
+        requests_case "$model $dtype steer --requests" "$m" "$sae" $dtype
         # Ranks can swap between near-equal bf16 values, so the examples' places only in f32.
         [ "$dtype" = f32 ] && cli_case "$model $dtype top" "$m" "$sae" top --dtype $dtype --latent 51 \
             --latent 183 --top-k 3 --batch 2 --prompt "$PROMPT" --prompt "$BASE" --prompt "Dogs are loyal friends."
