@@ -14,15 +14,20 @@
 //!
 //! * [`Workbench::forward_plain`]: one forward over `batch x seq`, logits at every position;
 //! * [`Workbench::collect_latents`]: the SAE's JumpReLU latents at `block_output` of the SAE
-//!   layer, every position, through the intervention graph with an encode-collect and the
-//!   collect-only early stop (nothing after the SAE layer is computed);
+//!   layer, every position: [`scope::LatentCollector`] (an encode-collect through the
+//!   intervention graph with the collect-only early stop: nothing after the SAE layer is
+//!   computed), built once outside the timed region like the peer's `IntervenableModel`;
 //! * [`Workbench::generate_plain`] / [`Workbench::generate_steered`]: greedy decoding of exactly
-//!   `new` tokens (no eos stop, like the peer's `min_new_tokens`); steering adds
-//!   `magnitude * W_dec[latent]` at every prompt position and every decode step (pyvene's
-//!   `intervene_on_prompt=True`, `unit_locations=None`);
+//!   `new` tokens (no eos stop, like the peer's `min_new_tokens`); steering is [`scope::steer`],
+//!   adding `magnitude * W_dec[latent]` at every prompt position and every decode step
+//!   (pyvene's `intervene_on_prompt=True`, `unit_locations=None`). `scope::steer` builds its
+//!   graph in the call, so the timed region holds that build too (a few small allocations and
+//!   one decoder-row scale; the peer builds its `IntervenableModel` once, untimed);
 //! * [`Workbench::interchange`]: pyvene's JumpReLU interchange, source position 11 into base
 //!   position 14 on one latent, with the clean run, giving the logit difference at the last
-//!   position.
+//!   position. This one stays on the intervention graph rather than [`scope::patch`], which
+//!   also collects the base latents and encodes the source slice (for the values it reports),
+//!   and so does more than the peer times.
 //! * [`Workbench::steer_requests`] / [`run_steer_batch`]: the `steer_batch` workload (the
 //!   peer is `benches/peer_steer_batch.py`): [`steer_batch_jobs`] gives 64 greedy requests,
 //!   each steered by a latent and magnitude of its own, with prompts of 8–64 tokens and 8–96
@@ -37,7 +42,8 @@ use intervene::{
     CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Site, SiteKind,
     Sources, Subspaces,
 };
-use sae::{EncodeCollect, JumpReluInterchange, Sae, SaeFamily, SaeFormat, SiteHint, Steer};
+use sae::{JumpReluInterchange, Sae, SaeFamily, SaeFormat, SiteHint};
+use scope::{LatentCollector, SaeAt};
 use scope_engine::{Edit, Engine, Finished, Request};
 use tch::{Device, Kind, Tensor};
 
@@ -323,8 +329,8 @@ pub struct Workbench {
     pub size: Size,
     /// The model (random weights).
     pub model: Gemma2Model,
-    /// The SAE (random weights, in the model's dtype).
-    pub sae: Sae,
+    /// The SAE (random weights, in the model's dtype) at `block_output` of its layer.
+    pub sae: SaeAt,
     /// The SAE's layer.
     pub layer: usize,
 }
@@ -348,6 +354,7 @@ impl Workbench {
         let sae = random_sae(config.hidden_size, size.d_sae(), layer, 1, device)?
             .to_dtype(dtype)
             .context("SAE dtype")?;
+        let sae = SaeAt::new(sae, Some(layer), &model).context("SAE site")?;
         Ok(Workbench {
             size,
             model,
@@ -371,7 +378,7 @@ impl Workbench {
 
     /// The SAE's component: `block_output` at its layer.
     pub fn component(&self) -> Component {
-        Component::typed("block_output", self.layer)
+        self.sae.component()
     }
 
     /// A plain forward; the logits `[B, T, vocab]`.
@@ -382,34 +389,15 @@ impl Workbench {
             .ok_or_else(|| anyhow!("the plain forward returned no logits"))
     }
 
-    /// The graph for [`collect_latents`](Self::collect_latents): an encode-collect at the SAE's
-    /// site.
-    pub fn collector(&self) -> Result<IntervenableModel<'_, Gemma2Model>> {
-        Ok(IntervenableModel::new(
-            &self.model,
-            vec![RepresentationConfig::new(
-                self.component(),
-                EncodeCollect::new(&self.sae),
-            )],
-        )?)
+    /// The collector for [`collect_latents`](Self::collect_latents) (built once, untimed).
+    pub fn collector(&self) -> Result<LatentCollector<'_>> {
+        Ok(LatentCollector::new(&self.model, &self.sae)?)
     }
 
     /// The SAE latents `[B, T, d_sae]` (in the SAE's dtype) at every position, stopping after the
     /// SAE layer.
-    pub fn collect_latents(
-        graph: &IntervenableModel<'_, Gemma2Model>,
-        batch: &Batch,
-    ) -> Result<Tensor> {
-        let options = CallOptions::new()
-            .locations(Locations::all())
-            .collect_only_stop_early(true);
-        let mut out = graph.forward(batch, Sources::None, &options)?;
-        if out.collected.len() != 1 {
-            bail!("expected one collected tensor, got {}", out.collected.len());
-        }
-        out.collected
-            .pop()
-            .ok_or_else(|| anyhow!("nothing collected"))
+    pub fn collect_latents(collector: &LatentCollector<'_>, batch: &Batch) -> Result<Tensor> {
+        Ok(collector.latents(batch)?)
     }
 
     /// Greedy decoding of exactly `new` tokens (eos never stops it), decode steps run as
@@ -434,39 +422,23 @@ impl Workbench {
             .generate(prompt, &Self::generation_config(new, decode))?)
     }
 
-    /// The graph for [`generate_steered`](Self::generate_steered): `magnitude * W_dec[latent]`
-    /// added at the SAE's site.
-    pub fn steerer(
-        &self,
-        latent: i64,
-        magnitude: f64,
-    ) -> Result<IntervenableModel<'_, Gemma2Model>> {
-        let steer = Steer::new(&self.sae, &[(latent, magnitude)])?;
-        Ok(IntervenableModel::new(
-            &self.model,
-            vec![RepresentationConfig::new(self.component(), steer)],
-        )?)
-    }
-
-    /// Steered greedy generation: the vector is added at every prompt position and at every
-    /// decode step (pyvene's `intervene_on_prompt=True`, `unit_locations=None`).
+    /// Steered greedy generation from one prompt (token ids): [`scope::steer`] with `pairs`,
+    /// the vector added at every prompt position and at every decode step (pyvene's
+    /// `intervene_on_prompt=True`, `unit_locations=None`). The graph is built in the call.
     pub fn generate_steered(
-        graph: &IntervenableModel<'_, Gemma2Model>,
-        prompt: &Batch,
+        &self,
+        prompt: &[i64],
+        pairs: &[(i64, f64)],
         new: usize,
         decode: DecodeMode,
     ) -> Result<Generated> {
-        let options = CallOptions::new()
-            .locations(Locations::all())
-            .intervene_on_prompt(true);
-        Ok(graph
-            .generate(
-                prompt,
-                Sources::None,
-                &options,
-                &Self::generation_config(new, decode),
-            )?
-            .intervened)
+        Ok(scope::steer(
+            &self.model,
+            &self.sae,
+            prompt,
+            pairs,
+            &Self::generation_config(new, decode),
+        )?)
     }
 
     /// The engine requests of `jobs`: greedy, exactly `new_tokens` each (no stop tokens),
@@ -477,7 +449,7 @@ impl Workbench {
         jobs.iter()
             .enumerate()
             .map(|(i, job)| {
-                let vector = self.sae.steering_sum(&[(job.latent, job.magnitude)])?;
+                let vector = self.sae.sae.steering_sum(&[(job.latent, job.magnitude)])?;
                 let mut request =
                     Request::greedy(format!("r{i}"), job.prompt.clone(), job.new_tokens)
                         .with_edit(Edit { site, vector });
@@ -488,12 +460,16 @@ impl Workbench {
     }
 
     /// The graph for [`interchange`](Self::interchange): pyvene's JumpReLU interchange.
+    ///
+    /// Not [`scope::patch`]: that one also collects the base latents at the base position and
+    /// encodes the source slice (the values it reports) and builds its graph per call, work the
+    /// peer's interchange does not do.
     pub fn interchanger(&self) -> Result<IntervenableModel<'_, Gemma2Model>> {
         Ok(IntervenableModel::new(
             &self.model,
             vec![RepresentationConfig::new(
                 self.component(),
-                JumpReluInterchange::new(&self.sae),
+                JumpReluInterchange::new(&self.sae.sae),
             )],
         )?)
     }
@@ -547,6 +523,14 @@ pub fn mean_l0(acts: &Tensor) -> Result<f64> {
         .f_sum_dim_intlist(-1, false, Kind::Float)?
         .f_mean(Kind::Float)?
         .f_double_value(&[])?)
+}
+
+/// The ids of `ids` (any shape, e.g. one prompt `[1, T]`) flattened into a vector, for the
+/// workflows that take token ids.
+pub fn id_vec(ids: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::<i64>::try_from(
+        &ids.f_reshape([-1])?.f_to_device(Device::Cpu)?,
+    )?)
 }
 
 /// The `k` largest entries' indices of the last row of `t` (`[1, vocab]`).

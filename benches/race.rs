@@ -23,8 +23,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gemma_model::{Batch, DecodeMode};
 use scope_benches::{
-    mean_l0, parse_device, parse_dtype, peak_rss_gib, run_steer_batch, steer_batch_jobs, sync,
-    timed, top_k_indices, Size, Workbench, PROMPT_LEN, STEER_BATCH_REQUESTS, STEER_LATENT,
+    id_vec, mean_l0, parse_device, parse_dtype, peak_rss_gib, run_steer_batch, steer_batch_jobs,
+    sync, timed, top_k_indices, Size, Workbench, PROMPT_LEN, STEER_BATCH_REQUESTS, STEER_LATENT,
     STEER_MAGNITUDE,
 };
 use scope_engine::{Engine, EngineMode, Limits};
@@ -208,9 +208,11 @@ fn run() -> Result<()> {
             "graph_fallback": out.graph_fallback,
         }));
 
-        let steerer = bench.steerer(STEER_LATENT, STEER_MAGNITUDE)?;
+        // `scope::steer` takes the prompt's ids and builds its graph in the call.
+        let prompt_ids = id_vec(&prompt.input_ids)?;
+        let pairs = [(STEER_LATENT, STEER_MAGNITUDE)];
         let (t_steer, out) = timed(device, gen_reps, || {
-            Workbench::generate_steered(&steerer, &prompt, a.new, a.decode)
+            bench.generate_steered(&prompt_ids, &pairs, a.new, a.decode)
         })?;
         emit(json!({
             "what": "generate_steered", "new_tokens": a.new,
@@ -260,7 +262,7 @@ fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
             context,
         },
     )?;
-    if a.only.is_empty() && engine.mode() != EngineMode::Batched {
+    if a.only.is_empty() && engine.mode() != EngineMode::Fused {
         emit(json!({
             "what": "steer_batch_skipped",
             "why": "the engine runs requests one by one here (not a float32 model on an AVX2 CPU); \

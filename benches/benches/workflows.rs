@@ -1,5 +1,5 @@
 //! Criterion benches of the scope workflows on random weights: SAE encode throughput, latent
-//! collection, steered greedy generation (batch 1 and 8) and the JumpReLU interchange.
+//! collection, steered greedy generation (batch 1) and the JumpReLU interchange.
 //!
 //! CPU: the `small` shapes (hidden 512, 8 layers, SAE 4096 at layer 6), f32. With a GPU, the
 //! gemma-2-2b shapes (SAE 16384 at layer 20) in bf16 as well. Sample sizes are small so that
@@ -75,7 +75,7 @@ fn workflows(c: &mut Criterion) {
             g.throughput(Throughput::Elements(tokens as u64));
             g.bench_function(BenchmarkId::new(&name, tokens), |b| {
                 b.iter(|| {
-                    let acts = bench.sae.encode(&x).unwrap();
+                    let acts = bench.sae.sae.encode(&x).unwrap();
                     sync(device);
                     acts
                 })
@@ -102,30 +102,25 @@ fn workflows(c: &mut Criterion) {
             g.finish();
         }
 
-        // Steered greedy generation, batch 1 and 8, 14-token prompts.
+        // Steered greedy generation (`scope::steer`, one 14-token prompt; its graph is built
+        // in the call).
         {
-            let graph = bench.steerer(STEER_LATENT, STEER_MAGNITUDE).unwrap();
+            let prompt = scope_benches::id_vec(&bench.ids(1, PROMPT_LEN, 3).unwrap()).unwrap();
+            let pairs = [(STEER_LATENT, STEER_MAGNITUDE)];
             let mut g = c.benchmark_group("generate_steered");
-            for rows in [1i64, 8] {
-                let prompt = Batch::new(bench.ids(rows, PROMPT_LEN, 3).unwrap());
-                g.throughput(Throughput::Elements(rows as u64 * plan.new as u64));
-                g.bench_function(
-                    BenchmarkId::new(&name, format!("batch{rows}-new{}", plan.new)),
-                    |b| {
-                        b.iter(|| {
-                            let out = Workbench::generate_steered(
-                                &graph,
-                                &prompt,
-                                plan.new,
-                                DecodeMode::Auto,
-                            )
+            g.throughput(Throughput::Elements(plan.new as u64));
+            g.bench_function(
+                BenchmarkId::new(&name, format!("batch1-new{}", plan.new)),
+                |b| {
+                    b.iter(|| {
+                        let out = bench
+                            .generate_steered(&prompt, &pairs, plan.new, DecodeMode::Auto)
                             .unwrap();
-                            sync(device);
-                            out
-                        })
-                    },
-                );
-            }
+                        sync(device);
+                        out
+                    })
+                },
+            );
             g.finish();
         }
 
