@@ -160,17 +160,22 @@ fn assert_same(what: &str, solo: &Finished, got: &Finished) {
     }
 }
 
-#[test]
-fn requests_give_the_same_logits_alone_and_batched() {
-    let model = tiny_f32();
-    let solo: HashMap<String, Finished> = varied_requests()
+/// Each of the varied requests on an engine of one slot, by id.
+fn solo_runs(model: &Gemma2Model, mode: EngineMode) -> HashMap<String, Finished> {
+    varied_requests()
         .into_iter()
         .map(|request| {
-            let (mut done, _) = run(&model, EngineMode::Fused, 1, vec![request]);
+            let (mut done, _) = run(model, mode, 1, vec![request]);
             let (_, finished) = done.drain().next().expect("one result");
             (finished.id.clone(), finished)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn requests_give_the_same_logits_alone_and_batched() {
+    let model = tiny_f32();
+    let solo = solo_runs(&model, EngineMode::Fused);
     assert_eq!(solo.len(), 18);
     let lengths: Vec<usize> = solo.values().map(|f| f.tokens.len()).collect();
     assert!(lengths.iter().any(|&n| n > 20) && lengths.contains(&1));
@@ -309,14 +314,7 @@ fn steered_requests_give_pyvenes_tokens_bf16() {
 #[test]
 fn batched_libtorch_steps_give_each_request_its_solo_tokens() {
     let model = tiny_f32();
-    let solo: HashMap<String, Finished> = varied_requests()
-        .into_iter()
-        .map(|request| {
-            let (mut done, _) = run(&model, EngineMode::Batched, 1, vec![request]);
-            let (_, finished) = done.drain().next().expect("one result");
-            (finished.id.clone(), finished)
-        })
-        .collect();
+    let solo = solo_runs(&model, EngineMode::Batched);
     let (five, widest) = run(&model, EngineMode::Batched, 5, varied_requests());
     assert_eq!(widest, 5);
     let mut reversed = varied_requests();
