@@ -31,9 +31,10 @@ impl Masks {
         window: Option<i64>,
         dtype: Kind,
     ) -> Result<Self> {
-        let full = additive_mask(queries, keys, key_real, None, dtype)?;
+        let rule = Rule::new(queries, keys, key_real)?;
+        let full = additive(&rule.visible, dtype)?;
         let sliding = match window {
-            Some(_) => additive_mask(queries, keys, key_real, window, dtype)?,
+            Some(w) => additive(&rule.within(w)?, dtype)?,
             None => full.shallow_clone(),
         };
         Ok(Masks { full, sliding })
@@ -77,22 +78,50 @@ pub fn additive_mask(
     window: Option<i64>,
     dtype: Kind,
 ) -> Result<Tensor> {
-    let device = queries.device();
-    let q = queries.f_unsqueeze(-1)?; // [B, T, 1]
-    let k = Tensor::f_arange(keys, (Kind::Int64, device))?; // [S]
-    let mut allowed = k.f_le_tensor(&q)?; // [B, T, S]
-    if let Some(w) = window {
-        allowed = allowed.f_logical_and(&k.f_gt_tensor(&q.f_sub_scalar(w)?)?)?;
+    let rule = Rule::new(queries, keys, key_real)?;
+    match window {
+        Some(w) => additive(&rule.within(w)?, dtype),
+        None => additive(&rule.visible, dtype),
     }
-    if let Some(real) = key_real {
-        let real = real.f_to_device(device)?.f_ne(0)?.f_unsqueeze(1)?; // [B, 1, S]
-        allowed = allowed.f_logical_and(&real)?;
+}
+
+/// The rule's parts for one set of queries: which keys they see without a window.
+struct Rule {
+    /// `[B, T, 1]` query indices.
+    q: Tensor,
+    /// `[keys]` key indices.
+    k: Tensor,
+    /// `[B or 1, T, keys]`: causal and real.
+    visible: Tensor,
+}
+
+impl Rule {
+    fn new(queries: &Tensor, keys: i64, key_real: Option<&Tensor>) -> Result<Self> {
+        let device = queries.device();
+        let q = queries.f_unsqueeze(-1)?;
+        let k = Tensor::f_arange(keys, (Kind::Int64, device))?;
+        let mut visible = k.f_le_tensor(&q)?;
+        if let Some(real) = key_real {
+            let real = real.f_to_device(device)?.f_ne(0)?.f_unsqueeze(1)?; // [B, 1, S]
+            visible = visible.f_logical_and(&real)?;
+        }
+        Ok(Rule { q, k, visible })
     }
-    let allowed = allowed.f_unsqueeze(1)?; // [B, 1, T, S]
-    let zeros = Tensor::f_zeros([1], (dtype, device))?;
+
+    /// The visible keys that are also within the last `window` indices of each query.
+    fn within(&self, window: i64) -> Result<Tensor> {
+        let recent = self.k.f_gt_tensor(&self.q.f_sub_scalar(window)?)?;
+        Ok(self.visible.f_logical_and(&recent)?)
+    }
+}
+
+/// 0 where `visible` (`[B, T, S]`), `finfo(dtype).min` elsewhere: `[B, 1, T, S]`.
+fn additive(visible: &Tensor, dtype: Kind) -> Result<Tensor> {
+    let visible = visible.f_unsqueeze(1)?;
+    let zeros = Tensor::f_zeros([1], (dtype, visible.device()))?;
     Ok(zeros
-        .f_expand(allowed.size(), false)?
-        .f_masked_fill(&allowed.f_logical_not()?, finfo_min(dtype))?)
+        .f_expand(visible.size(), false)?
+        .f_masked_fill(&visible.f_logical_not()?, finfo_min(dtype))?)
 }
 
 /// The masks of one generation's one-position decode steps: which keys are real is known
