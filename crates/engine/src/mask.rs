@@ -132,6 +132,10 @@ pub struct DecodeMasks {
     pub(crate) key_real: Tensor,
     pub(crate) window: Option<i64>,
     pub(crate) dtype: Kind,
+    /// The rule for a query at the last index, `[B, 1, 1, max_len]`: every key is causal
+    /// there, so only padding is hidden. A step at `past` that no window cuts into sees its
+    /// first `past + 1` keys the same way, which saves building them per step.
+    last_query: Tensor,
 }
 
 impl DecodeMasks {
@@ -149,15 +153,25 @@ impl DecodeMasks {
         // Every generated position is a real token (HF appends ones to the mask).
         let new = Tensor::f_ones([b, max_len - t], (Kind::Bool, device))?;
         let key_real = Tensor::f_cat(&[&prompt_mask.f_ne(0)?, &new], 1)?;
+        let last = Tensor::f_full([1, 1], max_len - 1, (Kind::Int64, device))?;
+        let last_query = additive_mask(&last, max_len, Some(&key_real), None, dtype)?;
         Ok(DecodeMasks {
             key_real,
             window,
             dtype,
+            last_query,
         })
     }
 
     /// The masks of the query at cache index `past` over keys `0..=past`.
     pub fn step(&self, past: i64) -> Result<Masks> {
+        if self.window.is_none_or(|w| past < w) {
+            let full = self.last_query.f_narrow(3, 0, past + 1)?;
+            return Ok(Masks {
+                sliding: full.shallow_clone(),
+                full,
+            });
+        }
         let device = self.key_real.device();
         let queries = Tensor::f_full([1, 1], past, (Kind::Int64, device))?;
         let real = self.key_real.f_narrow(1, 0, past + 1)?;
