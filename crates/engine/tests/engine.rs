@@ -191,7 +191,7 @@ fn requests_give_the_same_logits_alone_and_batched() {
         assert_same("18 slots, reversed", alone, &all_slots[id]);
     }
     let steps: usize = solo.values().map(|f| f.scores.len()).sum();
-    println!("ENGINE|18 requests, {steps} steps: logits bit-identical alone, in 5 slots and in 18 reversed");
+    println!("PARITY|engine (fused): 18 requests' logits alone vs in 5 slots and 18 reversed ({steps} steps)|exact|0");
 }
 
 /// The fixture's steering cases: (name, [(layer, latent, magnitude)]).
@@ -330,7 +330,7 @@ fn batched_libtorch_steps_give_each_request_its_solo_tokens() {
         }
     }
     println!(
-        "ENGINE|libtorch batched steps: 18 requests' tokens as alone; logits within {worst:.2e}"
+        "PARITY|engine (libtorch batched steps): 18 requests' logits alone vs batched (tokens exact)|1e-3|{worst:.2e}"
     );
     assert!(worst <= 1e-3, "{worst}");
 }
