@@ -1035,3 +1035,50 @@ fn requests_read_the_top_latents_of_each_new_token() {
         worst,
     );
 }
+
+/// `scope generate --requests`: each request's tokens are `scope generate`'s for its prompt
+/// and settings (greedy, and sampled with its own seed), and a line that steers without an
+/// SAE gets an error that says so.
+#[test]
+fn generate_requests_match_single_generations() {
+    let model = fixture(F32_MODEL);
+    let prompt = "Would you be able to travel through time using a wormhole?";
+    let lines = [
+        serde_json::json!({"id": "greedy", "prompt": prompt, "max_new_tokens": 8}),
+        serde_json::json!({"id": "sampled", "prompt": "Space is big.", "sample": true, "temperature": 0.8, "seed": 7, "max_new_tokens": 8}),
+        serde_json::json!({"id": "steer", "prompt": prompt, "steer": [{"latent": 3, "magnitude": 1.0}]}),
+    ];
+    let (out, code, stderr) = run_requests(&["generate", "--model", &model], &lines);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        out["steer"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("needs an SAE"),
+        "{:?}",
+        out["steer"]
+    );
+    let single = |args: &[&str]| {
+        let mut all = vec!["generate", "--model", &model, "--max-new-tokens", "8"];
+        all.extend(args);
+        scope_json(&all)
+    };
+    let greedy = single(&["--prompt", prompt]);
+    assert_eq!(
+        ints(&out["greedy"]["output_ids"]),
+        ints(&greedy["output_ids"])
+    );
+    let sampled = single(&[
+        "--prompt",
+        "Space is big.",
+        "--sample",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(
+        ints(&out["sampled"]["output_ids"]),
+        ints(&sampled["output_ids"])
+    );
+}
