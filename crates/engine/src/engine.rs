@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::fused::{self, FusedDecoder, SlotCall};
-use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler};
+use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler, Sampling};
 use crate::mask::Masks;
 use crate::model::Call;
 use crate::model::DecoderModel;
@@ -145,6 +145,7 @@ struct Prepared {
     id: String,
     prompt: Vec<i64>,
     max_new_tokens: usize,
+    sampling: Sampling,
     sampler: Sampler,
     config: GenerationConfig,
     stop: Vec<i64>,
@@ -183,9 +184,13 @@ impl Running {
     }
 
     /// Takes the token chosen from `scores` (`[1, vocab]`, f32) and says whether the request
-    /// is done.
-    fn take(&mut self, scores: Tensor) -> Result<Option<FinishReason>> {
-        let token = self.request.sampler.next(&scores)?.f_int64_value(&[0])?;
+    /// is done. `argmax` is the scores' argmax, read with the other rows' in one copy to the
+    /// host (exactly what a greedy sampler picks from this row alone).
+    fn take(&mut self, scores: Tensor, argmax: i64) -> Result<Option<FinishReason>> {
+        let token = match self.request.sampling {
+            Sampling::Greedy => argmax,
+            Sampling::Sample { .. } => self.request.sampler.next(&scores)?.f_int64_value(&[0])?,
+        };
         if self.request.keep_scores {
             self.scores.push(scores.f_squeeze_dim(0)?);
         }
@@ -395,6 +400,7 @@ impl<'m> Engine<'m> {
         generation.decode = DecodeMode::Eager;
         Ok(Prepared {
             sampler: Sampler::new(sampling).map_err(|e| refuse(e.to_string()))?,
+            sampling,
             id,
             prompt,
             max_new_tokens,
@@ -432,7 +438,11 @@ impl<'m> Engine<'m> {
                 }
             };
             running.past = prompt.len();
-            match running.take(scores.f_narrow(0, 0, 1)?)? {
+            let argmax = argmax_of_rows(&scores)?
+                .first()
+                .copied()
+                .unwrap_or_default();
+            match running.take(scores.f_narrow(0, 0, 1)?, argmax)? {
                 Some(reason) => done.push(running.finish(reason)),
                 None => self.slots[slot] = Some(running),
             }
@@ -471,10 +481,11 @@ impl<'m> Engine<'m> {
             )?,
             Runner::Sequential => return Ok(Vec::new()),
         };
+        let argmax = argmax_of_rows(&scores)?;
         let mut finished = Vec::new();
-        for (row, running) in rows.into_iter().enumerate() {
+        for ((row, running), &best) in rows.into_iter().enumerate().zip(&argmax) {
             running.past += 1;
-            if let Some(reason) = running.take(scores.f_narrow(0, row as i64, 1)?)? {
+            if let Some(reason) = running.take(scores.f_narrow(0, row as i64, 1)?, best)? {
                 finished.push((row, reason));
             }
         }
@@ -539,6 +550,12 @@ fn call_slots(
     keep_reads(rows, hooks_reads);
     // HF copies the last position's logits to f32 before choosing.
     Ok(logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}
+
+/// The argmax of every row of `scores` (`[rows, vocab]`), in one copy to the host.
+fn argmax_of_rows(scores: &Tensor) -> Result<Vec<i64>> {
+    let best = scores.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?;
+    Ok(Vec::<i64>::try_from(&best)?)
 }
 
 /// Appends each row's readings of one call to its request's.
