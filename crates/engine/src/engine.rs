@@ -7,7 +7,6 @@ use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::fused::{self, FusedDecoder, SlotCall};
 use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler, Sampling};
-use crate::mask::Masks;
 use crate::model::Call;
 use crate::model::DecoderModel;
 use intervene::{ForwardOptions, Site};
@@ -16,6 +15,7 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::hooks::{RowHooks, RowInterventions};
 use crate::request::{FinishReason, Finished, Reading, Readout, Request};
+use crate::slots::SlotStep;
 
 /// How much the engine holds at once. The KV cache is allocated once, up front, for
 /// `max_rows` slots of `context` positions; a request waits for a free slot, and one that
@@ -136,6 +136,7 @@ enum Runner<'m> {
     },
     Batched {
         cache: KvCache,
+        step: Box<SlotStep>,
     },
     Sequential,
 }
@@ -241,7 +242,10 @@ impl<'m> Engine<'m> {
                 decoder: Box::new(FusedDecoder::for_slots(model)?),
                 cache: cache()?,
             },
-            EngineMode::Batched => Runner::Batched { cache: cache()? },
+            EngineMode::Batched => Runner::Batched {
+                cache: cache()?,
+                step: Box::new(SlotStep::new(model, limits.max_rows)?),
+            },
             EngineMode::Sequential => Runner::Sequential,
         };
         Ok(Engine {
@@ -430,7 +434,7 @@ impl<'m> Engine<'m> {
                 Runner::Fused { decoder, cache } => {
                     call_slots(decoder, cache, &[slot], &mut [&mut running], &prompt)?
                 }
-                Runner::Batched { cache } => prefill(self.model, cache, slot, &mut running)?,
+                Runner::Batched { cache, .. } => prefill(self.model, cache, slot, &mut running)?,
                 Runner::Sequential => {
                     return Err(Error::Limits(
                         "a batched call on a sequential engine".into(),
@@ -444,7 +448,12 @@ impl<'m> Engine<'m> {
                 .unwrap_or_default();
             match running.take(scores.f_narrow(0, 0, 1)?, argmax)? {
                 Some(reason) => done.push(running.finish(reason)),
-                None => self.slots[slot] = Some(running),
+                None => {
+                    if let Runner::Batched { step, .. } = &mut self.runner {
+                        step.set_row(slot, &running.request.edits)?;
+                    }
+                    self.slots[slot] = Some(running);
+                }
             }
         }
         Ok(done)
@@ -471,9 +480,10 @@ impl<'m> Engine<'m> {
             Runner::Fused { decoder, cache } => {
                 call_slots(decoder, cache, &slots, &mut rows, &tokens)?
             }
-            Runner::Batched { cache } => step_every_slot(
+            Runner::Batched { cache, step } => step_every_slot(
                 self.model,
                 cache,
+                step,
                 self.limits.max_rows,
                 &slots,
                 &mut rows,
@@ -491,6 +501,9 @@ impl<'m> Engine<'m> {
         }
         let mut done = Vec::new();
         for (row, reason) in finished {
+            if let Runner::Batched { step, .. } = &mut self.runner {
+                step.clear_row(slots[row])?;
+            }
             if let Some(running) = self.slots[slots[row]].take() {
                 done.push(running.finish(reason));
             }
@@ -603,13 +616,14 @@ fn prefill(
 }
 
 /// One libtorch step over every slot of `cache` (`rows` of them; free ones feed a pad at
-/// index 0 of their own row, which admission overwrites): each running row's token at its
-/// own position, keys and values written at its own index, attention over its row's buffer
-/// with later indices hidden. The scores of the running rows, in their order (`[rows,
-/// vocab]`, f32).
+/// index 0 of their own row, which admission overwrites) through `step`'s static buffers:
+/// each running row's token at its own position, keys and values written at its own index,
+/// attention over its row's buffer with later indices hidden, its steering from its row of
+/// the edit buffers. The scores of the running rows, in their order (`[rows, vocab]`, f32).
 fn step_every_slot(
     model: &dyn DecoderModel,
     cache: &mut KvCache,
+    step: &mut SlotStep,
     rows: usize,
     slots: &[usize],
     running: &mut [&mut Running],
@@ -621,29 +635,20 @@ fn step_every_slot(
         feed[slot] = token;
         index[slot] = row.past as i64;
     }
-    let on_device = |values: &[i64]| -> Result<Tensor> {
-        Ok(Tensor::f_from_slice(values)?.f_to_device(spec.device)?)
-    };
-    let cursor = on_device(&index)?; // [rows]
-    let positions = cursor.f_view([rows as i64, 1])?;
-    let batch = Batch::new(on_device(&feed)?.f_view([rows as i64, 1])?)
-        .with_position_ids(positions.shallow_clone());
-    let masks = Masks::new(&positions, cache.max_len(), None, spec.window, spec.dtype)?;
-    let mut interventions = vec![RowInterventions::default(); rows];
+    // Readouts are host code: only steps that have some visit them (and are not recorded).
+    let mut readouts = vec![RowInterventions::default(); rows];
     for (&slot, row) in slots.iter().zip(running.iter()) {
-        interventions[slot] = row.interventions();
+        readouts[slot].readouts = &row.request.readouts;
     }
-    let mut hooks = RowHooks::new(interventions);
-    let call = Call {
-        options: last_position(),
-        masks: Some(masks),
-        cursor: Some(&cursor),
-        ..Call::cached(cache)
-    };
-    let logits = model
-        .run(&batch, call, &mut hooks)?
-        .logits
-        .ok_or_else(|| Error::Input("the decode step returned no logits".into()))?;
+    let any = readouts.iter().any(|r| !r.readouts.is_empty());
+    let mut hooks = RowHooks::new(readouts);
+    let logits = step.run(
+        model,
+        cache,
+        &feed,
+        &index,
+        any.then_some(&mut hooks as &mut dyn intervene::Hooks),
+    )?;
     let mut reads = std::mem::take(&mut hooks.reads);
     drop(hooks);
     let ours: Vec<_> = slots

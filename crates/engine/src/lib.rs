@@ -75,6 +75,7 @@ mod hooks;
 pub mod mask;
 pub mod model;
 mod request;
+mod slots;
 pub mod spec;
 
 pub use batch::Batch;
