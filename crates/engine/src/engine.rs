@@ -89,7 +89,8 @@ pub enum EngineMode {
     /// own. A request's logits are bit-identical whatever runs beside it.
     Fused,
     /// One libtorch call per decode step over every slot (any device and dtype; a step of
-    /// one fixed shape, as a CUDA graph wants), each admitted prompt in a call of its own.
+    /// one fixed shape over static buffers, recorded as a CUDA graph on a GPU), each admitted
+    /// prompt in a call of its own.
     /// A row's products may round differently with the rows around it (the library picks
     /// its kernels by shape), so logits can differ in the last bits from a solo run; tokens
     /// are the solo run's on the test fixtures.
