@@ -7,9 +7,9 @@ use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::fused::{self, FusedDecoder, SlotCall};
 use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler, Sampling};
-use crate::model::Call;
 use crate::model::DecoderModel;
-use intervene::{ForwardOptions, Site};
+use crate::model::{last_position, Call};
+use intervene::Site;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -149,7 +149,6 @@ struct Prepared {
     max_new_tokens: usize,
     sampling: Sampling,
     sampler: Sampler,
-    config: GenerationConfig,
     stop: Vec<i64>,
     edits: Vec<(Site, Tensor)>,
     readouts: Vec<Box<dyn Readout>>,
@@ -373,7 +372,9 @@ impl<'m> Engine<'m> {
         }
         if keep_scores && self.mode() == EngineMode::Sequential {
             return Err(refuse(
-                "scores are kept only in batched mode (a float32 model on the CPU)".into(),
+                "scores are not kept in sequential mode (each request runs through the \
+                 model's own generation)"
+                    .into(),
             ));
         }
         let catalog = self.model.site_catalog();
@@ -399,17 +400,12 @@ impl<'m> Engine<'m> {
             }
         }
         let stop = stop_tokens.unwrap_or_else(|| spec.eos_token_ids.clone());
-        let mut generation = GenerationConfig::greedy(max_new_tokens);
-        generation.sampling = sampling;
-        generation.eos_token_ids = Some(stop.clone());
-        generation.decode = DecodeMode::Eager;
         Ok(Prepared {
             sampler: Sampler::new(sampling).map_err(|e| refuse(e.to_string()))?,
             sampling,
             id,
             prompt,
             max_new_tokens,
-            config: generation,
             stop,
             edits: on_device,
             readouts,
@@ -519,14 +515,15 @@ impl<'m> Engine<'m> {
             return Ok(running.finish(FinishReason::Length));
         }
         let mut hooks = RowHooks::new(vec![running.interventions()]);
-        let batch = Batch::from_ids(&running.request.prompt);
-        let generated = generate(
-            self.model,
-            &batch,
-            &running.request.config,
-            &mut hooks,
-            &mut |_| true,
-        )?;
+        let request = &running.request;
+        let config = GenerationConfig {
+            sampling: request.sampling,
+            eos_token_ids: Some(request.stop.clone()),
+            decode: DecodeMode::Eager,
+            ..GenerationConfig::greedy(request.max_new_tokens)
+        };
+        let batch = Batch::from_ids(&request.prompt);
+        let generated = generate(self.model, &batch, &config, &mut hooks, &mut |_| true)?;
         let reads = std::mem::take(&mut hooks.reads);
         drop(hooks);
         running.reads = reads.into_iter().next().unwrap_or_default();
@@ -578,14 +575,6 @@ fn keep_reads(rows: &mut [&mut Running], reads: Vec<Vec<Vec<Reading>>>) {
         for (all, mut new) in running.reads.iter_mut().zip(row_reads) {
             all.append(&mut new);
         }
-    }
-}
-
-/// Options of a call that wants only the last position's logits.
-fn last_position() -> ForwardOptions {
-    ForwardOptions {
-        last_position_logits: true,
-        ..ForwardOptions::default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! argmax or sampling with HF's warper order (temperature, top-k, top-p), finished rows emit the
 //! pad id, and the loop stops when every row has produced an eos id.
 
-use intervene::{ForwardOptions, Hooks};
+use intervene::Hooks;
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::Batch;
@@ -12,7 +12,7 @@ use crate::cuda::{self, CudaGraph};
 use crate::error::{Error, Result};
 use crate::fused::{self, FusedDecoder};
 use crate::mask::{DecodeMasks, Masks};
-use crate::model::{Call, DecoderModel, ModelOutput};
+use crate::model::{last_position, Call, DecoderModel, ModelOutput};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -478,15 +478,6 @@ fn run_and_record(
         logits,
         recorded.map(|logits| Recording::Recorded { logits, graph }),
     ))
-}
-
-/// Options of a call that wants only the last position's logits (transformers'
-/// `logits_to_keep=1`).
-fn last_position() -> ForwardOptions {
-    ForwardOptions {
-        last_position_logits: true,
-        ..ForwardOptions::default()
-    }
 }
 
 /// The device-side state of fixed-shape decode steps. Every tensor keeps its storage for

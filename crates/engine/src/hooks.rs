@@ -35,15 +35,7 @@ impl<'a> RowHooks<'a> {
     fn edit(&self, site: Site, activation: &mut Tensor) -> Result<(), intervene::Error> {
         for (row, interventions) in self.rows.iter().enumerate() {
             for (_, vector) in interventions.edits.iter().filter(|(s, _)| *s == site) {
-                let mut slice = activation.f_narrow(0, row as i64, 1)?;
-                if slice.kind() == vector.kind() {
-                    let _ = slice.f_add_(vector)?;
-                } else {
-                    // In the vector's dtype, rounded once on the way back, as pyvene writes
-                    // an intervention's result into the model.
-                    let sum = slice.f_to_kind(vector.kind())?.f_add(vector)?;
-                    slice.f_copy_(&sum)?;
-                }
+                add_in_its_dtype(&mut activation.f_narrow(0, row as i64, 1)?, vector)?;
             }
         }
         Ok(())
@@ -65,6 +57,19 @@ impl<'a> RowHooks<'a> {
         }
         Ok(())
     }
+}
+
+/// `activation += vector` (broadcast), computed in the vector's dtype and rounded once on the
+/// way back when the two differ, as pyvene writes an intervention's result into the model (a
+/// float32 SAE direction on a bfloat16 model adds in float32).
+pub(crate) fn add_in_its_dtype(activation: &mut Tensor, vector: &Tensor) -> tch::Result<()> {
+    if activation.kind() == vector.kind() {
+        let _ = activation.f_add_(vector)?;
+    } else {
+        let sum = activation.f_to_kind(vector.kind())?.f_add(vector)?;
+        activation.f_copy_(&sum)?;
+    }
+    Ok(())
 }
 
 impl Hooks for RowHooks<'_> {

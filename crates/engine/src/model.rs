@@ -43,6 +43,15 @@ pub struct Call<'a> {
     pub cursor: Option<&'a Tensor>,
 }
 
+/// Options of a call that wants only the last position's logits (transformers'
+/// `logits_to_keep=1`).
+pub(crate) fn last_position() -> ForwardOptions {
+    ForwardOptions {
+        last_position_logits: true,
+        ..ForwardOptions::default()
+    }
+}
+
 impl<'a> Call<'a> {
     /// A call with `options`.
     pub fn with_options(options: ForwardOptions) -> Self {

@@ -13,8 +13,9 @@ use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::cuda::{self, CudaGraph};
 use crate::error::{Error, Result};
+use crate::hooks::add_in_its_dtype;
 use crate::mask::Masks;
-use crate::model::{Call, DecoderModel};
+use crate::model::{last_position, Call, DecoderModel};
 
 /// The static buffers of the batched step, and its recording.
 pub(crate) struct SlotStep {
@@ -61,8 +62,8 @@ impl SlotStep {
         self.clear_row(slot)?;
         let rows = self.input_ids.size().first().copied().unwrap_or(0);
         for (site, vector) in edits {
-            let buffer = match self.edits.iter().position(|(s, _)| s == site) {
-                Some(i) => &mut self.edits[i].1,
+            let at = match self.edits.iter().position(|(s, _)| s == site) {
+                Some(at) => at,
                 None => {
                     let width = vector.size().first().copied().unwrap_or(0);
                     let buffer = Tensor::f_zeros([rows, width], (vector.kind(), vector.device()))?;
@@ -70,15 +71,10 @@ impl SlotStep {
                     if !matches!(self.graph, Recording::Never) {
                         self.graph = Recording::Wanted;
                     }
-                    &mut self
-                        .edits
-                        .last_mut()
-                        .ok_or_else(|| {
-                            Error::Input("an edit buffer vanished as it was made".into())
-                        })?
-                        .1
+                    self.edits.len() - 1
                 }
             };
+            let buffer = &self.edits[at].1;
             let mut row = buffer.f_narrow(0, slot as i64, 1)?;
             let _ = row.f_add_(&vector.f_to_kind(buffer.kind())?)?;
         }
@@ -163,10 +159,7 @@ impl SlotStep {
             Batch::new(self.input_ids.shallow_clone()).with_position_ids(positions.shallow_clone());
         let masks = Masks::new(&positions, cache.max_len(), None, spec.window, spec.dtype)?;
         let call = Call {
-            options: intervene::ForwardOptions {
-                last_position_logits: true,
-                ..intervene::ForwardOptions::default()
-            },
+            options: last_position(),
             masks: Some(masks),
             cursor: Some(&self.cursor),
             ..Call::cached(cache)
@@ -197,15 +190,7 @@ impl Hooks for SlotHooks<'_> {
     fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), intervene::Error> {
         for (_, buffer) in self.edits.iter().filter(|(s, _)| *s == site) {
             // `[rows, width]` over every position of `[rows, T, width]`.
-            let rows = buffer.f_unsqueeze(1)?;
-            if activation.kind() == buffer.kind() {
-                let _ = activation.f_add_(&rows)?;
-            } else {
-                // In the vectors' dtype, rounded once on the way back, as pyvene writes an
-                // intervention's result into the model.
-                let sum = activation.f_to_kind(buffer.kind())?.f_add(&rows)?;
-                activation.f_copy_(&sum)?;
-            }
+            add_in_its_dtype(activation, &buffer.f_unsqueeze(1)?)?;
         }
         if self.reads.wants(site) {
             self.reads.visit(site, activation)?;
