@@ -6,7 +6,7 @@
 //! Prompts and plain forwards ([`Masks::of_chunk`]), eager decode steps
 //! ([`DecodeMasks::step`]), fixed-shape steps whose query index lives on the device (a CUDA
 //! graph replays them) and the fused kernels' calls over cache slots all build their masks
-//! with [`additive_mask`].
+//! from this one rule ([`Masks::new`], [`additive_mask`]).
 
 use tch::{Kind, Tensor};
 

@@ -117,10 +117,10 @@ pub fn sampling(
         return Ok(gemma_model::Sampling::Greedy);
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
-        bail!("top_p must be in (0, 1], got {top_p}");
+        bail!("top_p (--top-p) must be in (0, 1], got {top_p}");
     }
     if top_k < 0 {
-        bail!("top_k must be >= 0, got {top_k}");
+        bail!("top_k (--top-k) must be >= 0, got {top_k}");
     }
     Ok(gemma_model::Sampling::Sample {
         temperature,
