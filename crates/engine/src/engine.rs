@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hooks::{RowHooks, RowInterventions};
-use crate::request::{FinishReason, Finished, Reading, Readout, Request};
+use crate::request::{FinishReason, Finished, Progress, Reading, Readout, Request};
 use crate::slots::SlotStep;
 
 /// How much the engine holds at once. The KV cache is allocated once, up front, for
@@ -293,6 +293,38 @@ impl<'m> Engine<'m> {
     /// Whether nothing is waiting or running.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running() == 0
+    }
+
+    /// What each running request has produced so far, in slot order: a streaming server
+    /// sends the tokens past those it already sent after every [`step`](Self::step). A
+    /// request leaves this list when it finishes (its tokens are then in its [`Finished`]).
+    pub fn progress(&self) -> impl Iterator<Item = Progress<'_>> {
+        self.slots.iter().flatten().map(|running| Progress {
+            id: &running.request.id,
+            tokens: &running.tokens,
+            readouts: &running.reads,
+        })
+    }
+
+    /// Drops the request `id`, waiting or running, so that its slot is free at the next
+    /// step (a client that went away); whether it was there.
+    pub fn cancel(&mut self, id: &str) -> Result<bool> {
+        if let Some(at) = self.waiting.iter().position(|r| r.id == id) {
+            self.waiting.remove(at);
+            return Ok(true);
+        }
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|r| r.request.id == id))
+        else {
+            return Ok(false);
+        };
+        if let Runner::Batched { step, .. } = &mut self.runner {
+            step.clear_row(slot)?;
+        }
+        self.slots[slot] = None;
+        Ok(true)
     }
 
     /// Admits waiting requests into free slots (running each one's prompt), then decodes

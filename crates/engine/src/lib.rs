@@ -85,5 +85,5 @@ pub use error::{Error, Result};
 pub use generate::{generate, DecodeMode, Generated, GenerationConfig, Sampler, Sampling, Step};
 pub use mask::Masks;
 pub use model::{Call, DecoderModel, FusedLayer, FusedWeights, ModelOutput};
-pub use request::{Edit, FinishReason, Finished, Reading, Readout, Request};
+pub use request::{Edit, FinishReason, Finished, Progress, Reading, Readout, Request};
 pub use spec::ModelSpec;

@@ -119,3 +119,14 @@ pub struct Finished {
     /// For each readout of the request, one reading per new token.
     pub readouts: Vec<Vec<Reading>>,
 }
+
+/// A running request's output so far (see [`Engine::progress`](crate::Engine::progress)).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    /// The request's id.
+    pub id: &'a str,
+    /// Its new tokens so far.
+    pub tokens: &'a [i64],
+    /// For each readout of the request, one reading per token so far.
+    pub readouts: &'a [Vec<Reading>],
+}

@@ -439,3 +439,62 @@ fn the_cache_budget_bounds_the_rows() {
         "{err}"
     );
 }
+
+/// A server streams each request's tokens as they come and drops the requests whose client
+/// went away: the progress after every step is a prefix of the request's final tokens, and
+/// cancelling running and waiting requests frees their slots without touching the others.
+#[test]
+fn progress_streams_tokens_and_cancel_frees_slots() {
+    let model = tiny_f32();
+    for mode in [EngineMode::Fused, EngineMode::Batched] {
+        let solo = solo_runs(&model, mode);
+        let limits = Limits {
+            max_rows: 4,
+            context: 64,
+        };
+        let mut engine = Engine::with_mode(&model, limits, mode).expect("engine");
+        let requests = varied_requests();
+        let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
+        for request in requests {
+            engine.submit(request).expect("submit");
+        }
+        let cancel_waiting = &ids[17];
+        let mut streamed: HashMap<String, Vec<i64>> = HashMap::new();
+        let (mut done, mut steps) = (HashMap::new(), 0);
+        while !engine.is_idle() {
+            let finished = engine.step();
+            for finished in finished.unwrap_or_else(|e| panic!("{mode:?} step {steps}: {e}")) {
+                done.insert(finished.id.clone(), finished);
+            }
+            steps += 1;
+            for progress in engine.progress() {
+                let seen = streamed.entry(progress.id.to_string()).or_default();
+                assert!(
+                    progress.tokens.starts_with(seen),
+                    "{mode:?} {}",
+                    progress.id
+                );
+                *seen = progress.tokens.to_vec();
+            }
+            if steps == 2 {
+                let cancel_running = engine.progress().next().expect("running").id.to_string();
+                assert!(engine.cancel(&cancel_running).expect("cancel"), "{mode:?}");
+                assert!(engine.cancel(cancel_waiting).expect("cancel"), "{mode:?}");
+                assert!(!engine.cancel(cancel_waiting).expect("cancel"), "gone");
+                assert!(engine.progress().all(|p| p.id != cancel_running));
+                assert!(engine.running() == 3 && engine.waiting() > 0);
+            }
+        }
+        assert_eq!(
+            done.len(),
+            16,
+            "{mode:?}: all but the two cancelled finished"
+        );
+        for (id, finished) in &done {
+            assert_eq!(finished.tokens, solo[id].tokens, "{mode:?} {id}");
+            if let Some(seen) = streamed.get(id) {
+                assert!(finished.tokens.starts_with(seen), "{mode:?} {id}");
+            }
+        }
+    }
+}

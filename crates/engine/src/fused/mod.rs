@@ -267,7 +267,9 @@ impl<'m> FusedDecoder<'m> {
             chunk_len: t as i64,
             past_len: chunk.places.iter().map(|p| p.past).min().unwrap_or(0) as i64,
         })?;
-        if self.buffers.rows != batch * t {
+        // The same number of rows can come as a different split ([4 rows, 1 token] after
+        // [1 row, 4 tokens]): the buffers are laid out by both.
+        if self.buffers.rows != batch * t || self.buffers.batch != batch {
             self.buffers = Buffers::new(&self.weights, batch, batch * t);
         }
         let (cos, signed_sin) = self.angles(chunk.positions, batch, t)?;
