@@ -31,6 +31,9 @@ pub enum Command {
     Top(TopArgs),
     /// Fetch a model and/or an SAE into the Hugging Face cache.
     Download(DownloadArgs),
+    /// Serve steering and inspection over HTTP (JSON, SSE streams, OpenAI's API) with a page
+    /// for the browser at `/`.
+    Serve(ServeArgs),
 }
 
 /// Flags every model command takes.
@@ -297,4 +300,46 @@ fn device_flag(value: &str) -> Result<String, String> {
     } else {
         Err(format!("`{value}` is not cpu, cuda, cuda:N or auto"))
     }
+}
+
+/// `scope serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An SAE, as `--sae PATH|HUB_PATH|CANONICAL` or `--sae NAME=PATH…`; repeat for more.
+    /// Requests pick one by name with `"sae"` (an unnamed one is named by what was given);
+    /// the first is the default.
+    #[arg(long = "sae", value_name = "[NAME=]SAE", required = true)]
+    pub saes: Vec<String>,
+    /// The layer whose residual output the SAEs read; needed only when a name does not say it.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// The SAEs' dtype (see `scope steer --help`).
+    #[arg(long, default_value = "f32", value_parser = SAE_DTYPES)]
+    pub sae_dtype: String,
+    /// The address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port; 0 picks a free one (printed in `listening on`).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests decoded together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_batch: u64,
+    /// Requests accepted at once (running and waiting); more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_queue: u64,
+    /// Positions per request (prompt plus new tokens), at most the model's context.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..))]
+    pub context: u64,
+    /// The KV cache's budget in GiB: fewer rows than --max-batch when they do not fit.
+    #[arg(long, default_value_t = 4.0)]
+    pub cache_gib: f64,
+    /// The largest request body accepted, in KiB (larger get 413).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_body_kib: u64,
+    /// Every /v1 request must send `Authorization: Bearer KEY` (default: $SCOPE_API_KEY).
+    #[arg(long, env = "SCOPE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }

@@ -2,19 +2,17 @@
 
 use anyhow::{bail, Context, Result};
 use gemma_model::Batch;
-use tch::Kind;
 
 use crate::args::{
     DownloadArgs, EvalArgs, ExplainArgs, GenerateArgs, GenerationArgs, LatentsArgs, PatchArgs,
     SteerArgs, TopArgs,
 };
 use crate::output::{
-    print_json, DownloadReport, EvalReport, ExplainReport, GenerateReport, LatentExamples,
-    LatentValue, LatentsReport, PatchReport, SteeringReport, TokenDiff, TokenScore, TopExample,
-    TopReport,
+    print_json, DownloadReport, EvalReport, GenerateReport, LatentExamples, SteeringReport,
+    TopExample, TopReport,
 };
-use crate::requests;
 use crate::session::{generation_config, open_sae, Session};
+use crate::{reports, requests};
 
 /// `scope generate`.
 pub fn generate(args: &GenerateArgs) -> Result<()> {
@@ -64,36 +62,13 @@ fn emit_generation(report: GenerateReport, json: bool) -> Result<()> {
 pub fn latents(args: &LatentsArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
     let sae = open_sae(&args.sae, &session)?;
-    if args.top_k < 1 {
-        bail!("--top-k must be at least 1, got {}", args.top_k);
-    }
-    let ids = session.encode_prompt(&args.prompt, false)?;
-    let acts = scope::latents(&session.model, &sae, &ids)?; // [T, L]
-    let l0 = acts
-        .f_gt(args.threshold)?
-        .f_sum_dim_intlist(-1, false, Kind::Int64)?;
-    let (max_value, max_latent) = acts.f_max_dim(-1, false)?;
-    let k = (args.top_k as usize).min(sae.sae.d_sae() as usize);
-    let top = sae.sae.top_k_of(&acts, k)?;
-    let report = LatentsReport {
-        tokens: session.token_strings(&ids)?,
-        l0: Vec::<i64>::try_from(&l0)?,
-        max_latent: Vec::<i64>::try_from(&max_latent)?,
-        max_value: Vec::<f64>::try_from(&max_value.f_to_kind(Kind::Double)?)?,
-        top: (0..ids.len())
-            .map(|t| {
-                top.token(t)
-                    .map(|(latent, value)| LatentValue {
-                        latent,
-                        value: f64::from(value),
-                    })
-                    .collect()
-            })
-            .collect(),
-        token_ids: ids,
+    let query = reports::LatentsQuery {
+        prompt: &args.prompt,
+        top_k: args.top_k,
         threshold: args.threshold,
-        layer: sae.site.layer,
+        focus: None,
     };
+    let report = reports::latents(&session, &sae, &query)?;
     if args.model.json {
         print_json(&report)
     } else {
@@ -150,45 +125,16 @@ fn steering_pairs(args: &SteerArgs) -> Result<Vec<(i64, f64)>> {
 pub fn patch(args: &PatchArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
     let sae = open_sae(&args.sae, &session)?;
-    if args.top_k < 1 {
-        bail!("--top-k must be at least 1, got {}", args.top_k);
-    }
-    let base_ids = session.encode_prompt(&args.base, false)?;
-    let source_ids = session.encode_prompt(&args.source, false)?;
-    let base_pos = scope::resolve_position(args.base_pos, base_ids.len(), "--base-pos")?;
-    let source_pos = scope::resolve_position(args.source_pos, source_ids.len(), "--source-pos")?;
-    let patched = scope::patch(
-        &session.model,
-        &sae,
-        &scope::Patch {
-            base: &base_ids,
-            source: &source_ids,
-            base_pos,
-            source_pos,
-            latent: args.latent,
-            keep_error: args.keep_error,
-            top_k: args.top_k,
-        },
-    )?;
-    let report = PatchReport {
-        position: base_ids.len() as i64 - 1,
-        top: patched
-            .top
-            .iter()
-            .map(|&(token_id, logit_diff)| {
-                Ok(TokenDiff {
-                    token_id,
-                    token: session.tokenizer.decode(&[token_id], false)?,
-                    logit_diff,
-                })
-            })
-            .collect::<Result<_>>()?,
-        base_pos,
-        source_pos,
+    let query = reports::PatchQuery {
+        base: &args.base,
+        source: &args.source,
+        base_pos: args.base_pos,
+        source_pos: args.source_pos,
         latent: args.latent,
-        base_value: patched.base_value,
-        source_value: patched.source_value,
+        keep_error: args.keep_error,
+        top_k: args.top_k,
     };
+    let report = reports::patch(&session, &sae, &query)?;
     if args.model.json {
         print_json(&report)
     } else {
@@ -201,27 +147,7 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
 pub fn explain(args: &ExplainArgs) -> Result<()> {
     let session = Session::open(&args.model)?;
     let sae = open_sae(&args.sae, &session)?;
-    if args.top_k < 1 {
-        bail!("--top-k must be at least 1, got {}", args.top_k);
-    }
-    let lens = scope::explain(&session.model, &sae, args.latent, args.top_k)?;
-    let scores = |pairs: &[(i64, f32)]| -> Result<Vec<TokenScore>> {
-        pairs
-            .iter()
-            .map(|&(token_id, score)| {
-                Ok(TokenScore {
-                    token_id,
-                    token: session.tokenizer.decode(&[token_id], false)?,
-                    score: f64::from(score),
-                })
-            })
-            .collect()
-    };
-    let report = ExplainReport {
-        latent: args.latent,
-        promoted: scores(&lens.promoted)?,
-        suppressed: scores(&lens.suppressed)?,
-    };
+    let report = reports::explain(&session, &sae, args.latent, args.top_k)?;
     if args.model.json {
         print_json(&report)
     } else {

@@ -6,7 +6,9 @@
 mod args;
 mod commands;
 mod output;
+mod reports;
 mod requests;
+mod serve;
 mod session;
 
 use std::process::ExitCode;
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval(&a),
         Command::Top(a) => commands::top(&a),
         Command::Download(a) => commands::download(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,9 @@ pub struct LatentsReport {
     pub threshold: f64,
     /// The layer the SAE reads.
     pub layer: usize,
+    /// Per token, the value of the one latent asked for (the server's `latent` field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latent_values: Option<Vec<f64>>,
 }
 
 /// One token and a score.

@@ -109,12 +109,7 @@ pub fn run(
     let budget = (args.cache_gib * f64::from(1u32 << 30)) as u64;
     let limits = scope_engine::Limits::within_budget(&session.model, rows, context, budget)
         .context("--cache-gib")?;
-    let decode = match scope_engine::EngineMode::preferred(&session.model) {
-        scope_engine::EngineMode::Fused => "fused",
-        // One fixed-shape libtorch step over every slot.
-        scope_engine::EngineMode::Batched => "fixed",
-        scope_engine::EngineMode::Sequential => "eager",
-    };
+    let decode = decode_name(&session.model);
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} requests {msg}")
@@ -161,6 +156,16 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// The `decode` the reports of the engine's requests name: how its steps run on `model`.
+pub fn decode_name(model: &gemma_model::Gemma2Model) -> &'static str {
+    match scope_engine::EngineMode::preferred(model) {
+        scope_engine::EngineMode::Fused => "fused",
+        // One fixed-shape libtorch step over every slot.
+        scope_engine::EngineMode::Batched => "fixed",
+        scope_engine::EngineMode::Sequential => "eager",
+    }
 }
 
 /// A line parsed, encoded and checked into a request.
