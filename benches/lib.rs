@@ -182,9 +182,24 @@ pub fn peak_rss_gib() -> Option<f64> {
 /// A random JumpReLU SAE drawn like the peer's (on the CPU generator, `seed`), moved to
 /// `device`, in f32 (the workbench casts it to the model's dtype, as the peer does).
 pub fn random_sae(d_in: i64, d_sae: i64, layer: usize, seed: i64, device: Device) -> Result<Sae> {
+    let hint = SiteHint {
+        family: Some(SaeFamily::Residual),
+        layer: Some(layer),
+    };
+    Ok(Sae::from_weights(
+        random_sae_weights(d_in, d_sae, seed)?,
+        "random",
+        SaeFormat::GemmaScopeNpz,
+        hint,
+        device,
+    )?)
+}
+
+/// The parameters of [`random_sae`], on the CPU.
+fn random_sae_weights(d_in: i64, d_sae: i64, seed: i64) -> Result<sae::load::SaeWeights> {
     tch::manual_seed(seed);
     let opts = (Kind::Float, Device::Cpu);
-    let weights = sae::load::SaeWeights {
+    Ok(sae::load::SaeWeights {
         w_enc: Tensor::f_randn([d_in, d_sae], opts)?.f_div_scalar((d_in as f64).sqrt())?,
         w_dec: Tensor::f_randn([d_sae, d_in], opts)?.f_div_scalar((d_sae as f64).sqrt())?,
         b_enc: Tensor::f_zeros([d_sae], opts)?,
@@ -192,18 +207,94 @@ pub fn random_sae(d_in: i64, d_sae: i64, layer: usize, seed: i64, device: Device
         threshold: Tensor::f_full([d_sae], 0.5, opts)?,
         path: "random".into(),
         hook_name: None,
-    };
-    let hint = SiteHint {
-        family: Some(SaeFamily::Residual),
-        layer: Some(layer),
-    };
-    Ok(Sae::from_weights(
-        weights,
-        "random",
-        SaeFormat::GemmaScopeNpz,
-        hint,
-        device,
-    )?)
+    })
+}
+
+/// Writes the workbench's random model (seed 0) and SAE (seed 1) of `size` as checkpoints
+/// that `scope` loads: `dir/model` (config.json, model.safetensors, and `tokenizer` — a
+/// tokenizer.json — with its vocabulary padded by `<unused_N>` pieces to the model's) and
+/// `dir/sae/params.npz` (Gemma Scope's names; it reads the block output of
+/// [`Size::sae_layer`]). A server's load test runs on them at the benchmarks' shapes.
+pub fn write_checkpoint(
+    size: Size,
+    dir: &std::path::Path,
+    tokenizer: &std::path::Path,
+) -> Result<()> {
+    let config = size.config();
+    let model_dir = dir.join("model");
+    let sae_dir = dir.join("sae");
+    std::fs::create_dir_all(&model_dir)?;
+    std::fs::create_dir_all(&sae_dir)?;
+    let layer_types: Vec<&str> = (0..config.num_hidden_layers)
+        .map(|l| {
+            if l % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    let config_json = serde_json::json!({
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "dtype": "float32",
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+        "query_pre_attn_scalar": config.query_pre_attn_scalar,
+        "sliding_window": config.sliding_window, "layer_types": layer_types,
+        "attn_logit_softcapping": config.attn_logit_softcapping,
+        "final_logit_softcapping": config.final_logit_softcapping,
+        "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
+        "rope_parameters": {"rope_theta": config.rope_theta, "rope_type": "default"},
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "max_position_embeddings": config.max_position_embeddings,
+        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_ids,
+        "pad_token_id": config.pad_token_id,
+    });
+    std::fs::write(
+        model_dir.join("config.json"),
+        serde_json::to_string_pretty(&config_json)?,
+    )?;
+    let weights = Gemma2Model::random_checkpoint(&config, 0)?;
+    Tensor::write_safetensors(&weights, model_dir.join("model.safetensors"))?;
+    write_padded_tokenizer(
+        tokenizer,
+        config.vocab_size,
+        &model_dir.join("tokenizer.json"),
+    )?;
+    let w = random_sae_weights(config.hidden_size, size.d_sae(), 1)?;
+    Tensor::write_npz(
+        &[
+            ("W_enc", &w.w_enc),
+            ("W_dec", &w.w_dec),
+            ("b_enc", &w.b_enc),
+            ("b_dec", &w.b_dec),
+            ("threshold", &w.threshold),
+        ],
+        sae_dir.join("params.npz"),
+    )?;
+    Ok(())
+}
+
+/// `from` with `<unused_N>` pieces added to its BPE vocabulary up to `vocab` ids, so that
+/// every id a model of that vocabulary picks decodes.
+fn write_padded_tokenizer(from: &std::path::Path, vocab: i64, to: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(from).with_context(|| format!("{}", from.display()))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)?;
+    let pieces = json
+        .pointer_mut("/model/vocab")
+        .and_then(|v| v.as_object_mut())
+        .ok_or_else(|| anyhow!("{} has no BPE vocabulary at model.vocab", from.display()))?;
+    let taken: std::collections::HashSet<i64> =
+        pieces.values().filter_map(|v| v.as_i64()).collect();
+    for id in 0..vocab {
+        if !taken.contains(&id) {
+            pieces.insert(format!("<unused_{id}>"), serde_json::json!(id));
+        }
+    }
+    std::fs::write(to, serde_json::to_string(&json)?)?;
+    Ok(())
 }
 
 /// Token ids `[batch, seq]` drawn uniformly from `3..vocab` (seeded), on the CPU.

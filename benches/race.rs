@@ -45,6 +45,8 @@ struct Args {
     /// Workflow groups to run (`forward`, `collect`, `generate`, `interchange`,
     /// `steer_batch`); all when empty (`steer_batch` only where the engine batches).
     only: Vec<String>,
+    /// Write the `--size` checkpoint here instead of racing.
+    write_checkpoint: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -56,7 +58,8 @@ impl Args {
 const USAGE: &str = "usage: race [--size tiny|small|2b] [--device cpu|cuda] \
     [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R] \
     [--decode auto|eager|fixed|graph|fused] [--rows N] \
-    [--only forward,collect,generate,interchange,steer_batch]";
+    [--only forward,collect,generate,interchange,steer_batch] \
+    [--write-checkpoint DIR (the --size model and SAE on disk, then exit)]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -75,12 +78,18 @@ fn parse_args() -> Result<Args> {
         decode: DecodeMode::Auto,
         rows: STEER_BATCH_REQUESTS,
         only: Vec::new(),
+        write_checkpoint: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--write-checkpoint" {
+            let dir = it.next().context("--write-checkpoint needs a directory")?;
+            args.write_checkpoint = Some(dir.into());
+            continue;
         }
         let value = it
             .next()
@@ -147,6 +156,16 @@ fn round(x: f64, digits: i32) -> f64 {
 fn run() -> Result<()> {
     let _guard = tch::no_grad_guard();
     let a = parse_args()?;
+    if let Some(dir) = &a.write_checkpoint {
+        let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/models/tiny-f32/tokenizer.json");
+        scope_benches::write_checkpoint(a.size, dir, &tokenizer)?;
+        emit(
+            json!({"what": "checkpoint", "size": a.size.name(), "dir": dir.display().to_string(),
+                    "sae_layer": a.size.sae_layer()}),
+        );
+        return Ok(());
+    }
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
     let t0 = Instant::now();

@@ -221,17 +221,29 @@ impl Gemma2Model {
             dtype,
             device,
             !config.tie_word_embeddings,
-            &mut |name, shape| {
-                let std = if name.ends_with("norm.weight") {
-                    0.1
-                } else {
-                    0.02
-                };
-                Ok(Tensor::f_randn(shape, (Kind::Float, device))?
-                    .f_mul_scalar(std)?
-                    .f_to_kind(dtype)?)
-            },
+            &mut |name, shape| Ok(random_weight(name, shape, device)?.f_to_kind(dtype)?),
         )
+    }
+
+    /// The weights of [`random`](Self::random) in float32 on the CPU, by their checkpoint
+    /// names: what a random checkpoint on disk holds (a server's load test at a chosen
+    /// shape).
+    pub fn random_checkpoint(config: &Gemma2Config, seed: i64) -> Result<Vec<(String, Tensor)>> {
+        tch::manual_seed(seed);
+        let _guard = tch::no_grad_guard();
+        let mut named = Vec::new();
+        Self::build(
+            config.clone(),
+            Kind::Float,
+            Device::Cpu,
+            !config.tie_word_embeddings,
+            &mut |name, shape| {
+                let weight = random_weight(name, shape, Device::Cpu)?;
+                named.push((name.to_string(), weight.shallow_clone()));
+                Ok(weight)
+            },
+        )?;
+        Ok(named)
     }
 
     /// Assembles the model from a tensor source (`name`, expected shape → tensor).
@@ -317,4 +329,14 @@ impl Gemma2Model {
             rope,
         })
     }
+}
+
+/// One random weight: N(0, 0.02²) for linear weights, N(0, 0.1²) for norm offsets.
+fn random_weight(name: &str, shape: &[i64], device: Device) -> Result<Tensor> {
+    let std = if name.ends_with("norm.weight") {
+        0.1
+    } else {
+        0.02
+    };
+    Ok(Tensor::f_randn(shape, (Kind::Float, device))?.f_mul_scalar(std)?)
 }

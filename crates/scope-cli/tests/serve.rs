@@ -52,6 +52,7 @@ fn endpoints_answer_what_the_cli_prints() {
     assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["model"], "tiny-f32");
+    assert_eq!(health["saes"], json!(["tiny-f32-res/layer_2/width_256/average_l0_20"]));
 
     let prompt = "The cat sat on the mat";
     let body = json!({"prompt": prompt, "steer": [{"latent": 5, "magnitude": 60.0}, {"latent": 9, "magnitude": -20.0}], "max_new_tokens": 12});

@@ -223,13 +223,13 @@ fn load(
     sae_dtype: &str,
 ) -> Result<Loaded> {
     let session = Session::open(model)?;
-    let mut saes = Vec::new();
+    let mut saes: Vec<(String, scope::SaeAt)> = Vec::new();
     for spec in specs {
         let (name, sae) = match spec.split_once('=') {
             Some((name, sae)) if !name.is_empty() && !name.contains('/') => {
                 (name.to_string(), sae.to_string())
             }
-            _ => (spec.clone(), spec.clone()),
+            _ => (default_sae_name(spec), spec.clone()),
         };
         if saes.iter().any(|(n, _)| *n == name) {
             anyhow::bail!("two SAEs are called `{name}`: name them with --sae NAME=SAE");
@@ -242,6 +242,17 @@ fn load(
         saes.push((name, open_sae(&args, &session)?));
     }
     Ok(Loaded { session, saes })
+}
+
+/// The name of an SAE given without one: from the release on (`gemma-scope-2b-pt-res/
+/// layer_20/width_16k/average_l0_71` of a hub path or a local copy of its layout), else the
+/// last part of its path.
+fn default_sae_name(spec: &str) -> String {
+    let parts: Vec<&str> = spec.trim_end_matches('/').split('/').collect();
+    match parts.iter().position(|p| p.starts_with("layer_")) {
+        Some(at) => parts[at.saturating_sub(1)..].join("/"),
+        None => parts.last().copied().unwrap_or(spec).to_string(),
+    }
 }
 
 /// The engine's rows and slot length: `--max-batch` rows of `--context` positions (at most
