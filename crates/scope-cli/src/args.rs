@@ -39,6 +39,16 @@ pub enum Command {
 /// Flags every model command takes.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which model to load, where, and in which dtype.
+#[derive(Clone, Debug, Args)]
+pub struct LoadArgs {
     /// A local checkpoint directory or a Hugging Face hub id (e.g. google/gemma-2-2b).
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: String,
@@ -48,9 +58,6 @@ pub struct ModelArgs {
     /// f32, bf16, f16, or auto (bf16 on CUDA, f32 on CPU).
     #[arg(long, default_value = "auto", value_parser = DTYPES)]
     pub dtype: String,
-    /// Print one JSON object on stdout instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Flags that name an SAE.
@@ -306,7 +313,7 @@ fn device_flag(value: &str) -> Result<String, String> {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: LoadArgs,
     /// An SAE, as `--sae PATH|HUB_PATH|CANONICAL` or `--sae NAME=PATH…`; repeat for more.
     /// Requests pick one by name with `"sae"` (an unnamed one is named by what was given);
     /// the first is the default.

@@ -16,7 +16,7 @@ use crate::{reports, requests};
 
 /// `scope generate`.
 pub fn generate(args: &GenerateArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     if let Some(path) = &args.generation.requests {
         return requests::run(&session, None, &args.generation, path);
     }
@@ -60,7 +60,7 @@ fn emit_generation(report: GenerateReport, json: bool) -> Result<()> {
 
 /// `scope latents`.
 pub fn latents(args: &LatentsArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     let query = reports::LatentsQuery {
         prompt: &args.prompt,
@@ -79,7 +79,7 @@ pub fn latents(args: &LatentsArgs) -> Result<()> {
 
 /// `scope steer`.
 pub fn steer(args: &SteerArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     if let Some(path) = &args.generation.requests {
         return requests::run(&session, Some(&sae), &args.generation, path);
@@ -123,7 +123,7 @@ fn steering_pairs(args: &SteerArgs) -> Result<Vec<(i64, f64)>> {
 
 /// `scope patch`.
 pub fn patch(args: &PatchArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     let query = reports::PatchQuery {
         base: &args.base,
@@ -145,7 +145,7 @@ pub fn patch(args: &PatchArgs) -> Result<()> {
 
 /// `scope explain`.
 pub fn explain(args: &ExplainArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     let report = reports::explain(&session, &sae, args.latent, args.top_k)?;
     if args.model.json {
@@ -158,7 +158,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
 
 /// `scope eval`.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     let rows = args
         .prompts
@@ -190,7 +190,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 
 /// `scope top`.
 pub fn top(args: &TopArgs) -> Result<()> {
-    let session = Session::open(&args.model)?;
+    let session = Session::open(&args.model.load)?;
     let sae = open_sae(&args.sae, &session)?;
     if args.top_k < 1 {
         bail!("--top-k must be at least 1, got {}", args.top_k);

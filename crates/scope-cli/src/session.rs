@@ -6,7 +6,7 @@ use gemma_model::{
 };
 use tch::{Device, Kind};
 
-use crate::args::{GenerationArgs, ModelArgs};
+use crate::args::{GenerationArgs, LoadArgs};
 
 /// A loaded model and its tokenizer.
 pub struct Session {
@@ -18,7 +18,7 @@ pub struct Session {
 
 impl Session {
     /// Load the model named by `--model` on `--device` in `--dtype`.
-    pub fn open(args: &ModelArgs) -> Result<Session> {
+    pub fn open(args: &LoadArgs) -> Result<Session> {
         let device = parse_device(&args.device)?;
         let dtype = cli_dtype(&args.dtype, device)?;
         let hub = HubOptions::from_env();

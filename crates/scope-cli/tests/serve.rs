@@ -52,7 +52,10 @@ fn endpoints_answer_what_the_cli_prints() {
     assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["model"], "tiny-f32");
-    assert_eq!(health["saes"], json!(["tiny-f32-res/layer_2/width_256/average_l0_20"]));
+    assert_eq!(
+        health["saes"],
+        json!(["tiny-f32-res/layer_2/width_256/average_l0_20"])
+    );
 
     let prompt = "The cat sat on the mat";
     let body = json!({"prompt": prompt, "steer": [{"latent": 5, "magnitude": 60.0}, {"latent": 9, "magnitude": -20.0}], "max_new_tokens": 12});
@@ -180,7 +183,10 @@ fn concurrent_streams_give_each_request_its_own_answer() {
                     b["stream"] = json!(true);
                     let (status, _, events) = server.post_stream("/v1/steer", &b);
                     assert_eq!(status, 200);
-                    without(events.last().expect("a final event").clone(), &["done"])
+                    let (last, tokens) = events.split_last().expect("a final event");
+                    let text: String = tokens.iter().map(|e| e["text"].as_str().unwrap()).collect();
+                    assert_eq!(text, last["completion"].as_str().unwrap(), "request {i}");
+                    without(last.clone(), &["done"])
                 })
             })
             .collect();

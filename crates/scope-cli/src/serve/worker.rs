@@ -155,12 +155,7 @@ pub struct Completion {
 pub fn start(args: &ServeArgs) -> Result<(mpsc::Sender<Job>, Info, JoinHandle<Result<()>>)> {
     let (jobs_tx, jobs) = mpsc::channel::<Job>();
     let (ready_tx, ready) = mpsc::channel();
-    let model_args = crate::args::ModelArgs {
-        model: args.model.model.clone(),
-        device: args.model.device.clone(),
-        dtype: args.model.dtype.clone(),
-        json: false,
-    };
+    let model_args = args.model.clone();
     let sae_specs = args.saes.clone();
     let (layer, sae_dtype) = (args.layer, args.sae_dtype.clone());
     let (max_batch, context, cache_gib) = (args.max_batch, args.context, args.cache_gib);
@@ -217,7 +212,7 @@ fn model_name(model: &str) -> String {
 }
 
 fn load(
-    model: &crate::args::ModelArgs,
+    model: &crate::args::LoadArgs,
     specs: &[String],
     layer: Option<usize>,
     sae_dtype: &str,
@@ -273,8 +268,8 @@ struct Stream {
     wants_latents: bool,
     /// Tokens sent so far.
     sent: usize,
-    /// The completion's text as sent so far.
-    text: String,
+    /// Tokens whose text was sent.
+    settled: usize,
 }
 
 struct Worker<'m> {
@@ -336,7 +331,7 @@ impl<'m> Worker<'m> {
                             steer: generation.steer.clone(),
                             wants_latents: generation.latents_top_k.is_some(),
                             sent: 0,
-                            text: String::new(),
+                            settled: 0,
                         };
                         self.streams.insert(id, stream);
                     }
@@ -470,10 +465,11 @@ impl Stream {
         self.send_upto(session, progress.tokens, progress.readouts.first(), false);
     }
 
-    /// Sends `tokens[self.sent..]`. The text they add goes with the last of them: the text
-    /// of every token before the trailing run of byte tokens (`<0xNN>`), whose characters
-    /// may still change as more bytes come, or of all of them when these are the request's
-    /// `last_tokens`. So the texts sent add up to the completion.
+    /// Sends `tokens[self.sent..]`, each with the text it settles: the tokens up to the
+    /// last one that is not a byte token (`<0xNN>`), decoded from where the text sent so far
+    /// ends. A run of byte tokens decodes as a whole (a character, or U+FFFD for bytes that
+    /// are not UTF-8), so its text waits for the token after it, or for the request's
+    /// `last_tokens`. Cut at those places, the pieces add up to the decoded completion.
     fn send_upto(
         &mut self,
         session: &Session,
@@ -481,34 +477,26 @@ impl Stream {
         readings: Option<&Vec<scope_engine::Reading>>,
         last_tokens: bool,
     ) {
-        if tokens.len() <= self.sent {
-            return;
-        }
-        let settled = if last_tokens {
-            tokens.len()
-        } else {
-            settled_len(session, tokens)
-        };
-        let text = session
-            .tokenizer
-            .decode(&tokens[..settled], true)
-            .unwrap_or_default();
-        let delta = match text.strip_prefix(self.text.as_str()) {
-            Some(delta) => delta.to_string(),
-            None => String::new(),
-        };
         for i in self.sent..tokens.len() {
+            let upto = if last_tokens && i + 1 == tokens.len() {
+                tokens.len()
+            } else {
+                settled_len(session, &tokens[..=i])
+            };
+            let text = match tokens.get(self.settled..upto) {
+                Some(piece) if !piece.is_empty() => {
+                    self.settled = upto;
+                    session.tokenizer.decode(piece, true).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
             let event = TokenEvent {
                 token_id: tokens[i],
                 token: session
                     .tokenizer
                     .decode(&tokens[i..=i], false)
                     .unwrap_or_default(),
-                text: if i + 1 == tokens.len() {
-                    delta.clone()
-                } else {
-                    String::new()
-                },
+                text,
                 latents: self
                     .wants_latents
                     .then(|| readings.and_then(|r| r.get(i)).map(latent_values))
@@ -517,11 +505,8 @@ impl Stream {
             if self.events.send(Event::Token(event)).is_err() {
                 return;
             }
+            self.sent = i + 1;
         }
-        if text.starts_with(self.text.as_str()) {
-            self.text = text;
-        }
-        self.sent = tokens.len();
     }
 
     /// Sends the last tokens and the result.
