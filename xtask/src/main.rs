@@ -9,10 +9,13 @@
 //! - `verify`           the golden parity suite with a summary; the tutorial on real weights
 //! - `bench-compare`    scope's benchmarks and the Python peer, alternating, as ratios
 //! - `device-bundle`    stripped release binaries in `.device/` for a GPU session's check script
+//! - `load [--clients N] [--requests N] [--max-new-tokens N]`  `scope serve` under concurrent
+//!   clients: latencies, tokens/s, statuses, and checks that nothing leaks or breaks
 
 mod bench;
 mod demo;
 mod device;
+mod load;
 mod setup;
 mod verify;
 
@@ -47,7 +50,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--race PATH] [--python PATH] [--peer PATH] | device-bundle>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--race PATH] [--python PATH] [--peer PATH] | device-bundle | load [--clients 64] [--requests 4] [--max-new-tokens 16]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Some("verify") => verify::run(),
         Some("bench-compare") => bench::run(&rest),
         Some("device-bundle") => device::run(),
+        Some("load") => load::run(&rest),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -106,7 +110,8 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result {
 }
 
 fn test(args: &[&str]) -> Result {
-    setup::ensure()?;
+    let venv = setup::ensure()?;
+    setup::ensure_test_tools(&venv)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(args);
     run_checked(&mut cmd, "cargo test --workspace")

@@ -34,6 +34,11 @@ const REFERENCE_STACK: [&str; 6] = [
     "huggingface-hub==1.33.0",
 ];
 
+/// The official OpenAI Python client, which the server's tests drive `scope serve` with.
+const OPENAI_CLIENT: &str = "openai==3.57.0";
+/// Debian's headless browser and its WebDriver, for the server page's test.
+const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
+
 /// The project's virtual environment.
 pub struct Venv {
     dir: PathBuf,
@@ -178,6 +183,7 @@ pub fn run(args: &[&str]) -> Result<Venv> {
     }
     install_cuda_headers(&venv);
     link_libtorch(&venv)?;
+    ensure_test_tools(&venv)?;
     println!(
         "setup: libtorch ready at .libtorch ({}; {:.0} s, .venv is {})",
         if cuda { "CPU + CUDA" } else { "CPU" },
@@ -278,4 +284,61 @@ fn dir_size(path: &Path) -> u64 {
 
 fn human_size(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+/// What the server's tests need besides libtorch: the OpenAI client in `.venv`, and
+/// Chromium with chromedriver from Debian's packages (apt-get, as root or through sudo),
+/// each installed only when missing.
+pub fn ensure_test_tools(venv: &Venv) -> Result {
+    if !venv.has_dist("openai-3.57.0") {
+        println!("setup: installing {OPENAI_CLIENT} (the server's OpenAI-client test) ...");
+        venv.pip_install(&[OPENAI_CLIENT], false)?;
+    }
+    if BROWSER_PACKAGES.iter().all(|p| debian_package_installed(p)) {
+        return Ok(());
+    }
+    println!(
+        "setup: installing {} (the server page's browser test) ...",
+        BROWSER_PACKAGES.join(" ")
+    );
+    let apt = |args: &[&str]| -> Result {
+        let mut cmd = if is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run_checked(&mut cmd, &format!("apt-get {}", args.join(" ")))
+    };
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(BROWSER_PACKAGES);
+    if apt(&install).is_err() {
+        apt(&["update", "-qq"])?;
+        apt(&install).map_err(|_| {
+            Failure::new(format!(
+                "could not install {} with apt-get (the server page's test needs them): \
+                 install them as root and run again",
+                BROWSER_PACKAGES.join(" ")
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether dpkg lists `package` as installed.
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+/// Whether this process runs as root (`id -u` is 0).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
