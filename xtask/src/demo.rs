@@ -59,11 +59,39 @@ pub fn run() -> Result {
             return Err(Failure::new(format!("demo step `{}` failed", step.title)));
         }
     }
+    serve_step(&scope, &root, &model, &sae)?;
     if not_built.is_empty() {
         println!("\ndemo: every workflow ran.");
     } else {
         println!("\ndemo: not built yet: {}", not_built.join(", "));
     }
+    Ok(())
+}
+
+/// Step 9: `scope serve`, one streamed steered request over HTTP, and SIGTERM.
+fn serve_step(scope: &Path, root: &Path, model: &Path, sae: &Path) -> Result {
+    let (model, sae) = (model.display().to_string(), sae.display().to_string());
+    println!("\n=== 9. the same over HTTP: scope serve, a streamed steered request, SIGTERM ===");
+    println!("$ scope serve --model {model} --sae {sae} --port 0 &");
+    let mut server =
+        crate::load::ServerProcess::start(scope, root, &["--model", &model, "--sae", &sae])?;
+    println!("listening on http://{}", server.addr);
+    let body = format!(
+        r#"{{"prompt":"{PROMPT}","steer":[{{"latent":51,"magnitude":8}}],"max_new_tokens":4,"stream":true,"latents_top_k":2}}"#
+    );
+    println!("$ curl -s {}/v1/steer -d '{body}'", server.addr);
+    let reply = crate::load::http(&server.addr, "POST", "/v1/steer", Some(&body))
+        .map_err(|e| Failure::new(format!("demo: POST /v1/steer: {e}")))?;
+    print!("{}", reply.body);
+    println!("(open http://{}/ in a browser for the page)", server.addr);
+    let code = server.terminate(30)?;
+    if reply.status != 200 || code != Some(0) {
+        return Err(Failure::new(format!(
+            "demo step `scope serve` failed: status {}, exit {code:?}",
+            reply.status
+        )));
+    }
+    println!("$ kill -TERM %1   # finishes what is in flight, then exits 0");
     Ok(())
 }
 

@@ -972,10 +972,10 @@ fn speed(addr: &str) -> Result {
 // ---------------------------------------------------------------------------------------------
 // The server process.
 
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     /// `host:port`.
-    addr: String,
+    pub(crate) addr: String,
     /// Its latest stderr lines.
     log: Arc<Mutex<VecDeque<String>>>,
     exited: bool,
@@ -984,7 +984,7 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts `scope serve` with `model_args` (`--model`, `--sae`, …) and waits for
     /// `listening on`.
-    fn start(scope: &Path, root: &Path, model_args: &[&str]) -> Result<ServerProcess> {
+    pub(crate) fn start(scope: &Path, root: &Path, model_args: &[&str]) -> Result<ServerProcess> {
         let mut child = Command::new(scope)
             .current_dir(root)
             .env("HF_HUB_OFFLINE", "1")
@@ -1077,7 +1077,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM (through `kill`: no libc here), then its exit code within `secs`.
-    fn terminate(&mut self, secs: u64) -> Result<Option<i32>> {
+    pub(crate) fn terminate(&mut self, secs: u64) -> Result<Option<i32>> {
         run_checked(
             Command::new("kill").args(["-TERM", &self.pid().to_string()]),
             "kill -TERM",
@@ -1170,10 +1170,10 @@ fn truncate(s: &str, max: usize) -> String {
 // HTTP/1.1 over a TcpStream, one request a connection.
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) body: String,
 }
 
 fn connect(addr: &str) -> std::io::Result<TcpStream> {
@@ -1211,7 +1211,12 @@ fn write_request(
 }
 
 /// One request, its whole answer.
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Reply> {
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
     let mut stream = connect(addr)?;
     write_request(&mut stream, addr, method, path, body)?;
     let mut raw = Vec::new();
