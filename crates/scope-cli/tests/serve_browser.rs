@@ -381,28 +381,28 @@ fn the_page_inspects_explains_and_steers_like_the_api() {
         "no token of {PROMPT:?} has a latent above the threshold"
     );
     browser.hover(&spans[pos]);
-    let links = wait_for(Duration::from_secs(10), "the token's top latents", || {
-        let links = browser.find_all("#token-detail .latent-link");
-        (links.len() == want.len()).then_some(links)
+    let shown: Vec<u64> = wait_for(Duration::from_secs(10), "the token's top latents", || {
+        let shown = browser.execute(
+            "return [...document.querySelectorAll('#token-detail .latent-link')]
+                 .map(l => Number(l.dataset.latent));",
+            json!([]),
+        );
+        let shown: Vec<u64> = shown.as_array()?.iter().filter_map(Value::as_u64).collect();
+        (shown.len() == want.len()).then_some(shown)
     });
-    let shown: Vec<u64> = links
-        .iter()
-        .map(|l| {
-            browser
-                .attribute(l, "data-latent")
-                .expect("data-latent")
-                .parse()
-                .expect("a number")
-        })
-        .collect();
     assert_eq!(shown, want, "the top latents of token {pos}");
 
     // Select its top latent: the logit lens shows it, the tokens are shaded by it.
     let latent = want[0];
-    browser.click(&links[0]);
+    browser.click(&browser.find("#token-detail .latent-link"));
+    // Read in one script: the panel is redrawn while it loads, which would leave an element
+    // found by one WebDriver call stale for the next.
     wait_for(Duration::from_secs(30), "the logit lens", || {
-        let number = browser.text(&browser.find("#lens-latent"));
-        (number.trim() == latent.to_string()).then_some(())
+        let number = browser.execute(
+            "return document.getElementById('lens-latent')?.textContent ?? '';",
+            json!([]),
+        );
+        (number.as_str()?.trim() == latent.to_string()).then_some(())
     });
     let lens = api(
         &server,

@@ -8,8 +8,10 @@
 //! channel, and the worker frees its row before the next step.
 
 mod api;
+mod generation;
 mod openai;
 mod routes;
+mod state;
 mod worker;
 
 use std::net::IpAddr;
@@ -40,7 +42,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     let (jobs, ready, worker) = worker::start(args)?;
-    let state = routes::State {
+    let state = state::State {
         jobs,
         info: Arc::new(ready),
         key,

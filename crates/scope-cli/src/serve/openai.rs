@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{self, ApiError, SteerPair};
-use super::routes::{read_body, run_generation, State, Style};
-use super::worker::{Completion, Generation, Prompt};
+use super::generation::{run_generation, Answer};
+use super::state::{read_body, Body, State};
+use super::worker::{Completion, Generation, Prompt, TokenEvent};
 
 /// What every object of one response repeats.
 #[derive(Clone, Debug)]
-pub struct Meta {
+struct Meta {
     id: String,
     created: u64,
     model: String,
@@ -164,7 +165,7 @@ fn parse(
 /// `POST /v1/completions`.
 pub async fn completions(
     axum::extract::State(state): axum::extract::State<State>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Response {
     let body = match parse(&state, body) {
         Ok(body) => body,
@@ -187,13 +188,13 @@ pub async fn completions(
     }
     let (stream, meta) = (body.stream, Meta::new("cmpl", &state.info.model));
     let generation = body.generation(Prompt::Text { text, chat: false }, 16);
-    run_generation(&state, generation, stream, Style::Completions(meta)).await
+    run_generation(&state, generation, stream, Box::new(Completions(meta))).await
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     axum::extract::State(state): axum::extract::State<State>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Response {
     let mut body = match parse(&state, body) {
         Ok(body) => body,
@@ -217,7 +218,7 @@ pub async fn chat_completions(
         .collect();
     let (stream, meta) = (body.stream, Meta::new("chatcmpl", &state.info.model));
     let generation = body.generation(Prompt::Chat(messages), 256);
-    run_generation(&state, generation, stream, Style::Chat(meta)).await
+    run_generation(&state, generation, stream, Box::new(Chat(meta))).await
 }
 
 /// `GET /v1/models`: the one model served.
@@ -234,38 +235,75 @@ fn usage(completion: &Completion) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated})
 }
 
-/// A finished `/v1/completions` answer.
-pub fn completion_object(meta: &Meta, completion: &Completion) -> Value {
-    json!({
-        "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
-        "choices": [{"index": 0, "text": completion.report.completion, "logprobs": null,
-                     "finish_reason": completion.finish_reason}],
-        "usage": usage(completion),
-    })
+/// `/v1/completions`' `text_completion` objects.
+struct Completions(Meta);
+
+impl Answer for Completions {
+    fn object(&self, completion: &Completion) -> Value {
+        let Meta { id, created, model } = &self.0;
+        json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": completion.report.completion, "logprobs": null,
+                         "finish_reason": completion.finish_reason}],
+            "usage": usage(completion),
+        })
+    }
+
+    fn token(&self, token: &TokenEvent) -> Value {
+        self.chunk(&token.text, None)
+    }
+
+    fn closing(&self, completion: &Completion) -> Vec<String> {
+        let last = self.chunk("", Some(completion.finish_reason));
+        vec![last.to_string(), "[DONE]".into()]
+    }
 }
 
-/// One streamed `/v1/completions` chunk.
-pub fn completion_chunk(meta: &Meta, text: &str, finish_reason: Option<&str>) -> Value {
-    json!({
-        "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
-        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}],
-    })
+impl Completions {
+    fn chunk(&self, text: &str, finish_reason: Option<&str>) -> Value {
+        let Meta { id, created, model } = &self.0;
+        json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    }
 }
 
-/// A finished `/v1/chat/completions` answer.
-pub fn chat_object(meta: &Meta, completion: &Completion) -> Value {
-    json!({
-        "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.report.completion},
-                     "logprobs": null, "finish_reason": completion.finish_reason}],
-        "usage": usage(completion),
-    })
+/// `/v1/chat/completions`' `chat.completion` objects and chunks.
+struct Chat(Meta);
+
+impl Answer for Chat {
+    fn object(&self, completion: &Completion) -> Value {
+        let Meta { id, created, model } = &self.0;
+        let message = json!({"role": "assistant", "content": completion.report.completion});
+        json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": null,
+                         "finish_reason": completion.finish_reason}],
+            "usage": usage(completion),
+        })
+    }
+
+    fn opening(&self) -> Vec<Value> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+    }
+
+    fn token(&self, token: &TokenEvent) -> Value {
+        self.chunk(json!({"content": token.text}), None)
+    }
+
+    fn closing(&self, completion: &Completion) -> Vec<String> {
+        let last = self.chunk(json!({}), Some(completion.finish_reason));
+        vec![last.to_string(), "[DONE]".into()]
+    }
 }
 
-/// One streamed `/v1/chat/completions` chunk.
-pub fn chat_chunk(meta: &Meta, delta: Value, finish_reason: Option<&str>) -> Value {
-    json!({
-        "id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-    })
+impl Chat {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        let Meta { id, created, model } = &self.0;
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    }
 }

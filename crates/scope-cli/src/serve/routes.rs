@@ -1,38 +1,24 @@
 //! The endpoints: parse and check the JSON, hand the worker a job, answer with what it
 //! sends back (an object or an SSE stream).
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::api::{self, ApiError, ExplainBody, GenerateBody, LatentsBody, PatchBody};
+use super::generation::{run_generation, ScopeAnswer};
 use super::openai;
-use super::worker::{Completion, Event, Generation, Info, InspectFn, Job, Prompt, Ticket};
+use super::state::{queue_full, read_body, stopping, Body, State};
+use super::worker::{Generation, InspectFn, Job, Loaded, Prompt, Ticket};
 use crate::reports;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct State {
-    pub jobs: mpsc::Sender<Job>,
-    pub info: Arc<Info>,
-    pub key: Option<String>,
-    pub max_body: usize,
-}
-
-type Body = Result<Bytes, BytesRejection>;
 type Shared = axum::extract::State<State>;
 
 /// Every endpoint, the key check in front of `/v1`, and JSON 404s and 405s.
@@ -125,23 +111,6 @@ fn same_secret(given: &str, key: &str) -> bool {
             == 0
 }
 
-/// The body, or 413 / 400 saying why it could not be read.
-pub fn read_body(body: Body, state: &State) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body is larger than this server's limit of {} KiB (--max-body-kib)",
-                    state.max_body / 1024
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("the body could not be read: {rejection}"))
-        }
-    })
-}
-
 async fn generate(axum::extract::State(state): Shared, body: Body) -> Response {
     scope_generation(state, body, false).await
 }
@@ -189,181 +158,7 @@ async fn scope_generation(state: State, body: Body, steered: bool) -> Response {
         seed: body.seed,
         latents_top_k: body.latents_top_k,
     };
-    run_generation(&state, generation, body.stream, Style::Scope).await
-}
-
-/// How a generation's events are written.
-#[derive(Clone, Debug)]
-pub enum Style {
-    /// scope's objects: one per token, then the result with `"done": true`.
-    Scope,
-    /// OpenAI's `text_completion` objects.
-    Completions(openai::Meta),
-    /// OpenAI's `chat.completion` objects.
-    Chat(openai::Meta),
-}
-
-impl Style {
-    /// The answer when not streamed.
-    fn object(&self, completion: &Completion) -> Value {
-        match self {
-            Style::Scope => serde_json::to_value(completion).unwrap_or(Value::Null),
-            Style::Completions(meta) => openai::completion_object(meta, completion),
-            Style::Chat(meta) => openai::chat_object(meta, completion),
-        }
-    }
-
-    /// The SSE events before the first token (the chat's role).
-    fn opening(&self) -> Vec<Value> {
-        match self {
-            Style::Chat(meta) => vec![openai::chat_chunk(
-                meta,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            )],
-            _ => Vec::new(),
-        }
-    }
-
-    /// The SSE events of one worker event, and whether the stream ends with them.
-    fn events(&self, event: Event) -> (Vec<SseEvent>, bool) {
-        let data = |v: Value| SseEvent::default().data(v.to_string());
-        match (self, event) {
-            (Style::Scope, Event::Token(token)) => (vec![data(json!(token))], false),
-            (Style::Scope, Event::Done(Ok(completion))) => {
-                let mut object = self.object(&completion);
-                if let Some(map) = object.as_object_mut() {
-                    map.insert("done".into(), Value::Bool(true));
-                }
-                (vec![data(object)], true)
-            }
-            (Style::Completions(meta), Event::Token(token)) => (
-                vec![data(openai::completion_chunk(meta, &token.text, None))],
-                false,
-            ),
-            (Style::Completions(meta), Event::Done(Ok(completion))) => {
-                let last = openai::completion_chunk(meta, "", Some(completion.finish_reason));
-                (vec![data(last), SseEvent::default().data("[DONE]")], true)
-            }
-            (Style::Chat(meta), Event::Token(token)) => {
-                let delta = json!({"content": token.text});
-                (vec![data(openai::chat_chunk(meta, delta, None))], false)
-            }
-            (Style::Chat(meta), Event::Done(Ok(completion))) => {
-                let last = openai::chat_chunk(meta, json!({}), Some(completion.finish_reason));
-                (vec![data(last), SseEvent::default().data("[DONE]")], true)
-            }
-            (_, Event::Done(Err(error))) => (vec![data(error.body())], true),
-        }
-    }
-}
-
-/// Queues `generation` and answers with its result, or streams it.
-pub async fn run_generation(
-    state: &State,
-    generation: Generation,
-    stream: bool,
-    style: Style,
-) -> Response {
-    let Some(ticket) = Ticket::take(&state.info) else {
-        return queue_full(&state.info).into_response();
-    };
-    let (events, mut rx) = tokio_mpsc::unbounded_channel();
-    if state
-        .jobs
-        .send(Job::Generate(Box::new(generation), events))
-        .is_err()
-    {
-        return stopping().into_response();
-    }
-    // The first event tells a refused request (400) from one that runs.
-    let first = match rx.recv().await {
-        Some(Event::Done(Err(error))) => return error.into_response(),
-        Some(event) => event,
-        None => return stopping().into_response(),
-    };
-    if !stream {
-        let mut event = first;
-        loop {
-            match event {
-                Event::Done(Ok(completion)) => {
-                    return Json(style.object(&completion)).into_response()
-                }
-                Event::Done(Err(error)) => return error.into_response(),
-                Event::Token(_) => {}
-            }
-            event = match rx.recv().await {
-                Some(event) => event,
-                None => return stopping().into_response(),
-            };
-        }
-    }
-    let opening = style
-        .opening()
-        .into_iter()
-        .map(|v| SseEvent::default().data(v.to_string()))
-        .collect();
-    let state = SseState {
-        rx,
-        first: Some(first),
-        queued: opening,
-        done: false,
-        style,
-        _ticket: ticket,
-    };
-    let stream = futures_util::stream::unfold(state, next_sse);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// A stream being written: the worker's events, turned into SSE events as they come. It
-/// holds the request's ticket, and dropping it (the client went away) drops the channel,
-/// which frees the request's row.
-struct SseState {
-    rx: tokio_mpsc::UnboundedReceiver<Event>,
-    first: Option<Event>,
-    queued: VecDeque<SseEvent>,
-    done: bool,
-    style: Style,
-    _ticket: Ticket,
-}
-
-async fn next_sse(mut state: SseState) -> Option<(Result<SseEvent, Infallible>, SseState)> {
-    loop {
-        if let Some(event) = state.queued.pop_front() {
-            return Some((Ok(event), state));
-        }
-        if state.done {
-            return None;
-        }
-        let event = match state.first.take() {
-            Some(event) => Some(event),
-            None => state.rx.recv().await,
-        };
-        match event {
-            Some(event) => {
-                let (events, last) = state.style.events(event);
-                state.queued.extend(events);
-                state.done = last;
-            }
-            None => state.done = true,
-        }
-    }
-}
-
-fn queue_full(info: &Info) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
-            "the server is busy: {} requests are in flight (--max-queue); retry after a second",
-            info.max_queue
-        ),
-    )
-}
-
-fn stopping() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")
+    run_generation(&state, generation, body.stream, Box::new(ScopeAnswer)).await
 }
 
 /// Runs `inspect` on the worker (between two steps) and answers with its object.
@@ -393,7 +188,7 @@ async fn latents(axum::extract::State(state): Shared, body: Body) -> Response {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let inspect = move |loaded: &super::worker::Loaded| {
+    let inspect = move |loaded: &Loaded| {
         let sae = loaded.sae(body.sae.as_deref())?;
         let query = reports::LatentsQuery {
             prompt: &body.prompt,
@@ -413,7 +208,7 @@ async fn patch(axum::extract::State(state): Shared, body: Body) -> Response {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let inspect = move |loaded: &super::worker::Loaded| {
+    let inspect = move |loaded: &Loaded| {
         let sae = loaded.sae(body.sae.as_deref())?;
         let query = reports::PatchQuery {
             base: &body.base,
@@ -436,7 +231,7 @@ async fn explain(axum::extract::State(state): Shared, body: Body) -> Response {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let inspect = move |loaded: &super::worker::Loaded| {
+    let inspect = move |loaded: &Loaded| {
         let sae = loaded.sae(body.sae.as_deref())?;
         let report = reports::explain(&loaded.session, sae, body.latent, body.top_k)
             .map_err(|e| ApiError::refused(&e))?;
