@@ -17,13 +17,32 @@ fn main() {
     println!("cargo:rerun-if-changed={SHIM}");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join(LIBRARY);
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
+    link_libtorch_for_doctests(&out_dir);
+    let out = out_dir.join(LIBRARY);
     if let Err(why) = compile(&out) {
         println!("cargo:warning=CUDA graphs and memory statistics disabled: {why}");
         // An empty library: `cuda.rs` reports the build had no CUDA headers.
         if let Err(e) = std::fs::write(&out, []) {
             panic!("cannot write {}: {e}", out.display());
         }
+    }
+}
+
+/// Doctests run from a temporary directory, where the binaries' rpath (`.cargo/config.toml`)
+/// finds no libtorch. Cargo puts the link-search paths that build scripts give inside the
+/// target directory on the library path of the processes it starts, doctests included: a link
+/// to libtorch's `lib/` there lets them load it. Nothing else changes (the linker already
+/// searches libtorch's `lib/`).
+fn link_libtorch_for_doctests(out_dir: &Path) {
+    let Some(libtorch) = env::var_os("LIBTORCH").map(PathBuf::from) else {
+        return;
+    };
+    let lib = libtorch.canonicalize().unwrap_or(libtorch).join("lib");
+    let link = out_dir.join("libtorch-lib");
+    let _ = std::fs::remove_file(&link);
+    if std::os::unix::fs::symlink(&lib, &link).is_ok() {
+        println!("cargo:rustc-link-search=native={}", link.display());
     }
 }
 

@@ -5,29 +5,31 @@
 //! `cargo run -p scope-examples --example collect_latents`
 
 use anyhow::Result;
-use tch::Kind;
+use gemma_model::{Gemma2Model, LoadOptions};
+use scope::SaeAt;
 
 fn main() -> Result<()> {
-    let scope_examples::Setup {
-        model,
-        tokenizer,
-        sae,
-    } = scope_examples::setup()?;
-    // The SAE at the site its name says (the residual stream after layer 2 on the fixture),
-    // checked against the model's width.
-    let sae = scope::SaeAt::new(sae, None, &model)?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+    // The SAE at the layer its name says, checked against the model's width.
+    let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 
     let ids = tokenizer.encode(
         "Would you be able to travel through time using a wormhole?",
         true,
     )?;
-    let acts = scope::latents(&model, &sae, &ids)?; // [T, d_sae], f32
+    let latents = scope::latents(&model, &sae, &ids)?; // activations() is [T, d_sae], f32
 
-    let l0 = Vec::<i64>::try_from(acts.f_gt(1.0)?.f_sum_dim_intlist(-1, false, Kind::Int64)?)?;
-    let argmax = Vec::<i64>::try_from(acts.f_argmax(-1, false)?)?;
-    for ((t, id), (l0, argmax)) in ids.iter().enumerate().zip(l0.iter().zip(&argmax)) {
+    let l0 = latents.l0(1.0)?; // the tutorial counts latents > 1
+    let top = latents.top(3)?;
+    for (t, id) in ids.iter().enumerate() {
         let token = tokenizer.decode(&[*id], false)?;
-        println!("{t:>3} {token:<12} L0(>1) {l0:>4}  max latent {argmax:>6}");
+        let strongest: Vec<String> = top.active(t).map(|(i, v)| format!("{i}:{v:.1}")).collect();
+        println!(
+            "{t:>3} {token:<12} L0(>1) {:>4}  top {}",
+            l0[t],
+            strongest.join(" ")
+        );
     }
     Ok(())
 }

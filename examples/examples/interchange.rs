@@ -6,14 +6,14 @@
 //! `cargo run -p scope-examples --example interchange`
 
 use anyhow::Result;
+use gemma_model::{Gemma2Model, LoadOptions};
+use scope::SaeAt;
 
 fn main() -> Result<()> {
-    let scope_examples::Setup {
-        model,
-        tokenizer,
-        sae,
-    } = scope_examples::setup()?;
-    let sae = scope::SaeAt::new(sae, None, &model)?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+    // The SAE at the layer its name says, checked against the model's width.
+    let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 
     let base_ids = tokenizer.encode(
         "Physics says time-travel through a wormhole needs enormous energy.",

@@ -9,7 +9,7 @@
 //! (`rotated_space.low_rank.rotation`, 64 x 6) on layer 1 of the fixture model.
 
 use anyhow::{bail, Context, Result};
-use gemma_model::Batch;
+use gemma_model::{Batch, Gemma2Model, LoadOptions};
 use intervene::{
     CallOptions, Component, IntervenableModel, Locations, LowRankRotatedSpace,
     RepresentationConfig, Sources, Subspaces,
@@ -39,9 +39,8 @@ fn main() -> Result<()> {
         _ => bail!("usage: rotated_interchange [ROTATION.safetensors NAME]"),
     };
     let rotation = load_rotation(&path, &name)?;
-    let scope_examples::Setup {
-        model, tokenizer, ..
-    } = scope_examples::setup()?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
 
     let base_ids = tokenizer.encode("Dogs are loyal friends, and my dog loves to travel.", true)?;
     let source_ids = tokenizer.encode(

@@ -5,15 +5,14 @@
 //! `cargo run -p scope-examples --example steer`
 
 use anyhow::{Context, Result};
-use gemma_model::{Batch, GenerationConfig};
+use gemma_model::{Batch, Gemma2Model, GenerationConfig, LoadOptions};
+use scope::SaeAt;
 
 fn main() -> Result<()> {
-    let scope_examples::Setup {
-        model,
-        tokenizer,
-        sae,
-    } = scope_examples::setup()?;
-    let sae = scope::SaeAt::new(sae, None, &model)?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+    // The SAE at the layer its name says, checked against the model's width.
+    let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 
     let ids = tokenizer.encode(
         "Would you be able to travel through time using a wormhole?",

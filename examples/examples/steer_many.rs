@@ -6,7 +6,8 @@
 //! `cargo run -p scope-examples --example steer_many`
 
 use anyhow::Result;
-use gemma_model::{GemmaTokenizer, Sampling};
+use gemma_model::{Gemma2Model, GemmaTokenizer, LoadOptions, Sampling};
+use scope::SaeAt;
 
 const PROMPTS: [&str; 2] = [
     "Would you be able to travel through time using a wormhole?",
@@ -18,12 +19,10 @@ const LATENT: i64 = 51;
 const MAX_NEW_TOKENS: usize = 20;
 
 fn main() -> Result<()> {
-    let scope_examples::Setup {
-        model,
-        tokenizer,
-        sae,
-    } = scope_examples::setup()?;
-    let sae = scope::SaeAt::new(sae, None, &model)?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+    // The SAE at the layer its name says, checked against the model's width.
+    let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 
     // 2 prompts x 5 magnitudes = 10 requests, each with its own id.
     let mut requests = Vec::new();

@@ -5,6 +5,8 @@
 //! `cargo run -p scope-examples --example top_examples`
 
 use anyhow::{Context, Result};
+use gemma_model::{Gemma2Model, LoadOptions};
+use scope::SaeAt;
 
 const TEXTS: [&str; 4] = [
     "Would you be able to travel through time using a wormhole?",
@@ -14,12 +16,10 @@ const TEXTS: [&str; 4] = [
 ];
 
 fn main() -> Result<()> {
-    let scope_examples::Setup {
-        model,
-        tokenizer,
-        sae,
-    } = scope_examples::setup()?;
-    let sae = scope::SaeAt::new(sae, None, &model)?;
+    let (model, tokenizer) =
+        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+    // The SAE at the layer its name says, checked against the model's width.
+    let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
     let latent = 183;
 
     let ids = TEXTS

@@ -36,19 +36,20 @@
 //! runs requests one after another through [`generate()`], which gives each request exactly
 //! its solo result.
 //!
-//! ```no_run
+//! ```
 //! use gemma_model::Gemma2Model;
 //! use intervene::{Site, SiteKind};
 //! use scope_engine::{Edit, Engine, Limits, Request};
 //! use tch::{Device, Kind, Tensor};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = Gemma2Model::from_dir("fixtures/models/tiny-f32", Kind::Float, Device::Cpu)?;
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/tiny-f32");
+//! let model = Gemma2Model::from_dir(dir, Kind::Float, Device::Cpu)?;
 //! let mut engine = Engine::new(&model, Limits { max_rows: 8, context: 128 })?;
 //! let hidden = model.config().hidden_size;
 //! for magnitude in [0.0, 4.0, 8.0] {
 //!     let vector = Tensor::ones([hidden], (Kind::Float, Device::Cpu)) * magnitude;
-//!     let request = Request::greedy(format!("m{magnitude}"), vec![2, 651, 6037], 16)
+//!     let request = Request::greedy(format!("m{magnitude}"), vec![2, 409, 370], 16)
 //!         .with_edit(Edit { site: Site::new(1, SiteKind::BlockOutput), vector });
 //!     engine.submit(request)?;
 //! }
@@ -87,3 +88,5 @@ pub use mask::Masks;
 pub use model::{Call, DecoderModel, FusedLayer, FusedWeights, ModelOutput};
 pub use request::{Edit, FinishReason, Finished, Progress, Reading, Readout, Request};
 pub use spec::ModelSpec;
+/// The libtorch types this crate's calls take and return.
+pub use tch::{self, Device, Kind, Tensor};

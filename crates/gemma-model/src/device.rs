@@ -17,6 +17,13 @@ pub enum DTypeSpec {
     Auto,
 }
 
+impl From<Kind> for DTypeSpec {
+    /// A fixed dtype: `Kind::BFloat16.into()`.
+    fn from(kind: Kind) -> Self {
+        DTypeSpec::Fixed(kind)
+    }
+}
+
 /// Parses `f32 | float32 | bf16 | bfloat16 | f16 | float16 | half | auto`.
 pub fn parse_dtype(spec: &str) -> Result<DTypeSpec> {
     match spec.trim().to_ascii_lowercase().as_str() {

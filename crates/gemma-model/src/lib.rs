@@ -13,25 +13,23 @@
 //! CUDA graph, fused CPU kernels), and the continuous-batching engine. They are re-exported
 //! here ([`generate`], [`cuda`], [`KvCache`], ...) so that a user of the model finds them.
 //!
-//! ```no_run
-//! use gemma_model::{Batch, Call, Gemma2Model, GemmaTokenizer, GenerationConfig, LoadOptions};
+//! ```
+//! use gemma_model::{Call, Gemma2Model, GenerationConfig, LoadOptions};
 //! use intervene::NoHooks;
 //!
 //! # fn main() -> gemma_model::Result<()> {
-//! let options = LoadOptions {
-//!     dtype: gemma_model::parse_dtype("auto")?,
-//!     device: gemma_model::parse_device("auto")?,
-//!     ..LoadOptions::default()
-//! };
-//! let files = gemma_model::ModelFiles::resolve("google/gemma-2-2b", &options.hub)?;
-//! let model = Gemma2Model::load_files(&files, options.dtype, options.device)?;
-//! let tokenizer = GemmaTokenizer::from_file(files.tokenizer.unwrap_or_default())?;
+//! # let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/tiny-f32");
+//! # /* the fixture stands in for the hub id in CI:
+//! let source = "google/gemma-2-2b"; // or a local checkpoint directory
+//! # */ let source = fixture;
+//! // f32 on the CPU by default; a GPU in bf16:
+//! // `LoadOptions { device: Device::Cuda(0), dtype: Kind::BFloat16.into(), ..Default::default() }`
+//! let (model, tokenizer) = Gemma2Model::from_pretrained(source, &LoadOptions::default())?;
 //!
-//! let ids = tokenizer.encode("The capital of France is", true)?; // starts with <bos>
-//! let batch = Batch::from_ids(&ids);
-//! let logits = model.forward(&batch, Call::default(), &mut NoHooks)?.logits; // [1, T, 256000]
+//! let batch = tokenizer.batch("The capital of France is")?; // [1, T], starting with <bos>
+//! let logits = model.forward(&batch, Call::default(), &mut NoHooks)?.logits; // Some([1, T, vocab])
 //! let out = model.generate(&batch, &GenerationConfig::greedy(20))?;
-//! println!("{}", tokenizer.decode(&out.new_tokens[0], true)?);
+//! println!("{}", tokenizer.decode(&out.new_tokens[0], true)?); // new_tokens[row]: that row's new ids
 //! # let _ = logits;
 //! # Ok(())
 //! # }
@@ -65,4 +63,7 @@ pub use scope_engine::{
     ModelOutput, Sampler, Sampling, Step,
 };
 pub use scope_hub::HubOptions;
+/// The libtorch types this crate's calls take and return, so that no separate `tch`
+/// dependency (with its exact pinned version) is needed.
+pub use tch::{self, Device, Kind, Tensor};
 pub use tokenizer::{render_chat, ChatMessage, GemmaTokenizer};

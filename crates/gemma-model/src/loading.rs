@@ -22,6 +22,7 @@ use crate::mlp::Mlp;
 use crate::model::{DecoderLayer, Gemma2Model};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
+use crate::tokenizer::GemmaTokenizer;
 use scope_hub::HubOptions;
 
 /// Where one tensor's bytes are.
@@ -175,7 +176,28 @@ impl Default for LoadOptions {
 }
 
 impl Gemma2Model {
-    /// Loads a local directory or a Hub id.
+    /// The model and its tokenizer from a local directory or a Hub id
+    /// (`google/gemma-2-2b`), in `options`' dtype on its device: the one call to start from.
+    /// A checkpoint without a `tokenizer.json` is an error naming the folder.
+    pub fn from_pretrained(
+        source: &str,
+        options: &LoadOptions,
+    ) -> Result<(Gemma2Model, GemmaTokenizer)> {
+        let files = ModelFiles::resolve(source, &options.hub)?;
+        let tokenizer = match &files.tokenizer {
+            Some(path) => GemmaTokenizer::from_file(path)?,
+            None => {
+                return Err(Error::MissingFile {
+                    path: files.dir.join("tokenizer.json"),
+                })
+            }
+        };
+        let model = Self::load_files(&files, options.dtype, options.device)?;
+        Ok((model, tokenizer))
+    }
+
+    /// The model alone from a local directory or a Hub id (see [`from_pretrained`]
+    /// (Self::from_pretrained), which also loads the tokenizer).
     pub fn load(source: &str, options: &LoadOptions) -> Result<Self> {
         let files = ModelFiles::resolve(source, &options.hub)?;
         Self::load_files(&files, options.dtype, options.device)
@@ -189,11 +211,15 @@ impl Gemma2Model {
         Self::from_files(files, config, dtype, device)
     }
 
-    /// Loads a local directory in `dtype` on `device`.
-    pub fn from_dir(dir: impl AsRef<Path>, dtype: Kind, device: Device) -> Result<Self> {
+    /// Loads a local directory in `dtype` (a `Kind`, or [`DTypeSpec::Auto`] for the stored
+    /// one) on `device`.
+    pub fn from_dir(
+        dir: impl AsRef<Path>,
+        dtype: impl Into<DTypeSpec>,
+        device: Device,
+    ) -> Result<Self> {
         let files = ModelFiles::from_dir(dir)?;
-        let config = files.read_config()?;
-        Self::from_files(&files, config, dtype, device)
+        Self::load_files(&files, dtype.into(), device)
     }
 
     /// Loads the weights of `files` for `config`.

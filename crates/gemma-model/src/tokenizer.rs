@@ -108,6 +108,12 @@ impl GemmaTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// `text` encoded with `<bos>`, as a batch of one row (`[1, T]`): what the model's
+    /// calls take.
+    pub fn batch(&self, text: &str) -> Result<scope_engine::Batch> {
+        Ok(scope_engine::Batch::from_ids(&self.encode(text, true)?))
+    }
+
     /// The id of a token string, if in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)

@@ -7,7 +7,7 @@
 //! prefix only applies to interventions pyvene builds itself; see the crate docs).
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
@@ -208,14 +208,14 @@ impl Intervention for Collect {
     }
 }
 
-type CollectFn = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+type CollectFn = dyn Fn(&Tensor) -> Result<Tensor> + Send;
 
 /// A collect that stores `f(slice)` instead of the slice (e.g. an SAE encoder: the tutorial's
-/// `JumpReLUSAECollectIntervention`). The model is not touched.
-#[derive(Clone)]
+/// `JumpReLUSAECollectIntervention`). The model is not touched. `f` may own tensors (an
+/// SAE): it needs to be `Send`, not `Sync`.
 pub struct CollectWith {
     name: String,
-    f: Arc<CollectFn>,
+    f: Box<CollectFn>,
 }
 
 impl fmt::Debug for CollectWith {
@@ -230,11 +230,11 @@ impl CollectWith {
     /// Collect `f(slice)` under `name`.
     pub fn new(
         name: impl Into<String>,
-        f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+        f: impl Fn(&Tensor) -> Result<Tensor> + Send + 'static,
     ) -> Self {
         CollectWith {
             name: name.into(),
-            f: Arc::new(f),
+            f: Box::new(f),
         }
     }
 }
@@ -513,15 +513,15 @@ impl Intervention for ConstantSource {
     }
 }
 
-type ApplyFn = dyn Fn(&Tensor, Option<&Tensor>, Option<&Subspaces>) -> Result<Tensor> + Send + Sync;
+type ApplyFn = dyn Fn(&Tensor, Option<&Tensor>, Option<&Subspaces>) -> Result<Tensor> + Send;
 
 /// A user closure `f(base, source, subspaces)` (pyvene accepts a plain function as an
-/// intervention). Its role says whether it needs sources, writes back, or is collected.
-#[derive(Clone)]
+/// intervention). Its role says whether it needs sources, writes back, or is collected. `f`
+/// may own tensors: it needs to be `Send`, not `Sync`.
 pub struct FnIntervention {
     name: String,
     role: InterventionRole,
-    f: Arc<ApplyFn>,
+    f: Box<ApplyFn>,
     replayable: bool,
 }
 
@@ -539,15 +539,12 @@ impl FnIntervention {
     pub fn new(
         name: impl Into<String>,
         role: InterventionRole,
-        f: impl Fn(&Tensor, Option<&Tensor>, Option<&Subspaces>) -> Result<Tensor>
-            + Send
-            + Sync
-            + 'static,
+        f: impl Fn(&Tensor, Option<&Tensor>, Option<&Subspaces>) -> Result<Tensor> + Send + 'static,
     ) -> Self {
         FnIntervention {
             name: name.into(),
             role,
-            f: Arc::new(f),
+            f: Box::new(f),
             replayable: false,
         }
     }

@@ -78,59 +78,91 @@
 //!
 //! # The tutorial's three workflows
 //!
-//! `model` is any [`HookedModel`] (the `gemma-model` crate's `Gemma2Model`), `sae` a Gemma Scope
-//! JumpReLU SAE from the `sae` crate; their names here are placeholders. The `sae` crate also
-//! ships these as ready interventions (`EncodeCollect`, `Steer` / `steering_add`,
-//! `JumpReluInterchange`).
+//! `model` is any [`HookedModel`] (the `gemma-model` crate's `Gemma2Model`) and `sae` a Gemma
+//! Scope JumpReLU SAE from the `sae` crate, loaded as in the `scope` crate's docs. The blocks
+//! run on the fixture model, where the SAE reads layer 2 (the tutorial's reads layer 20, and
+//! its time-travel latent is 10004). The `sae` crate also ships these as ready interventions
+//! (`EncodeCollect`, `Steer` / `steering_add`, `JumpReluInterchange`), and the `scope` crate as
+//! one call each.
 //!
-//! Collect SAE latents at the output of layer 20 (`resid_post`), BOS included:
+//! Collect SAE latents at the output of the SAE's layer (`resid_post`), BOS included:
 //!
-//! ```ignore
+//! ```
 //! use intervene::{CallOptions, CollectWith, IntervenableModel, RepresentationConfig, Sources};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+//! # let options = gemma_model::LoadOptions::default();
+//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
+//! let batch = tokenizer.batch("Would you be able to travel through time using a wormhole?")?;
 //! let encoder = CollectWith::new("sae_encode", move |x| Ok(sae.encode(x)?)); // or sae::EncodeCollect
 //! let pv = IntervenableModel::new(&model, vec![
-//!     RepresentationConfig::new("model.layers[20].output", encoder),
+//!     RepresentationConfig::new("model.layers[2].output", encoder),
 //! ])?;
 //! let out = pv.forward(&batch, Sources::None, &CallOptions::new())?;
-//! let latents = &out.collected[0];                       // [1, 14, 16384]
-//! let l0 = latents.gt(1.0).sum_dim_intlist(-1, false, None); // [1, 14]: 7017, 47, 65, ...
+//! let latents = &out.collected[0]; // [1, 15, d_sae]: batch, token, latent
+//! let l0 = latents.gt(1.0).sum_dim_intlist(-1, false, None); // [1, 15]: latents > 1 per token
+//! assert_eq!(l0.size(), [1, 15]);
+//! # Ok(())
+//! # }
 //! ```
 //!
-//! Steer generation with latent 10004 at magnitude 100, on every position of the prompt and
-//! every generated token (pyvene's `unit_locations=None, intervene_on_prompt=True`):
+//! Steer generation with a latent at magnitude 100 on every position of the prompt and every
+//! generated token (pyvene's `unit_locations=None, intervene_on_prompt=True`):
 //!
-//! ```ignore
+//! ```
 //! use intervene::{Add, CallOptions, IntervenableModel, RepresentationConfig, Sources};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+//! # let options = gemma_model::LoadOptions::default();
+//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
+//! let prompt = tokenizer.batch("Which dog breed do people think is cuter, poodle or doodle?")?;
 //! // Built once, on the model's device, in f32: the add runs in f32 and rounds to the
 //! // model's dtype on write-back, as pyvene does.
-//! let steer = Add::new(sae.steering_sum(&[(10004, 100.0)])?); // 100 · W_dec[10004]
+//! let steer = Add::new(sae.steering_sum(&[(183, 100.0)])?); // 100 · W_dec[183]
 //! let pv = IntervenableModel::new(&model, vec![
-//!     RepresentationConfig::new("model.layers[20].output", steer),
+//!     RepresentationConfig::new("model.layers[2].output", steer),
 //! ])?;
 //! let opts = CallOptions::new().intervene_on_prompt(true);
-//! let out = pv.generate(&prompt, Sources::None, &opts, &generation_config)?;
-//! let tokens = out.intervened;
+//! let out = pv.generate(&prompt, Sources::None, &opts, &gemma_model::GenerationConfig::greedy(20))?;
+//! println!("{}", tokenizer.decode(&out.intervened.new_tokens[0], true)?);
+//! # Ok(())
+//! # }
 //! ```
 //!
-//! Interchange latent 10004 from source position 11 into base position 14
-//! (`{"sources->base": (11, 14)}, subspaces=[10004]`); the JumpReLU interchange comes from the
+//! Interchange a latent from a source position into a base position (the tutorial's
+//! `{"sources->base": (11, 14)}, subspaces=[10004]`); the JumpReLU interchange comes from the
 //! `sae` crate and receives the base slice, the source slice and the subspaces:
 //!
-//! ```ignore
+//! ```
 //! use intervene::{CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+//! # let options = gemma_model::LoadOptions::default();
+//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
+//! let base = tokenizer.batch("Which dog breed do people think is cuter, poodle or doodle?")?;
+//! let source = tokenizer.batch("Would you be able to travel through time using a wormhole?")?;
 //! let pv = IntervenableModel::new(&model, vec![
-//!     RepresentationConfig::new("model.layers[20].output", JumpReluInterchange::new(&sae)),
+//!     RepresentationConfig::new("model.layers[2].output", sae::JumpReluInterchange::new(&sae)),
 //! ])?;
 //! let opts = CallOptions::new()
-//!     .locations(Locations::pair(11, 14))
-//!     .subspaces(Subspaces::Shared(vec![10004]))
+//!     .locations(Locations::pair(9, 14)) // source position 9 (" time") into base position 14
+//!     .subspaces(Subspaces::Shared(vec![183]))
 //!     .output_original_output(true);
 //! let out = pv.forward(&base, Sources::Shared(&source), &opts)?;
-//! let (original, intervened) = (out.original, out.intervened);
-//! // top-10 of intervened.logits[:, -1] − original.logits[:, -1]: PhysRevD, transporting, ...
+//! let original = out.original.and_then(|o| o.logits).ok_or("no original logits")?;
+//! let intervened = out.intervened.logits.ok_or("no logits")?;
+//! // [1, T, vocab] each: the next-token logits that moved most at the last position.
+//! let diff = intervened.select(1, -1) - original.select(1, -1);
+//! let (_, moved) = diff.topk(10, -1, true, true);
+//! println!("{:?}", Vec::<i64>::try_from(moved.flatten(0, -1))?);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # What a call does
@@ -220,3 +252,5 @@ pub use intervention::{Intervention, InterventionRole, Subspaces};
 pub use location::{Locations, PerIntervention, RowPositions};
 pub use rotated::{LowRankRotatedSpace, RotatedSpace, SigmoidMask, SoftRotatedSpace};
 pub use site::{HookPoint, Site, SiteCatalog, SiteInfo, SiteKind};
+/// The libtorch types this crate's calls take and return.
+pub use tch::{self, Device, Kind, Tensor};

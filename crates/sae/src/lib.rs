@@ -67,15 +67,14 @@
 //! # Example
 //!
 //! ```no_run
-//! use sae::{HubOptions, Sae, Steer};
+//! use sae::{Sae, Steer};
 //! use tch::{Device, Kind, Tensor};
 //!
 //! # fn main() -> sae::Result<()> {
-//! let resolved = sae::resolve(
-//!     "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical",
-//!     &HubOptions::from_env(),
-//! )?;
-//! let sae = Sae::load(&resolved, Device::cuda_if_available())?;
+//! // A local path, a hub path (google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71)
+//! // or a canonical name; `scope::SaeAt::from_pretrained` also places it at its model site.
+//! let name = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical";
+//! let sae = Sae::from_pretrained(name, Device::cuda_if_available())?;
 //! assert_eq!(sae.site(), Some(intervene::Site::new(20, intervene::SiteKind::BlockOutput)));
 //! sae.check_d_in(2304)?;
 //!
@@ -115,4 +114,6 @@ pub use lens::LogitLens;
 pub use metrics::{splice_metrics, ReconstructionMetrics, SpliceHooks, SpliceMetrics};
 pub use name::{canonical_lookup, CanonicalEntry, SaeFamily, SaeName, SiteHint};
 pub use sae::{Sae, SaeInfo, TopK};
+/// The libtorch types this crate's calls take and return.
+pub use tch::{self, Device, Kind, Tensor};
 pub use top_examples::{Example, TopExamples};

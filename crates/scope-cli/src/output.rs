@@ -136,6 +136,9 @@ pub struct PatchReport {
     pub base_value: f64,
     /// The latent's value at the source position.
     pub source_value: f64,
+    /// Why the result may say less than it seems (the latent is 0 at the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `scope explain`.
@@ -275,6 +278,9 @@ impl PatchReport {
             "latent {}: source position {} (value {:.4}) -> base position {} (value {:.4})",
             self.latent, self.source_pos, self.source_value, self.base_pos, self.base_value
         );
+        if let Some(warning) = &self.warning {
+            println!("warning: {warning}");
+        }
         println!(
             "next-token logit differences at base position {} (intervened - original):",
             self.position

@@ -2,7 +2,6 @@
 //! SAE: one implementation for the commands and for `scope serve`'s endpoints.
 
 use anyhow::{bail, Result};
-use tch::Kind;
 
 use crate::output::{
     ExplainReport, LatentValue, LatentsReport, PatchReport, TokenDiff, TokenScore,
@@ -32,36 +31,35 @@ pub fn latents(
     if q.top_k < 1 {
         bail!("top_k (--top-k) must be at least 1, got {}", q.top_k);
     }
-    let focus = q.focus.map(|l| sae.check_latent(l)).transpose()?;
     let ids = session.encode_prompt(q.prompt, false)?;
-    let acts = scope::latents(&session.model, sae, &ids)?; // [T, L]
-    let l0 = acts
-        .f_gt(q.threshold)?
-        .f_sum_dim_intlist(-1, false, Kind::Int64)?;
-    let (max_value, max_latent) = acts.f_max_dim(-1, false)?;
+    let latents = scope::latents(&session.model, sae, &ids)?;
     let k = (q.top_k as usize).min(sae.sae.d_sae() as usize);
-    let top = sae.sae.top_k_of(&acts, k)?;
-    let latent_values = match focus {
-        Some(latent) => Some(Vec::<f64>::try_from(
-            &acts.f_select(1, latent)?.f_to_kind(Kind::Double)?,
-        )?),
+    let top = latents.top(k)?;
+    let strongest = latents.strongest()?;
+    let latent_values = match q.focus {
+        Some(latent) => Some(
+            latents
+                .values_of(latent)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        ),
         None => None,
+    };
+    let per_token = |t: usize, top: &sae::TopK| -> Vec<LatentValue> {
+        top.token(t)
+            .map(|(latent, value)| LatentValue {
+                latent,
+                value: f64::from(value),
+            })
+            .collect()
     };
     Ok(LatentsReport {
         tokens: session.token_strings(&ids)?,
-        l0: Vec::<i64>::try_from(&l0)?,
-        max_latent: Vec::<i64>::try_from(&max_latent)?,
-        max_value: Vec::<f64>::try_from(&max_value.f_to_kind(Kind::Double)?)?,
-        top: (0..ids.len())
-            .map(|t| {
-                top.token(t)
-                    .map(|(latent, value)| LatentValue {
-                        latent,
-                        value: f64::from(value),
-                    })
-                    .collect()
-            })
-            .collect(),
+        l0: latents.l0(q.threshold)?,
+        max_latent: strongest.iter().map(|&(latent, _)| latent).collect(),
+        max_value: strongest.iter().map(|&(_, v)| f64::from(v)).collect(),
+        top: (0..ids.len()).map(|t| per_token(t, &top)).collect(),
         token_ids: ids,
         threshold: q.threshold,
         layer: sae.site.layer,
@@ -130,6 +128,7 @@ pub fn patch(session: &Session, sae: &scope::SaeAt, q: &PatchQuery<'_>) -> Resul
         latent: q.latent,
         base_value: patched.base_value,
         source_value: patched.source_value,
+        warning: patched.warning,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use gemma_model::{Batch, Gemma2Model};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::sae_at::SaeAt;
@@ -38,8 +38,72 @@ impl<'m> LatentCollector<'m> {
     }
 }
 
-/// `sae`'s latents at every position of `ids` (one prompt, `<bos>` included): `[T, d_sae]`.
-pub fn latents(model: &Gemma2Model, sae: &SaeAt, ids: &[i64]) -> Result<Tensor> {
+/// `sae`'s latents at every position of `ids` (one prompt, `<bos>` included).
+pub fn latents(model: &Gemma2Model, sae: &SaeAt, ids: &[i64]) -> Result<TokenLatents> {
     let acts = LatentCollector::new(model, sae)?.latents(&Batch::from_ids(ids))?;
-    Ok(acts.f_squeeze_dim(0)?)
+    Ok(TokenLatents {
+        activations: acts.f_squeeze_dim(0)?,
+        sae: sae.clone(),
+    })
+}
+
+/// An SAE's latents at every token of one prompt, and what is read from them.
+#[derive(Debug)]
+pub struct TokenLatents {
+    activations: Tensor,
+    sae: SaeAt,
+}
+
+impl TokenLatents {
+    /// The activations, `[T, d_sae]` in the SAE's dtype: row `t` is token `t` (`<bos>` is
+    /// row 0), column `i` is latent `i`.
+    pub fn activations(&self) -> &Tensor {
+        &self.activations
+    }
+
+    /// The number of tokens, `T`.
+    pub fn len(&self) -> usize {
+        self.activations.size().first().map_or(0, |&t| t as usize)
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per token, how many latents are above `threshold` (L0 at `threshold`; the Gemma Scope
+    /// tutorial counts `> 1`, SAELens `> 0`).
+    pub fn l0(&self, threshold: f64) -> Result<Vec<i64>> {
+        let counts = self
+            .activations
+            .f_gt(threshold)?
+            .f_sum_dim_intlist(-1, false, Kind::Int64)?;
+        Ok(Vec::<i64>::try_from(&counts)?)
+    }
+
+    /// Per token, the `k` most active latents, strongest first: `top.token(t)` gives
+    /// token `t`'s `(latent, value)` pairs (`top.active(t)` only those `> 0`).
+    pub fn top(&self, k: usize) -> Result<sae::TopK> {
+        Ok(self.sae.sae.top_k_of(&self.activations, k)?)
+    }
+
+    /// Per token, the most active latent and its value (the first of equals).
+    pub fn strongest(&self) -> Result<Vec<(i64, f32)>> {
+        let (values, latents) = self.activations.f_max_dim(-1, false)?;
+        let values = Vec::<f32>::try_from(&values.f_to_kind(Kind::Float)?)?;
+        Ok(Vec::<i64>::try_from(&latents)?
+            .into_iter()
+            .zip(values)
+            .collect())
+    }
+
+    /// `latent`'s value at every token, `[T]`.
+    pub fn values_of(&self, latent: i64) -> Result<Vec<f32>> {
+        let latent = self.sae.check_latent(latent)?;
+        let column = self
+            .activations
+            .f_select(1, latent)?
+            .f_to_kind(Kind::Float)?;
+        Ok(Vec::<f32>::try_from(&column)?)
+    }
 }

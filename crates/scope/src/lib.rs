@@ -4,32 +4,40 @@
 //!
 //! | call | what it does | pyvene / SAELens counterpart |
 //! |---|---|---|
-//! | [`latents`], [`LatentCollector`] | the SAE's latents at every position | `CollectIntervention` with the JumpReLU encoder |
+//! | [`latents`] → [`TokenLatents`] (L0, top-k, strongest, one latent's values), [`LatentCollector`] | the SAE's latents at every position | `CollectIntervention` with the JumpReLU encoder |
 //! | [`steer`] | one steered generation through the intervention graph | `pv_model.generate(..., intervene_on_prompt=True)` |
 //! | [`steer_many`] | many steered requests at once through the [`scope_engine`] | a server with continuous batching |
-//! | [`patch`] | one latent swapped from a source prompt into a base prompt | `JumpReLUAutoencoderIntervention` |
+//! | [`patch`] → [`Patched`] (the logits that moved, the latent at source and base, a warning when it is 0 at the source) | one latent swapped from a source prompt into a base prompt | `JumpReLUAutoencoderIntervention` |
 //! | [`explain`] | the tokens a latent's decoder row promotes and suppresses | the logit lens |
 //! | [`eval`] | reconstruction metrics and the spliced-in cross-entropy and KL | SAELens' evals |
 //! | [`top_examples`] | where latents fire most over texts | Neuronpedia's top activations |
 //!
-//! Token ids go in and come out: tokenizing and printing are the caller's.
+//! Load with [`Gemma2Model::from_pretrained`](gemma_model::Gemma2Model::from_pretrained) (the
+//! model and its tokenizer) and [`SaeAt::from_pretrained`]. Token ids go in and come out:
+//! tokenizing and printing are the caller's. [`guide`] puts each step of the Gemma Scope
+//! tutorial's Python next to its Rust.
 //!
-//! ```no_run
-//! use gemma_model::{Gemma2Model, GenerationConfig};
+//! ```
+//! use gemma_model::{Gemma2Model, GenerationConfig, LoadOptions};
 //! use scope::SaeAt;
-//! use tch::{Device, Kind};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = Gemma2Model::from_dir("fixtures/models/tiny-f32", Kind::Float, Device::Cpu)?;
-//! let sae = sae::Sae::from_path(
-//!     "fixtures/saes/tiny-f32-res/layer_2/width_256/average_l0_20",
-//!     Device::Cpu,
-//! )?;
-//! let sae = SaeAt::new(sae, None, &model)?;
-//! let prompt = [2, 651, 6037, 603];
-//! let latents = scope::latents(&model, &sae, &prompt)?; // [4, 256]
-//! let steered = scope::steer(&model, &sae, &prompt, &[(51, 8.0)], &GenerationConfig::greedy(8))?;
-//! println!("{:?} {:?}", latents.size(), steered.new_tokens[0]);
+//! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+//! # let model_id = &format!("{fixtures}/models/tiny-f32");
+//! # let sae_id = &format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20");
+//! # let (model_id, sae_id) = (model_id.as_str(), sae_id.as_str());
+//! # /* the fixtures above stand in for these in CI:
+//! let model_id = "google/gemma-2-2b";
+//! let sae_id = "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71";
+//! # */
+//! let (model, tokenizer) = Gemma2Model::from_pretrained(model_id, &LoadOptions::default())?;
+//! let sae = SaeAt::from_pretrained(sae_id, &model)?; // at the layer its name says
+//!
+//! let ids = tokenizer.encode("Would you be able to travel through time?", true)?;
+//! let latents = scope::latents(&model, &sae, &ids)?; // activations(): [T, d_sae]
+//! println!("L0 per token {:?}", latents.l0(1.0)?);
+//! let steered = scope::steer(&model, &sae, &ids, &[(51, 8.0)], &GenerationConfig::greedy(8))?;
+//! println!("{}", tokenizer.decode(&steered.new_tokens[0], true)?);
 //! # Ok(())
 //! # }
 //! ```
@@ -48,8 +56,18 @@ mod top;
 pub use error::{Error, Result};
 pub use eval::eval;
 pub use explain::explain;
-pub use latents::{latents, LatentCollector};
+pub use latents::{latents, LatentCollector, TokenLatents};
 pub use patch::{patch, resolve_position, Patch, Patched};
 pub use sae_at::{SaeAt, TopLatents};
 pub use steer::{steer, steer_many, SteerRequest};
+/// The libtorch types this crate's calls take and return.
+pub use tch::{self, Device, Kind, Tensor};
 pub use top::{top_examples, TopQuery};
+
+/// The README's Rust, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
+#[doc = include_str!("../../../docs/pyvene-to-scope.md")]
+pub mod guide {}

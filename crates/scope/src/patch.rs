@@ -39,6 +39,9 @@ pub struct Patched {
     pub base_value: f64,
     /// The latent at the source position.
     pub source_value: f64,
+    /// Set when the result says less than it seems: the latent is 0 at the source (it did
+    /// not fire there), so the swap wrote a 0.
+    pub warning: Option<String>,
 }
 
 /// Swaps `patch.latent` from the source position into the base position (the base vector is
@@ -102,10 +105,18 @@ pub fn patch(model: &Gemma2Model, sae: &SaeAt, patch: &Patch<'_>) -> Result<Patc
         .get(1)
         .and_then(Option::as_ref)
         .ok_or_else(|| Error::Input("the interchange read no source slice".into()))?;
+    let source_value = latent_value(&sae.sae.encode(source_slice)?)?;
+    let warning = (source_value == 0.0).then(|| {
+        format!(
+            "latent {latent} is 0 at source position {source_pos} (it did not fire there): \
+             the swap wrote a 0"
+        )
+    });
     Ok(Patched {
         top: indices.into_iter().zip(values).collect(),
         base_value: latent_value(base_latents)?,
-        source_value: latent_value(&sae.sae.encode(source_slice)?)?,
+        source_value,
+        warning,
     })
 }
 

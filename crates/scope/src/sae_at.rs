@@ -48,6 +48,15 @@ impl SaeAt {
         Ok(SaeAt { sae, site })
     }
 
+    /// The SAE called `name` (a local path, a hub path such as
+    /// `google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`, or a canonical name
+    /// such as `gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical`), in float32 on
+    /// the model's device, at the layer its name says: the one call to load an SAE.
+    pub fn from_pretrained(name: &str, model: &Gemma2Model) -> Result<Self> {
+        let sae = Sae::from_pretrained(name, model.device())?;
+        SaeAt::new(sae, None, model)
+    }
+
     /// The intervention-graph component of the site.
     pub fn component(&self) -> Component {
         Component::typed(self.site.kind.type_name(), self.site.layer)
