@@ -27,12 +27,14 @@ pub fn run() -> Result {
         .strip_prefix(&root)
         .unwrap_or(&sae_dir)
         .to_path_buf();
-    println!("demo: building the scope binary ...");
+    // The build `cargo xtask test` runs (the test profile, every test target): the demo's
+    // binary comes from it, and the tests that follow find everything built.
+    println!("demo: building (the same build as `cargo xtask test`, which then reuses it) ...");
     run_checked(
-        cargo().args(["build", "--quiet", "--release", "-p", "scope-cli"]),
-        "cargo build -p scope-cli",
+        cargo().args(["test", "--workspace", "--no-run", "--quiet"]),
+        "cargo test --workspace --no-run",
     )?;
-    let scope = root.join("target/release/scope");
+    let scope = root.join("target/debug/scope");
     write_requests(&root)?;
     let mut not_built = Vec::new();
     for step in steps(&model, &sae) {
