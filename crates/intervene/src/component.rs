@@ -8,6 +8,17 @@
 //!   `head_query_output`, `head_key_output`, `head_value_output`) name the same site as their
 //!   plain counterpart, split into the heads the catalog gives it.
 //!
+//! A [`Site`] converts into a component too, so a site known from the model (an SAE's, say)
+//! goes wherever a component does (`RepresentationConfig::new(site, intervention)`):
+//!
+//! ```
+//! use intervene::{Component, Site, SiteKind};
+//!
+//! let site = Site::new(20, SiteKind::BlockOutput); // the residual stream after layer 20
+//! let component: Component = site.into();
+//! assert_eq!(component, Component::Site(site));
+//! ```
+//!
 //! Resolution happens once, when the graph is built: an unknown component, a layer out of range
 //! or a path that ends in neither `.input` nor `.output` is an error that names it.
 
