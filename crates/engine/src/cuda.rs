@@ -4,9 +4,11 @@
 //!
 //! A decode step of gemma-2-2b is about 1,500 small kernels. Launched one by one from the host
 //! they cost more than the GPU needs to run them; replayed as one graph they cost one launch.
-//! The shim is embedded in this crate and loaded (written to a temporary file, then `dlopen`ed)
-//! the first time it is needed, after `libtorch_cuda.so`: a binary that never uses CUDA never
-//! touches it, and one libtorch_cpu-linked binary serves CPU and GPU alike.
+//! The shim is embedded in this crate and loaded the first time it is needed, after
+//! `libtorch_cuda.so`: a binary that never uses CUDA never touches it, and one
+//! libtorch_cpu-linked binary serves CPU and GPU alike. It is loaded from a sealed anonymous
+//! memory file, never from a path in a shared directory, where on a shared machine another
+//! user could plant or swap the file between a check and the load and run code as this one.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -67,15 +69,7 @@ fn load() -> std::result::Result<Shim, String> {
     if !tch::Cuda::is_available() {
         return Err("no CUDA device".into());
     }
-    let path = write_shim()?;
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
-    // SAFETY: `c_path` is NUL-terminated; the handle is leaked on purpose so the library, whose
-    // functions we keep pointers to, stays loaded for the life of the process.
-    let lib = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if lib.is_null() {
-        return Err(format!("dlopen {}: {}", path.display(), dl::error()));
-    }
+    let lib = dlopen_sealed(c"scope-cuda-shim", SHIM)?;
     // SAFETY: `lib` is live, and the shim defines each name with the C signature of the field
     // it is stored in.
     unsafe {
@@ -94,31 +88,55 @@ fn load() -> std::result::Result<Shim, String> {
     }
 }
 
-/// Writes the embedded shim to a per-user, per-build file (once; later processes reuse it).
-fn write_shim() -> std::result::Result<PathBuf, String> {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let name = format!(
-        "scope-cuda-shim-{uid}-{}-{:016x}.so",
-        env!("CARGO_PKG_VERSION"),
-        fnv1a(SHIM)
-    );
-    let path = std::env::temp_dir().join(name);
-    if std::fs::read(&path).is_ok_and(|bytes| bytes == SHIM) {
-        return Ok(path);
+/// `bytes` (a shared library) loaded from an anonymous memory file (`memfd_create`) sealed
+/// against any change once written: it has no name in any directory, so no one else can
+/// create, replace or rewrite it, and it leaves nothing behind. The handle is leaked on
+/// purpose: the library, whose functions are kept, stays loaded for the life of the process.
+fn dlopen_sealed(name: &CStr, bytes: &[u8]) -> std::result::Result<*mut c_void, String> {
+    let (file, path) = sealed_memory_file(name, bytes)?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+    // SAFETY: `c_path` is NUL-terminated and names the open memory file.
+    let lib = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    // The mapping outlives the descriptor.
+    drop(file);
+    if lib.is_null() {
+        return Err(format!(
+            "dlopen of the {name:?} memory file: {}",
+            dl::error()
+        ));
     }
-    // Written under a unique name and renamed, so concurrent processes never load half a file.
-    let partial = path.with_extension(format!("{}.partial", std::process::id()));
-    std::fs::write(&partial, SHIM)
-        .and_then(|()| std::fs::rename(&partial, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+    Ok(lib)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// An anonymous memory file holding `bytes`, sealed against writes, growth and shrinking,
+/// and its `/proc/self/fd` path (valid while the file is open).
+fn sealed_memory_file(
+    name: &CStr,
+    bytes: &[u8],
+) -> std::result::Result<(std::fs::File, PathBuf), String> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: `name` is NUL-terminated; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor this function owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)
+        .map_err(|e| format!("writing the {name:?} memory file: {e}"))?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: `fd` is open; F_ADD_SEALS takes an int.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(format!(
+            "sealing the {name:?} memory file: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    Ok((file, path))
 }
 
 /// The function `name` of the shim `lib` as an `F`.
@@ -318,4 +336,59 @@ fn dlopen_cuda() -> std::result::Result<(), String> {
         return Ok(());
     }
     Err(crate::dl::error())
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // tests may panic
+mod tests {
+    use super::*;
+
+    /// The shim's bytes go to an anonymous, sealed file: nothing at the temporary directory's
+    /// names is read (a file planted there by another user is never loaded), and not even
+    /// this process can change the bytes after the check.
+    #[test]
+    fn the_shim_loads_from_a_sealed_memory_file_not_a_shared_path() {
+        let planted = std::env::temp_dir().join(format!(
+            "scope-cuda-shim-{}-{}-planted.so",
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() },
+            env!("CARGO_PKG_VERSION")
+        ));
+        std::fs::write(&planted, b"not the shim").expect("plant a file");
+        let bytes = b"\x7fELF the shim's bytes";
+        let (file, path) = sealed_memory_file(c"scope-test", bytes).expect("memory file");
+        let target = std::fs::read_link(&path).expect("a /proc/self/fd link");
+        assert!(
+            target.to_string_lossy().starts_with("/memfd:scope-test"),
+            "{}",
+            target.display()
+        );
+        assert_eq!(std::fs::read(&path).expect("read back"), bytes);
+        use std::io::Write;
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        assert!(writer.write_all(b"swap").is_err(), "sealed against writes");
+        assert!(file.set_len(1).is_err(), "sealed against shrinking");
+        let _ = std::fs::remove_file(planted);
+    }
+
+    /// A real shared library loads through the sealed memory file and its symbols resolve.
+    #[test]
+    fn dlopen_sealed_loads_a_library_from_memory() {
+        let libm = [
+            "/lib/x86_64-linux-gnu/libm.so.6",
+            "/usr/lib/x86_64-linux-gnu/libm.so.6",
+            "/lib64/libm.so.6",
+        ]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("libm on this machine");
+        let lib = dlopen_sealed(c"scope-test-libm", &libm).expect("dlopen from memory");
+        // SAFETY: libm defines `cos` as double(double).
+        let cos: Option<unsafe extern "C" fn(f64) -> f64> = unsafe { dl::symbol(lib, c"cos") };
+        // SAFETY: as above.
+        assert_eq!(cos.map(|cos| unsafe { cos(0.0) }), Some(1.0));
+    }
 }

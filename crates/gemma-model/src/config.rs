@@ -22,6 +22,13 @@
 //!   an error naming the key instead of computing something else: `attention_bias: true`,
 //!   `use_bidirectional_attention: true`, and a `rope_parameters.rope_type` other than
 //!   `default`.
+//! - So is a checkpoint of another architecture, which would otherwise load (Gemma 3's weights
+//!   have Gemma 2's names) and run with Gemma 2's arithmetic, silently wrong: a `model_type`
+//!   other than `gemma2`, `architectures` without `Gemma2ForCausalLM`, and any key of the
+//!   arithmetic this port does not read — `rope_scaling`, `rope_local_base_freq`,
+//!   `sliding_window_pattern`, `partial_rotary_factor`, a soft-cap of another name, or
+//!   `rope_parameters` holding more than `rope_type` and `rope_theta` (Gemma 3's per-layer-type
+//!   RoPE). `null` values pass.
 
 use std::path::{Path, PathBuf};
 
@@ -103,7 +110,8 @@ impl Gemma2Config {
     /// when that file exists (generation stops on those ids in transformers).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut config = read_object::<RawConfig>(path)?.into_config(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut config = Self::from_json_str(&text, path)?;
         let gen_path = path.parent().map(|dir| dir.join("generation_config.json"));
         if let Some(gen_path) = gen_path.filter(|p| p.is_file()) {
             config.apply_generation_config(&gen_path)?;
@@ -114,7 +122,9 @@ impl Gemma2Config {
     /// Parses the text of a `config.json` (`origin` names it in errors).
     pub fn from_json_str(text: &str, origin: impl Into<PathBuf>) -> Result<Self> {
         let path = origin.into();
-        parse_object::<RawConfig>(text, &path)?.into_config(&path)
+        let value = parse_value(text, &path)?;
+        refuse_other_arithmetic(&value, &path)?;
+        deserialize::<RawConfig>(value, &path)?.into_config(&path)
     }
 
     /// Takes `eos_token_id` (an int or a list), `bos_token_id` and `pad_token_id` from a
@@ -249,6 +259,11 @@ fn read_object<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// Parses `text` into `T`: a syntax error is [`Error::Json`], a value of the wrong type an
 /// [`Error::InvalidConfig`] naming its key (serde_json alone gives only a line and a column).
 fn parse_object<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    deserialize(parse_value(text, path)?, path)
+}
+
+/// `text` as a JSON object.
+fn parse_value(text: &str, path: &Path) -> Result<Value> {
     let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
@@ -257,10 +272,70 @@ fn parse_object<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
     if !value.is_object() {
         return Err(invalid(path, "<root>", "not a JSON object"));
     }
+    Ok(value)
+}
+
+/// `value` as a `T`, naming the key of a value of the wrong type.
+fn deserialize<T: DeserializeOwned>(value: Value, path: &Path) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         invalid(path, &key, e.into_inner().to_string())
     })
+}
+
+/// Keys that change the arithmetic and that this port does not read (see the module docs).
+const OTHER_ARITHMETIC: [&str; 4] = [
+    "rope_scaling",
+    "rope_local_base_freq",
+    "sliding_window_pattern",
+    "partial_rotary_factor",
+];
+/// The soft-caps this port applies.
+const KNOWN_SOFTCAPS: [&str; 2] = ["attn_logit_softcapping", "final_logit_softcapping"];
+
+/// Refuses a config of another architecture, or one asking for arithmetic this port does not
+/// implement, naming the key (non-null values only).
+fn refuse_other_arithmetic(config: &Value, path: &Path) -> Result<()> {
+    let set = |key: &str| config.get(key).filter(|v| !v.is_null());
+    if let Some(model_type) = set("model_type") {
+        if model_type.as_str() != Some("gemma2") {
+            let reason = format!("{model_type} is not gemma2, the architecture scope implements");
+            return Err(invalid(path, "model_type", reason));
+        }
+    }
+    if let Some(architectures) = set("architectures") {
+        let names = architectures
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str));
+        if !names.is_some_and(|mut names| names.any(|n| n == "Gemma2ForCausalLM")) {
+            let reason = format!("{architectures} does not include Gemma2ForCausalLM");
+            return Err(invalid(path, "architectures", reason));
+        }
+    }
+    if let Some(key) = OTHER_ARITHMETIC.iter().find(|key| set(key).is_some()) {
+        return Err(invalid(
+            path,
+            key,
+            "changes the arithmetic in a way scope does not implement",
+        ));
+    }
+    let object = config.as_object().into_iter().flatten();
+    if let Some((key, _)) = object
+        .filter(|(key, value)| key.contains("softcap") && !value.is_null())
+        .find(|(key, _)| !KNOWN_SOFTCAPS.contains(&key.as_str()))
+    {
+        return Err(invalid(path, key, "a soft-cap scope does not apply"));
+    }
+    if let Some(params) = set("rope_parameters").and_then(Value::as_object) {
+        if let Some(key) = params
+            .keys()
+            .find(|k| !["rope_type", "rope_theta"].contains(&k.as_str()))
+        {
+            let reason = format!("`{key}` is not read (only rope_type and rope_theta)");
+            return Err(invalid(path, "rope_parameters", reason));
+        }
+    }
+    Ok(())
 }
 
 /// An [`Error::InvalidConfig`] for `key` of the file `path`.

@@ -101,6 +101,55 @@ fn hub_configs_of_2b_9b_27b() {
     );
 }
 
+/// A checkpoint of another architecture, or a key of arithmetic this port does not read, is
+/// refused with the key named: Gemma 3's weights have Gemma 2's names and would otherwise run
+/// with the wrong math.
+#[test]
+fn configs_of_other_arithmetic_are_refused_by_key() {
+    let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
+    let refused = [
+        (r#""model_type": "gemma3_text""#, "model_type"),
+        (r#""architectures": ["Gemma3ForCausalLM"]"#, "architectures"),
+        (r#""architectures": "Gemma2ForCausalLM""#, "architectures"),
+        (
+            r#""rope_scaling": {"rope_type": "linear", "factor": 8.0}"#,
+            "rope_scaling",
+        ),
+        (r#""rope_local_base_freq": 10000.0"#, "rope_local_base_freq"),
+        (r#""sliding_window_pattern": 6"#, "sliding_window_pattern"),
+        (r#""partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
+        (
+            r#""router_logit_softcapping": 30.0"#,
+            "router_logit_softcapping",
+        ),
+        (
+            r#""rope_parameters": {"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"}}"#,
+            "rope_parameters",
+        ),
+        (
+            r#""layer_types": ["sliding_attention", "chunked_attention"]"#,
+            "layer_types",
+        ),
+    ];
+    for (extra, key) in refused {
+        let err = Gemma2Config::from_json_str(&format!("{{{base}, {extra}}}"), "config.json")
+            .expect_err(extra);
+        assert!(
+            matches!(&err, gemma_model::Error::InvalidConfig { key: k, .. } if k.starts_with(key)),
+            "{extra}: {err}"
+        );
+    }
+    let accepted = [
+        r#""model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]"#,
+        r#""rope_scaling": null, "sliding_window_pattern": null"#,
+        r#""rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}"#,
+    ];
+    for extra in accepted {
+        Gemma2Config::from_json_str(&format!("{{{base}, {extra}}}"), "config.json").expect(extra);
+    }
+}
+
 #[test]
 fn config_defaults_and_variants() {
     let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
