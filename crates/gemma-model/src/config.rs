@@ -140,6 +140,28 @@ impl Gemma2Config {
         if let Some(Int(id)) = raw.pad_token_id {
             self.pad_token_id = id;
         }
+        self.check_token_ids(path)
+    }
+
+    /// Every special token id (`bos`, `pad`, `eos`) inside the vocabulary: an id past it would
+    /// fail deep inside libtorch instead of naming the file and the key.
+    fn check_token_ids(&self, path: &Path) -> Result<()> {
+        let vocab = self.vocab_size;
+        let ids = [
+            ("bos_token_id", self.bos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ]
+        .into_iter()
+        .chain(self.eos_token_ids.iter().map(|&id| ("eos_token_id", id)));
+        for (key, id) in ids {
+            if !(0..vocab).contains(&id) {
+                return Err(invalid(
+                    path,
+                    key,
+                    format!("{id} is outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -160,10 +182,46 @@ impl Gemma2Config {
             ("layer_types", reason)
         } else if let Some(w) = self.sliding_window.filter(|&w| w <= 0) {
             ("sliding_window", format!("{w} is not positive"))
+        } else if heads.checked_mul(dim).is_none_or(|w| w > MAX_SIZE) {
+            (
+                "num_attention_heads",
+                format!("{heads} heads of {dim} are too wide"),
+            )
+        } else if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            (
+                "rope_theta",
+                format!("{} is not a positive number", self.rope_theta),
+            )
+        } else if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
+            (
+                "rms_norm_eps",
+                format!("{} is not a non-negative number", self.rms_norm_eps),
+            )
+        } else if let Some((key, cap)) =
+            self.soft_caps().find(|(_, c)| !(*c > 0.0 && c.is_finite()))
+        {
+            (
+                key,
+                format!("{cap} is not a positive number (null turns it off)"),
+            )
+        } else if self.max_position_embeddings <= 0 {
+            let reason = format!("{} is not positive", self.max_position_embeddings);
+            ("max_position_embeddings", reason)
         } else {
-            return Ok(());
+            return self.check_token_ids(path);
         };
         Err(invalid(path, key, reason))
+    }
+
+    /// The soft-caps that are on, by key.
+    fn soft_caps(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        let attn = self
+            .attn_logit_softcapping
+            .map(|c| ("attn_logit_softcapping", c));
+        let last = self
+            .final_logit_softcapping
+            .map(|c| ("final_logit_softcapping", c));
+        attn.into_iter().chain(last)
     }
 
     /// Whether decoder layer `layer` uses the sliding window (the single source of truth for
@@ -282,6 +340,12 @@ fn deserialize<T: DeserializeOwned>(value: Value, path: &Path) -> Result<T> {
         invalid(path, &key, e.into_inner().to_string())
     })
 }
+
+/// More layers than any checkpoint has: a larger count is a damaged file, refused before a
+/// list of that many layer types is built.
+const MAX_LAYERS: i64 = 4096;
+/// The widest projection accepted (heads × head_dim), for the same reason.
+const MAX_SIZE: i64 = 1 << 24;
 
 /// Keys that change the arithmetic and that this port does not read (see the module docs).
 const OTHER_ARITHMETIC: [&str; 4] = [
@@ -460,6 +524,10 @@ impl RawConfig {
     fn into_config(self, path: &Path) -> Result<Gemma2Config> {
         let positive = |key, value| positive(path, key, value);
         let layers = positive("num_hidden_layers", self.num_hidden_layers)?;
+        if layers > MAX_LAYERS {
+            let reason = format!("{layers} is more than {MAX_LAYERS}");
+            return Err(invalid(path, "num_hidden_layers", reason));
+        }
         let num_hidden_layers = usize::try_from(layers)
             .map_err(|e| invalid(path, "num_hidden_layers", e.to_string()))?;
         let scalar = required(path, "query_pre_attn_scalar", self.query_pre_attn_scalar)?;

@@ -1,6 +1,7 @@
 //! The files of a checkpoint (`config.json`, `generation_config.json`, `tokenizer.json`, one
 //! safetensors file or the shards named by `model.safetensors.index.json`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::config::Gemma2Config;
@@ -94,16 +95,33 @@ pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
             path: index.to_path_buf(),
             key: "weight_map".into(),
         })?;
-    let mut names: Vec<String> = Vec::new();
+    let invalid = |reason: String| Error::InvalidConfig {
+        path: index.to_path_buf(),
+        key: "weight_map".into(),
+        reason,
+    };
+    // A set beside the list: an index naming many distinct files must not cost a quadratic
+    // scan before the first missing one is reported.
+    let (mut names, mut seen) = (Vec::new(), HashSet::new());
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| Error::InvalidConfig {
-            path: index.to_path_buf(),
-            key: "weight_map".into(),
-            reason: format!("expected file names, got {file}"),
-        })?;
-        if !names.iter().any(|n| n == file) {
+        let file = file
+            .as_str()
+            .ok_or_else(|| invalid(format!("expected file names, got {file}")))?;
+        // Shards sit beside the index: a name with a directory part (`../x`, `/etc/x`) would
+        // read, or fetch, a file elsewhere.
+        if !is_plain_file_name(file) {
+            return Err(invalid(format!(
+                "`{file}` is not a plain file name beside the index"
+            )));
+        }
+        if seen.insert(file) {
             names.push(file.to_string());
         }
     }
     Ok(names)
+}
+
+/// A file name with no directory part: not empty, not `.` or `..`, no `/` or `\`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
 }

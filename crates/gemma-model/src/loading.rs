@@ -60,11 +60,13 @@ impl WeightStore {
             // SAFETY: the file is opened read-only and treated as immutable for the life of the
             // map; like every mmap-based loader we rely on nobody truncating it meanwhile.
             let map = unsafe { Mmap::map(&handle) }.map_err(|e| Error::io(path, e))?;
+            let invalid = |reason: String| Error::Safetensors {
+                path: path.clone(),
+                reason,
+            };
+            check_offsets_fit(&map).map_err(invalid)?;
             let (header_len, metadata) =
-                SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                SafeTensors::read_metadata(&map).map_err(|e| invalid(e.to_string()))?;
             let base = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 entries.insert(
@@ -144,6 +146,40 @@ impl WeightStore {
     }
 }
 
+/// `safetensors` adds the header length to the last tensor's end offset unchecked, which
+/// panics on overflow for offsets near 2^64: every end offset must lie within the file first.
+/// A header that does not parse is left to `safetensors` to report.
+fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(n) = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() as u64).saturating_sub(8).saturating_sub(n);
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
+    let Some(Ok(serde_json::Value::Object(header))) =
+        header.map(serde_json::from_slice::<serde_json::Value>)
+    else {
+        return Ok(());
+    };
+    for (name, info) in &header {
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64);
+        if let Some(end) = end.filter(|&end| end > data_len) {
+            return Err(format!(
+                "tensor `{name}` ends at byte {end} of a data section of {data_len} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn stored_kind(dtype: Dtype) -> Option<Kind> {
     match dtype {
         Dtype::F32 => Some(Kind::Float),
@@ -193,6 +229,7 @@ impl Gemma2Model {
             }
         };
         let model = Self::load_files(&files, options.dtype, options.device)?;
+        tokenizer.check_ids_fit(model.config().vocab_size)?;
         Ok((model, tokenizer))
     }
 
@@ -229,6 +266,10 @@ impl Gemma2Model {
         dtype: Kind,
         device: Device,
     ) -> Result<Self> {
+        if let Some((key, reason)) = width_overflow(&config) {
+            let (path, key) = (files.config.clone(), key.to_string());
+            return Err(Error::InvalidConfig { path, key, reason });
+        }
         let store = WeightStore::open(&files.weights)?;
         let _guard = tch::no_grad_guard();
         let untied_head = !config.tie_word_embeddings;
@@ -285,8 +326,13 @@ impl Gemma2Model {
         let norm = |get: &mut dyn FnMut(&str, &[i64]) -> Result<Tensor>, name: &str| {
             Ok::<_, Error>(RmsNorm::new(get(name, &[h])?, c.rms_norm_eps))
         };
+        if let Some((key, reason)) = width_overflow(c) {
+            return Err(Error::Input(format!("config key `{key}`: {reason}")));
+        }
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        // Not `with_capacity(num_hidden_layers)`: the count comes from a file, and a missing
+        // layer's first tensor ends the loop with an error long before a huge count matters.
+        let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(DecoderLayer {
@@ -355,6 +401,22 @@ impl Gemma2Model {
             rope,
         })
     }
+}
+
+/// The attention widths (`heads * head_dim`) must fit in an `i64` before the config's
+/// `q_width` / `kv_width` compute them (the fields are public, and `config.json` is not
+/// trusted): the key and the reason when one does not.
+fn width_overflow(c: &Gemma2Config) -> Option<(&'static str, String)> {
+    [
+        ("num_attention_heads", c.num_attention_heads),
+        ("num_key_value_heads", c.num_key_value_heads),
+    ]
+    .into_iter()
+    .find(|(_, heads)| heads.checked_mul(c.head_dim).is_none())
+    .map(|(key, heads)| {
+        let reason = format!("{heads} heads of head_dim {} overflow 64 bits", c.head_dim);
+        (key, reason)
+    })
 }
 
 /// One random weight: N(0, 0.02²) for linear weights, N(0, 0.1²) for norm offsets.

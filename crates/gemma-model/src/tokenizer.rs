@@ -5,8 +5,9 @@
 //! transformers. The chat template already writes `<bos>`, so a rendered conversation is
 //! tokenised without special tokens (otherwise the prompt would start with two).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -67,10 +68,19 @@ pub fn render_chat(messages: &[ChatMessage], add_generation_prompt: bool) -> Res
 #[derive(Clone, Debug)]
 pub struct GemmaTokenizer {
     inner: Tokenizer,
+    /// The `tokenizer.json` it was read from (named in errors).
+    path: PathBuf,
 }
 
 impl GemmaTokenizer {
     /// Reads `tokenizer.json`.
+    ///
+    /// The file is checked for what would make the `tokenizers` crate panic later, while
+    /// encoding: a template post-processor naming special tokens it does not define, or
+    /// reading a second sequence in its single-sequence template. A `truncation` or `padding`
+    /// the file sets is switched off, as transformers does on every call that does not ask
+    /// for them: a prompt is never cut or padded behind the caller's back (and a hostile
+    /// padding length is never allocated).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
@@ -78,9 +88,42 @@ impl GemmaTokenizer {
                 path: path.to_path_buf(),
             });
         }
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(GemmaTokenizer { inner })
+        let fail = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
+        let mut inner = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        if let Some(processor) = inner.get_post_processor() {
+            let json = serde_json::to_value(processor).map_err(|e| fail(e.to_string()))?;
+            check_post_processor(&json).map_err(|e| fail(format!("post_processor: {e}")))?;
+        }
+        inner
+            .with_truncation(None)
+            .map_err(|e| fail(e.to_string()))?;
+        inner.with_padding(None);
+        Ok(GemmaTokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Checks that every id this tokenizer can produce (its vocabulary, added tokens and the
+    /// post-processor's special tokens) is a row of a `vocab_size`-row embedding, so that a
+    /// tokenizer from another model fails here, naming the token, and not inside the
+    /// embedding lookup.
+    pub fn check_ids_fit(&self, vocab_size: i64) -> Result<()> {
+        let vocab = self.inner.get_vocab(true);
+        let mut ids: Vec<(String, u32)> = vocab.into_iter().collect();
+        if let Some(processor) = self.inner.get_post_processor() {
+            let json = serde_json::to_value(processor).map_err(|e| {
+                Error::Tokenizer(format!("{}: post_processor: {e}", self.path.display()))
+            })?;
+            special_ids(&json, &mut ids);
+        }
+        match ids.into_iter().max_by_key(|(_, id)| *id) {
+            Some((token, id)) if i64::from(id) >= vocab_size => Err(Error::Tokenizer(format!(
+                "{}: token `{token}` has id {id}, outside the model's vocabulary of {vocab_size}",
+                self.path.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The wrapped `tokenizers` tokenizer.
@@ -127,5 +170,93 @@ impl GemmaTokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<i64>> {
         self.encode(&render_chat(messages, add_generation_prompt)?, false)
+    }
+}
+
+/// The checks the `tokenizers` crate skips when it reads a post-processor and that it relies
+/// on while encoding (it indexes without checking): every special token a template names is
+/// defined, with as many ids as tokens, and the single-sequence template reads sequence `A`
+/// only. `processor` is the post-processor as the crate serialises what it read.
+fn check_post_processor(processor: &Value) -> std::result::Result<(), String> {
+    match processor.get("type").and_then(Value::as_str) {
+        Some("Sequence") => processor
+            .get("processors")
+            .and_then(Value::as_array)
+            .map_or(Ok(()), |all| all.iter().try_for_each(check_post_processor)),
+        Some("TemplateProcessing") => {
+            let empty = serde_json::Map::new();
+            let specials = processor
+                .get("special_tokens")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            for (name, token) in specials {
+                let len = |key| token.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+                if len("ids") != len("tokens") {
+                    return Err(format!(
+                        "special token `{name}` has {} ids for {} tokens",
+                        len("ids"),
+                        len("tokens")
+                    ));
+                }
+            }
+            for template in ["single", "pair"] {
+                let pieces = processor.get(template).and_then(Value::as_array);
+                for piece in pieces.into_iter().flatten() {
+                    if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) {
+                        if !specials.contains_key(id) {
+                            return Err(format!(
+                                "the {template} template names special token `{id}`, which \
+                                 special_tokens does not define"
+                            ));
+                        }
+                    }
+                    let sequence = piece.pointer("/Sequence/id").and_then(Value::as_str);
+                    if template == "single" && sequence.is_some_and(|id| id != "A") {
+                        return Err("the single template reads a second sequence (B)".to_string());
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The ids a post-processor inserts (template special tokens, BERT / RoBERTa `cls` and
+/// `sep`), with their tokens, appended to `out`.
+fn special_ids(processor: &Value, out: &mut Vec<(String, u32)>) {
+    let as_id = |v: &Value| v.as_u64().and_then(|id| u32::try_from(id).ok());
+    match processor.get("type").and_then(Value::as_str) {
+        Some("Sequence") => {
+            let all = processor.get("processors").and_then(Value::as_array);
+            for p in all.into_iter().flatten() {
+                special_ids(p, out);
+            }
+        }
+        Some("TemplateProcessing") => {
+            let specials = processor.get("special_tokens").and_then(Value::as_object);
+            for (name, token) in specials.into_iter().flatten() {
+                let ids = token.get("ids").and_then(Value::as_array);
+                out.extend(
+                    ids.into_iter()
+                        .flatten()
+                        .filter_map(as_id)
+                        .map(|id| (name.clone(), id)),
+                );
+            }
+        }
+        _ => {
+            for key in ["cls", "sep"] {
+                if let Some([token, id]) = processor
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                {
+                    if let Some(id) = as_id(id) {
+                        out.push((token.as_str().unwrap_or(key).to_string(), id));
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,10 +16,11 @@
 //! names the file and the key.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, IxDyn, OwnedRepr};
-use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadNpzError};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -73,25 +74,240 @@ fn array_to_tensor(a: ArrayD<f32>) -> Result<Tensor> {
     Ok(Tensor::f_from_slice(data)?.f_reshape(&shape)?)
 }
 
-fn read_npz_entry<R: std::io::Read + std::io::Seek>(
-    npz: &mut NpzReader<R>,
+/// An [`Error::Npz`] for entry `key` whose npy header does not fit its data.
+fn npy_err(path: &Path, key: &str, reason: String) -> Error {
+    npz_err(
+        path,
+        Some(key),
+        ReadNpzError::Npy(ReadNpyError::ParseData(reason.into())),
+    )
+}
+
+/// The largest ratio deflate reaches (a long run of one byte): an entry claiming more
+/// uncompressed bytes per compressed byte than this lies about its size.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The bytes of one npz entry, read no further than the size its zip records declare, and
+/// checked to be exactly that size (a lying size never becomes an allocation of that size).
+fn read_entry<R: Read>(
+    entry: &mut zip::read::ZipFile<'_, R>,
     path: &Path,
     key: &str,
-) -> Result<Tensor> {
-    match npz.by_name::<OwnedRepr<f32>, IxDyn>(key) {
-        Ok(a) => array_to_tensor(a),
-        Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(desc))) => {
-            match npz.by_name::<OwnedRepr<f64>, IxDyn>(key) {
-                Ok(a) => array_to_tensor(a.mapv(|v| v as f32)),
-                Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Err(Error::Dtype {
-                    path: path.to_path_buf(),
-                    key: key.to_string(),
-                    dtype: desc.to_string(),
-                }),
-                Err(e) => Err(npz_err(path, Some(key), e)),
+) -> Result<Vec<u8>> {
+    let (declared, compressed) = (entry.size(), entry.compressed_size());
+    let bound = match entry.compression() {
+        zip::CompressionMethod::Stored => compressed,
+        _ => compressed
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .saturating_add(1024),
+    };
+    if declared > bound {
+        return Err(npy_err(
+            path,
+            key,
+            format!("its zip record claims {declared} bytes from {compressed} stored bytes"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    entry
+        .by_ref()
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| npz_err(path, Some(key), ReadNpzError::Zip(e.into())))?;
+    let got = bytes.len() as u64;
+    if got != declared {
+        let holds = if got > declared {
+            "more".to_string()
+        } else {
+            got.to_string()
+        };
+        return Err(npy_err(
+            path,
+            key,
+            format!("its zip record says {declared} bytes but it holds {holds}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What an `.npy` header declares, read without trusting it: the element type, the shape,
+/// and where the data starts.
+#[derive(Debug, PartialEq)]
+struct NpyHeader {
+    descr: String,
+    shape: Vec<u64>,
+    data_start: usize,
+}
+
+/// A Python string literal without escapes at the start of `s` (`'<f4'` or `"<f4"`): its
+/// content and the rest of `s`.
+fn py_string(s: &str) -> Option<(&str, &str)> {
+    let quote = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let body = &s[1..];
+    let end = body.find(quote)?;
+    let content = &body[..end];
+    (!content.contains('\\')).then_some((content, &body[end + 1..]))
+}
+
+/// A Python tuple of decimal integers at the start of `s` (`(2304, 16384)`, `(64,)`, `()`):
+/// its items and the rest of `s`.
+fn py_int_tuple(s: &str) -> Option<(Vec<u64>, &str)> {
+    let body = s.strip_prefix('(')?;
+    let end = body.find(')')?;
+    let mut items: Vec<&str> = body[..end].split(',').map(str::trim).collect();
+    if items.len() > 1 && items.last() == Some(&"") {
+        items.pop(); // the trailing comma of `(64,)`
+    }
+    if items == [""] {
+        items.clear(); // `()`
+    }
+    let dims = items
+        .iter()
+        .map(|d| {
+            d.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| d.parse::<u64>().ok())
+                .flatten()
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    Some((dims, &body[end + 1..]))
+}
+
+/// The `descr` and `shape` of an npy header dictionary, parsed strictly (the three keys numpy
+/// writes, each once, with plain literals), so that what is checked here is what `ndarray-npy`
+/// reads afterwards.
+fn parse_npy_dict(dict: &str) -> std::result::Result<(String, Vec<u64>), String> {
+    let shown: String = dict.trim().chars().take(120).collect();
+    let bad = |what: &str| format!("the header dictionary {what}: {shown:?}");
+    let mut rest = dict
+        .trim()
+        .strip_prefix('{')
+        .and_then(|d| d.strip_suffix('}'))
+        .ok_or_else(|| bad("is not a {...} dictionary"))?
+        .trim_start();
+    let (mut descr, mut shape, mut fortran) = (None, None, None);
+    while !rest.is_empty() {
+        let (key, after) = py_string(rest).ok_or_else(|| bad("has a key that is not a string"))?;
+        let value = after
+            .trim_start()
+            .strip_prefix(':')
+            .ok_or_else(|| bad("lacks a `:`"))?
+            .trim_start();
+        let (seen, after) = match key {
+            "descr" => {
+                let (v, after) =
+                    py_string(value).ok_or_else(|| bad("has a descr that is not a string"))?;
+                (descr.replace(v.to_string()).is_some(), after)
             }
+            "shape" => {
+                let (v, after) = py_int_tuple(value)
+                    .ok_or_else(|| bad("has a shape that is not a tuple of integers"))?;
+                (shape.replace(v).is_some(), after)
+            }
+            "fortran_order" => {
+                let after = value
+                    .strip_prefix("True")
+                    .or_else(|| value.strip_prefix("False"))
+                    .ok_or_else(|| bad("has a fortran_order that is not True or False"))?;
+                (fortran.replace(()).is_some(), after)
+            }
+            other => return Err(bad(&format!("has an unknown key `{other}`"))),
+        };
+        if seen {
+            return Err(bad(&format!("has `{key}` twice")));
         }
-        Err(e) => Err(npz_err(path, Some(key), e)),
+        let after = after.trim_start();
+        rest = match after.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if after.is_empty() => after,
+            None => return Err(bad("lacks a `,` between entries")),
+        };
+    }
+    match (descr, shape) {
+        (Some(descr), Some(shape)) => Ok((descr, shape)),
+        _ => Err(bad("lacks descr or shape")),
+    }
+}
+
+impl NpyHeader {
+    /// Parses the magic string, the version, the header length (checked against the entry)
+    /// and the `descr` and `shape` of the header dictionary.
+    fn parse(npy: &[u8]) -> std::result::Result<NpyHeader, String> {
+        if npy.get(..6) != Some(b"\x93NUMPY".as_slice()) {
+            return Err("not an .npy file (no \\x93NUMPY magic string)".to_string());
+        }
+        let version = npy.get(6).copied().unwrap_or(0);
+        let field = |at: usize, n: usize| -> std::result::Result<usize, String> {
+            let bytes = npy
+                .get(at..at + n)
+                .ok_or_else(|| format!("the header ends after {} bytes", npy.len()))?;
+            Ok(bytes
+                .iter()
+                .rev()
+                .fold(0usize, |v, &b| (v << 8) | usize::from(b)))
+        };
+        let (len, start) = match version {
+            1 => (field(8, 2)?, 10),
+            2 | 3 => (field(8, 4)?, 12),
+            v => return Err(format!("unknown .npy format version {v}")),
+        };
+        let data_start = start + len;
+        let text = npy.get(start..data_start).ok_or_else(|| {
+            format!(
+                "its header claims {len} bytes but the entry holds {}",
+                npy.len()
+            )
+        })?;
+        let dict = std::str::from_utf8(text).map_err(|_| "the header is not text".to_string())?;
+        let (descr, shape) = parse_npy_dict(dict)?;
+        Ok(NpyHeader {
+            descr,
+            shape,
+            data_start,
+        })
+    }
+
+    /// Bytes per element, for the float types the loader reads (`None` for others).
+    fn float_width(&self) -> Option<u64> {
+        match self.descr.as_str() {
+            "<f4" | ">f4" => Some(4),
+            "<f8" | ">f8" => Some(8),
+            _ => None,
+        }
+    }
+}
+
+/// One npz entry (an `.npy` file) as a float32 tensor. The header is checked against the
+/// entry's length before `ndarray-npy` allocates what it declares.
+fn npy_to_tensor(npy: &[u8], path: &Path, key: &str) -> Result<Tensor> {
+    let header = NpyHeader::parse(npy).map_err(|reason| npy_err(path, key, reason))?;
+    let width = header.float_width().ok_or_else(|| Error::Dtype {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        dtype: header.descr.clone(),
+    })?;
+    let data = (npy.len() - header.data_start) as u64;
+    let needed = header
+        .shape
+        .iter()
+        .try_fold(width, |n, &d| n.checked_mul(d));
+    if needed != Some(data) {
+        let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+        return Err(npy_err(
+            path,
+            key,
+            format!(
+                "its header declares {} {:?} ({needed} bytes) but {data} bytes follow",
+                header.descr, header.shape
+            ),
+        ));
+    }
+    let read_err = |e| npz_err(path, Some(key), ReadNpzError::Npy(e));
+    if width == 4 {
+        array_to_tensor(ArrayD::<f32>::read_npy(npy).map_err(read_err)?)
+    } else {
+        let a = ArrayD::<f64>::read_npy(npy).map_err(read_err)?;
+        array_to_tensor(a.mapv(|v| v as f32))
     }
 }
 
@@ -113,16 +329,23 @@ fn canonical_key(name: &str) -> Option<&str> {
 /// Read a Gemma Scope `params.npz` into validated float32 CPU tensors.
 pub fn read_npz(path: &Path) -> Result<SaeWeights> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut npz =
-        NpzReader::new(std::io::BufReader::new(file)).map_err(|e| npz_err(path, None, e))?;
-    let names = npz.names().map_err(|e| npz_err(path, None, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+    let mut names = Vec::with_capacity(zip.len().min(64));
     let mut tensors = BTreeMap::new();
-    for name in &names {
-        let Some(canonical) = canonical_key(name) else {
-            continue;
-        };
-        let t = read_npz_entry(&mut npz, path, name)?;
-        tensors.insert(canonical.to_string(), (name.clone(), t));
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+        // Keys as `NpzReader::names` gives them: the entry name without `.npy`.
+        let name = entry.name();
+        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
+        if let Some(canonical) = canonical_key(&name) {
+            let npy = read_entry(&mut entry, path, &name)?;
+            let t = npy_to_tensor(&npy, path, &name)?;
+            tensors.insert(canonical.to_string(), (name.clone(), t));
+        }
+        names.push(name);
     }
     if let Some((_, sf)) = tensors.remove("scaling_factor") {
         check_scaling_factor(path, &sf)?;
@@ -307,6 +530,38 @@ pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
     })
 }
 
+/// `safetensors` adds the header length to the last tensor's end offset unchecked, which
+/// panics on overflow for offsets near 2^64: every end offset must lie within the file first.
+/// A header that does not parse is left to `safetensors` to report.
+fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), safetensors::SafeTensorError> {
+    let Some(n) = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() as u64).saturating_sub(8).saturating_sub(n);
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
+    let Some(Ok(serde_json::Value::Object(header))) =
+        header.map(serde_json::from_slice::<serde_json::Value>)
+    else {
+        return Ok(());
+    };
+    for (name, info) in &header {
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64);
+        if end.is_some_and(|end| end > data_len) {
+            return Err(safetensors::SafeTensorError::InvalidOffset(name.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Read a SAELens `sae_weights.safetensors` (with `cfg.json` in the same directory).
 pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
     let cfg_path = path
@@ -314,8 +569,9 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
         .map_or_else(|| PathBuf::from("cfg.json"), |d| d.join("cfg.json"));
     let cfg = read_saelens_config(&cfg_path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
+    let st = check_offsets_fit(&bytes)
+        .and_then(|()| safetensors::SafeTensors::deserialize(&bytes))
+        .map_err(|source| Error::Safetensors {
             path: path.to_path_buf(),
             key: None,
             source,

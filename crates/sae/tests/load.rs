@@ -378,3 +378,154 @@ fn saelens_bf16_weights_and_b_dec_folding() {
     let (pre_p, _) = plain.encode_with_pre(&(&x - plain.b_dec())).unwrap();
     assert!(max_abs_diff(&pre_f, &pre_p) < 1e-4);
 }
+
+/// The fixture npz's entries as stored: (name, `.npy` bytes).
+fn raw_entries() -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let file = std::fs::File::open(F32.sae_path()).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut entry = zip.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            (entry.name().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// An npz of `entries`, stored (as `np.savez` writes it).
+fn write_raw_npz(path: &Path, entries: &[(String, Vec<u8>)]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in entries {
+        zip.start_file(name.as_str(), stored).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// A version 1.0 `.npy` file with this header dictionary, padded as numpy pads it.
+fn npy_v1(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Found by tests/mutated_files.rs (scope-cli): `ndarray-npy` allocates what an entry's npy
+/// header declares before reading a byte of data, so a lying shape aborted the process
+/// (`memory allocation of 4000000000000 bytes failed`) or allocated far more than the file
+/// holds. The header is now checked against the entry's length first.
+#[test]
+fn lying_npy_headers_are_errors_not_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = raw_entries();
+    let b_dec = &entries.iter().find(|(n, _)| n == "b_dec.npy").unwrap().1;
+    let data = &b_dec[b_dec.len() - 64 * 4..];
+    let dict =
+        |shape: &str| format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    v2.extend_from_slice(&u32::MAX.to_le_bytes());
+    v2.extend_from_slice(&b_dec[10..]);
+    let twice = concat!(
+        "{'descr': '<f4', 'fortran_order': False, ",
+        "'shape': (64,), 'shape': (1000000000000,), }"
+    );
+    let f8 = dict("(64,)").replace("<f4", "<f8");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a huge shape",
+            npy_v1(&dict("(1000000000000,)"), data),
+            "4000000000000 bytes",
+        ),
+        (
+            "a shape past 2^64",
+            npy_v1(&dict("(4294967296, 4294967296)"), data),
+            "2^64",
+        ),
+        (
+            "a larger shape",
+            npy_v1(&dict("(100000000,)"), data),
+            "but 256 bytes follow",
+        ),
+        ("shape twice", npy_v1(twice, data), "`shape` twice"),
+        ("a 4 GiB version 2 header", v2, "claims 4294967295 bytes"),
+        ("float64 over float32 data", npy_v1(&f8, data), "512 bytes"),
+        (
+            "a hex dimension",
+            npy_v1(&dict("(0x40,)"), data),
+            "not a tuple of integers",
+        ),
+    ];
+    for (what, npy, needle) in cases {
+        let mut entries = entries.clone();
+        for (name, bytes) in &mut entries {
+            if name == "b_dec.npy" {
+                *bytes = npy.clone();
+            }
+        }
+        let p = dir.path().join("lying.npz");
+        write_raw_npz(&p, &entries);
+        let err = load(&p).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::Npz { key: Some(k), .. } if k == "b_dec")
+                && text.contains(needle),
+            "{what}: {text}"
+        );
+    }
+
+    // What numpy writes, rewritten by the same path, still loads; so do double-quoted keys.
+    let p = dir.path().join("same.npz");
+    write_raw_npz(&p, &entries);
+    same_encoding(&load(&p).unwrap(), &load(&F32.sae_path()).unwrap());
+    let mut quoted = entries.clone();
+    for (name, bytes) in &mut quoted {
+        if name == "b_dec.npy" {
+            *bytes = npy_v1(
+                r#"{"descr": "<f4", "fortran_order": False, "shape": (64,)}"#,
+                data,
+            );
+        }
+    }
+    write_raw_npz(&p, &quoted);
+    same_encoding(&load(&p).unwrap(), &load(&F32.sae_path()).unwrap());
+}
+
+/// Found by probing the readers the mutation test drives: `safetensors` adds the header length
+/// to the last tensor's end offset unchecked, so offsets near 2^64 panicked (overflow) instead
+/// of failing.
+#[test]
+fn saelens_offsets_near_2_pow_64_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        serde_json::json!({"d_in": 64, "d_sae": 256, "hook_name": "blocks.2.hook_resid_post"});
+    write_saelens(dir.path(), cfg, Kind::Float);
+    let n = (1u64 << 61) - 1;
+    let header: serde_json::Map<String, serde_json::Value> = (0..8u64)
+        .map(|k| {
+            let offsets = [k * n, (k + 1) * n];
+            let info = serde_json::json!({"dtype": "U8", "shape": [n], "data_offsets": offsets});
+            (format!("t{k}"), info)
+        })
+        .collect();
+    let header = serde_json::Value::Object(header).to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    let p = dir.path().join("sae_weights.safetensors");
+    std::fs::write(&p, bytes).unwrap();
+    let err = load(&p).unwrap_err();
+    assert!(
+        matches!(&err, Error::Safetensors { key: None, .. }) && err.to_string().contains("`t0`"),
+        "{err}"
+    );
+}

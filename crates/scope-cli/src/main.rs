@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         // clap exits 2 for usage errors and 0 for --help / --version.
         Err(err) => err.exit(),
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     let outcome = match cli.command {
         Command::Generate(a) => commands::generate(&a),
         Command::Latents(a) => commands::latents(&a),
@@ -40,5 +43,15 @@ fn main() -> ExitCode {
             eprintln!("error: {}", output::one_line(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A closed pipe ends the command quietly, as it does any Unix tool (`scope … | head`):
+/// Rust ignores SIGPIPE, and printing to a closed stdout would then panic. The server keeps
+/// ignoring it, so that a client that goes away is an error on its socket, not the end.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -36,6 +36,7 @@ impl Session {
         let model = Gemma2Model::load_files(&files, dtype, device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
         spinner.finish_and_clear();
+        tokenizer.check_ids_fit(model.config().vocab_size)?;
         Ok(Session { model, tokenizer })
     }
 

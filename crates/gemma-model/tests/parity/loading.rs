@@ -125,6 +125,80 @@ fn missing_config_key_is_named() {
     );
 }
 
+/// Rewrites `dir/file` (a JSON file) with `edit` applied.
+fn edit_json(dir: &Path, file: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join(file);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    edit(&mut json);
+    std::fs::write(&path, json.to_string()).expect("write");
+}
+
+/// Found by tests/mutated_files.rs (scope-cli) and the probes beside it: inputs that panicked
+/// or aborted instead of failing with an error naming the file.
+#[test]
+fn hostile_checkpoint_files_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().expect("tmp");
+
+    // A safetensors header whose offsets add up to nearly 2^64: the `safetensors` crate adds
+    // the header length to the last end offset unchecked (an overflow panic).
+    let lying = dir.path().join("lying-offsets");
+    copy_model("tiny-f32", &lying, &[]);
+    let n = (1u64 << 61) - 1;
+    let header: serde_json::Map<String, serde_json::Value> = (0..8u64)
+        .map(|k| {
+            let offsets = [k * n, (k + 1) * n];
+            let info = serde_json::json!({"dtype": "U8", "shape": [n], "data_offsets": offsets});
+            (format!("t{k}"), info)
+        })
+        .collect();
+    let header = serde_json::Value::Object(header).to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    std::fs::write(lying.join("model.safetensors"), bytes).expect("write");
+    let err = Gemma2Model::from_dir(&lying, Kind::Float, Device::Cpu).expect_err("offsets");
+    assert!(
+        matches!(&err, Error::Safetensors { path, reason }
+            if path.ends_with("model.safetensors") && reason.contains("`t0`")),
+        "{err}"
+    );
+
+    // heads * head_dim beyond i64: `q_width` overflowed (a panic in debug builds).
+    let wide = dir.path().join("wide");
+    copy_model("tiny-f32", &wide, &[]);
+    edit_json(&wide, "config.json", |c| {
+        c["num_attention_heads"] = serde_json::json!(1u64 << 62);
+        c["num_key_value_heads"] = serde_json::json!(2);
+    });
+    let err = Gemma2Model::from_dir(&wide, Kind::Float, Device::Cpu).expect_err("widths");
+    assert!(
+        matches!(&err, Error::InvalidConfig { key, .. } if key == "num_attention_heads"),
+        "{err}"
+    );
+    // The same widths built by hand (no file checks them), for random weights.
+    let config = gemma_model::Gemma2Config {
+        num_attention_heads: 1 << 62,
+        num_key_value_heads: 2,
+        ..gemma_model::Gemma2Config::small()
+    };
+    let err = Gemma2Model::random(&config, 0, Kind::Float, Device::Cpu).expect_err("random");
+    assert!(err.to_string().contains("num_attention_heads"), "{err}");
+
+    // A shard index naming a file outside the checkpoint's folder.
+    let escaping = dir.path().join("escaping");
+    copy_model("tiny-bf16-sharded", &escaping, &[]);
+    edit_json(&escaping, "model.safetensors.index.json", |index| {
+        index["weight_map"]["model.norm.weight"] =
+            serde_json::json!("../lying-offsets/model.safetensors");
+    });
+    let err = ModelFiles::from_dir(&escaping).expect_err("escaping shard");
+    assert!(
+        matches!(&err, Error::InvalidConfig { key, reason, .. }
+            if key == "weight_map" && reason.contains("../lying-offsets")),
+        "{err}"
+    );
+}
+
 #[test]
 fn devices_and_dtypes_parse_or_fail_cleanly() {
     use gemma_model::{parse_device, parse_dtype, DTypeSpec};

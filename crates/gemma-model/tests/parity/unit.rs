@@ -152,7 +152,7 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
 
 #[test]
 fn config_defaults_and_variants() {
-    let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
+    let base = r#""vocab_size": 256, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
     let c = Gemma2Config::from_json_str(&format!("{{{base}}}"), "min").expect("minimal");
     assert_eq!(
