@@ -64,7 +64,12 @@ impl WeightStore {
                 path: path.clone(),
                 reason,
             };
-            check_offsets_fit(&map).map_err(invalid)?;
+            if let Some(t) = scope_hub::safetensors_header::tensor_past_end(&map) {
+                return Err(invalid(format!(
+                    "tensor `{}` ends at byte {} of a data section of {} bytes",
+                    t.name, t.end, t.data_len
+                )));
+            }
             let (header_len, metadata) =
                 SafeTensors::read_metadata(&map).map_err(|e| invalid(e.to_string()))?;
             let base = 8 + header_len;
@@ -144,40 +149,6 @@ impl WeightStore {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-/// `safetensors` adds the header length to the last tensor's end offset unchecked, which
-/// panics on overflow for offsets near 2^64: every end offset must lie within the file first.
-/// A header that does not parse is left to `safetensors` to report.
-fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), String> {
-    let Some(n) = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-    else {
-        return Ok(());
-    };
-    let data_len = (bytes.len() as u64).saturating_sub(8).saturating_sub(n);
-    let header = usize::try_from(n)
-        .ok()
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
-    let Some(Ok(serde_json::Value::Object(header))) =
-        header.map(serde_json::from_slice::<serde_json::Value>)
-    else {
-        return Ok(());
-    };
-    for (name, info) in &header {
-        let end = info
-            .get("data_offsets")
-            .and_then(|o| o.get(1))
-            .and_then(serde_json::Value::as_u64);
-        if let Some(end) = end.filter(|&end| end > data_len) {
-            return Err(format!(
-                "tensor `{name}` ends at byte {end} of a data section of {data_len} bytes"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn stored_kind(dtype: Dtype) -> Option<Kind> {

@@ -530,38 +530,6 @@ pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
     })
 }
 
-/// `safetensors` adds the header length to the last tensor's end offset unchecked, which
-/// panics on overflow for offsets near 2^64: every end offset must lie within the file first.
-/// A header that does not parse is left to `safetensors` to report.
-fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), safetensors::SafeTensorError> {
-    let Some(n) = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-    else {
-        return Ok(());
-    };
-    let data_len = (bytes.len() as u64).saturating_sub(8).saturating_sub(n);
-    let header = usize::try_from(n)
-        .ok()
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
-    let Some(Ok(serde_json::Value::Object(header))) =
-        header.map(serde_json::from_slice::<serde_json::Value>)
-    else {
-        return Ok(());
-    };
-    for (name, info) in &header {
-        let end = info
-            .get("data_offsets")
-            .and_then(|o| o.get(1))
-            .and_then(serde_json::Value::as_u64);
-        if end.is_some_and(|end| end > data_len) {
-            return Err(safetensors::SafeTensorError::InvalidOffset(name.clone()));
-        }
-    }
-    Ok(())
-}
-
 /// Read a SAELens `sae_weights.safetensors` (with `cfg.json` in the same directory).
 pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
     let cfg_path = path
@@ -569,13 +537,16 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
         .map_or_else(|| PathBuf::from("cfg.json"), |d| d.join("cfg.json"));
     let cfg = read_saelens_config(&cfg_path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = check_offsets_fit(&bytes)
-        .and_then(|()| safetensors::SafeTensors::deserialize(&bytes))
-        .map_err(|source| Error::Safetensors {
-            path: path.to_path_buf(),
-            key: None,
-            source,
-        })?;
+    let past_end = scope_hub::safetensors_header::tensor_past_end(&bytes);
+    let st = match past_end {
+        Some(t) => Err(safetensors::SafeTensorError::InvalidOffset(t.name)),
+        None => safetensors::SafeTensors::deserialize(&bytes),
+    }
+    .map_err(|source| Error::Safetensors {
+        path: path.to_path_buf(),
+        key: None,
+        source,
+    })?;
     let found: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     let mut tensors = BTreeMap::new();
     for name in &found {

@@ -6,7 +6,8 @@
 //! itself: `<cache>/models--<owner>--<name>/refs/<revision>` holds a commit hash, and the file is
 //! `<cache>/models--<owner>--<name>/snapshots/<hash>/<file>`. A hit never touches the network.
 //! On a miss, offline mode (`HF_HUB_OFFLINE=1`) gives [`Error::NotCached`]; otherwise `hf-hub`
-//! downloads the file into that same cache.
+//! downloads the file into that same cache. [`safetensors_header`] checks a downloaded
+//! safetensors file's offsets before the `safetensors` crate reads them.
 //!
 //! ```
 //! use scope_hub::{Error, HubOptions, HubRepo};
@@ -262,6 +263,8 @@ impl<'a> HubRepo<'a> {
         }
     }
 }
+
+pub mod safetensors_header;
 
 #[cfg(feature = "mock")]
 pub mod mock;
