@@ -264,9 +264,9 @@ fn steer_peer_script(baseline: &std::path::Path) -> Option<PathBuf> {
 }
 
 /// Builds scope's `race` binary in release (setting up libtorch first if needed).
-fn build_race() -> Result<PathBuf> {
+pub(crate) fn build_race() -> Result<PathBuf> {
     setup::ensure()?;
-    println!("bench-compare: building scope's race binary (release) ...");
+    println!("building scope's race binary (release) ...");
     crate::run_checked(
         cargo().args([
             "build",

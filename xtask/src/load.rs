@@ -143,19 +143,7 @@ fn speed_at_small_shape(scope: &Path, root: &Path) -> Result {
     let dir = root.join(SMALL_CHECKPOINT);
     if !dir.join("model/config.json").exists() || !dir.join("sae/params.npz").exists() {
         println!("load: writing the small-shape checkpoint to {SMALL_CHECKPOINT} ...");
-        run_checked(
-            cargo().args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "scope-benches",
-                "--bin",
-                "race",
-            ]),
-            "cargo build --release --bin race",
-        )?;
-        let race = root.join("target/release/race");
+        let race = crate::bench::build_race()?;
         let dir_arg = dir.display().to_string();
         run_checked(
             Command::new(race).args(["--size", "small", "--write-checkpoint", &dir_arg]),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::args::GenerationArgs;
 use crate::output::{GenerateReport, LatentValue, SteeringReport};
-use crate::session::{sampling, Session};
+use crate::session::{engine_limits, sampling, Session};
 
 /// One line of the file.
 #[derive(Debug, Deserialize)]
@@ -97,18 +97,10 @@ pub fn run(
         .map(|r| r.prompt.len() + r.max_new_tokens)
         .max()
         .unwrap_or(1);
-    if !(args.cache_gib > 0.0 && args.cache_gib.is_finite()) {
-        bail!(
-            "--cache-gib must be a positive number, got {}",
-            args.cache_gib
-        );
-    }
     let rows = usize::try_from(args.max_batch)
         .unwrap_or(1)
         .min(requests.len().max(1));
-    let budget = (args.cache_gib * f64::from(1u32 << 30)) as u64;
-    let limits = scope_engine::Limits::within_budget(&session.model, rows, context, budget)
-        .context("--cache-gib")?;
+    let limits = engine_limits(&session.model, rows, context, args.cache_gib)?;
     let decode = decode_name(&session.model);
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
     bar.set_style(

@@ -159,3 +159,24 @@ pub fn open_sae(args: &crate::args::SaeArgs, session: &Session) -> Result<scope:
     scope::SaeAt::new(sae, args.layer, &session.model)
         .with_context(|| format!("SAE `{}` does not fit this model", args.sae))
 }
+
+/// `--cache-gib`, checked: a positive number.
+pub fn check_cache_gib(cache_gib: f64) -> Result<()> {
+    if !(cache_gib > 0.0 && cache_gib.is_finite()) {
+        bail!("--cache-gib must be a positive number, got {cache_gib}");
+    }
+    Ok(())
+}
+
+/// The engine's limits: `rows` slots of `context` positions, as many as fit in `cache_gib`
+/// GiB of KV cache (`--cache-gib`).
+pub fn engine_limits(
+    model: &Gemma2Model,
+    rows: usize,
+    context: usize,
+    cache_gib: f64,
+) -> Result<scope_engine::Limits> {
+    check_cache_gib(cache_gib)?;
+    let budget = (cache_gib * f64::from(1u32 << 30)) as u64;
+    scope_engine::Limits::within_budget(model, rows, context, budget).context("--cache-gib")
+}

@@ -17,7 +17,7 @@ mod worker;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::args::ServeArgs;
 
@@ -35,12 +35,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
              machine can use the model"
         );
     }
-    if !(args.cache_gib > 0.0 && args.cache_gib.is_finite()) {
-        bail!(
-            "--cache-gib must be a positive number, got {}",
-            args.cache_gib
-        );
-    }
+    // Before loading: a bad flag should not wait for the model.
+    crate::session::check_cache_gib(args.cache_gib)?;
     let (jobs, ready, worker) = worker::start(args)?;
     let state = state::State {
         jobs,

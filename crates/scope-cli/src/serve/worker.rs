@@ -257,8 +257,7 @@ fn limits(loaded: &Loaded, max_batch: u64, context: u64, cache_gib: f64) -> Resu
         u64::try_from(loaded.session.model.config().max_position_embeddings).unwrap_or(u64::MAX);
     let context = usize::try_from(context.min(model_context)).unwrap_or(usize::MAX);
     let rows = usize::try_from(max_batch).unwrap_or(1);
-    let budget = (cache_gib * f64::from(1u32 << 30)) as u64;
-    Limits::within_budget(&loaded.session.model, rows, context, budget).context("--cache-gib")
+    crate::session::engine_limits(&loaded.session.model, rows, context, cache_gib)
 }
 
 /// A generation in the engine: where its events go and what was sent.
