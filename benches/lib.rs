@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gemma_model::config::derived_layer_types;
-use gemma_model::{Batch, DecodeMode, Gemma2Config, Gemma2Model, Generated, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, GemmaConfig, GemmaModel, Generated, GenerationConfig};
 use intervene::{
     CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Site, SiteKind,
     Sources, Subspaces,
@@ -79,11 +79,11 @@ impl Size {
     }
 
     /// The model config.
-    pub fn config(self) -> Gemma2Config {
+    pub fn config(self) -> GemmaConfig {
         match self {
-            // `Gemma2Config::small()` is the peer's `tiny`.
-            Size::Tiny => Gemma2Config::small(),
-            Size::Small => Gemma2Config {
+            // `GemmaConfig::small()` is the peer's `tiny`.
+            Size::Tiny => GemmaConfig::small(),
+            Size::Small => GemmaConfig {
                 vocab_size: 32000,
                 hidden_size: 512,
                 intermediate_size: 2048,
@@ -94,9 +94,9 @@ impl Size {
                 query_pre_attn_scalar: 64.0,
                 sliding_window: Some(64),
                 layer_types: derived_layer_types(8),
-                ..Gemma2Config::small()
+                ..GemmaConfig::small()
             },
-            Size::Gemma2b => Gemma2Config::gemma2_2b(),
+            Size::Gemma2b => GemmaConfig::gemma2_2b(),
         }
     }
 
@@ -256,7 +256,7 @@ pub fn write_checkpoint(
         model_dir.join("config.json"),
         serde_json::to_string_pretty(&config_json)?,
     )?;
-    let weights = Gemma2Model::random_checkpoint(&config, 0)?;
+    let weights = GemmaModel::random_checkpoint(&config, 0)?;
     Tensor::write_safetensors(&weights, model_dir.join("model.safetensors"))?;
     write_padded_tokenizer(
         tokenizer,
@@ -419,7 +419,7 @@ pub struct Workbench {
     /// The shapes.
     pub size: Size,
     /// The model (random weights).
-    pub model: Gemma2Model,
+    pub model: GemmaModel,
     /// The SAE (random weights, in the model's dtype) at `block_output` of its layer.
     pub sae: SaeAt,
     /// The SAE's layer.
@@ -440,7 +440,7 @@ impl Workbench {
     /// SAE parameters to the model's dtype too).
     pub fn new(size: Size, device: Device, dtype: Kind) -> Result<Self> {
         let config = size.config();
-        let model = Gemma2Model::random(&config, 0, dtype, device).context("random model")?;
+        let model = GemmaModel::random(&config, 0, dtype, device).context("random model")?;
         let layer = size.sae_layer();
         let sae = random_sae(config.hidden_size, size.d_sae(), layer, 1, device)?
             .to_dtype(dtype)
@@ -555,7 +555,7 @@ impl Workbench {
     /// Not [`scope::patch`]: that one also collects the base latents at the base position and
     /// encodes the source slice (the values it reports) and builds its graph per call, work the
     /// peer's interchange does not do.
-    pub fn interchanger(&self) -> Result<IntervenableModel<'_, Gemma2Model>> {
+    pub fn interchanger(&self) -> Result<IntervenableModel<'_, GemmaModel>> {
         Ok(IntervenableModel::new(
             &self.model,
             vec![RepresentationConfig::new(
@@ -569,7 +569,7 @@ impl Workbench {
     /// with the clean run; the logit difference (intervened − clean) at the last position,
     /// `[1, vocab]` (f32).
     pub fn interchange(
-        graph: &IntervenableModel<'_, Gemma2Model>,
+        graph: &IntervenableModel<'_, GemmaModel>,
         base: &Batch,
         source: &Batch,
     ) -> Result<Tensor> {

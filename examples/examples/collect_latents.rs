@@ -5,12 +5,12 @@
 //! `cargo run -p scope-examples --example collect_latents`
 
 use anyhow::Result;
-use gemma_model::{Gemma2Model, LoadOptions};
+use gemma_model::{GemmaModel, LoadOptions};
 use scope::SaeAt;
 
 fn main() -> Result<()> {
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
     // The SAE at the layer its name says, checked against the model's width.
     let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 

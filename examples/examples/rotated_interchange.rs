@@ -9,7 +9,7 @@
 //! (`rotated_space.low_rank.rotation`, 64 x 6) on layer 1 of the fixture model.
 
 use anyhow::{bail, Context, Result};
-use gemma_model::{Batch, Gemma2Model, LoadOptions};
+use gemma_model::{Batch, GemmaModel, LoadOptions};
 use intervene::{
     CallOptions, Component, IntervenableModel, Locations, LowRankRotatedSpace,
     RepresentationConfig, Sources, Subspaces,
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     };
     let rotation = load_rotation(&path, &name)?;
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
 
     let base_ids = tokenizer.encode("Dogs are loyal friends, and my dog loves to travel.", true)?;
     let source_ids = tokenizer.encode(

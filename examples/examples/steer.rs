@@ -5,12 +5,12 @@
 //! `cargo run -p scope-examples --example steer`
 
 use anyhow::{Context, Result};
-use gemma_model::{Batch, Gemma2Model, GenerationConfig, LoadOptions};
+use gemma_model::{Batch, GemmaModel, GenerationConfig, LoadOptions};
 use scope::SaeAt;
 
 fn main() -> Result<()> {
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
     // The SAE at the layer its name says, checked against the model's width.
     let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 

@@ -6,7 +6,7 @@
 //! `cargo run -p scope-examples --example steer_many`
 
 use anyhow::Result;
-use gemma_model::{Gemma2Model, GemmaTokenizer, LoadOptions, Sampling};
+use gemma_model::{GemmaModel, GemmaTokenizer, LoadOptions, Sampling};
 use scope::SaeAt;
 
 const PROMPTS: [&str; 2] = [
@@ -20,7 +20,7 @@ const MAX_NEW_TOKENS: usize = 20;
 
 fn main() -> Result<()> {
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
     // The SAE at the layer its name says, checked against the model's width.
     let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
 

@@ -5,7 +5,7 @@
 //! `cargo run -p scope-examples --example top_examples`
 
 use anyhow::{Context, Result};
-use gemma_model::{Gemma2Model, LoadOptions};
+use gemma_model::{GemmaModel, LoadOptions};
 use scope::SaeAt;
 
 const TEXTS: [&str; 4] = [
@@ -17,7 +17,7 @@ const TEXTS: [&str; 4] = [
 
 fn main() -> Result<()> {
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
     // The SAE at the layer its name says, checked against the model's width.
     let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
     let latent = 183;

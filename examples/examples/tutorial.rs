@@ -5,12 +5,12 @@
 //! `SCOPE_SAE` set as in `examples/lib.rs`, the tutorial's gemma-2-2b and layer-20 SAE, where
 //! the time-travel latent is 10004; set `SCOPE_LATENT` to choose another).
 
-use gemma_model::{Gemma2Model, GenerationConfig, LoadOptions};
+use gemma_model::{GemmaModel, GenerationConfig, LoadOptions};
 use scope::{Patch, SaeAt};
 
 fn main() -> anyhow::Result<()> {
     let (model, tokenizer) =
-        Gemma2Model::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
+        GemmaModel::from_pretrained(&scope_examples::model_source(), &LoadOptions::default())?;
     let sae = SaeAt::from_pretrained(&scope_examples::sae_source(), &model)?;
     let latent: i64 = std::env::var("SCOPE_LATENT").map_or(Ok(183), |l| l.parse())?;
 

@@ -37,14 +37,14 @@
 //! its solo result.
 //!
 //! ```
-//! use gemma_model::Gemma2Model;
+//! use gemma_model::GemmaModel;
 //! use intervene::{Site, SiteKind};
 //! use scope_engine::{Edit, Engine, Limits, Request};
 //! use tch::{Device, Kind, Tensor};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/tiny-f32");
-//! let model = Gemma2Model::from_dir(dir, Kind::Float, Device::Cpu)?;
+//! let model = GemmaModel::from_dir(dir, Kind::Float, Device::Cpu)?;
 //! let mut engine = Engine::new(&model, Limits { max_rows: 8, context: 128 })?;
 //! let hidden = model.config().hidden_size;
 //! for magnitude in [0.0, 4.0, 8.0] {

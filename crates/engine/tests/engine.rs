@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use gemma_model::{Gemma2Model, Sampling};
+use gemma_model::{GemmaModel, Sampling};
 use intervene::{Site, SiteKind};
 use scope_engine::{Edit, Engine, EngineMode, Error, Finished, Limits, Reading, Readout, Request};
 use tch::{Device, Kind, Tensor};
@@ -116,15 +116,15 @@ impl Readout for LargestDims {
     }
 }
 
-fn tiny_f32() -> Gemma2Model {
-    Gemma2Model::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
+fn tiny_f32() -> GemmaModel {
+    GemmaModel::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
         .expect("tiny-f32")
 }
 
 /// Runs `requests` on an engine of `rows` slots; the results by id, and the most requests
 /// that ran at once.
 fn run(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     mode: EngineMode,
     rows: usize,
     requests: Vec<Request>,
@@ -161,7 +161,7 @@ fn assert_same(what: &str, solo: &Finished, got: &Finished) {
 }
 
 /// Each of the varied requests on an engine of one slot, by id.
-fn solo_runs(model: &Gemma2Model, mode: EngineMode) -> HashMap<String, Finished> {
+fn solo_runs(model: &GemmaModel, mode: EngineMode) -> HashMap<String, Finished> {
     varied_requests()
         .into_iter()
         .map(|request| {
@@ -224,7 +224,7 @@ fn steering_cases(case: &serde_json::Value, layer: usize) -> Vec<SteeringCase> {
 /// Every steering case of a fixture as one request each, run together: pyvene's tokens.
 fn steered_parity(model_dir: &str, expected: &str, dtype: Kind, sae: &str, mode: EngineMode) {
     let model =
-        Gemma2Model::from_dir(fixtures().join(model_dir), dtype, Device::Cpu).expect("model");
+        GemmaModel::from_dir(fixtures().join(model_dir), dtype, Device::Cpu).expect("model");
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join(expected).join("pyvene.json")).expect("json"),
     )

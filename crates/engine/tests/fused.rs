@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use gemma_model::{Batch, Call, Gemma2Model};
+use gemma_model::{Batch, Call, GemmaModel};
 use intervene::{ForwardOptions, NoHooks};
 use scope_engine::fused::{FusedDecoder, SlotCall};
 use tch::{Device, Kind, Tensor};
@@ -23,8 +23,8 @@ fn forward_fixture() -> HashMap<String, Tensor> {
         .collect()
 }
 
-fn tiny_f32() -> Gemma2Model {
-    Gemma2Model::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
+fn tiny_f32() -> GemmaModel {
+    GemmaModel::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
         .expect("tiny-f32")
 }
 
@@ -48,7 +48,7 @@ fn fused_call(
 }
 
 /// The eager path's call over `batch` into `cache`: the last position's logits.
-fn eager_call(model: &Gemma2Model, cache: &mut gemma_model::KvCache, batch: &Batch) -> Tensor {
+fn eager_call(model: &GemmaModel, cache: &mut gemma_model::KvCache, batch: &Batch) -> Tensor {
     let call = Call {
         options: ForwardOptions {
             last_position_logits: true,
@@ -113,7 +113,7 @@ fn incremental_vs_hf() -> (f64, f64) {
 fn fused_prompts_are_as_accurate_as_hf_f32() {
     let dir = fixtures().join("models/tiny-f32");
     let model = tiny_f32();
-    let exact = Gemma2Model::from_dir(&dir, Kind::Double, Device::Cpu).expect("f64 model");
+    let exact = GemmaModel::from_dir(&dir, Kind::Double, Device::Cpu).expect("f64 model");
     let expected = forward_fixture();
     let gap = |a: &Tensor, b: &Tensor| -> f64 {
         (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))

@@ -1,9 +1,9 @@
-//! `Gemma2Config`: the model's hyper-parameters read from a Hugging Face `config.json`, with
+//! `GemmaConfig`: the model's hyper-parameters read from a Hugging Face `config.json`, with
 //! transformers' defaults for the keys Google's files leave out.
 //!
 //! serde reads the file into `RawConfig`, whose fields are optional and plainly typed;
 //! `serde_path_to_error` names the key of a value of the wrong JSON type. The conversion into
-//! [`Gemma2Config`] then applies the defaults and checks the values, naming the file and the key.
+//! [`GemmaConfig`] then applies the defaults and checks the values, naming the file and the key.
 //!
 //! How keys are treated:
 //!
@@ -60,7 +60,7 @@ pub enum Activation {
 
 /// Gemma 2 hyper-parameters, as transformers 5.17 interprets `config.json`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Gemma2Config {
+pub struct GemmaConfig {
     /// Rows of the embedding (256000 for the released models).
     pub vocab_size: i64,
     /// Width of the residual stream.
@@ -105,7 +105,7 @@ pub struct Gemma2Config {
     pub torch_dtype: Option<String>,
 }
 
-impl Gemma2Config {
+impl GemmaConfig {
     /// Reads `config.json`, then overrides the eos ids from `generation_config.json` beside it
     /// when that file exists (generation stops on those ids in transformers).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -257,7 +257,7 @@ impl Gemma2Config {
 
     /// A small config for tests and CPU benchmarks (random weights): 4 layers, hidden 64.
     pub fn small() -> Self {
-        Gemma2Config {
+        GemmaConfig {
             vocab_size: 512,
             hidden_size: 64,
             intermediate_size: 128,
@@ -284,7 +284,7 @@ impl Gemma2Config {
 
     /// The gemma-2-2b shapes (for benchmarks with random weights).
     pub fn gemma2_2b() -> Self {
-        Gemma2Config {
+        GemmaConfig {
             vocab_size: 256000,
             hidden_size: 2304,
             intermediate_size: 9216,
@@ -521,7 +521,7 @@ struct RawGenerationConfig {
 impl RawConfig {
     /// Applies transformers' defaults and checks the values in a fixed order, so that the first
     /// problem reported does not depend on the file's key order.
-    fn into_config(self, path: &Path) -> Result<Gemma2Config> {
+    fn into_config(self, path: &Path) -> Result<GemmaConfig> {
         let positive = |key, value| positive(path, key, value);
         let layers = positive("num_hidden_layers", self.num_hidden_layers)?;
         if layers > MAX_LAYERS {
@@ -531,7 +531,7 @@ impl RawConfig {
         let num_hidden_layers = usize::try_from(layers)
             .map_err(|e| invalid(path, "num_hidden_layers", e.to_string()))?;
         let scalar = required(path, "query_pre_attn_scalar", self.query_pre_attn_scalar)?;
-        let config = Gemma2Config {
+        let config = GemmaConfig {
             vocab_size: positive("vocab_size", self.vocab_size)?,
             hidden_size: positive("hidden_size", self.hidden_size)?,
             intermediate_size: positive("intermediate_size", self.intermediate_size)?,

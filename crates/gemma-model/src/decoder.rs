@@ -1,4 +1,4 @@
-//! [`scope_engine::DecoderModel`] for [`Gemma2Model`]: how the engine (generation, the
+//! [`scope_engine::DecoderModel`] for [`GemmaModel`]: how the engine (generation, the
 //! decode modes, the batching engine) reads this architecture.
 
 use intervene::{Hooks, NoHooks, SiteCatalog};
@@ -10,10 +10,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use crate::model::Gemma2Model;
+use crate::model::GemmaModel;
 use crate::norm::RmsNorm;
 
-impl DecoderModel for Gemma2Model {
+impl DecoderModel for GemmaModel {
     fn spec(&self) -> ModelSpec {
         let c = self.config();
         ModelSpec {
@@ -43,7 +43,7 @@ impl DecoderModel for Gemma2Model {
     }
 
     fn site_catalog(&self) -> SiteCatalog {
-        Gemma2Model::site_catalog(self)
+        GemmaModel::site_catalog(self)
     }
 
     fn fused_weights(&self) -> std::result::Result<FusedWeights<'_>, String> {
@@ -114,7 +114,7 @@ impl DecoderModel for Gemma2Model {
     }
 }
 
-impl Gemma2Model {
+impl GemmaModel {
     /// An empty KV cache for `batch` rows and up to `max_len` positions.
     pub fn new_cache(&self, batch: i64, max_len: i64) -> Result<KvCache> {
         Ok(KvCache::new(&self.spec(), batch, max_len)?)

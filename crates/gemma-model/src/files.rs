@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::config::Gemma2Config;
+use crate::config::GemmaConfig;
 use crate::error::{Error, Result};
 
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
@@ -42,8 +42,8 @@ impl ModelFiles {
     }
 
     /// The config with eos ids from `generation_config.json` when present.
-    pub fn read_config(&self) -> Result<Gemma2Config> {
-        let mut config = Gemma2Config::from_json_str(
+    pub fn read_config(&self) -> Result<GemmaConfig> {
+        let mut config = GemmaConfig::from_json_str(
             &std::fs::read_to_string(&self.config).map_err(|e| Error::io(&self.config, e))?,
             &self.config,
         )?;

@@ -1,4 +1,4 @@
-//! [`intervene::HookedModel`] for [`Gemma2Model`]: the graph's calls, each one forward call
+//! [`intervene::HookedModel`] for [`GemmaModel`]: the graph's calls, each one forward call
 //! (or the engine's generation).
 
 use intervene::{
@@ -9,9 +9,9 @@ use scope_engine::{Batch, Call, Generated, GenerationConfig, ModelOutput};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{wanted_sites, Gemma2Model};
+use crate::model::{wanted_sites, GemmaModel};
 
-impl HookedModel for Gemma2Model {
+impl HookedModel for GemmaModel {
     type Input = Batch;
     type Output = ModelOutput;
     type GenerateConfig = GenerationConfig;
@@ -19,7 +19,7 @@ impl HookedModel for Gemma2Model {
     type Error = Error;
 
     fn site_catalog(&self) -> SiteCatalog {
-        Gemma2Model::site_catalog(self)
+        GemmaModel::site_catalog(self)
     }
 
     fn forward_hooked(
@@ -80,7 +80,7 @@ impl HookedModel for Gemma2Model {
 /// read once for both: an interchange's intervened run and the end of its clean run. A hook
 /// that wants a later site is an error.
 fn forward_from_paired(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     batch: &Batch,
     layer: usize,
     hidden: &Tensor,

@@ -4,7 +4,7 @@
 //! Modules mirror the checkpoint: [`config`], [`attention`], [`mlp`], [`norm`], [`rope`],
 //! [`model`]; plus [`tokenizer`] (with the chat template), [`loading`] (safetensors, shard
 //! index, Hub cache), [`device`] and [`error`]. The model has one forward call,
-//! [`Gemma2Model::forward`], over a [`Batch`] and a [`Call`] (a KV cache view, masks, a
+//! [`GemmaModel::forward`], over a [`Batch`] and a [`Call`] (a KV cache view, masks, a
 //! start layer), and no speed branches.
 //!
 //! Everything that runs the model many times lives in [`scope_engine`], which reads it
@@ -14,7 +14,7 @@
 //! here ([`generate`], [`cuda`], [`KvCache`], ...) so that a user of the model finds them.
 //!
 //! ```
-//! use gemma_model::{Call, Gemma2Model, GenerationConfig, LoadOptions};
+//! use gemma_model::{Call, GemmaModel, GenerationConfig, LoadOptions};
 //! use intervene::NoHooks;
 //!
 //! # fn main() -> gemma_model::Result<()> {
@@ -24,7 +24,7 @@
 //! # */ let source = fixture;
 //! // f32 on the CPU by default; a GPU in bf16:
 //! // `LoadOptions { device: Device::Cuda(0), dtype: Kind::BFloat16.into(), ..Default::default() }`
-//! let (model, tokenizer) = Gemma2Model::from_pretrained(source, &LoadOptions::default())?;
+//! let (model, tokenizer) = GemmaModel::from_pretrained(source, &LoadOptions::default())?;
 //!
 //! let batch = tokenizer.batch("The capital of France is")?; // [1, T], starting with <bos>
 //! let logits = model.forward(&batch, Call::default(), &mut NoHooks)?.logits; // Some([1, T, vocab])
@@ -52,12 +52,12 @@ pub mod norm;
 pub mod rope;
 pub mod tokenizer;
 
-pub use config::{Activation, Gemma2Config, LayerType};
+pub use config::{Activation, GemmaConfig, LayerType};
 pub use device::{parse_device, parse_dtype, resolve_dtype, DTypeSpec};
 pub use error::{Error, Result};
 pub use files::ModelFiles;
 pub use loading::{LoadOptions, WeightStore};
-pub use model::{DecoderLayer, Gemma2Model};
+pub use model::{DecoderLayer, GemmaModel};
 pub use scope_engine::{
     cuda, fused, generate, mask, Batch, Call, DecodeMode, Generated, GenerationConfig, KvCache,
     ModelOutput, Sampler, Sampling, Step,

@@ -14,12 +14,12 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use crate::attention::{Attention, AttentionShape, AttentionWeights};
-use crate::config::Gemma2Config;
+use crate::config::GemmaConfig;
 use crate::device::{resolve_dtype, DTypeSpec};
 use crate::error::{Error, Result};
 use crate::files::ModelFiles;
 use crate::mlp::Mlp;
-use crate::model::{DecoderLayer, Gemma2Model};
+use crate::model::{DecoderLayer, GemmaModel};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::tokenizer::GemmaTokenizer;
@@ -182,14 +182,14 @@ impl Default for LoadOptions {
     }
 }
 
-impl Gemma2Model {
+impl GemmaModel {
     /// The model and its tokenizer from a local directory or a Hub id
     /// (`google/gemma-2-2b`), in `options`' dtype on its device: the one call to start from.
     /// A checkpoint without a `tokenizer.json` is an error naming the folder.
     pub fn from_pretrained(
         source: &str,
         options: &LoadOptions,
-    ) -> Result<(Gemma2Model, GemmaTokenizer)> {
+    ) -> Result<(GemmaModel, GemmaTokenizer)> {
         let files = ModelFiles::resolve(source, &options.hub)?;
         let tokenizer = match &files.tokenizer {
             Some(path) => GemmaTokenizer::from_file(path)?,
@@ -233,7 +233,7 @@ impl Gemma2Model {
     /// Loads the weights of `files` for `config`.
     pub fn from_files(
         files: &ModelFiles,
-        config: Gemma2Config,
+        config: GemmaConfig,
         dtype: Kind,
         device: Device,
     ) -> Result<Self> {
@@ -251,7 +251,7 @@ impl Gemma2Model {
 
     /// A model with random weights (seeded), for benchmarks and tests: linear weights
     /// N(0, 0.02²), norm offsets N(0, 0.1²) so that `1 + w` matters.
-    pub fn random(config: &Gemma2Config, seed: i64, dtype: Kind, device: Device) -> Result<Self> {
+    pub fn random(config: &GemmaConfig, seed: i64, dtype: Kind, device: Device) -> Result<Self> {
         tch::manual_seed(seed);
         let _guard = tch::no_grad_guard();
         Self::build(
@@ -266,7 +266,7 @@ impl Gemma2Model {
     /// The weights of [`random`](Self::random) in float32 on the CPU, by their checkpoint
     /// names: what a random checkpoint on disk holds (a server's load test at a chosen
     /// shape).
-    pub fn random_checkpoint(config: &Gemma2Config, seed: i64) -> Result<Vec<(String, Tensor)>> {
+    pub fn random_checkpoint(config: &GemmaConfig, seed: i64) -> Result<Vec<(String, Tensor)>> {
         tch::manual_seed(seed);
         let _guard = tch::no_grad_guard();
         let mut named = Vec::new();
@@ -286,7 +286,7 @@ impl Gemma2Model {
 
     /// Assembles the model from a tensor source (`name`, expected shape → tensor).
     fn build(
-        config: Gemma2Config,
+        config: GemmaConfig,
         dtype: Kind,
         device: Device,
         untied_head: bool,
@@ -359,8 +359,8 @@ impl Gemma2Model {
             None
         };
         let rope = Rope::new(c.head_dim, c.rope_theta, device)?;
-        let embed_scale = Gemma2Model::embed_scale(&config, dtype, device)?;
-        Ok(Gemma2Model {
+        let embed_scale = GemmaModel::embed_scale(&config, dtype, device)?;
+        Ok(GemmaModel {
             embed_scale,
             config,
             dtype,
@@ -377,7 +377,7 @@ impl Gemma2Model {
 /// The attention widths (`heads * head_dim`) must fit in an `i64` before the config's
 /// `q_width` / `kv_width` compute them (the fields are public, and `config.json` is not
 /// trusted): the key and the reason when one does not.
-fn width_overflow(c: &Gemma2Config) -> Option<(&'static str, String)> {
+fn width_overflow(c: &GemmaConfig) -> Option<(&'static str, String)> {
     [
         ("num_attention_heads", c.num_attention_heads),
         ("num_key_value_heads", c.num_key_value_heads),

@@ -1,4 +1,4 @@
-//! `Gemma2Model`: the decoder stack and its one forward call, with every hook site.
+//! `GemmaModel`: the decoder stack and its one forward call, with every hook site.
 
 use intervene::{
     ForwardInfo, ForwardOptions, HookPoint, Hooks, NoHooks, Site, SiteCatalog, SiteInfo, SiteKind,
@@ -7,7 +7,7 @@ use scope_engine::{Batch, Call, KvCache, Masks, ModelOutput};
 use tch::{Device, Kind, Tensor};
 
 use crate::attention::{Attention, AttentionContext};
-use crate::config::{Gemma2Config, LayerType};
+use crate::config::{GemmaConfig, LayerType};
 use crate::error::{Error, Result};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
@@ -110,8 +110,8 @@ fn visit(hooks: &mut dyn Hooks, layer: usize, kind: SiteKind, t: &mut Tensor) ->
 
 /// Gemma 2 for causal LM, weights in one dtype on one device, never tracking gradients.
 #[derive(Debug)]
-pub struct Gemma2Model {
-    pub(crate) config: Gemma2Config,
+pub struct GemmaModel {
+    pub(crate) config: GemmaConfig,
     pub(crate) dtype: Kind,
     pub(crate) device: Device,
     /// `[vocab, hidden]`; also the unembedding when tied.
@@ -126,9 +126,9 @@ pub struct Gemma2Model {
     pub(crate) embed_scale: Tensor,
 }
 
-impl Gemma2Model {
+impl GemmaModel {
     /// The hyper-parameters.
-    pub fn config(&self) -> &Gemma2Config {
+    pub fn config(&self) -> &GemmaConfig {
         &self.config
     }
 
@@ -167,7 +167,7 @@ impl Gemma2Model {
 
     /// [`Self::embed`]'s scale for `config` in `dtype` on `device`.
     pub(crate) fn embed_scale(
-        config: &Gemma2Config,
+        config: &GemmaConfig,
         dtype: Kind,
         device: Device,
     ) -> Result<Tensor> {
@@ -398,7 +398,7 @@ impl Gemma2Model {
 
 /// Where a kind lives in HF's module tree (suffix after `model.layers[L]`), which side of the
 /// module, its width and head count.
-fn site_layout(c: &Gemma2Config, kind: SiteKind) -> (&'static str, HookPoint, i64, Option<i64>) {
+fn site_layout(c: &GemmaConfig, kind: SiteKind) -> (&'static str, HookPoint, i64, Option<i64>) {
     use HookPoint::{Input, Output};
     let heads = Some(c.num_attention_heads);
     let kv_heads = Some(c.num_key_value_heads);

@@ -78,7 +78,7 @@
 //!
 //! # The tutorial's three workflows
 //!
-//! `model` is any [`HookedModel`] (the `gemma-model` crate's `Gemma2Model`) and `sae` a Gemma
+//! `model` is any [`HookedModel`] (the `gemma-model` crate's `GemmaModel`) and `sae` a Gemma
 //! Scope JumpReLU SAE from the `sae` crate, loaded as in the `scope` crate's docs. The blocks
 //! run on the fixture model, where the SAE reads layer 2 (the tutorial's reads layer 20, and
 //! its time-travel latent is 10004). The `sae` crate also ships these as ready interventions
@@ -93,7 +93,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 //! # let options = gemma_model::LoadOptions::default();
-//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let (model, tokenizer) = gemma_model::GemmaModel::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
 //! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
 //! let batch = tokenizer.batch("Would you be able to travel through time using a wormhole?")?;
 //! let encoder = CollectWith::new("sae_encode", move |x| Ok(sae.encode(x)?)); // or sae::EncodeCollect
@@ -117,7 +117,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 //! # let options = gemma_model::LoadOptions::default();
-//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let (model, tokenizer) = gemma_model::GemmaModel::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
 //! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
 //! let prompt = tokenizer.batch("Which dog breed do people think is cuter, poodle or doodle?")?;
 //! // Built once, on the model's device, in f32: the add runs in f32 and rounds to the
@@ -143,7 +143,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 //! # let options = gemma_model::LoadOptions::default();
-//! # let (model, tokenizer) = gemma_model::Gemma2Model::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
+//! # let (model, tokenizer) = gemma_model::GemmaModel::from_pretrained(&format!("{fixtures}/models/tiny-f32"), &options)?;
 //! # let sae = sae::Sae::from_pretrained(&format!("{fixtures}/saes/tiny-f32-res/layer_2/width_256/average_l0_20"), tch::Device::Cpu)?;
 //! let base = tokenizer.batch("Which dog breed do people think is cuter, poodle or doodle?")?;
 //! let source = tokenizer.batch("Would you be able to travel through time using a wormhole?")?;

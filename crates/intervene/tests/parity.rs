@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, GemmaModel, GenerationConfig};
 use intervene::{
     Add, CallOptions, Collect, Component, IntervenableModel, Intervention, Locations,
     LowRankRotatedSpace, Mode, RepresentationConfig as Rc, RotatedSpace, SigmoidMask,
@@ -29,8 +29,8 @@ fn fixtures() -> PathBuf {
 }
 
 /// The tiny model, loaded per test (tensors are not `Sync`; loading takes milliseconds).
-fn model() -> Gemma2Model {
-    Gemma2Model::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
+fn model() -> GemmaModel {
+    GemmaModel::from_dir(fixtures().join("models/tiny-f32"), Kind::Float, Device::Cpu)
         .expect("load tiny-f32")
 }
 

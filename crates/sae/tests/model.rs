@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use gemma_model::{Batch, DecodeMode, Gemma2Model, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, GemmaModel, GenerationConfig};
 use intervene::{
     CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
 };
@@ -12,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::common::{assert_rel, max_abs_diff, read_json, read_st, Case, BF16, F32};
 
-fn model(case: &Case, dtype: Kind) -> Gemma2Model {
-    Gemma2Model::from_dir(case.model_dir(), dtype, Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+fn model(case: &Case, dtype: Kind) -> GemmaModel {
+    GemmaModel::from_dir(case.model_dir(), dtype, Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn pyvene(case: &Case) -> (serde_json::Value, HashMap<String, Tensor>) {

@@ -151,7 +151,7 @@ pub fn run(
 }
 
 /// The `decode` the reports of the engine's requests name: how its steps run on `model`.
-pub fn decode_name(model: &gemma_model::Gemma2Model) -> &'static str {
+pub fn decode_name(model: &gemma_model::GemmaModel) -> &'static str {
     match scope_engine::EngineMode::preferred(model) {
         scope_engine::EngineMode::Fused => "fused",
         // One fixed-shape libtorch step over every slot.

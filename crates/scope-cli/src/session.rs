@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use gemma_model::{
-    parse_device, parse_dtype, DTypeSpec, Gemma2Model, GemmaTokenizer, HubOptions, ModelFiles,
+    parse_device, parse_dtype, DTypeSpec, GemmaModel, GemmaTokenizer, HubOptions, ModelFiles,
 };
 use tch::{Device, Kind};
 
@@ -11,7 +11,7 @@ use crate::args::{GenerationArgs, LoadArgs};
 /// A loaded model and its tokenizer.
 pub struct Session {
     /// The model.
-    pub model: Gemma2Model,
+    pub model: GemmaModel,
     /// Its tokenizer.
     pub tokenizer: GemmaTokenizer,
 }
@@ -33,7 +33,7 @@ impl Session {
         })?;
         let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
         let spinner = progress(format!("loading {} ({device:?})", args.model));
-        let model = Gemma2Model::load_files(&files, dtype, device)
+        let model = GemmaModel::load_files(&files, dtype, device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
         spinner.finish_and_clear();
         tokenizer.check_ids_fit(model.config().vocab_size)?;
@@ -171,7 +171,7 @@ pub fn check_cache_gib(cache_gib: f64) -> Result<()> {
 /// The engine's limits: `rows` slots of `context` positions, as many as fit in `cache_gib`
 /// GiB of KV cache (`--cache-gib`).
 pub fn engine_limits(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     rows: usize,
     context: usize,
     cache_gib: f64,

@@ -1,6 +1,6 @@
 //! How well an SAE reconstructs its site over some prompts, and what splicing it in costs.
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, GemmaModel};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 use sae::{ReconstructionMetrics, SpliceMetrics};
 
@@ -11,7 +11,7 @@ use crate::sae_at::SaeAt;
 /// latents above `threshold`), and the next-token cross-entropy and KL with the SAE spliced
 /// in, as SAELens defines them.
 pub fn eval(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     sae: &SaeAt,
     prompts: &[Vec<i64>],
     threshold: f64,

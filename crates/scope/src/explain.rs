@@ -1,6 +1,6 @@
 //! The logit lens of one latent: the tokens its decoder direction promotes and suppresses.
 
-use gemma_model::Gemma2Model;
+use gemma_model::GemmaModel;
 use sae::LogitLens;
 
 use crate::error::{Error, Result};
@@ -8,7 +8,7 @@ use crate::sae_at::SaeAt;
 
 /// The `top_k` tokens `latent`'s decoder row promotes most and suppresses most through the
 /// model's unembedding.
-pub fn explain(model: &Gemma2Model, sae: &SaeAt, latent: i64, top_k: i64) -> Result<LogitLens> {
+pub fn explain(model: &GemmaModel, sae: &SaeAt, latent: i64, top_k: i64) -> Result<LogitLens> {
     let latent = sae.check_latent(latent)?;
     if top_k < 1 {
         return Err(Error::Input(format!(

@@ -1,6 +1,6 @@
 //! An SAE's latents at every position: the tutorial's collect with the encoder.
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, GemmaModel};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 use tch::{Kind, Tensor};
 
@@ -10,13 +10,13 @@ use crate::sae_at::SaeAt;
 /// Reads an SAE's latents through the intervention graph (pyvene's collect with the
 /// JumpReLU encoder), each call stopping after the SAE's layer.
 pub struct LatentCollector<'m> {
-    graph: IntervenableModel<'m, Gemma2Model>,
+    graph: IntervenableModel<'m, GemmaModel>,
     options: CallOptions,
 }
 
 impl<'m> LatentCollector<'m> {
     /// A collector of `sae`'s latents on `model`.
-    pub fn new(model: &'m Gemma2Model, sae: &SaeAt) -> Result<Self> {
+    pub fn new(model: &'m GemmaModel, sae: &SaeAt) -> Result<Self> {
         let graph = IntervenableModel::new(
             model,
             vec![RepresentationConfig::new(
@@ -39,7 +39,7 @@ impl<'m> LatentCollector<'m> {
 }
 
 /// `sae`'s latents at every position of `ids` (one prompt, `<bos>` included).
-pub fn latents(model: &Gemma2Model, sae: &SaeAt, ids: &[i64]) -> Result<TokenLatents> {
+pub fn latents(model: &GemmaModel, sae: &SaeAt, ids: &[i64]) -> Result<TokenLatents> {
     let acts = LatentCollector::new(model, sae)?.latents(&Batch::from_ids(ids))?;
     Ok(TokenLatents {
         activations: acts.f_squeeze_dim(0)?,

@@ -1,4 +1,4 @@
-//! The Gemma Scope workflows as typed calls, over a [`Gemma2Model`](gemma_model::Gemma2Model)
+//! The Gemma Scope workflows as typed calls, over a [`GemmaModel`](gemma_model::GemmaModel)
 //! and an SAE placed at its site ([`SaeAt`]). The `scope` binary, the benchmarks and the
 //! examples call these instead of writing the workflows out again.
 //!
@@ -12,13 +12,13 @@
 //! | [`eval`] | reconstruction metrics and the spliced-in cross-entropy and KL | SAELens' evals |
 //! | [`top_examples`] | where latents fire most over texts | Neuronpedia's top activations |
 //!
-//! Load with [`Gemma2Model::from_pretrained`](gemma_model::Gemma2Model::from_pretrained) (the
+//! Load with [`GemmaModel::from_pretrained`](gemma_model::GemmaModel::from_pretrained) (the
 //! model and its tokenizer) and [`SaeAt::from_pretrained`]. Token ids go in and come out:
 //! tokenizing and printing are the caller's. [`guide`] puts each step of the Gemma Scope
 //! tutorial's Python next to its Rust.
 //!
 //! ```
-//! use gemma_model::{Gemma2Model, GenerationConfig, LoadOptions};
+//! use gemma_model::{GemmaModel, GenerationConfig, LoadOptions};
 //! use scope::SaeAt;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +30,7 @@
 //! let model_id = "google/gemma-2-2b";
 //! let sae_id = "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71";
 //! # */
-//! let (model, tokenizer) = Gemma2Model::from_pretrained(model_id, &LoadOptions::default())?;
+//! let (model, tokenizer) = GemmaModel::from_pretrained(model_id, &LoadOptions::default())?;
 //! let sae = SaeAt::from_pretrained(sae_id, &model)?; // at the layer its name says
 //!
 //! let ids = tokenizer.encode("Would you be able to travel through time?", true)?;

@@ -1,7 +1,7 @@
 //! pyvene's JumpReLU interchange: one latent of the SAE taken from a source prompt into a
 //! base prompt, and the logits that moved.
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, GemmaModel};
 use intervene::{
     CallOptions, IntervenableModel, Locations, RepresentationConfig, Sources, Subspaces,
 };
@@ -47,7 +47,7 @@ pub struct Patched {
 /// Swaps `patch.latent` from the source position into the base position (the base vector is
 /// replaced by the SAE reconstruction of its latents with that one from the source), and
 /// reports the next-token logits that moved most at the base's last position.
-pub fn patch(model: &Gemma2Model, sae: &SaeAt, patch: &Patch<'_>) -> Result<Patched> {
+pub fn patch(model: &GemmaModel, sae: &SaeAt, patch: &Patch<'_>) -> Result<Patched> {
     let latent = sae.check_latent(patch.latent)?;
     let base_pos = resolve_position(patch.base_pos, patch.base.len(), "base position")?;
     let source_pos = resolve_position(patch.source_pos, patch.source.len(), "source position")?;

@@ -1,6 +1,6 @@
 //! An SAE placed at the model site it reads.
 
-use gemma_model::Gemma2Model;
+use gemma_model::GemmaModel;
 use intervene::{Component, Site, SiteKind};
 use sae::Sae;
 use scope_engine::Edit;
@@ -20,7 +20,7 @@ impl SaeAt {
     /// `sae` at `layer` (else the layer its name says, on the residual stream after it), or
     /// an error naming what does not fit: no layer known, a layer past the model's, an SAE
     /// whose input width is not the site's.
-    pub fn new(sae: Sae, layer: Option<usize>, model: &Gemma2Model) -> Result<Self> {
+    pub fn new(sae: Sae, layer: Option<usize>, model: &GemmaModel) -> Result<Self> {
         let site = match (layer, sae.site()) {
             (Some(layer), Some(site)) => Site::new(layer, site.kind),
             (Some(layer), None) => Site::new(layer, SiteKind::BlockOutput),
@@ -52,7 +52,7 @@ impl SaeAt {
     /// `google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`, or a canonical name
     /// such as `gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical`), in float32 on
     /// the model's device, at the layer its name says: the one call to load an SAE.
-    pub fn from_pretrained(name: &str, model: &Gemma2Model) -> Result<Self> {
+    pub fn from_pretrained(name: &str, model: &GemmaModel) -> Result<Self> {
         let sae = Sae::from_pretrained(name, model.device())?;
         SaeAt::new(sae, None, model)
     }

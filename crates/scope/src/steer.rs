@@ -1,7 +1,7 @@
 //! Steering generation along SAE decoder directions: one prompt through the intervention
 //! graph, as the tutorial runs pyvene, or many requests at once through the engine.
 
-use gemma_model::{Batch, Gemma2Model, Generated, GenerationConfig, Sampling};
+use gemma_model::{Batch, GemmaModel, Generated, GenerationConfig, Sampling};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 use scope_engine::{Engine, Finished, Limits, Request};
 
@@ -12,7 +12,7 @@ use crate::sae_at::{check_steering, SaeAt, TopLatents};
 /// of every pair added at the SAE's site, at every prompt position and every generated token
 /// (pyvene's `intervene_on_prompt=True`, `unit_locations=None`).
 pub fn steer(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     sae: &SaeAt,
     prompt: &[i64],
     pairs: &[(i64, f64)],
@@ -74,7 +74,7 @@ impl SteerRequest {
 /// finishes: the finished request, or its refusal (a latent out of range, steering without
 /// an SAE, too many positions, ...), which leaves the others running.
 pub fn steer_many(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     sae: Option<&SaeAt>,
     requests: &[SteerRequest],
     limits: Limits,

@@ -1,6 +1,6 @@
 //! Where latents fire most over a set of texts.
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, GemmaModel};
 use sae::TopExamples;
 
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ pub struct TopQuery<'a> {
 /// The `query.k` strongest activations of each of `query.latents` over `texts` (token ids,
 /// `<bos>` included); `on_batch` hears how many texts each forward call took.
 pub fn top_examples(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     sae: &SaeAt,
     texts: &[Vec<i64>],
     query: &TopQuery<'_>,

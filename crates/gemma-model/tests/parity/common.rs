@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use gemma_model::{Batch, Gemma2Model};
+use gemma_model::{Batch, GemmaModel};
 use tch::{Device, Kind, Tensor};
 
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
@@ -16,8 +16,8 @@ pub fn model_dir(name: &str) -> PathBuf {
     fixtures().join("models").join(name)
 }
 
-pub fn load(name: &str, dtype: Kind) -> Gemma2Model {
-    Gemma2Model::from_dir(model_dir(name), dtype, Device::Cpu).expect("load fixture model")
+pub fn load(name: &str, dtype: Kind) -> GemmaModel {
+    GemmaModel::from_dir(model_dir(name), dtype, Device::Cpu).expect("load fixture model")
 }
 
 /// `expected/<model>/forward.safetensors` as a name → tensor map.

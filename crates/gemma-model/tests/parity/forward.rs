@@ -1,6 +1,6 @@
 //! Forward parity with HF transformers 5.17 eager (fixtures/expected/*/forward.safetensors).
 
-use gemma_model::{Batch, Call, Gemma2Model};
+use gemma_model::{Batch, Call, GemmaModel};
 use intervene::HookedModel;
 use intervene::{ForwardOptions, SiteKind};
 use tch::{Kind, Tensor};
@@ -11,7 +11,7 @@ use crate::common::*;
 /// scaling is needed) and on every residual.
 const F32_TOL: f64 = 1e-4;
 
-fn residuals(model: &Gemma2Model, batch: &Batch) -> (Tensor, Vec<Tensor>) {
+fn residuals(model: &GemmaModel, batch: &Batch) -> (Tensor, Vec<Tensor>) {
     let mut rec = Recorder {
         kinds: vec![SiteKind::BlockOutput],
         ..Recorder::default()
@@ -25,7 +25,7 @@ fn residuals(model: &Gemma2Model, batch: &Batch) -> (Tensor, Vec<Tensor>) {
 
 /// Compares a model run to the `prefix`-prefixed keys; returns the max logit and resid errors.
 fn check_prompts(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     exp: &std::collections::HashMap<String, Tensor>,
     prefix: &str,
 ) -> (f64, f64) {
@@ -46,7 +46,7 @@ fn check_prompts(
 
 /// Left-padded batch with arange positions (HF forward) and with generate's positions.
 fn check_batch(
-    model: &Gemma2Model,
+    model: &GemmaModel,
     exp: &std::collections::HashMap<String, Tensor>,
     prefix: &str,
 ) -> (f64, f64) {

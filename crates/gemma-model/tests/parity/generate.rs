@@ -391,7 +391,7 @@ fn incremental_decode_equals_full_forward() {
     let mut config = files.read_config().expect("config");
     config.sliding_window = Some(7);
     let off_by_one =
-        gemma_model::Gemma2Model::from_files(&files, config, Kind::Double, tch::Device::Cpu)
+        gemma_model::GemmaModel::from_files(&files, config, Kind::Double, tch::Device::Cpu)
             .expect("load");
     let exp = expected_forward("tiny-f32");
     let batch = Batch::new(exp["p3.input_ids"].shallow_clone());

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use gemma_model::{Error, Gemma2Model, HubOptions, ModelFiles};
+use gemma_model::{Error, GemmaModel, HubOptions, ModelFiles};
 use tch::{Device, Kind};
 
 use crate::common::*;
@@ -33,7 +33,7 @@ fn sharded_bf16_loads_with_derived_config() {
     assert_eq!(model.dtype(), Kind::BFloat16);
     assert_eq!(model.embed_tokens().kind(), Kind::BFloat16);
     assert!(!model.embed_tokens().requires_grad());
-    let auto = Gemma2Model::load(
+    let auto = GemmaModel::load(
         model_dir("tiny-bf16-sharded").to_str().expect("utf8"),
         &gemma_model::LoadOptions {
             hub: HubOptions::from_env(),
@@ -52,7 +52,7 @@ fn sharded_bf16_loads_with_derived_config() {
 fn missing_weights_file_is_named() {
     let dir = tempfile::tempdir().expect("tmp");
     copy_model("tiny-f32", dir.path(), &["model.safetensors"]);
-    let err = Gemma2Model::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("no weights");
+    let err = GemmaModel::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("no weights");
     match err {
         Error::MissingFile { path } => assert!(path.ends_with("model.safetensors"), "{path:?}"),
         other => panic!("unexpected {other}"),
@@ -62,7 +62,7 @@ fn missing_weights_file_is_named() {
         &dir.path().join("sharded"),
         &["model-00002-of-00002.safetensors"],
     );
-    let err = Gemma2Model::from_dir(dir.path().join("sharded"), Kind::Float, Device::Cpu)
+    let err = GemmaModel::from_dir(dir.path().join("sharded"), Kind::Float, Device::Cpu)
         .expect_err("no shard");
     assert!(
         err.to_string().contains("model-00002-of-00002.safetensors"),
@@ -75,7 +75,7 @@ fn wrong_shape_names_tensor_and_both_shapes() {
     let files = ModelFiles::from_dir(model_dir("tiny-f32")).expect("files");
     let mut config = files.read_config().expect("config");
     config.intermediate_size = 96;
-    let err = Gemma2Model::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("shape");
+    let err = GemmaModel::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("shape");
     let text = err.to_string();
     match err {
         Error::ShapeMismatch {
@@ -102,7 +102,7 @@ fn untied_config_requires_lm_head() {
     let mut config = files.read_config().expect("config");
     config.tie_word_embeddings = false;
     let err =
-        Gemma2Model::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("no head");
+        GemmaModel::from_files(&files, config, Kind::Float, Device::Cpu).expect_err("no head");
     assert!(
         matches!(&err, Error::MissingTensor { name, .. } if name == "lm_head.weight"),
         "{err}"
@@ -118,7 +118,7 @@ fn missing_config_key_is_named() {
         serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     json.as_object_mut().expect("obj").remove("head_dim");
     std::fs::write(&path, json.to_string()).expect("write");
-    let err = Gemma2Model::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("missing key");
+    let err = GemmaModel::from_dir(dir.path(), Kind::Float, Device::Cpu).expect_err("missing key");
     assert!(
         matches!(&err, Error::MissingConfigKey { key, .. } if key == "head_dim"),
         "{err}"
@@ -156,7 +156,7 @@ fn hostile_checkpoint_files_are_errors_not_crashes() {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     std::fs::write(lying.join("model.safetensors"), bytes).expect("write");
-    let err = Gemma2Model::from_dir(&lying, Kind::Float, Device::Cpu).expect_err("offsets");
+    let err = GemmaModel::from_dir(&lying, Kind::Float, Device::Cpu).expect_err("offsets");
     assert!(
         matches!(&err, Error::Safetensors { path, reason }
             if path.ends_with("model.safetensors") && reason.contains("`t0`")),
@@ -170,18 +170,18 @@ fn hostile_checkpoint_files_are_errors_not_crashes() {
         c["num_attention_heads"] = serde_json::json!(1u64 << 62);
         c["num_key_value_heads"] = serde_json::json!(2);
     });
-    let err = Gemma2Model::from_dir(&wide, Kind::Float, Device::Cpu).expect_err("widths");
+    let err = GemmaModel::from_dir(&wide, Kind::Float, Device::Cpu).expect_err("widths");
     assert!(
         matches!(&err, Error::InvalidConfig { key, .. } if key == "num_attention_heads"),
         "{err}"
     );
     // The same widths built by hand (no file checks them), for random weights.
-    let config = gemma_model::Gemma2Config {
+    let config = gemma_model::GemmaConfig {
         num_attention_heads: 1 << 62,
         num_key_value_heads: 2,
-        ..gemma_model::Gemma2Config::small()
+        ..gemma_model::GemmaConfig::small()
     };
-    let err = Gemma2Model::random(&config, 0, Kind::Float, Device::Cpu).expect_err("random");
+    let err = GemmaModel::random(&config, 0, Kind::Float, Device::Cpu).expect_err("random");
     assert!(err.to_string().contains("num_attention_heads"), "{err}");
 
     // A shard index naming a file outside the checkpoint's folder.
@@ -242,7 +242,7 @@ fn devices_and_dtypes_parse_or_fail_cleanly() {
 
 /// `model`, loaded in f32 from the `tiny-bf16-sharded` files, gives that fixture's f32 logits
 /// (1e-4, the f32 tolerance).
-fn assert_gives_sharded_fixture_logits(model: &Gemma2Model) {
+fn assert_gives_sharded_fixture_logits(model: &GemmaModel) {
     let exp = expected_forward("tiny-bf16-sharded");
     let logits = model
         .forward(
@@ -298,7 +298,7 @@ fn hub_offline_resolves_from_cache_layout() {
         files.dir
     );
 
-    let model = Gemma2Model::load(
+    let model = GemmaModel::load(
         "google/gemma-2-tiny",
         &gemma_model::LoadOptions {
             dtype: gemma_model::DTypeSpec::Fixed(Kind::Float),
@@ -348,7 +348,7 @@ fn hub_online_downloads_a_sharded_checkpoint() {
     assert!(files.tokenizer.is_some());
     assert!(files.generation_config.is_none());
 
-    let model = Gemma2Model::load_files(
+    let model = GemmaModel::load_files(
         &files,
         gemma_model::DTypeSpec::Fixed(Kind::Float),
         Device::Cpu,

@@ -1,6 +1,6 @@
 //! Unit tests of config parsing and the numeric building blocks.
 
-use gemma_model::config::{Activation, Gemma2Config, LayerType};
+use gemma_model::config::{Activation, GemmaConfig, LayerType};
 use gemma_model::mask::{finfo_min, Masks};
 use intervene::HookedModel;
 
@@ -48,9 +48,9 @@ fn hub_config(dims: [i64; 7], extra: &str) -> String {
 
 #[test]
 fn hub_configs_of_2b_9b_27b() {
-    let c2 = Gemma2Config::from_json_str(&hub_config([2304, 26, 8, 4, 256, 9216, 256], ""), "2b")
+    let c2 = GemmaConfig::from_json_str(&hub_config([2304, 26, 8, 4, 256, 9216, 256], ""), "2b")
         .expect("2b");
-    let c9 = Gemma2Config::from_json_str(
+    let c9 = GemmaConfig::from_json_str(
         &hub_config(
             [3584, 42, 16, 8, 256, 14336, 256],
             r#""sliding_window_size": 4096,"#,
@@ -59,7 +59,7 @@ fn hub_configs_of_2b_9b_27b() {
     )
     .expect("9b");
     let c27 =
-        Gemma2Config::from_json_str(&hub_config([4608, 46, 32, 16, 128, 36864, 144], ""), "27b")
+        GemmaConfig::from_json_str(&hub_config([4608, 46, 32, 16, 128, 36864, 144], ""), "27b")
             .expect("27b");
     for (c, layers) in [(&c2, 26), (&c9, 42), (&c27, 46)] {
         assert!(c.tie_word_embeddings);
@@ -94,9 +94,9 @@ fn hub_configs_of_2b_9b_27b() {
     assert_eq!((c27.q_width(), c27.kv_width()), (4096, 2048));
     assert_eq!(
         c2,
-        Gemma2Config {
+        GemmaConfig {
             torch_dtype: Some("float32".into()),
-            ..Gemma2Config::gemma2_2b()
+            ..GemmaConfig::gemma2_2b()
         }
     );
 }
@@ -133,7 +133,7 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
         ),
     ];
     for (extra, key) in refused {
-        let err = Gemma2Config::from_json_str(&format!("{{{base}, {extra}}}"), "config.json")
+        let err = GemmaConfig::from_json_str(&format!("{{{base}, {extra}}}"), "config.json")
             .expect_err(extra);
         assert!(
             matches!(&err, gemma_model::Error::InvalidConfig { key: k, .. } if k.starts_with(key)),
@@ -146,7 +146,7 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
         r#""rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}"#,
     ];
     for extra in accepted {
-        Gemma2Config::from_json_str(&format!("{{{base}, {extra}}}"), "config.json").expect(extra);
+        GemmaConfig::from_json_str(&format!("{{{base}, {extra}}}"), "config.json").expect(extra);
     }
 }
 
@@ -154,7 +154,7 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
 fn config_defaults_and_variants() {
     let base = r#""vocab_size": 256, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
-    let c = Gemma2Config::from_json_str(&format!("{{{base}}}"), "min").expect("minimal");
+    let c = GemmaConfig::from_json_str(&format!("{{{base}}}"), "min").expect("minimal");
     assert_eq!(
         (c.rope_theta, c.rms_norm_eps, c.sliding_window),
         (10000.0, 1e-6, Some(4096))
@@ -164,7 +164,7 @@ fn config_defaults_and_variants() {
         vec![LayerType::Sliding, LayerType::Full, LayerType::Sliding]
     );
     assert!(c.tie_word_embeddings);
-    let c = Gemma2Config::from_json_str(
+    let c = GemmaConfig::from_json_str(
         &format!(r#"{{{base}, "hidden_act": "gelu", "rope_parameters": {{"rope_theta": 500.0, "rope_type": "default"}},
             "attn_logit_softcapping": null, "final_logit_softcapping": null, "eos_token_id": [1, 107],
             "layer_types": ["full_attention", "full_attention", "sliding_attention"], "tie_word_embeddings": false}}"#),
@@ -184,14 +184,14 @@ fn config_defaults_and_variants() {
     assert_eq!(c.eos_token_ids, vec![1, 107]);
     assert_eq!((c.is_sliding(0), c.is_sliding(2)), (false, true));
     assert!(!c.tie_word_embeddings);
-    let err = Gemma2Config::from_json_str(
+    let err = GemmaConfig::from_json_str(
         &format!(r#"{{{base}, "hidden_activation": "relu"}}"#),
         "bad",
     )
     .expect_err("relu");
     assert!(err.to_string().contains("hidden_activation"), "{err}");
     let err =
-        Gemma2Config::from_json_str(r#"{"vocab_size": 10}"#, "cfg.json").expect_err("missing");
+        GemmaConfig::from_json_str(r#"{"vocab_size": 10}"#, "cfg.json").expect_err("missing");
     assert!(
         matches!(&err, gemma_model::Error::MissingConfigKey { key, .. } if key == "num_hidden_layers"),
         "{err}"
@@ -369,7 +369,7 @@ fn normed_bf16(x: &Tensor) -> Tensor {
 #[test]
 fn site_catalog_names_every_site_like_pyvene() {
     let model =
-        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 0, Kind::Float, Device::Cpu)
+        gemma_model::GemmaModel::random(&GemmaConfig::small(), 0, Kind::Float, Device::Cpu)
             .expect("random");
     let cat = model.site_catalog();
     assert_eq!(cat.num_layers, 4);
@@ -430,7 +430,7 @@ fn hooks_visit_in_execution_order_and_can_replace() {
         }
     }
     let model =
-        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 1, Kind::Float, Device::Cpu)
+        gemma_model::GemmaModel::random(&GemmaConfig::small(), 1, Kind::Float, Device::Cpu)
             .expect("random");
     let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12]);
     let mut hooks = ZeroMlp(Vec::new());
@@ -516,7 +516,7 @@ fn resumed_forward_is_the_full_forward() {
         }
     }
     let model =
-        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 3, Kind::Float, Device::Cpu)
+        gemma_model::GemmaModel::random(&GemmaConfig::small(), 3, Kind::Float, Device::Cpu)
             .expect("random");
     let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12, 13, 14]);
     let opts = intervene::ForwardOptions::default();
@@ -626,7 +626,7 @@ fn resumed_forward_is_the_full_forward() {
 fn stacked_batches_compute_as_their_own_calls() {
     use gemma_model::Batch;
     let model =
-        gemma_model::Gemma2Model::random(&Gemma2Config::small(), 5, Kind::Float, Device::Cpu)
+        gemma_model::GemmaModel::random(&GemmaConfig::small(), 5, Kind::Float, Device::Cpu)
             .expect("random");
     let long = Batch::from_ids(&[2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
     let short = Batch::from_ids(&[2, 30, 31]);
@@ -687,7 +687,7 @@ fn hooking_queries_and_keys_changes_nothing_by_itself() {
         }
     }
     for kind in [Kind::Float, Kind::BFloat16] {
-        let model = gemma_model::Gemma2Model::random(&Gemma2Config::small(), 0, kind, Device::Cpu)
+        let model = gemma_model::GemmaModel::random(&GemmaConfig::small(), 0, kind, Device::Cpu)
             .expect("random");
         let prompt = gemma_model::Batch::from_ids(&[2, 40, 41, 42, 43]);
         let step = gemma_model::Batch::from_ids(&[44]);
