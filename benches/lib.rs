@@ -246,7 +246,7 @@ pub fn write_checkpoint(
         "attn_logit_softcapping": config.attn_logit_softcapping,
         "final_logit_softcapping": config.final_logit_softcapping,
         "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
-        "rope_parameters": {"rope_theta": config.rope_theta, "rope_type": "default"},
+        "rope_parameters": {"rope_theta": config.rope_full.theta, "rope_type": "default"},
         "tie_word_embeddings": config.tie_word_embeddings,
         "max_position_embeddings": config.max_position_embeddings,
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_ids,

@@ -86,8 +86,9 @@ pub trait DecoderModel {
     fn fused_weights(&self) -> std::result::Result<FusedWeights<'_>, String>;
 
     /// The rotary `(cos, signed_sin)` of `positions` (`[B, T]`, int64), `[B, T, head_dim]`
-    /// each in float32, exactly as the model's own attention turns them.
-    fn rotary(&self, positions: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// each in float32, exactly as the model's own attention turns them: the layers with
+    /// [`FusedLayer::local_rope`] when `local`, the others otherwise.
+    fn rotary(&self, positions: &Tensor, local: bool) -> Result<(Tensor, Tensor)>;
 }
 
 /// A model's weights for the fused kernels: contiguous float32 CPU tensors, checked and
@@ -142,4 +143,10 @@ pub struct FusedLayer<'m> {
     pub post_feedforward_norm: &'m Tensor,
     /// Whether the layer attends within the sliding window.
     pub sliding: bool,
+    /// Whether the layer turns queries and keys by the model's second rotary table (Gemma
+    /// 3's local base on its sliding layers; see [`DecoderModel::rotary`]).
+    pub local_rope: bool,
+    /// The `1 + w` of the RMSNorm of each query head and each key head, over `head_dim`,
+    /// before the rotation (Gemma 3's `q_norm` and `k_norm`), when the layer has them.
+    pub query_key_norms: Option<(&'m Tensor, &'m Tensor)>,
 }

@@ -6,6 +6,7 @@ use intervene::{Hooks, Site, SiteKind};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::norm::RmsNorm;
 use crate::rope::{apply_rotary, RotaryAngles};
 use scope_engine::KvCache;
 
@@ -20,6 +21,18 @@ pub struct Attention {
     pub o_proj: Tensor,
     /// Heads, widths, scale and soft-cap.
     pub shape: AttentionShape,
+    /// Gemma 3's RMSNorms of each query and key head (`q_norm`, `k_norm`), before the
+    /// rotation.
+    query_key_norms: Option<QueryKeyNorms>,
+}
+
+/// Gemma 3's per-head RMSNorms of queries and keys, over `head_dim`.
+#[derive(Debug)]
+pub struct QueryKeyNorms {
+    /// `q_norm`.
+    pub query: RmsNorm,
+    /// `k_norm`.
+    pub key: RmsNorm,
 }
 
 /// The shape facts of one layer's attention.
@@ -74,7 +87,21 @@ impl Attention {
             qkv_proj: Tensor::f_cat(&[&q_proj, &k_proj, &v_proj], 0)?,
             o_proj,
             shape,
+            query_key_norms: None,
         })
+    }
+
+    /// The attention with Gemma 3's query and key norms.
+    pub fn with_query_key_norms(self, norms: QueryKeyNorms) -> Self {
+        Attention {
+            query_key_norms: Some(norms),
+            ..self
+        }
+    }
+
+    /// Gemma 3's query and key norms, if the layer has them.
+    pub fn query_key_norms(&self) -> Option<&QueryKeyNorms> {
+        self.query_key_norms.as_ref()
     }
 
     /// `q_proj`'s weight, `[heads * head_dim, hidden]` (a view of the stacked projections).
@@ -129,15 +156,29 @@ impl Attention {
             Site::new(layer, SiteKind::QueryOutput),
             Site::new(layer, SiteKind::KeyOutput),
         );
+        let v_site = Site::new(layer, SiteKind::ValueOutput);
         // Queries and keys rotate together for one position (a decode step), where the step is
         // many small kernels and each launch counts (a tiny model decodes 5% faster); prompts
-        // keep one rotation each, as there is nothing measurable to gain.
-        let (q, k) = if t > 1 || hooks.wants(q_site) || hooks.wants(k_site) {
+        // keep one rotation each, as there is nothing measurable to gain. Normed heads (Gemma
+        // 3) are normed one projection at a time.
+        let (q, k, v) = if t > 1
+            || hooks.wants(q_site)
+            || hooks.wants(k_site)
+            || self.query_key_norms.is_some()
+        {
             let q = projection(&qkv, 0, qw, q_site, hooks)?;
             let k = projection(&qkv, qw, kvw, k_site, hooks)?;
+            let v = projection(&qkv, qw + kvw, kvw, v_site, hooks)?;
+            let norms = self.query_key_norms.as_ref();
+            let (q_norm, k_norm) = (norms.map(|n| &n.query), norms.map(|n| &n.key));
+            let q_site = Site::new(layer, SiteKind::QueryNormOutput);
+            let k_site = Site::new(layer, SiteKind::KeyNormOutput);
+            let q = hooked_heads(&q, heads, head_dim, q_norm, q_site, hooks)?;
+            let k = hooked_heads(&k, kv_heads, head_dim, k_norm, k_site, hooks)?;
             (
-                apply_rotary(&split_heads(&q, b, t, heads, head_dim)?, ctx.angles)?,
-                apply_rotary(&split_heads(&k, b, t, kv_heads, head_dim)?, ctx.angles)?,
+                apply_rotary(&q, ctx.angles)?,
+                apply_rotary(&k, ctx.angles)?,
+                v,
             )
         } else {
             // Queries and keys are adjacent columns of `qkv` and turn by the same angles: one
@@ -150,18 +191,13 @@ impl Attention {
                 head_dim,
             )?;
             let rotated = apply_rotary(&qk, ctx.angles)?;
+            let v = projection(&qkv, qw + kvw, kvw, v_site, hooks)?;
             (
                 rotated.f_narrow(1, 0, heads)?,
                 rotated.f_narrow(1, heads, kv_heads)?,
+                v,
             )
         };
-        let v = projection(
-            &qkv,
-            qw + kvw,
-            kvw,
-            Site::new(layer, SiteKind::ValueOutput),
-            hooks,
-        )?;
         let v = split_heads(&v, b, t, kv_heads, head_dim)?;
         let mut z = self.attend(&q, k, v, ctx, cache, layer)?;
         let site = Site::new(layer, SiteKind::AttentionValueOutput);
@@ -181,16 +217,15 @@ impl Attention {
         cache: Option<&mut KvCache>,
         layer: usize,
     ) -> Result<Tensor> {
-        let (b, t) = (h.size()[0], h.size()[1]);
+        let t = h.size()[1];
         let (qw, kvw) = (self.q_width(), self.kv_width());
         let kv = h.f_linear::<&Tensor>(&self.qkv_proj.f_narrow(0, qw, 2 * kvw)?, None)?;
         let last = h.f_narrow(1, t - 1, 1)?;
         let q = last.f_linear::<&Tensor>(&self.q_proj()?, None)?;
         let last_angles = ctx.angles.position(t - 1)?;
-        let q = apply_rotary(
-            &split_heads(&q, b, 1, self.shape.heads, self.shape.head_dim)?,
-            &last_angles,
-        )?;
+        let norms = self.query_key_norms.as_ref();
+        let q = heads(&q, self.shape.heads, self.shape.head_dim, norms.map(|n| &n.query))?;
+        let q = apply_rotary(&q, &last_angles)?;
         let k = kv.f_narrow(-1, 0, kvw)?;
         let v = kv.f_narrow(-1, kvw, kvw)?;
         let mask = ctx.mask.f_narrow(2, t - 1, 1)?;
@@ -212,7 +247,8 @@ impl Attention {
         angles: &RotaryAngles,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t) = (k.size()[0], k.size()[1]);
-        let k = split_heads(k, b, t, self.shape.kv_heads, self.shape.head_dim)?;
+        let norm = self.query_key_norms.as_ref().map(|n| &n.key);
+        let k = heads(k, self.shape.kv_heads, self.shape.head_dim, norm)?;
         Ok((
             apply_rotary(&k, angles)?,
             split_heads(v, b, t, self.shape.kv_heads, self.shape.head_dim)?,
@@ -275,6 +311,37 @@ fn projection(
         hooks.visit(site, &mut out)?;
     }
     Ok(out)
+}
+
+/// A projection `[B, T, n * hd]` as heads `[B, n, T, hd]`, each head normed by `norm` when
+/// the layer has one (Gemma 3's `q_norm`, `k_norm`).
+fn heads(x: &Tensor, n: i64, hd: i64, norm: Option<&RmsNorm>) -> Result<Tensor> {
+    let (b, t) = (x.size()[0], x.size()[1]);
+    match norm {
+        None => split_heads(x, b, t, n, hd),
+        // Over the last axis, so the same values as HF's norm of the transposed heads.
+        Some(norm) => Ok(norm.forward(&x.f_reshape([b, t, n, hd])?)?.f_transpose(1, 2)?),
+    }
+}
+
+/// [`heads`], visiting the norm's `site` with the normed heads concatenated
+/// (`[B, T, n * hd]`) when there is a norm and a hook wants it.
+fn hooked_heads(
+    x: &Tensor,
+    n: i64,
+    hd: i64,
+    norm: Option<&RmsNorm>,
+    site: Site,
+    hooks: &mut dyn Hooks,
+) -> Result<Tensor> {
+    let normed = heads(x, n, hd, norm)?;
+    if norm.is_none() || !hooks.wants(site) {
+        return Ok(normed);
+    }
+    let (b, t) = (x.size()[0], x.size()[1]);
+    let mut flat = normed.f_transpose(1, 2)?.f_reshape([b, t, n * hd])?;
+    hooks.visit(site, &mut flat)?;
+    split_heads(&flat, b, t, n, hd)
 }
 
 /// `[B, T, n * hd]` → `[B, n, T, hd]`.

@@ -38,6 +38,8 @@ use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 
+mod gemma3;
+
 /// The attention pattern of one decoder layer (an entry of `layer_types`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum LayerType {
@@ -58,9 +60,68 @@ pub enum Activation {
     Gelu,
 }
 
-/// Gemma 2 hyper-parameters, as transformers 5.17 interprets `config.json`.
+/// Which checkpoint a `config.json` describes, from its `model_type` (and `architectures`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `gemma2`: `Gemma2ForCausalLM`.
+    Gemma2,
+    /// `gemma3_text`: `Gemma3ForCausalLM` (270m, 1b), weights under `model.`.
+    Gemma3,
+    /// `gemma3`: `Gemma3ForConditionalGeneration` (4b, 12b, 27b), a vision tower beside the
+    /// text model: the config under `text_config`, the text weights under the language-model
+    /// prefix. scope loads the text model and skips the vision tower.
+    Gemma3Multimodal,
+}
+
+impl Architecture {
+    /// Whether attention normalises each query and key head (`q_norm`, `k_norm`).
+    pub fn has_query_key_norm(self) -> bool {
+        self != Architecture::Gemma2
+    }
+
+    /// The prefixes of the text model's tensors (`{prefix}layers.0...`), in the order tried:
+    /// Google's released files, then what transformers 5 writes.
+    pub fn weight_prefixes(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Gemma2 | Architecture::Gemma3 => &["model."],
+            Architecture::Gemma3Multimodal => &["language_model.model.", "model.language_model."],
+        }
+    }
+
+    /// The names an untied unembedding may have, in the order tried.
+    pub fn lm_head_names(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Gemma2 | Architecture::Gemma3 => &["lm_head.weight"],
+            Architecture::Gemma3Multimodal => &["language_model.lm_head.weight", "lm_head.weight"],
+        }
+    }
+}
+
+/// The rotary position embedding of one attention type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeConfig {
+    /// The base (`rope_theta`).
+    pub theta: f64,
+    /// transformers' `linear` scaling: the inverse frequencies are divided by it (1: none).
+    pub linear_factor: f64,
+}
+
+impl RopeConfig {
+    /// Unscaled RoPE with base `theta`.
+    pub fn plain(theta: f64) -> Self {
+        RopeConfig {
+            theta,
+            linear_factor: 1.0,
+        }
+    }
+}
+
+/// Gemma 2 and Gemma 3 text-model hyper-parameters, as transformers 5.17 interprets
+/// `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmaConfig {
+    /// The checkpoint's architecture.
+    pub architecture: Architecture,
     /// Rows of the embedding (256000 for the released models).
     pub vocab_size: i64,
     /// Width of the residual stream.
@@ -85,8 +146,12 @@ pub struct GemmaConfig {
     pub final_logit_softcapping: Option<f64>,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
-    /// RoPE base.
-    pub rope_theta: f64,
+    /// RoPE of the full-attention layers (Gemma 2: of every layer).
+    pub rope_full: RopeConfig,
+    /// RoPE of the sliding layers (Gemma 2: the same as [`Self::rope_full`]; Gemma 3:
+    /// `rope_local_base_freq`, 10000, while the global layers turn by 1M with a linear
+    /// scaling from 4b up).
+    pub rope_sliding: RopeConfig,
     /// MLP activation.
     pub hidden_activation: Activation,
     /// Per-layer attention pattern (derived as even = sliding when absent).
@@ -123,8 +188,13 @@ impl GemmaConfig {
     pub fn from_json_str(text: &str, origin: impl Into<PathBuf>) -> Result<Self> {
         let path = origin.into();
         let value = parse_value(text, &path)?;
-        refuse_other_arithmetic(&value, &path)?;
-        deserialize::<RawConfig>(value, &path)?.into_config(&path)
+        let architecture = architecture(&value, &path)?;
+        let value = match architecture {
+            Architecture::Gemma3Multimodal => gemma3::text_config(value, &path)?,
+            Architecture::Gemma2 | Architecture::Gemma3 => value,
+        };
+        refuse_other_arithmetic(architecture, &value, &path)?;
+        deserialize::<RawConfig>(value, &path)?.into_config(architecture, &path)
     }
 
     /// Takes `eos_token_id` (an int or a list), `bos_token_id` and `pad_token_id` from a
@@ -187,11 +257,8 @@ impl GemmaConfig {
                 "num_attention_heads",
                 format!("{heads} heads of {dim} are too wide"),
             )
-        } else if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            (
-                "rope_theta",
-                format!("{} is not a positive number", self.rope_theta),
-            )
+        } else if let Some((key, value)) = self.rope_numbers().find(|(_, v)| !positive_finite(*v)) {
+            (key, format!("{value} is not a positive number"))
         } else if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
             (
                 "rms_norm_eps",
@@ -211,6 +278,26 @@ impl GemmaConfig {
             return self.check_token_ids(path);
         };
         Err(invalid(path, key, reason))
+    }
+
+    /// The RoPE bases and scaling factors, by key.
+    fn rope_numbers(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("rope_theta", self.rope_full.theta),
+            ("rope_scaling.factor", self.rope_full.linear_factor),
+            ("rope_local_base_freq", self.rope_sliding.theta),
+            ("rope_parameters.sliding_attention.factor", self.rope_sliding.linear_factor),
+        ]
+        .into_iter()
+    }
+
+    /// The RoPE of decoder layer `layer`.
+    pub fn rope_of(&self, layer: usize) -> RopeConfig {
+        if self.layer_types.get(layer) == Some(&LayerType::Sliding) {
+            self.rope_sliding
+        } else {
+            self.rope_full
+        }
     }
 
     /// The soft-caps that are on, by key.
@@ -258,6 +345,7 @@ impl GemmaConfig {
     /// A small config for tests and CPU benchmarks (random weights): 4 layers, hidden 64.
     pub fn small() -> Self {
         GemmaConfig {
+            architecture: Architecture::Gemma2,
             vocab_size: 512,
             hidden_size: 64,
             intermediate_size: 128,
@@ -270,7 +358,8 @@ impl GemmaConfig {
             attn_logit_softcapping: Some(50.0),
             final_logit_softcapping: Some(30.0),
             rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
+            rope_full: RopeConfig::plain(10000.0),
+            rope_sliding: RopeConfig::plain(10000.0),
             hidden_activation: Activation::GeluTanh,
             layer_types: derived_layer_types(4),
             tie_word_embeddings: true,
@@ -299,6 +388,53 @@ impl GemmaConfig {
             ..Self::small()
         }
     }
+
+    /// A small Gemma 3 config for tests and CPU benchmarks: [`Self::small`]'s shapes with
+    /// query/key norms, six layers with a global one in the middle, two RoPE bases (the
+    /// global one scaled) and no attention soft-cap.
+    pub fn small_gemma3() -> Self {
+        GemmaConfig {
+            architecture: Architecture::Gemma3,
+            num_hidden_layers: 6,
+            layer_types: gemma3::layer_types_of_pattern(6, 3),
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            rope_full: RopeConfig {
+                theta: 1_000_000.0,
+                linear_factor: 8.0,
+            },
+            rope_sliding: RopeConfig::plain(10_000.0),
+            ..Self::small()
+        }
+    }
+
+    /// The gemma-3-1b shapes (for benchmarks with random weights).
+    pub fn gemma3_1b() -> Self {
+        GemmaConfig {
+            architecture: Architecture::Gemma3,
+            vocab_size: 262_144,
+            hidden_size: 1152,
+            intermediate_size: 6912,
+            num_hidden_layers: 26,
+            num_attention_heads: 4,
+            num_key_value_heads: 1,
+            head_dim: 256,
+            query_pre_attn_scalar: 256.0,
+            sliding_window: Some(512),
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            rope_full: RopeConfig::plain(1_000_000.0),
+            rope_sliding: RopeConfig::plain(10_000.0),
+            layer_types: gemma3::layer_types_of_pattern(26, 6),
+            max_position_embeddings: 32_768,
+            eos_token_ids: vec![1, 106],
+            ..Self::small()
+        }
+    }
+}
+
+fn positive_finite(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
 }
 
 /// transformers' rule when `layer_types` is absent: `(i + 1) % 2 != 0` → sliding, i.e. even
@@ -347,7 +483,8 @@ const MAX_LAYERS: i64 = 4096;
 /// The widest projection accepted (heads × head_dim), for the same reason.
 const MAX_SIZE: i64 = 1 << 24;
 
-/// Keys that change the arithmetic and that this port does not read (see the module docs).
+/// Keys that change Gemma 2's arithmetic and that its port does not read (see the module
+/// docs); Gemma 3 reads the first three.
 const OTHER_ARITHMETIC: [&str; 4] = [
     "rope_scaling",
     "rope_local_base_freq",
@@ -357,26 +494,50 @@ const OTHER_ARITHMETIC: [&str; 4] = [
 /// The soft-caps this port applies.
 const KNOWN_SOFTCAPS: [&str; 2] = ["attn_logit_softcapping", "final_logit_softcapping"];
 
-/// Refuses a config of another architecture, or one asking for arithmetic this port does not
-/// implement, naming the key (non-null values only).
-fn refuse_other_arithmetic(config: &Value, path: &Path) -> Result<()> {
+/// The architecture a config describes: `model_type` decides (`gemma2`, `gemma3_text`,
+/// `gemma3`), and `architectures`, when given, must name that architecture's class. Anything
+/// else is refused, naming the key, rather than run with another model's arithmetic.
+fn architecture(config: &Value, path: &Path) -> Result<Architecture> {
     let set = |key: &str| config.get(key).filter(|v| !v.is_null());
-    if let Some(model_type) = set("model_type") {
-        if model_type.as_str() != Some("gemma2") {
-            let reason = format!("{model_type} is not gemma2, the architecture scope implements");
+    let model_type = set("model_type");
+    let architecture = match model_type.map(|t| t.as_str()) {
+        None | Some(Some("gemma2")) => Architecture::Gemma2,
+        Some(Some("gemma3_text")) => Architecture::Gemma3,
+        Some(Some("gemma3")) => Architecture::Gemma3Multimodal,
+        Some(_) => {
+            let model_type = model_type.map_or_else(String::new, Value::to_string);
+            let reason = format!(
+                "{model_type} is not an architecture scope implements (gemma2, gemma3_text, gemma3)"
+            );
             return Err(invalid(path, "model_type", reason));
         }
-    }
+    };
+    let class = match architecture {
+        Architecture::Gemma2 => "Gemma2ForCausalLM",
+        Architecture::Gemma3 => "Gemma3ForCausalLM",
+        Architecture::Gemma3Multimodal => "Gemma3ForConditionalGeneration",
+    };
     if let Some(architectures) = set("architectures") {
         let names = architectures
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str));
-        if !names.is_some_and(|mut names| names.any(|n| n == "Gemma2ForCausalLM")) {
-            let reason = format!("{architectures} does not include Gemma2ForCausalLM");
+        if !names.is_some_and(|mut names| names.any(|n| n == class)) {
+            let reason = format!("{architectures} does not include {class}");
             return Err(invalid(path, "architectures", reason));
         }
     }
-    if let Some(key) = OTHER_ARITHMETIC.iter().find(|key| set(key).is_some()) {
+    Ok(architecture)
+}
+
+/// Refuses a config asking for arithmetic this port does not implement, naming the key
+/// (non-null values only).
+fn refuse_other_arithmetic(architecture: Architecture, config: &Value, path: &Path) -> Result<()> {
+    let set = |key: &str| config.get(key).filter(|v| !v.is_null());
+    let unread: &[&str] = match architecture {
+        Architecture::Gemma2 => &OTHER_ARITHMETIC,
+        Architecture::Gemma3 | Architecture::Gemma3Multimodal => &OTHER_ARITHMETIC[3..],
+    };
+    if let Some(key) = unread.iter().find(|key| set(key).is_some()) {
         return Err(invalid(
             path,
             key,
@@ -389,6 +550,9 @@ fn refuse_other_arithmetic(config: &Value, path: &Path) -> Result<()> {
         .find(|(key, _)| !KNOWN_SOFTCAPS.contains(&key.as_str()))
     {
         return Err(invalid(path, key, "a soft-cap scope does not apply"));
+    }
+    if architecture != Architecture::Gemma2 {
+        return Ok(());
     }
     if let Some(params) = set("rope_parameters").and_then(Value::as_object) {
         if let Some(key) = params
@@ -494,7 +658,10 @@ struct RawConfig {
     final_logit_softcapping: Option<Option<f64>>,
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
-    rope_parameters: Option<RopeParameters>,
+    rope_parameters: Option<Value>,
+    rope_local_base_freq: Option<f64>,
+    rope_scaling: Option<Value>,
+    sliding_window_pattern: Option<Int>,
     hidden_activation: Option<String>,
     hidden_act: Option<String>,
     layer_types: Option<Vec<LayerType>>,
@@ -519,38 +686,73 @@ struct RawGenerationConfig {
 }
 
 impl RawConfig {
-    /// Applies transformers' defaults and checks the values in a fixed order, so that the first
-    /// problem reported does not depend on the file's key order.
-    fn into_config(self, path: &Path) -> Result<GemmaConfig> {
-        let positive = |key, value| positive(path, key, value);
-        let layers = positive("num_hidden_layers", self.num_hidden_layers)?;
+    /// Applies transformers' defaults for `architecture` and checks the values in a fixed
+    /// order, so that the first problem reported does not depend on the file's key order.
+    fn into_config(self, architecture: Architecture, path: &Path) -> Result<GemmaConfig> {
+        let defaults = Defaults::of(architecture);
+        let shape = |key: &'static str, value: Option<Int>| {
+            let default = defaults.shape(key).map(Int);
+            positive(path, key, value.or(default))
+        };
+        let layers = shape("num_hidden_layers", self.num_hidden_layers)?;
         if layers > MAX_LAYERS {
             let reason = format!("{layers} is more than {MAX_LAYERS}");
             return Err(invalid(path, "num_hidden_layers", reason));
         }
         let num_hidden_layers = usize::try_from(layers)
             .map_err(|e| invalid(path, "num_hidden_layers", e.to_string()))?;
-        let scalar = required(path, "query_pre_attn_scalar", self.query_pre_attn_scalar)?;
+        let scalar = self
+            .query_pre_attn_scalar
+            .or(defaults.shape("query_pre_attn_scalar").map(|v| v as f64));
+        let scalar = required(path, "query_pre_attn_scalar", scalar)?;
+        let (rope_full, rope_sliding) = match architecture {
+            Architecture::Gemma2 => {
+                let rope = RopeConfig::plain(rope_theta(path, self.rope_theta, self.rope_parameters)?);
+                (rope, rope)
+            }
+            Architecture::Gemma3 | Architecture::Gemma3Multimodal => gemma3::ropes(
+                path,
+                gemma3::RopeKeys {
+                    rope_theta: self.rope_theta,
+                    rope_local_base_freq: self.rope_local_base_freq,
+                    rope_scaling: self.rope_scaling,
+                    rope_parameters: self.rope_parameters,
+                },
+            )?,
+        };
+        let layer_types = match (self.layer_types, architecture) {
+            (Some(types), _) => types,
+            (None, Architecture::Gemma2) => derived_layer_types(num_hidden_layers),
+            (None, _) => {
+                gemma3::layer_types(path, num_hidden_layers, self.sliding_window_pattern)?
+            }
+        };
         let config = GemmaConfig {
-            vocab_size: positive("vocab_size", self.vocab_size)?,
-            hidden_size: positive("hidden_size", self.hidden_size)?,
-            intermediate_size: positive("intermediate_size", self.intermediate_size)?,
+            architecture,
+            vocab_size: shape("vocab_size", self.vocab_size)?,
+            hidden_size: shape("hidden_size", self.hidden_size)?,
+            intermediate_size: shape("intermediate_size", self.intermediate_size)?,
             num_hidden_layers,
-            num_attention_heads: positive("num_attention_heads", self.num_attention_heads)?,
-            num_key_value_heads: positive("num_key_value_heads", self.num_key_value_heads)?,
-            head_dim: positive("head_dim", self.head_dim)?,
+            num_attention_heads: shape("num_attention_heads", self.num_attention_heads)?,
+            num_key_value_heads: shape("num_key_value_heads", self.num_key_value_heads)?,
+            head_dim: shape("head_dim", self.head_dim)?,
             query_pre_attn_scalar: scalar,
             sliding_window: self.sliding_window.map_or(Some(4096), |w| w.map(|n| n.0)),
-            attn_logit_softcapping: self.attn_logit_softcapping.unwrap_or(Some(50.0)),
-            final_logit_softcapping: self.final_logit_softcapping.unwrap_or(Some(30.0)),
+            attn_logit_softcapping: self
+                .attn_logit_softcapping
+                .unwrap_or(defaults.attn_logit_softcapping),
+            final_logit_softcapping: self
+                .final_logit_softcapping
+                .unwrap_or(defaults.final_logit_softcapping),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: rope_theta(path, self.rope_theta, self.rope_parameters)?,
+            rope_full,
+            rope_sliding,
             hidden_activation: activation(path, self.hidden_activation, self.hidden_act)?,
-            layer_types: self
-                .layer_types
-                .unwrap_or_else(|| derived_layer_types(num_hidden_layers)),
+            layer_types,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
-            max_position_embeddings: self.max_position_embeddings.map_or(8192, |n| n.0),
+            max_position_embeddings: self
+                .max_position_embeddings
+                .map_or(defaults.max_position_embeddings, |n| n.0),
             bos_token_id: self.bos_token_id.map_or(2, |n| n.0),
             eos_token_ids: self.eos_token_id.map_or_else(|| vec![1], Vec::from),
             pad_token_id: self.pad_token_id.map_or(0, |n| n.0),
@@ -572,10 +774,50 @@ impl RawConfig {
     }
 }
 
+/// transformers' defaults that differ between the architectures.
+struct Defaults {
+    /// Gemma 2's shape keys are required (a silent 2304 for a missing `hidden_size` would
+    /// surface later as a confusing shape error); Google's Gemma 3 files leave out those
+    /// that equal `Gemma3TextConfig`'s defaults (the 4b `text_config` names no head count),
+    /// so Gemma 3 takes them.
+    shapes: Option<[(&'static str, i64); 8]>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    max_position_embeddings: i64,
+}
+
+impl Defaults {
+    fn of(architecture: Architecture) -> Self {
+        match architecture {
+            Architecture::Gemma2 => Defaults {
+                shapes: None,
+                attn_logit_softcapping: Some(50.0),
+                final_logit_softcapping: Some(30.0),
+                max_position_embeddings: 8192,
+            },
+            Architecture::Gemma3 | Architecture::Gemma3Multimodal => Defaults {
+                shapes: Some(gemma3::SHAPE_DEFAULTS),
+                attn_logit_softcapping: None,
+                final_logit_softcapping: None,
+                max_position_embeddings: 131_072,
+            },
+        }
+    }
+
+    /// The default of a shape key, if it has one.
+    fn shape(&self, key: &str) -> Option<i64> {
+        let shapes = self.shapes.as_ref()?;
+        shapes.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
 /// `rope_theta` (4.x files) or `rope_parameters.rope_theta` (5.x re-saves), default 10000;
 /// a scaled RoPE (`rope_type` other than `default`) is refused.
-fn rope_theta(path: &Path, theta: Option<f64>, params: Option<RopeParameters>) -> Result<f64> {
-    let params = params.unwrap_or_default();
+fn rope_theta(path: &Path, theta: Option<f64>, params: Option<Value>) -> Result<f64> {
+    let params: RopeParameters = match params {
+        Some(value) => deserialize(value, path)?,
+        None => RopeParameters::default(),
+    };
     if let Some(rope_type) = params.rope_type.filter(|t| t != "default") {
         let reason = format!("rope_type `{rope_type}` is not supported (only `default`)");
         return Err(invalid(path, "rope_parameters", reason));

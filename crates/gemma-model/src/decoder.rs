@@ -86,6 +86,14 @@ impl DecoderModel for GemmaModel {
                     format!("layer {i} post-MLP norm"),
                 )?,
                 sliding: c.is_sliding(i),
+                local_rope: self.uses_sliding_rope(i),
+                query_key_norms: match l.self_attn.query_key_norms() {
+                    Some(n) => Some((
+                        norm(&n.query, format!("layer {i} q_norm"))?,
+                        norm(&n.key, format!("layer {i} k_norm"))?,
+                    )),
+                    None => None,
+                },
             });
         }
         let to_usize = |v: i64| usize::try_from(v).unwrap_or(0);
@@ -105,9 +113,12 @@ impl DecoderModel for GemmaModel {
         })
     }
 
-    fn rotary(&self, positions: &Tensor) -> scope_engine::Result<(Tensor, Tensor)> {
-        let angles = self
-            .rope
+    fn rotary(&self, positions: &Tensor, local: bool) -> scope_engine::Result<(Tensor, Tensor)> {
+        let rope = match (&self.rope_sliding, local) {
+            (Some(rope), true) => rope,
+            _ => &self.rope_full,
+        };
+        let angles = rope
             .angles(positions, Kind::Float)
             .map_err(|e| scope_engine::Error::Model(Box::new(e)))?;
         Ok((angles.cos, angles.signed_sin))

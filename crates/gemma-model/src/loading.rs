@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{Attention, AttentionShape, AttentionWeights};
+use crate::attention::{Attention, AttentionShape, AttentionWeights, QueryKeyNorms};
 use crate::config::GemmaConfig;
 use crate::device::{resolve_dtype, DTypeSpec};
 use crate::error::{Error, Result};
@@ -244,8 +244,9 @@ impl GemmaModel {
         let store = WeightStore::open(&files.weights)?;
         let _guard = tch::no_grad_guard();
         let untied_head = !config.tie_word_embeddings;
+        let names = TensorNames::find(&config, &store);
         Self::build(config, dtype, device, untied_head, &mut |name, shape| {
-            store.load(name, shape, dtype, device)
+            store.load(&names.stored(name), shape, dtype, device)
         })
     }
 
@@ -308,21 +309,7 @@ impl GemmaModel {
             let p = format!("model.layers.{l}");
             layers.push(DecoderLayer {
                 input_layernorm: norm(get, &format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention::new(
-                    AttentionWeights {
-                        q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[c.q_width(), h])?,
-                        k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[c.kv_width(), h])?,
-                        v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[c.kv_width(), h])?,
-                        o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[h, c.q_width()])?,
-                    },
-                    AttentionShape {
-                        heads: c.num_attention_heads,
-                        kv_heads: c.num_key_value_heads,
-                        head_dim: c.head_dim,
-                        scale: c.attention_scale(),
-                        softcap: c.attn_logit_softcapping,
-                    },
-                )?,
+                self_attn: attention(c, &p, get)?,
                 post_attention_layernorm: norm(
                     get,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -358,7 +345,12 @@ impl GemmaModel {
         } else {
             None
         };
-        let rope = Rope::new(c.head_dim, c.rope_theta, device)?;
+        let rope_full = Rope::of_config(c.head_dim, c.rope_full, device)?;
+        let rope_sliding = if c.rope_sliding == c.rope_full {
+            None
+        } else {
+            Some(Rope::of_config(c.head_dim, c.rope_sliding, device)?)
+        };
         let embed_scale = GemmaModel::embed_scale(&config, dtype, device)?;
         Ok(GemmaModel {
             embed_scale,
@@ -369,8 +361,88 @@ impl GemmaModel {
             layers,
             norm: final_norm,
             lm_head,
-            rope,
+            rope_full,
+            rope_sliding,
         })
+    }
+}
+
+/// The self-attention of the layer whose tensors start with `p` (`model.layers.{l}`).
+fn attention(
+    c: &GemmaConfig,
+    p: &str,
+    get: &mut dyn FnMut(&str, &[i64]) -> Result<Tensor>,
+) -> Result<Attention> {
+    let h = c.hidden_size;
+    let attention = Attention::new(
+        AttentionWeights {
+            q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[c.q_width(), h])?,
+            k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[c.kv_width(), h])?,
+            v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[c.kv_width(), h])?,
+            o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[h, c.q_width()])?,
+        },
+        AttentionShape {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            scale: c.attention_scale(),
+            softcap: c.attn_logit_softcapping,
+        },
+    )?;
+    if !c.architecture.has_query_key_norm() {
+        return Ok(attention);
+    }
+    let norm = |get: &mut dyn FnMut(&str, &[i64]) -> Result<Tensor>, name: &str| {
+        let weight = get(&format!("{p}.self_attn.{name}.weight"), &[c.head_dim])?;
+        Ok::<_, Error>(RmsNorm::new(weight, c.rms_norm_eps))
+    };
+    Ok(attention.with_query_key_norms(QueryKeyNorms {
+        query: norm(get, "q_norm")?,
+        key: norm(get, "k_norm")?,
+    }))
+}
+
+/// How the checkpoint names the text model's tensors: the names the model is built with
+/// (`model.layers.0...`, `lm_head.weight`) map to those stored, which for a
+/// `Gemma3ForConditionalGeneration` carry the language model's prefix.
+struct TensorNames {
+    /// Replaces the leading `model.`.
+    prefix: &'static str,
+    /// The stored name of an untied unembedding.
+    lm_head: &'static str,
+}
+
+impl TensorNames {
+    /// The first of the architecture's layouts whose embedding `store` holds (the first
+    /// layout when none does, so that the error names the tensor as first tried).
+    fn find(config: &GemmaConfig, store: &WeightStore) -> Self {
+        let architecture = config.architecture;
+        let prefixes = architecture.weight_prefixes();
+        let prefix = prefixes
+            .iter()
+            .find(|p| store.contains(&format!("{p}embed_tokens.weight")))
+            .or(prefixes.first())
+            .copied()
+            .unwrap_or("model.");
+        let heads = architecture.lm_head_names();
+        let lm_head = heads
+            .iter()
+            .find(|name| store.contains(name))
+            .or(heads.first())
+            .copied()
+            .unwrap_or("lm_head.weight");
+        TensorNames { prefix, lm_head }
+    }
+
+    /// The stored name of the tensor the model calls `name`.
+    fn stored(&self, name: &str) -> String {
+        if name == "lm_head.weight" {
+            return self.lm_head.to_string();
+        }
+        match name.strip_prefix("model.") {
+            Some(rest) => format!("{}{rest}", self.prefix),
+            None => name.to_string(),
+        }
     }
 }
 

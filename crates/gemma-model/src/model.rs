@@ -120,7 +120,10 @@ pub struct GemmaModel {
     pub(crate) norm: RmsNorm,
     /// A separate unembedding, only for untied checkpoints.
     pub(crate) lm_head: Option<Tensor>,
-    pub(crate) rope: Rope,
+    /// RoPE of the full-attention layers (Gemma 2: of every layer).
+    pub(crate) rope_full: Rope,
+    /// RoPE of the sliding layers where it differs from [`Self::rope_full`]'s (Gemma 3).
+    pub(crate) rope_sliding: Option<Rope>,
     /// `sqrt(hidden)` rounded to the model dtype, a 0-dim tensor on the model's device (made
     /// once: a copy from the host per call would stall the GPU, and cannot be recorded).
     pub(crate) embed_scale: Tensor,
@@ -213,8 +216,12 @@ impl GemmaModel {
         })?;
 
         let positions = self.positions(batch, b, t, past)?;
-        // Built once per call, shared by every layer.
-        let angles = self.rope.angles(&positions, self.dtype)?;
+        // Built once per call, shared by every layer of a type.
+        let full_angles = self.rope_full.angles(&positions, self.dtype)?;
+        let sliding_angles = match &self.rope_sliding {
+            Some(rope) => Some(rope.angles(&positions, self.dtype)?),
+            None => None,
+        };
         let masks = match masks {
             Some(masks) => masks,
             None => {
@@ -248,13 +255,13 @@ impl GemmaModel {
         let last_row_only = options.last_position_logits && last_layer == final_layer && t > 1;
         let layers = self.layers.iter().enumerate().take(last_layer + 1);
         for (layer, block) in layers.skip(first_layer) {
+            let sliding = self.config.is_sliding(layer);
             let ctx = AttentionContext {
-                angles: &angles,
-                mask: if self.config.is_sliding(layer) {
-                    &masks.sliding
-                } else {
-                    &masks.full
+                angles: match &sliding_angles {
+                    Some(angles) if self.uses_sliding_rope(layer) => angles,
+                    _ => &full_angles,
                 },
+                mask: if sliding { &masks.sliding } else { &masks.full },
                 cursor,
             };
             x = if last_row_only && layer == final_layer && !hooks_inside(hooks, layer) {
@@ -366,6 +373,13 @@ impl GemmaModel {
         Ok(Some(mask.f_to_device(self.device)?.f_ne(0)?))
     }
 
+    /// Whether decoder layer `layer` turns by the sliding layers' RoPE where it differs from
+    /// the global one (Gemma 3: by `layer_types`, with or without a window).
+    pub(crate) fn uses_sliding_rope(&self, layer: usize) -> bool {
+        self.rope_sliding.is_some()
+            && self.config.layer_types.get(layer) == Some(&LayerType::Sliding)
+    }
+
     /// The sliding window, if any layer slides.
     pub(crate) fn window(&self) -> Option<i64> {
         self.config
@@ -377,8 +391,12 @@ impl GemmaModel {
     pub fn site_catalog(&self) -> SiteCatalog {
         let c = &self.config;
         let mut sites = Vec::with_capacity(c.num_hidden_layers * SiteKind::ALL.len());
+        let has_norms = c.architecture.has_query_key_norm();
+        let kinds = SiteKind::ALL.into_iter().filter(|kind| {
+            has_norms || !matches!(kind, SiteKind::QueryNormOutput | SiteKind::KeyNormOutput)
+        });
         for layer in 0..c.num_hidden_layers {
-            for kind in SiteKind::ALL {
+            for kind in kinds.clone() {
                 let (suffix, hook, width, heads) = site_layout(c, kind);
                 sites.push(SiteInfo {
                     site: Site::new(layer, kind),
@@ -411,6 +429,8 @@ fn site_layout(c: &GemmaConfig, kind: SiteKind) -> (&'static str, HookPoint, i64
         SiteKind::QueryOutput => (".self_attn.q_proj", Output, c.q_width(), heads),
         SiteKind::KeyOutput => (".self_attn.k_proj", Output, c.kv_width(), kv_heads),
         SiteKind::ValueOutput => (".self_attn.v_proj", Output, c.kv_width(), kv_heads),
+        SiteKind::QueryNormOutput => (".self_attn.q_norm", Output, c.q_width(), heads),
+        SiteKind::KeyNormOutput => (".self_attn.k_norm", Output, c.kv_width(), kv_heads),
         SiteKind::MlpInput => (".mlp", Input, c.hidden_size, None),
         SiteKind::MlpOutput => (".mlp", Output, c.hidden_size, None),
         SiteKind::MlpActivation => (".mlp.act_fn", Output, c.intermediate_size, None),

@@ -5,6 +5,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::config::RopeConfig;
 use crate::error::Result;
 
 /// The RoPE inverse frequencies of one head width.
@@ -23,6 +24,18 @@ impl Rope {
             .f_div_scalar(head_dim as f64)?;
         let inv_freq = Tensor::f_pow_scalar(theta, &exponents)?.f_reciprocal()?;
         Ok(Rope { inv_freq })
+    }
+
+    /// [`Self::new`]'s frequencies divided by `config.linear_factor` in f32, as transformers'
+    /// `linear` RoPE scaling does (`inv_freq /= factor`); unscaled when it is 1.
+    pub fn of_config(head_dim: i64, config: RopeConfig, device: Device) -> Result<Self> {
+        let rope = Self::new(head_dim, config.theta, device)?;
+        if config.linear_factor == 1.0 {
+            return Ok(rope);
+        }
+        Ok(Rope {
+            inv_freq: rope.inv_freq.f_div_scalar(config.linear_factor)?,
+        })
     }
 
     /// The inverse frequencies (f32, `[head_dim / 2]`).

@@ -231,6 +231,8 @@ fn resolve_typed(name: &str, layer: usize, catalog: &SiteCatalog) -> Result<Reso
                 | SiteKind::QueryOutput
                 | SiteKind::KeyOutput
                 | SiteKind::ValueOutput
+                | SiteKind::QueryNormOutput
+                | SiteKind::KeyNormOutput
         )
     {
         return Err(unknown(format!("`{base_name}` has no head_ variant")));

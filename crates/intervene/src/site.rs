@@ -30,6 +30,13 @@ pub enum SiteKind {
     KeyOutput,
     /// `v_proj` output (`value_output`), `kv_heads * head_dim` wide.
     ValueOutput,
+    /// The queries after the per-head RMSNorm `q_norm` (`query_norm_output`; Gemma 3 only),
+    /// before the rotation, `heads * head_dim` wide with the heads concatenated (HF's
+    /// `q_norm` returns them split, `[batch, heads, len, head_dim]`).
+    QueryNormOutput,
+    /// The keys after `k_norm` (`key_norm_output`; Gemma 3 only), `kv_heads * head_dim`
+    /// wide, heads concatenated.
+    KeyNormOutput,
     /// The normed hidden states entering the MLP (`mlp_input`).
     MlpInput,
     /// MLP output before the post-feedforward norm (`mlp_output`).
@@ -42,12 +49,14 @@ pub enum SiteKind {
 
 impl SiteKind {
     /// Every kind, in model execution order within one decoder layer.
-    pub const ALL: [SiteKind; 12] = [
+    pub const ALL: [SiteKind; 14] = [
         SiteKind::BlockInput,
         SiteKind::AttentionInput,
         SiteKind::QueryOutput,
         SiteKind::KeyOutput,
         SiteKind::ValueOutput,
+        SiteKind::QueryNormOutput,
+        SiteKind::KeyNormOutput,
         SiteKind::AttentionValueOutput,
         SiteKind::AttentionOutput,
         SiteKind::MlpInput,
@@ -68,6 +77,8 @@ impl SiteKind {
             SiteKind::QueryOutput => "query_output",
             SiteKind::KeyOutput => "key_output",
             SiteKind::ValueOutput => "value_output",
+            SiteKind::QueryNormOutput => "query_norm_output",
+            SiteKind::KeyNormOutput => "key_norm_output",
             SiteKind::MlpInput => "mlp_input",
             SiteKind::MlpOutput => "mlp_output",
             SiteKind::MlpActivation => "mlp_activation",

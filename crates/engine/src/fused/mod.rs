@@ -272,17 +272,30 @@ impl<'m> FusedDecoder<'m> {
         if self.buffers.rows != batch * t || self.buffers.batch != batch {
             self.buffers = Buffers::new(&self.weights, batch, batch * t);
         }
-        let (cos, signed_sin) = self.angles(chunk.positions, batch, t)?;
+        let global = self.angles(chunk.positions, batch, t, false)?;
+        let local = if self.weights.layers.iter().any(|l| l.local_rope) {
+            Some(self.angles(chunk.positions, batch, t, true)?)
+        } else {
+            None
+        };
         self.embed(chunk.tokens)?;
         for layer in 0..self.weights.layers.len() {
-            let sliding = self.weights.layers[layer].sliding;
+            let LayerWeights {
+                sliding,
+                local_rope,
+                ..
+            } = self.weights.layers[layer];
+            let (cos, signed_sin) = match (&local, local_rope) {
+                (Some(local), true) => local,
+                _ => &global,
+            };
             let step = AttentionStep {
                 layer,
                 len: t,
                 places: &chunk.places,
                 mask: chunk.masks.of_layer(sliding),
-                cos: &cos,
-                signed_sin: &signed_sin,
+                cos,
+                signed_sin,
             };
             self.layer(&step, cache, hooks)?;
         }
@@ -291,9 +304,15 @@ impl<'m> FusedDecoder<'m> {
 
     /// `(cos, signed_sin)` of every position, `[B * T * head_dim]` each, from the model's
     /// own rotary tables (so exactly the eager step's angles).
-    fn angles(&self, positions: &[i64], batch: usize, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    fn angles(
+        &self,
+        positions: &[i64],
+        batch: usize,
+        t: usize,
+        local: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let positions = Tensor::f_from_slice(positions)?.f_reshape([batch as i64, t as i64])?;
-        let (cos, signed_sin) = self.model.rotary(&positions)?;
+        let (cos, signed_sin) = self.model.rotary(&positions, local)?;
         Ok((host::<f32>(&cos)?, host::<f32>(&signed_sin)?))
     }
 
@@ -345,7 +364,8 @@ impl<'m> FusedDecoder<'m> {
         norm_rows(isa, &buf.x, w.input_norm, eps, &mut buf.h);
         visit(hooks, SiteKind::AttentionInput, &mut buf.h)?;
         matvec(pool, isa, w.qkv, hidden, &buf.h, &mut buf.qkv)?;
-        attention(&weights.attention, isa, buf, step, cache, hooks)?;
+        let norms = w.query_key_norms;
+        attention(&weights.attention, norms, eps, isa, buf, step, cache, hooks)?;
         visit(hooks, SiteKind::AttentionValueOutput, &mut buf.z)?;
         matvec(pool, isa, w.o, buf.z.len() / rows, &buf.z, &mut buf.a)?;
         visit(hooks, SiteKind::AttentionOutput, &mut buf.a)?;
@@ -504,8 +524,11 @@ struct AttentionStep<'a> {
 /// From the projections in the `qkv` buffer to the merged heads in `z`: visits the
 /// projection sites, rotates queries and keys, writes keys and values to the cache from
 /// each row's place on, and attends from each token over its row's keys, masked.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     shape: &OneQuery,
+    norms: Option<(&[f32], &[f32])>,
+    eps: f32,
     isa: Isa,
     buf: &mut Buffers,
     step: &AttentionStep<'_>,
@@ -528,6 +551,22 @@ fn attention(
         if hooks.wants(site) {
             let shape = [batch as i64, t as i64];
             visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width)?;
+        }
+    }
+    if let Some((query_norm, key_norm)) = norms {
+        for token in buf.qkv.chunks_exact_mut(stride) {
+            norm_heads(isa, &mut token[..qw], query_norm, eps, &mut buf.head);
+            norm_heads(isa, &mut token[qw..qw + kvw], key_norm, eps, &mut buf.head);
+        }
+        for (kind, start, width) in [
+            (SiteKind::QueryNormOutput, 0, qw),
+            (SiteKind::KeyNormOutput, qw, kvw),
+        ] {
+            let site = Site::new(step.layer, kind);
+            if hooks.wants(site) {
+                let shape = [batch as i64, t as i64];
+                visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width)?;
+            }
         }
     }
     let capacity = usize::try_from(cache.max_len()).unwrap_or(0);
@@ -613,6 +652,10 @@ struct LayerWeights<'m> {
     post_feedforward_norm: &'m [f32],
     /// Whether it attends within the sliding window.
     sliding: bool,
+    /// Whether it turns by the model's second rotary table.
+    local_rope: bool,
+    /// The query and key heads' norms (`1 + w`, `head_dim` each).
+    query_key_norms: Option<(&'m [f32], &'m [f32])>,
     /// Width of each GeGLU branch.
     intermediate: usize,
 }
@@ -633,6 +676,14 @@ impl<'m> Weights<'m> {
                 pre_feedforward_norm: slice(l.pre_feedforward_norm, || named("pre-MLP norm"))?,
                 post_feedforward_norm: slice(l.post_feedforward_norm, || named("post-MLP norm"))?,
                 sliding: l.sliding,
+                local_rope: l.local_rope,
+                query_key_norms: match l.query_key_norms {
+                    Some((q, k)) => Some((
+                        head_norm(q, view.head_dim, || named("q_norm"))?,
+                        head_norm(k, view.head_dim, || named("k_norm"))?,
+                    )),
+                    None => None,
+                },
                 intermediate: usize::try_from(l.down.size().last().copied().unwrap_or(0))
                     .unwrap_or(0),
             });
@@ -684,6 +735,23 @@ fn slice(t: &Tensor, what: impl FnOnce() -> String) -> std::result::Result<&[f32
     // long as the tensor. The model's weights are never written after loading, so nothing
     // writes them while the slice is borrowed.
     Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
+}
+
+/// A per-head norm's scale as a slice, checked to be one head wide.
+fn head_norm(
+    t: &Tensor,
+    head_dim: usize,
+    what: impl Fn() -> String,
+) -> std::result::Result<&[f32], String> {
+    let scale = slice(t, &what)?;
+    if scale.len() != head_dim {
+        return Err(format!(
+            "{} has {} values for heads of {head_dim}",
+            what(),
+            scale.len()
+        ));
+    }
+    Ok(scale)
 }
 
 /// The values of a contiguous f32 CPU tensor, borrowed to write: for the KV cache's own
@@ -739,6 +807,8 @@ struct Buffers {
     logits: Vec<f32>,
     /// One head's attention scores.
     scores: Vec<f32>,
+    /// One head, normed (Gemma 3's query and key norms).
+    head: Vec<f32>,
 }
 
 impl Buffers {
@@ -765,6 +835,7 @@ impl Buffers {
             act: n(intermediate),
             logits: vec![0f32; batch * weights.embed.len() / hidden.max(1)],
             scores: Vec::new(),
+            head: vec![0f32; head_dim],
         }
     }
 }
@@ -774,6 +845,14 @@ fn norm_rows(isa: Isa, x: &[f32], scale: &[f32], eps: f32, out: &mut [f32]) {
     let width = scale.len();
     for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         rms_norm(isa, x, scale, eps, out);
+    }
+}
+
+/// RMSNorm of each `scale.len()`-wide head of `x`, in place (`scratch` holds one head).
+fn norm_heads(isa: Isa, x: &mut [f32], scale: &[f32], eps: f32, scratch: &mut [f32]) {
+    for head in x.chunks_exact_mut(scale.len().max(1)) {
+        rms_norm(isa, head, scale, eps, scratch);
+        head.copy_from_slice(scratch);
     }
 }
 

@@ -73,7 +73,7 @@ fn hub_configs_of_2b_9b_27b() {
             layers / 2
         );
         assert_eq!(c.hidden_activation, Activation::GeluTanh);
-        assert_eq!((c.rope_theta, c.sliding_window), (10000.0, Some(4096)));
+        assert_eq!((c.rope_full.theta, c.sliding_window), (10000.0, Some(4096)));
         assert_eq!(
             (c.attn_logit_softcapping, c.final_logit_softcapping),
             (Some(50.0), Some(30.0))
@@ -109,8 +109,28 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
     let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
     let refused = [
-        (r#""model_type": "gemma3_text""#, "model_type"),
+        (r#""model_type": "llama""#, "model_type"),
+        (r#""model_type": "gemma3_text", "architectures": ["Gemma2ForCausalLM"]"#, "architectures"),
         (r#""architectures": ["Gemma3ForCausalLM"]"#, "architectures"),
+        (r#""model_type": "gemma3_text", "partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
+        (r#""model_type": "gemma3_text", "sliding_window_pattern": 0"#, "sliding_window_pattern"),
+        (
+            r#""model_type": "gemma3_text", "rope_scaling": {"rope_type": "yarn", "factor": 8.0}"#,
+            "rope_parameters.full_attention",
+        ),
+        (
+            r#""model_type": "gemma3_text", "rope_scaling": {"rope_type": "linear"}"#,
+            "rope_parameters.full_attention",
+        ),
+        (
+            r#""model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_theta": 1.0, "beta": 2}}"#,
+            "rope_parameters.full_attention",
+        ),
+        (
+            r#""model_type": "gemma3_text", "rope_parameters": {"rope_theta": 10000.0}"#,
+            "rope_parameters",
+        ),
+        (r#""model_type": "gemma3_text", "rope_local_base_freq": -1.0"#, "rope_local_base_freq"),
         (r#""architectures": "Gemma2ForCausalLM""#, "architectures"),
         (
             r#""rope_scaling": {"rope_type": "linear", "factor": 8.0}"#,
@@ -156,7 +176,7 @@ fn config_defaults_and_variants() {
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
     let c = GemmaConfig::from_json_str(&format!("{{{base}}}"), "min").expect("minimal");
     assert_eq!(
-        (c.rope_theta, c.rms_norm_eps, c.sliding_window),
+        (c.rope_full.theta, c.rms_norm_eps, c.sliding_window),
         (10000.0, 1e-6, Some(4096))
     );
     assert_eq!(
@@ -176,7 +196,7 @@ fn config_defaults_and_variants() {
         Activation::Gelu,
         "hidden_activation falls back to hidden_act"
     );
-    assert_eq!(c.rope_theta, 500.0);
+    assert_eq!(c.rope_full.theta, 500.0);
     assert_eq!(
         (c.attn_logit_softcapping, c.final_logit_softcapping),
         (None, None)
@@ -373,7 +393,8 @@ fn site_catalog_names_every_site_like_pyvene() {
             .expect("random");
     let cat = model.site_catalog();
     assert_eq!(cat.num_layers, 4);
-    assert_eq!(cat.sites.len(), 4 * SiteKind::ALL.len());
+    // Every kind but Gemma 3's query and key norms.
+    assert_eq!(cat.sites.len(), 4 * (SiteKind::ALL.len() - 2));
     let at = |kind| cat.get(Site::new(3, kind)).expect("site").clone();
     assert_eq!(
         (
@@ -442,9 +463,12 @@ fn hooks_visit_in_execution_order_and_can_replace() {
         .forward_hooked(&batch, &opts, &mut hooks)
         .expect("forward");
     let kinds: Vec<SiteKind> = hooks.0.iter().map(|s| s.kind).collect();
+    let gemma2_kinds = SiteKind::ALL
+        .into_iter()
+        .filter(|k| !matches!(k, SiteKind::QueryNormOutput | SiteKind::KeyNormOutput));
     assert_eq!(
         kinds,
-        SiteKind::ALL.to_vec(),
+        gemma2_kinds.collect::<Vec<_>>(),
         "every site of layer 0, in execution order"
     );
     // With the MLP contribution zeroed by the hook, the block output is the block input plus
