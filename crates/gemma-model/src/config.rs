@@ -39,6 +39,7 @@ use serde_json::{Number, Value};
 use crate::error::{Error, Result};
 
 mod gemma3;
+pub use gemma3::layer_types_of_pattern;
 
 /// The attention pattern of one decoder layer (an entry of `layer_types`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -389,6 +390,61 @@ impl GemmaConfig {
         }
     }
 
+    /// The config as transformers 5.17 saves it (`config.json` of a random checkpoint
+    /// written for a benchmark or a load test): `layer_types` and `rope_parameters` spelled
+    /// out, per layer type for Gemma 3. [`Self::from_json_str`] reads it back to `self`.
+    pub fn to_hf_json(&self) -> Value {
+        let layer_types: Vec<&str> = self
+            .layer_types
+            .iter()
+            .map(|t| match t {
+                LayerType::Sliding => "sliding_attention",
+                LayerType::Full => "full_attention",
+            })
+            .collect();
+        let rope = |r: RopeConfig| {
+            if r.linear_factor == 1.0 {
+                serde_json::json!({"rope_type": "default", "rope_theta": r.theta})
+            } else {
+                serde_json::json!({"rope_type": "linear", "factor": r.linear_factor, "rope_theta": r.theta})
+            }
+        };
+        let (class, model_type, rope_parameters) = match self.architecture {
+            Architecture::Gemma2 => ("Gemma2ForCausalLM", "gemma2", rope(self.rope_full)),
+            Architecture::Gemma3 | Architecture::Gemma3Multimodal => (
+                "Gemma3ForCausalLM",
+                "gemma3_text",
+                serde_json::json!({
+                    "full_attention": rope(self.rope_full),
+                    "sliding_attention": rope(self.rope_sliding),
+                }),
+            ),
+        };
+        let activation = match self.hidden_activation {
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Gelu => "gelu",
+        };
+        serde_json::json!({
+            "architectures": [class], "model_type": model_type,
+            "dtype": self.torch_dtype.as_deref().unwrap_or("float32"),
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "sliding_window": self.sliding_window, "layer_types": layer_types,
+            "attn_logit_softcapping": self.attn_logit_softcapping,
+            "final_logit_softcapping": self.final_logit_softcapping,
+            "rms_norm_eps": self.rms_norm_eps, "hidden_activation": activation,
+            "rope_parameters": rope_parameters,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+        })
+    }
+
     /// A small Gemma 3 config for tests and CPU benchmarks: [`Self::small`]'s shapes with
     /// query/key norms, six layers with a global one in the middle, two RoPE bases (the
     /// global one scaled) and no attention soft-cap.
@@ -396,7 +452,7 @@ impl GemmaConfig {
         GemmaConfig {
             architecture: Architecture::Gemma3,
             num_hidden_layers: 6,
-            layer_types: gemma3::layer_types_of_pattern(6, 3),
+            layer_types: layer_types_of_pattern(6, 3),
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             rope_full: RopeConfig {
@@ -425,7 +481,7 @@ impl GemmaConfig {
             final_logit_softcapping: None,
             rope_full: RopeConfig::plain(1_000_000.0),
             rope_sliding: RopeConfig::plain(10_000.0),
-            layer_types: gemma3::layer_types_of_pattern(26, 6),
+            layer_types: layer_types_of_pattern(26, 6),
             max_position_embeddings: 32_768,
             eos_token_ids: vec![1, 106],
             ..Self::small()

@@ -52,11 +52,11 @@ pub mod norm;
 pub mod rope;
 pub mod tokenizer;
 
-pub use config::{Activation, GemmaConfig, LayerType};
+pub use config::{Activation, Architecture, GemmaConfig, LayerType, RopeConfig};
 pub use device::{parse_device, parse_dtype, resolve_dtype, DTypeSpec};
 pub use error::{Error, Result};
 pub use files::ModelFiles;
-pub use loading::{LoadOptions, WeightStore};
+pub use loading::{open_tokenizer, LoadOptions, WeightStore};
 pub use model::{DecoderLayer, GemmaModel};
 pub use scope_engine::{
     cuda, fused, generate, mask, Batch, Call, DecodeMode, Generated, GenerationConfig, KvCache,
@@ -66,4 +66,4 @@ pub use scope_hub::HubOptions;
 /// The libtorch types this crate's calls take and return, so that no separate `tch`
 /// dependency (with its exact pinned version) is needed.
 pub use tch::{self, Device, Kind, Tensor};
-pub use tokenizer::{render_chat, ChatMessage, GemmaTokenizer};
+pub use tokenizer::{render_chat, ChatMessage, ChatTemplate, GemmaTokenizer};

@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use crate::attention::{Attention, AttentionShape, AttentionWeights, QueryKeyNorms};
-use crate::config::GemmaConfig;
+use crate::config::{Architecture, GemmaConfig};
 use crate::device::{resolve_dtype, DTypeSpec};
 use crate::error::{Error, Result};
 use crate::files::ModelFiles;
@@ -22,7 +22,7 @@ use crate::mlp::Mlp;
 use crate::model::{DecoderLayer, GemmaModel};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
-use crate::tokenizer::GemmaTokenizer;
+use crate::tokenizer::{ChatTemplate, GemmaTokenizer};
 use scope_hub::HubOptions;
 
 /// Where one tensor's bytes are.
@@ -191,16 +191,10 @@ impl GemmaModel {
         options: &LoadOptions,
     ) -> Result<(GemmaModel, GemmaTokenizer)> {
         let files = ModelFiles::resolve(source, &options.hub)?;
-        let tokenizer = match &files.tokenizer {
-            Some(path) => GemmaTokenizer::from_file(path)?,
-            None => {
-                return Err(Error::MissingFile {
-                    path: files.dir.join("tokenizer.json"),
-                })
-            }
-        };
-        let model = Self::load_files(&files, options.dtype, options.device)?;
-        tokenizer.check_ids_fit(model.config().vocab_size)?;
+        let config = files.read_config()?;
+        let tokenizer = open_tokenizer(&files, &config)?;
+        let dtype = resolve_dtype(options.dtype, config.torch_dtype.as_deref())?;
+        let model = Self::from_files(&files, config, dtype, options.device)?;
         Ok((model, tokenizer))
     }
 
@@ -365,6 +359,22 @@ impl GemmaModel {
             rope_sliding,
         })
     }
+}
+
+/// The tokenizer of `files` for a model of `config`: `tokenizer.json` (an error naming the
+/// folder when absent), checked to produce only ids inside the vocabulary, with the chat
+/// template of `tokenizer_config.json` (the architecture's own when the file names none).
+pub fn open_tokenizer(files: &ModelFiles, config: &GemmaConfig) -> Result<GemmaTokenizer> {
+    let path = files.tokenizer.as_ref().ok_or_else(|| Error::MissingFile {
+        path: files.dir.join("tokenizer.json"),
+    })?;
+    let tokenizer = GemmaTokenizer::from_file(path)?;
+    tokenizer.check_ids_fit(config.vocab_size)?;
+    let default = match config.architecture {
+        Architecture::Gemma2 => ChatTemplate::Gemma2,
+        Architecture::Gemma3 | Architecture::Gemma3Multimodal => ChatTemplate::Gemma3,
+    };
+    Ok(tokenizer.with_template_of(&files.dir.join("tokenizer_config.json"), default))
 }
 
 /// The self-attention of the layer whose tensors start with `p` (`model.layers.{l}`).

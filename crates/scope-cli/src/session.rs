@@ -24,19 +24,15 @@ impl Session {
         let hub = HubOptions::from_env();
         let files = ModelFiles::resolve(&args.model, &hub)
             .with_context(|| format!("cannot find model `{}`", args.model))?;
-        let tokenizer_path = files.tokenizer.clone().with_context(|| {
-            format!(
-                "model `{}` has no tokenizer.json in {}",
-                args.model,
-                files.dir.display()
-            )
-        })?;
-        let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
+        let config = files
+            .read_config()
+            .with_context(|| format!("cannot load model `{}`", args.model))?;
+        let tokenizer = gemma_model::open_tokenizer(&files, &config)?;
         let spinner = progress(format!("loading {} ({device:?})", args.model));
-        let model = GemmaModel::load_files(&files, dtype, device)
+        let dtype = gemma_model::resolve_dtype(dtype, config.torch_dtype.as_deref())?;
+        let model = GemmaModel::from_files(&files, config, dtype, device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
         spinner.finish_and_clear();
-        tokenizer.check_ids_fit(model.config().vocab_size)?;
         Ok(Session { model, tokenizer })
     }
 
