@@ -368,8 +368,7 @@ pub fn open_tokenizer(files: &ModelFiles, config: &GemmaConfig) -> Result<GemmaT
     let path = files.tokenizer.as_ref().ok_or_else(|| Error::MissingFile {
         path: files.dir.join("tokenizer.json"),
     })?;
-    let tokenizer = GemmaTokenizer::from_file(path)?;
-    tokenizer.check_ids_fit(config.vocab_size)?;
+    let tokenizer = GemmaTokenizer::from_file(path)?.fit_to(config.vocab_size)?;
     let default = match config.architecture {
         Architecture::Gemma2 => ChatTemplate::Gemma2,
         Architecture::Gemma3 | Architecture::Gemma3Multimodal => ChatTemplate::Gemma3,

@@ -278,6 +278,10 @@ pub struct GemmaTokenizer {
     path: PathBuf,
     /// The template [`GemmaTokenizer::encode_chat`] renders with.
     chat_template: ChatTemplate,
+    /// Ids from here on have no row in the model's embedding (added tokens past it, such as
+    /// `<image_soft_token>` beside gemma-3-1b's 262144 rows): [`GemmaTokenizer::encode`]
+    /// refuses text that produces one. Set by [`GemmaTokenizer::fit_to`].
+    id_limit: Option<i64>,
     /// Why the checkpoint's own template cannot be rendered (one scope does not know), in
     /// which case [`GemmaTokenizer::encode_chat`] is that error rather than another template.
     unknown_template: Option<String>,
@@ -315,6 +319,7 @@ impl GemmaTokenizer {
             path: path.to_path_buf(),
             chat_template: ChatTemplate::Gemma2,
             unknown_template: None,
+            id_limit: None,
         })
     }
 
@@ -365,6 +370,46 @@ impl GemmaTokenizer {
             })?;
             special_ids(&json, &mut ids);
         }
+        self.refuse_ids_past(ids, vocab_size)
+    }
+
+    /// This tokenizer for a model of `vocab_size` rows: [`GemmaTokenizer::check_ids_fit`]
+    /// for the vocabulary proper and the post-processor's ids, while added tokens past the
+    /// embedding are allowed and refused only when a text produces one (the Gemma 3
+    /// tokenizer's `<image_soft_token>` is id 262144, one past the text-only models' rows).
+    pub fn fit_to(self, vocab_size: i64) -> Result<Self> {
+        let beyond = self
+            .inner
+            .get_added_vocabulary()
+            .get_vocab()
+            .values()
+            .any(|&id| i64::from(id) >= vocab_size);
+        if !beyond {
+            self.check_ids_fit(vocab_size)?;
+            return Ok(self);
+        }
+        let added = self.inner.get_added_vocabulary().get_vocab().clone();
+        let mut ids: Vec<(String, u32)> = self
+            .inner
+            .get_vocab(false)
+            .into_iter()
+            .filter(|(token, _)| !added.contains_key(token))
+            .collect();
+        if let Some(processor) = self.inner.get_post_processor() {
+            let json = serde_json::to_value(processor).map_err(|e| {
+                Error::Tokenizer(format!("{}: post_processor: {e}", self.path.display()))
+            })?;
+            special_ids(&json, &mut ids);
+        }
+        self.refuse_ids_past(ids, vocab_size)?;
+        Ok(GemmaTokenizer {
+            id_limit: Some(vocab_size),
+            ..self
+        })
+    }
+
+    /// An error naming the largest of `ids` when it is past `vocab_size` rows.
+    fn refuse_ids_past(&self, ids: Vec<(String, u32)>, vocab_size: i64) -> Result<()> {
         match ids.into_iter().max_by_key(|(_, id)| *id) {
             Some((token, id)) if i64::from(id) >= vocab_size => Err(Error::Tokenizer(format!(
                 "{}: token `{token}` has id {id}, outside the model's vocabulary of {vocab_size}",
@@ -385,7 +430,18 @@ impl GemmaTokenizer {
             .inner
             .encode(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
+        let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
+        if let Some(limit) = self.id_limit {
+            if let Some(&id) = ids.iter().find(|&&id| id >= limit) {
+                let token = u32::try_from(id).ok().and_then(|id| self.inner.id_to_token(id));
+                return Err(Error::Tokenizer(format!(
+                    "the text holds token `{}` (id {id}), which the model's vocabulary of \
+                     {limit} does not have",
+                    token.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(ids)
     }
 
     /// Text of `ids`, optionally without special tokens.

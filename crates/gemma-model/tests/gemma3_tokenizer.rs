@@ -294,3 +294,19 @@ fn unknown_templates_are_errors() {
     let err = ChatTemplate::from_tokenizer_config(&path).expect_err("not a string");
     assert!(err.to_string().contains("not a string"), "{err}");
 }
+
+/// gemma-3-1b has 262144 embedding rows and this tokenizer's `<image_soft_token>` is id
+/// 262144: the tokenizer loads for it, plain text encodes, and a text that writes that token
+/// is refused by name instead of indexing past the embedding.
+#[test]
+fn a_text_only_model_takes_the_tokenizer_but_not_its_image_token() {
+    let (tok, _) = loaded();
+    let tok = tok.clone().fit_to(262_144).expect("fits the 1b embedding");
+    tok.encode("Hello there", true).expect("plain text");
+    let err = tok
+        .encode("an image: <image_soft_token>", true)
+        .expect_err("262144 has no row")
+        .to_string();
+    assert!(err.contains("<image_soft_token>") && err.contains("262144"), "{err}");
+    tok.clone().fit_to(1000).expect_err("the vocabulary proper does not fit 1000 rows");
+}
