@@ -11,7 +11,7 @@ use crate::common::*;
 /// scaling is needed) and on every residual.
 const F32_TOL: f64 = 1e-4;
 
-fn residuals(model: &GemmaModel, batch: &Batch) -> (Tensor, Vec<Tensor>) {
+pub(crate) fn residuals(model: &GemmaModel, batch: &Batch) -> (Tensor, Vec<Tensor>) {
     let mut rec = Recorder {
         kinds: vec![SiteKind::BlockOutput],
         ..Recorder::default()
@@ -45,7 +45,7 @@ fn check_prompts(
 }
 
 /// Left-padded batch with arange positions (HF forward) and with generate's positions.
-fn check_batch(
+pub(crate) fn check_batch(
     model: &GemmaModel,
     exp: &std::collections::HashMap<String, Tensor>,
     prefix: &str,

@@ -12,7 +12,7 @@ fn check_cases(model_name: &str, dtype: Kind, cases_key: &str) {
     check_cases_with(model_name, dtype, cases_key, DecodeMode::Auto);
 }
 
-fn check_cases_with(model_name: &str, dtype: Kind, cases_key: &str, decode: DecodeMode) {
+pub(crate) fn check_cases_with(model_name: &str, dtype: Kind, cases_key: &str, decode: DecodeMode) {
     let model = load(model_name, dtype);
     let exp = expected_json(&format!("{model_name}/generate.json"));
     let max_new = exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
@@ -193,7 +193,12 @@ impl intervene::Hooks for Nudge {
 /// kernels (steps fused).
 #[test]
 fn fused_steps_match_eager_steps_at_every_site() {
-    let model = load("tiny-f32", Kind::Float);
+    fused_matches_eager_at_every_site("tiny-f32");
+}
+
+/// [`fused_steps_match_eager_steps_at_every_site`] for the fixture model `model_name`.
+pub(crate) fn fused_matches_eager_at_every_site(model_name: &str) {
+    let model = load(model_name, Kind::Float);
     let long: Vec<i64> = (0..70).map(|i| 300 + (i * 7) % 100).collect();
     for (name, rows) in [
         (
@@ -234,7 +239,7 @@ fn fused_steps_match_eager_steps_at_every_site() {
         // above: eager steps are 1.1e-4 from the full forward); the prompt's sites agree to
         // 1-2 ulp, and one step's near-tied soft-capped scores amplify that to ~1e-4 on
         // values of ~17. A hook's change lost or applied twice moves a site by >= 0.01.
-        println!("PARITY|fused vs eager CPU decode, every site of odd layers changed by a hook ({name}, 22 steps, f32)|1e-3|{worst:.2e}");
+        println!("PARITY|fused vs eager CPU decode, every site of odd layers changed by a hook ({model_name}, {name}, 22 steps, f32)|1e-3|{worst:.2e}");
         assert!(worst <= 1e-3, "{name}: {worst}");
     }
 }

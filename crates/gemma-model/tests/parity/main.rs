@@ -4,6 +4,7 @@
 
 mod common;
 mod forward;
+mod gemma3;
 mod generate;
 mod loading;
 mod tokenizer;

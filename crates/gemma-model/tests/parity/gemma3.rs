@@ -1,0 +1,143 @@
+//! Gemma 3 parity with transformers 5.17 eager (fixtures/expected/tiny-gemma3*): the
+//! `Gemma3ForCausalLM` checkpoint as transformers 5 saves it, and the text part of a
+//! `Gemma3ForConditionalGeneration` in the layout and config form of Google's released files.
+//! Both have a sliding window shorter than the prompts, two RoPE bases (the global one with
+//! linear scaling), a global layer before the last, and random query/key norms.
+
+use std::collections::HashMap;
+
+use gemma_model::config::{Architecture, LayerType, RopeConfig};
+use gemma_model::{Batch, DecodeMode, GemmaConfig};
+use intervene::{ForwardOptions, HookedModel, SiteKind};
+use tch::{Kind, Tensor};
+
+use crate::common::*;
+use crate::forward::{check_batch, residuals};
+use crate::generate::{check_cases_with, fused_matches_eager_at_every_site};
+
+/// As for Gemma 2: 1e-4 absolute on logits and on every hooked site.
+const F32_TOL: f64 = 1e-4;
+
+const MODELS: [&str; 2] = ["tiny-gemma3", "tiny-gemma3-mm"];
+
+/// The fixture's prompt keys (`p0`, `p1`, ...).
+fn prompts(exp: &HashMap<String, Tensor>) -> Vec<String> {
+    let mut keys: Vec<String> = exp
+        .keys()
+        .filter_map(|k| k.strip_suffix(".input_ids"))
+        .filter(|k| k.starts_with('p'))
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The fixture's name of each hooked site and how to bring HF's tensor to scope's
+/// `[B, T, width]` (the norms' outputs are HF's split heads, `[B, heads, T, head_dim]`).
+const SITES: [(&str, SiteKind); 6] = [
+    ("q_norm", SiteKind::QueryNormOutput),
+    ("k_norm", SiteKind::KeyNormOutput),
+    ("o_proj_in", SiteKind::AttentionValueOutput),
+    ("attn_out", SiteKind::AttentionOutput),
+    ("mlp_in", SiteKind::MlpInput),
+    ("mlp_out", SiteKind::PostFeedforwardNormOutput),
+];
+
+fn as_scope_layout(name: &str, hf: &Tensor) -> Tensor {
+    if name.ends_with("_norm") {
+        let s = hf.size();
+        hf.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
+    } else {
+        hf.shallow_clone()
+    }
+}
+
+#[test]
+fn f32_logits_residuals_and_every_site_match_hf() {
+    for name in MODELS {
+        let model = load(name, Kind::Float);
+        let exp = expected_forward(name);
+        let (mut logit, mut resid, mut site) = (0f64, 0f64, 0f64);
+        let keys = prompts(&exp);
+        assert!(keys.len() >= 4, "{name}: {keys:?}");
+        for p in &keys {
+            let batch = Batch::new(exp[&format!("{p}.input_ids")].shallow_clone());
+            let embed = model.embed(&batch.input_ids).expect("embed");
+            resid = resid.max(max_abs_diff(&embed, &exp[&format!("{p}.embed")]));
+            let (logits, blocks) = residuals(&model, &batch);
+            logit = logit.max(max_abs_diff(&logits, &exp[&format!("{p}.logits")]));
+            for (l, r) in blocks.iter().enumerate() {
+                resid = resid.max(max_abs_diff(r, &exp[&format!("{p}.resid.{l}")]));
+            }
+            let mut rec = Recorder {
+                kinds: SITES.iter().map(|(_, k)| *k).collect(),
+                ..Recorder::default()
+            };
+            model
+                .forward_hooked(&batch, &ForwardOptions::default(), &mut rec)
+                .expect("forward");
+            assert_eq!(rec.seen.len(), SITES.len() * model.config().num_hidden_layers);
+            for (s, got) in &rec.seen {
+                let (key, _) = SITES.iter().find(|(_, k)| *k == s.kind).expect("site");
+                let want = as_scope_layout(key, &exp[&format!("{p}.{key}.{}", s.layer)]);
+                site = site.max(max_abs_diff(got, &want));
+            }
+        }
+        let (blogit, bresid) = check_batch(&model, &exp, "");
+        println!(
+            "PARITY|Gemma 3 f32 logits ({name}, {} prompts + padded batch)|{F32_TOL:e}|{:.2e}",
+            keys.len(),
+            logit.max(blogit)
+        );
+        println!("PARITY|Gemma 3 f32 residuals, every layer ({name})|{F32_TOL:e}|{:.2e}", resid.max(bresid));
+        println!("PARITY|Gemma 3 f32 q_norm, k_norm, o_proj input, attention output, MLP input and output, every layer ({name})|{F32_TOL:e}|{site:.2e}");
+        assert!(logit < F32_TOL && blogit < F32_TOL, "{name}: logits {logit} {blogit}");
+        assert!(resid < F32_TOL && bresid < F32_TOL, "{name}: resid {resid} {bresid}");
+        assert!(site < F32_TOL, "{name}: sites {site}");
+    }
+}
+
+#[test]
+fn greedy_tokens_match_hf_in_every_decode_mode() {
+    for name in MODELS {
+        for mode in [
+            DecodeMode::Auto,
+            DecodeMode::Eager,
+            DecodeMode::FixedShape,
+            DecodeMode::Fused,
+        ] {
+            check_cases_with(name, Kind::Float, "cases", mode);
+        }
+    }
+}
+
+#[test]
+fn fused_steps_match_eager_steps_at_every_site_gemma3() {
+    fused_matches_eager_at_every_site("tiny-gemma3");
+}
+
+/// The two config forms read to the same kind of model: transformers 5's `layer_types` and
+/// per-layer-type `rope_parameters`, and Google's `text_config` with `rope_scaling`,
+/// `rope_local_base_freq` and `sliding_window_pattern`.
+#[test]
+fn both_config_forms_are_read() {
+    let five = GemmaConfig::from_file(model_dir("tiny-gemma3").join("config.json")).expect("5.x");
+    assert_eq!(five.architecture, Architecture::Gemma3);
+    assert_eq!(
+        (five.rope_full, five.rope_sliding),
+        (
+            RopeConfig { theta: 100_000.0, linear_factor: 8.0 },
+            RopeConfig::plain(10_000.0)
+        )
+    );
+    assert_eq!(five.attn_logit_softcapping, None);
+    assert_eq!(five.final_logit_softcapping, Some(30.0));
+    let released =
+        GemmaConfig::from_file(model_dir("tiny-gemma3-mm").join("config.json")).expect("released");
+    assert_eq!(released.architecture, Architecture::Gemma3Multimodal);
+    assert_eq!(released.rope_full.linear_factor, 8.0);
+    assert_eq!(released.rope_sliding.linear_factor, 1.0);
+    assert_eq!(released.final_logit_softcapping, None);
+    use LayerType::{Full, Sliding};
+    assert_eq!(released.layer_types, [Sliding, Sliding, Full, Sliding, Sliding]);
+}
