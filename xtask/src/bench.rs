@@ -113,7 +113,8 @@ impl Race {
                         "gemma2" => false,
                         "gemma3" => true,
                         other => {
-                            let why = format!("--model-family must be gemma2 or gemma3, got `{other}`");
+                            let why =
+                                format!("--model-family must be gemma2 or gemma3, got `{other}`");
                             return Err(Failure::with_code(why, 2));
                         }
                     }

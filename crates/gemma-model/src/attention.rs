@@ -224,7 +224,12 @@ impl Attention {
         let q = last.f_linear::<&Tensor>(&self.q_proj()?, None)?;
         let last_angles = ctx.angles.position(t - 1)?;
         let norms = self.query_key_norms.as_ref();
-        let q = heads(&q, self.shape.heads, self.shape.head_dim, norms.map(|n| &n.query))?;
+        let q = heads(
+            &q,
+            self.shape.heads,
+            self.shape.head_dim,
+            norms.map(|n| &n.query),
+        )?;
         let q = apply_rotary(&q, &last_angles)?;
         let k = kv.f_narrow(-1, 0, kvw)?;
         let v = kv.f_narrow(-1, kvw, kvw)?;
@@ -320,7 +325,9 @@ fn heads(x: &Tensor, n: i64, hd: i64, norm: Option<&RmsNorm>) -> Result<Tensor> 
     match norm {
         None => split_heads(x, b, t, n, hd),
         // Over the last axis, so the same values as HF's norm of the transposed heads.
-        Some(norm) => Ok(norm.forward(&x.f_reshape([b, t, n, hd])?)?.f_transpose(1, 2)?),
+        Some(norm) => Ok(norm
+            .forward(&x.f_reshape([b, t, n, hd])?)?
+            .f_transpose(1, 2)?),
     }
 }
 

@@ -287,7 +287,10 @@ impl GemmaConfig {
             ("rope_theta", self.rope_full.theta),
             ("rope_scaling.factor", self.rope_full.linear_factor),
             ("rope_local_base_freq", self.rope_sliding.theta),
-            ("rope_parameters.sliding_attention.factor", self.rope_sliding.linear_factor),
+            (
+                "rope_parameters.sliding_attention.factor",
+                self.rope_sliding.linear_factor,
+            ),
         ]
         .into_iter()
     }
@@ -763,7 +766,8 @@ impl RawConfig {
         let scalar = required(path, "query_pre_attn_scalar", scalar)?;
         let (rope_full, rope_sliding) = match architecture {
             Architecture::Gemma2 => {
-                let rope = RopeConfig::plain(rope_theta(path, self.rope_theta, self.rope_parameters)?);
+                let rope =
+                    RopeConfig::plain(rope_theta(path, self.rope_theta, self.rope_parameters)?);
                 (rope, rope)
             }
             Architecture::Gemma3 | Architecture::Gemma3Multimodal => gemma3::ropes(
@@ -779,9 +783,7 @@ impl RawConfig {
         let layer_types = match (self.layer_types, architecture) {
             (Some(types), _) => types,
             (None, Architecture::Gemma2) => derived_layer_types(num_hidden_layers),
-            (None, _) => {
-                gemma3::layer_types(path, num_hidden_layers, self.sliding_window_pattern)?
-            }
+            (None, _) => gemma3::layer_types(path, num_hidden_layers, self.sliding_window_pattern)?,
         };
         let config = GemmaConfig {
             architecture,

@@ -169,11 +169,7 @@ impl GemmaModel {
     }
 
     /// [`Self::embed`]'s scale for `config` in `dtype` on `device`.
-    pub(crate) fn embed_scale(
-        config: &GemmaConfig,
-        dtype: Kind,
-        device: Device,
-    ) -> Result<Tensor> {
+    pub(crate) fn embed_scale(config: &GemmaConfig, dtype: Kind, device: Device) -> Result<Tensor> {
         Ok(Tensor::f_from_slice(&[config.embedding_scale() as f32])?
             .f_reshape([] as [i64; 0])?
             .f_to_kind(dtype)?

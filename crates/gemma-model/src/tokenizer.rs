@@ -433,7 +433,9 @@ impl GemmaTokenizer {
         let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
         if let Some(limit) = self.id_limit {
             if let Some(&id) = ids.iter().find(|&&id| id >= limit) {
-                let token = u32::try_from(id).ok().and_then(|id| self.inner.id_to_token(id));
+                let token = u32::try_from(id)
+                    .ok()
+                    .and_then(|id| self.inner.id_to_token(id));
                 return Err(Error::Tokenizer(format!(
                     "the text holds token `{}` (id {id}), which the model's vocabulary of \
                      {limit} does not have",

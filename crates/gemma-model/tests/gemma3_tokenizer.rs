@@ -307,6 +307,11 @@ fn a_text_only_model_takes_the_tokenizer_but_not_its_image_token() {
         .encode("an image: <image_soft_token>", true)
         .expect_err("262144 has no row")
         .to_string();
-    assert!(err.contains("<image_soft_token>") && err.contains("262144"), "{err}");
-    tok.clone().fit_to(1000).expect_err("the vocabulary proper does not fit 1000 rows");
+    assert!(
+        err.contains("<image_soft_token>") && err.contains("262144"),
+        "{err}"
+    );
+    tok.clone()
+        .fit_to(1000)
+        .expect_err("the vocabulary proper does not fit 1000 rows");
 }

@@ -122,7 +122,13 @@ pub(super) fn ropes(path: &Path, keys: RopeKeys) -> Result<(RopeConfig, RopeConf
     // As transformers merges them: `rope_scaling` updates the global entry, and the entry's
     // own base wins over `rope_theta` / `rope_local_base_freq`.
     let full = by_type.full_attention.or(scaling);
-    let full = rope(path, "rope_parameters.full_attention", full, keys.rope_theta, 1e6)?;
+    let full = rope(
+        path,
+        "rope_parameters.full_attention",
+        full,
+        keys.rope_theta,
+        1e6,
+    )?;
     let sliding = rope(
         path,
         "rope_parameters.sliding_attention",

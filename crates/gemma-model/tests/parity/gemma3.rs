@@ -76,7 +76,10 @@ fn f32_logits_residuals_and_every_site_match_hf() {
             model
                 .forward_hooked(&batch, &ForwardOptions::default(), &mut rec)
                 .expect("forward");
-            assert_eq!(rec.seen.len(), SITES.len() * model.config().num_hidden_layers);
+            assert_eq!(
+                rec.seen.len(),
+                SITES.len() * model.config().num_hidden_layers
+            );
             for (s, got) in &rec.seen {
                 let (key, _) = SITES.iter().find(|(_, k)| *k == s.kind).expect("site");
                 let want = as_scope_layout(key, &exp[&format!("{p}.{key}.{}", s.layer)]);
@@ -89,10 +92,19 @@ fn f32_logits_residuals_and_every_site_match_hf() {
             keys.len(),
             logit.max(blogit)
         );
-        println!("PARITY|Gemma 3 f32 residuals, every layer ({name})|{F32_TOL:e}|{:.2e}", resid.max(bresid));
+        println!(
+            "PARITY|Gemma 3 f32 residuals, every layer ({name})|{F32_TOL:e}|{:.2e}",
+            resid.max(bresid)
+        );
         println!("PARITY|Gemma 3 f32 q_norm, k_norm, o_proj input, attention output, MLP input and output, every layer ({name})|{F32_TOL:e}|{site:.2e}");
-        assert!(logit < F32_TOL && blogit < F32_TOL, "{name}: logits {logit} {blogit}");
-        assert!(resid < F32_TOL && bresid < F32_TOL, "{name}: resid {resid} {bresid}");
+        assert!(
+            logit < F32_TOL && blogit < F32_TOL,
+            "{name}: logits {logit} {blogit}"
+        );
+        assert!(
+            resid < F32_TOL && bresid < F32_TOL,
+            "{name}: resid {resid} {bresid}"
+        );
         assert!(site < F32_TOL, "{name}: sites {site}");
     }
 }
@@ -126,7 +138,10 @@ fn both_config_forms_are_read() {
     assert_eq!(
         (five.rope_full, five.rope_sliding),
         (
-            RopeConfig { theta: 100_000.0, linear_factor: 8.0 },
+            RopeConfig {
+                theta: 100_000.0,
+                linear_factor: 8.0
+            },
             RopeConfig::plain(10_000.0)
         )
     );
@@ -139,5 +154,8 @@ fn both_config_forms_are_read() {
     assert_eq!(released.rope_sliding.linear_factor, 1.0);
     assert_eq!(released.final_logit_softcapping, None);
     use LayerType::{Full, Sliding};
-    assert_eq!(released.layer_types, [Sliding, Sliding, Full, Sliding, Sliding]);
+    assert_eq!(
+        released.layer_types,
+        [Sliding, Sliding, Full, Sliding, Sliding]
+    );
 }

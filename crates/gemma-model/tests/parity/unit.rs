@@ -110,10 +110,19 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4"#;
     let refused = [
         (r#""model_type": "llama""#, "model_type"),
-        (r#""model_type": "gemma3_text", "architectures": ["Gemma2ForCausalLM"]"#, "architectures"),
+        (
+            r#""model_type": "gemma3_text", "architectures": ["Gemma2ForCausalLM"]"#,
+            "architectures",
+        ),
         (r#""architectures": ["Gemma3ForCausalLM"]"#, "architectures"),
-        (r#""model_type": "gemma3_text", "partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
-        (r#""model_type": "gemma3_text", "sliding_window_pattern": 0"#, "sliding_window_pattern"),
+        (
+            r#""model_type": "gemma3_text", "partial_rotary_factor": 0.5"#,
+            "partial_rotary_factor",
+        ),
+        (
+            r#""model_type": "gemma3_text", "sliding_window_pattern": 0"#,
+            "sliding_window_pattern",
+        ),
         (
             r#""model_type": "gemma3_text", "rope_scaling": {"rope_type": "yarn", "factor": 8.0}"#,
             "rope_parameters.full_attention",
@@ -130,7 +139,10 @@ fn configs_of_other_arithmetic_are_refused_by_key() {
             r#""model_type": "gemma3_text", "rope_parameters": {"rope_theta": 10000.0}"#,
             "rope_parameters",
         ),
-        (r#""model_type": "gemma3_text", "rope_local_base_freq": -1.0"#, "rope_local_base_freq"),
+        (
+            r#""model_type": "gemma3_text", "rope_local_base_freq": -1.0"#,
+            "rope_local_base_freq",
+        ),
         (r#""architectures": "Gemma2ForCausalLM""#, "architectures"),
         (
             r#""rope_scaling": {"rope_type": "linear", "factor": 8.0}"#,
@@ -210,8 +222,7 @@ fn config_defaults_and_variants() {
     )
     .expect_err("relu");
     assert!(err.to_string().contains("hidden_activation"), "{err}");
-    let err =
-        GemmaConfig::from_json_str(r#"{"vocab_size": 10}"#, "cfg.json").expect_err("missing");
+    let err = GemmaConfig::from_json_str(r#"{"vocab_size": 10}"#, "cfg.json").expect_err("missing");
     assert!(
         matches!(&err, gemma_model::Error::MissingConfigKey { key, .. } if key == "num_hidden_layers"),
         "{err}"
@@ -388,9 +399,8 @@ fn normed_bf16(x: &Tensor) -> Tensor {
 
 #[test]
 fn site_catalog_names_every_site_like_pyvene() {
-    let model =
-        gemma_model::GemmaModel::random(&GemmaConfig::small(), 0, Kind::Float, Device::Cpu)
-            .expect("random");
+    let model = gemma_model::GemmaModel::random(&GemmaConfig::small(), 0, Kind::Float, Device::Cpu)
+        .expect("random");
     let cat = model.site_catalog();
     assert_eq!(cat.num_layers, 4);
     // Every kind but Gemma 3's query and key norms.
@@ -450,9 +460,8 @@ fn hooks_visit_in_execution_order_and_can_replace() {
             Ok(())
         }
     }
-    let model =
-        gemma_model::GemmaModel::random(&GemmaConfig::small(), 1, Kind::Float, Device::Cpu)
-            .expect("random");
+    let model = gemma_model::GemmaModel::random(&GemmaConfig::small(), 1, Kind::Float, Device::Cpu)
+        .expect("random");
     let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12]);
     let mut hooks = ZeroMlp(Vec::new());
     let opts = intervene::ForwardOptions {
@@ -539,9 +548,8 @@ fn resumed_forward_is_the_full_forward() {
             Ok(())
         }
     }
-    let model =
-        gemma_model::GemmaModel::random(&GemmaConfig::small(), 3, Kind::Float, Device::Cpu)
-            .expect("random");
+    let model = gemma_model::GemmaModel::random(&GemmaConfig::small(), 3, Kind::Float, Device::Cpu)
+        .expect("random");
     let batch = gemma_model::Batch::from_ids(&[2, 10, 11, 12, 13, 14]);
     let opts = intervene::ForwardOptions::default();
     let hooked = Site::new(1, SiteKind::BlockOutput);
@@ -649,9 +657,8 @@ fn resumed_forward_is_the_full_forward() {
 #[test]
 fn stacked_batches_compute_as_their_own_calls() {
     use gemma_model::Batch;
-    let model =
-        gemma_model::GemmaModel::random(&GemmaConfig::small(), 5, Kind::Float, Device::Cpu)
-            .expect("random");
+    let model = gemma_model::GemmaModel::random(&GemmaConfig::small(), 5, Kind::Float, Device::Cpu)
+        .expect("random");
     let long = Batch::from_ids(&[2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
     let short = Batch::from_ids(&[2, 30, 31]);
     let padded = Batch::left_padded(&[vec![2, 40, 41, 42, 43], vec![2, 50]], 0).expect("batch");
