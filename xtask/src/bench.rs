@@ -138,7 +138,7 @@ impl Race {
             }
         }
         if race.gemma3 {
-            race.to_gemma3();
+            race.switch_to_gemma3();
         }
         Ok(race)
     }
@@ -146,7 +146,7 @@ impl Race {
     /// The Gemma 3 race: `small` and `1b` name the Gemma 3 sizes, the peer is
     /// `benches/peer_gemma3.py`, and the rows are the baseline's (`steer_batch`'s peer
     /// batches Gemma 2 only).
-    fn to_gemma3(&mut self) {
+    fn switch_to_gemma3(&mut self) {
         if let Some(size) = ["small", "1b"].iter().find(|s| **s == self.size) {
             self.size = format!("3-{size}");
         }
