@@ -1,5 +1,5 @@
-//! `GemmaConfig`: the model's hyper-parameters read from a Hugging Face `config.json`, with
-//! transformers' defaults for the keys Google's files leave out.
+//! `GemmaConfig`: the text model's hyper-parameters read from a Hugging Face `config.json`,
+//! Gemma 2's or Gemma 3's, with transformers' defaults for the keys Google's files leave out.
 //!
 //! serde reads the file into `RawConfig`, whose fields are optional and plainly typed;
 //! `serde_path_to_error` names the key of a value of the wrong JSON type. The conversion into
@@ -7,28 +7,28 @@
 //!
 //! How keys are treated:
 //!
-//! - Shape keys (sizes, head counts, `query_pre_attn_scalar`) are required: a silent default of
-//!   2304 for a missing `hidden_size` (what transformers does) would only surface later as a
-//!   confusing shape error.
+//! - `model_type` decides the [`Architecture`]: `gemma2`, `gemma3_text` (`Gemma3ForCausalLM`),
+//!   or `gemma3` (`Gemma3ForConditionalGeneration`, whose text model is read from
+//!   `text_config`; see `config/gemma3.rs` for what Gemma 3 reads differently). Any other
+//!   `model_type`, or `architectures` without the type's class, is refused by key: another
+//!   architecture's checkpoint would otherwise load and run with Gemma's arithmetic.
+//! - Gemma 2's shape keys (sizes, head counts, `query_pre_attn_scalar`) are required: a silent
+//!   default of 2304 for a missing `hidden_size` (what transformers does) would only surface
+//!   later as a confusing shape error. Gemma 3's take `Gemma3TextConfig`'s defaults, which
+//!   Google's own 4b-27b files rely on.
 //! - `null` counts as absent, except for `sliding_window`, `attn_logit_softcapping` and
 //!   `final_logit_softcapping`, where an explicit `null` turns the feature off.
 //! - A known key holding the wrong JSON type is an error naming it; integers may be written as
 //!   integral floats (`4096.0`), as Python writes them.
 //! - Unknown keys are ignored, as transformers keeps them as attributes nothing reads: training
 //!   and bookkeeping keys (`attention_dropout`, `initializer_range`, `use_cache`,
-//!   `cache_implementation`, `architectures`, `model_type`, `transformers_version`), 9b's
-//!   `sliding_window_size`, and anything a later release adds.
+//!   `cache_implementation`, `transformers_version`), 9b's `sliding_window_size`, 5.x's
+//!   `_sliding_window_pattern`, and anything a later release adds.
 //! - Keys that change the computation in a way this port does not implement are rejected with
 //!   an error naming the key instead of computing something else: `attention_bias: true`,
-//!   `use_bidirectional_attention: true`, and a `rope_parameters.rope_type` other than
-//!   `default`.
-//! - So is a checkpoint of another architecture, which would otherwise load (Gemma 3's weights
-//!   have Gemma 2's names) and run with Gemma 2's arithmetic, silently wrong: a `model_type`
-//!   other than `gemma2`, `architectures` without `Gemma2ForCausalLM`, and any key of the
-//!   arithmetic this port does not read — `rope_scaling`, `rope_local_base_freq`,
-//!   `sliding_window_pattern`, `partial_rotary_factor`, a soft-cap of another name, or
-//!   `rope_parameters` holding more than `rope_type` and `rope_theta` (Gemma 3's per-layer-type
-//!   RoPE). `null` values pass.
+//!   `use_bidirectional_attention: true`, `partial_rotary_factor`, a soft-cap of another name,
+//!   a RoPE other than `default` and `linear` (and for Gemma 2 any scaling, a local base or a
+//!   per-layer-type `rope_parameters`: Gemma 2 has one RoPE). `null` values pass.
 
 use std::path::{Path, PathBuf};
 

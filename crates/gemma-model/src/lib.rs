@@ -1,5 +1,10 @@
-//! Gemma 2 on libtorch (tch), computing exactly what Hugging Face transformers 5.17 computes
-//! with eager attention, with hook sites for the [`intervene`] graph.
+//! Gemma 2 and Gemma 3 (the text model: `Gemma3ForCausalLM`, and the language model of
+//! `Gemma3ForConditionalGeneration` without its vision tower) on libtorch (tch), computing
+//! exactly what Hugging Face transformers 5.17 computes with eager attention, with hook sites
+//! for the [`intervene`] graph. One implementation serves both: Gemma 3 adds RMSNorms of each
+//! query and key head ([`attention::QueryKeyNorms`], with the `query_norm_output` and
+//! `key_norm_output` sites) and a second RoPE for its sliding layers ([`config::RopeConfig`]),
+//! and reads its config and weight names in its own forms ([`config::Architecture`]).
 //!
 //! Modules mirror the checkpoint: [`config`], [`attention`], [`mlp`], [`norm`], [`rope`],
 //! [`model`]; plus [`tokenizer`] (with the chat template), [`loading`] (safetensors, shard
@@ -11,7 +16,7 @@
 //! through [`scope_engine::DecoderModel`] (implemented in `decoder.rs`): batches and masks,
 //! the KV cache, sampling, the generation loop and its decode modes (eager, fixed-shape,
 //! CUDA graph, fused CPU kernels), and the continuous-batching engine. They are re-exported
-//! here ([`generate`], [`cuda`], [`KvCache`], ...) so that a user of the model finds them.
+//! here ([`generate()`], [`cuda`], [`KvCache`], ...) so that a user of the model finds them.
 //!
 //! ```
 //! use gemma_model::{Call, GemmaModel, GenerationConfig, LoadOptions};

@@ -198,8 +198,8 @@ impl GemmaModel {
         Ok((model, tokenizer))
     }
 
-    /// The model alone from a local directory or a Hub id (see [`from_pretrained`]
-    /// (Self::from_pretrained), which also loads the tokenizer).
+    /// The model alone from a local directory or a Hub id (see
+    /// [`from_pretrained`](Self::from_pretrained), which also loads the tokenizer).
     pub fn load(source: &str, options: &LoadOptions) -> Result<Self> {
         let files = ModelFiles::resolve(source, &options.hub)?;
         Self::load_files(&files, options.dtype, options.device)
