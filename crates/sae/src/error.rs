@@ -85,6 +85,17 @@ pub enum Error {
         /// The keys present.
         found: Vec<String>,
     },
+    /// A tensor the SAE cannot use where it sits: an affine skip
+    /// (`affine_skip_connection`) on an SAE that reads and writes one site.
+    #[error("{}: key `{key}` {reason}", path.display())]
+    UnexpectedKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why it does not fit.
+        reason: String,
+    },
     /// A tensor stored with an element type the loader does not convert.
     #[error("{}: key `{key}` has dtype {dtype}; expected float32 or float64 (safetensors: also float16/bfloat16)", path.display())]
     Dtype {
@@ -140,6 +151,20 @@ pub enum Error {
         path: PathBuf,
         /// The SAE's `d_in`.
         d_in: i64,
+        /// The model's width.
+        model_d: i64,
+    },
+    /// The SAE's output width does not match the model's activation width at its write site.
+    #[error(
+        "SAE {} writes {d_out}-wide activations but the model's activation at its write site is \
+         {model_d} wide",
+        path.display()
+    )]
+    DOutMismatch {
+        /// The SAE's file.
+        path: PathBuf,
+        /// The SAE's `d_out`.
+        d_out: i64,
         /// The model's width.
         model_d: i64,
     },

@@ -4,6 +4,10 @@
 //! All of them compute in the SAE's dtype (float32 unless converted with
 //! [`Sae::to_dtype`](crate::Sae::to_dtype)) on its device and return that dtype; the graph casts
 //! the result back to the model's dtype when it writes it into the model.
+//!
+//! For a transcoder, [`EncodeCollect`] belongs at its read site and [`Steer`] at its write site
+//! ([`Sae::sites`](crate::Sae::sites)); [`JumpReluInterchange`] refuses it (its swap spans both
+//! sites).
 
 use intervene::{Intervention, InterventionRole, Subspaces};
 use tch::Tensor;
@@ -62,6 +66,15 @@ impl Intervention for JumpReluInterchange {
         source: Option<&Tensor>,
         subspaces: Option<&Subspaces>,
     ) -> IResult<Tensor> {
+        if self.sae.is_transcoder() {
+            // Its latents come from one site and its reconstruction belongs to another: one
+            // intervention at one site cannot do both (scope's patch workflow does).
+            return Err(intervene::Error::Invalid(
+                "jumprelu interchange: a transcoder reads one site and writes another; swap its \
+                 latents with two hooks (scope::patch) instead"
+                    .into(),
+            ));
+        }
         let source = self.required_source(source)?;
         if source.size() != base.size() {
             return Err(intervene::Error::Shape {

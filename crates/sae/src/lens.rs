@@ -4,6 +4,11 @@
 //! `[vocab, d]`): no final norm and no soft-cap, as Neuronpedia's and SAELens' "top logits" do.
 //! Computed in float32; a bf16 embedding is converted chunk by chunk so a 256k vocabulary never
 //! needs a full f32 copy.
+//!
+//! The decoder rows live at the SAE's write site. Where that is not the residual stream's width
+//! (an attention SAE writes the concatenated heads that enter `o_proj`),
+//! [`Sae::logit_lens_through`] first maps them with a projection into it (`o_proj`'s weight):
+//! `scores = W_U · (W_O · W_dec[i])`, the post-attention norm left out like the final norm.
 
 use tch::{Device, Kind, Tensor};
 
@@ -24,11 +29,24 @@ pub struct LogitLens {
 const CHUNK_ROWS: i64 = 32768;
 
 impl Sae {
-    /// The logit lens of each of `latents` against `unembedding` (`[vocab, d_in]`, any float
+    /// The logit lens of each of `latents` against `unembedding` (`[vocab, d_out]`, any float
     /// dtype and device), keeping the `k` top promoted and suppressed tokens.
     pub fn logit_lens(
         &self,
         latents: &[i64],
+        unembedding: &Tensor,
+        k: usize,
+    ) -> Result<Vec<LogitLens>> {
+        self.logit_lens_through(latents, None, unembedding, k)
+    }
+
+    /// [`logit_lens`](Self::logit_lens) with the decoder rows first mapped into the residual
+    /// stream by `projection` (`[d, d_out]`, a linear layer's weight such as `o_proj`'s) when
+    /// given; `unembedding` is `[vocab, d]`.
+    pub fn logit_lens_through(
+        &self,
+        latents: &[i64],
+        projection: Option<&Tensor>,
         unembedding: &Tensor,
         k: usize,
     ) -> Result<Vec<LogitLens>> {
@@ -39,7 +57,21 @@ impl Sae {
                 format!("unembedding {size:?} is not [vocab, d]"),
             ));
         };
-        self.check_d_in(*d)?;
+        match projection {
+            None => self.check_d_out(*d)?,
+            Some(p) if p.size() != [*d, self.d_out()] => {
+                return Err(Error::input(
+                    "logit lens",
+                    format!(
+                        "projection {:?} is not [{d}, {}] (the unembedding's width, the SAE's \
+                         d_out)",
+                        p.size(),
+                        self.d_out()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
         if latents.is_empty() {
             return Ok(Vec::new());
         }
@@ -53,14 +85,21 @@ impl Sae {
         }
         let device = unembedding.device();
         let idx = Tensor::f_from_slice(latents)?.f_to_device(self.device())?;
-        // [d, n] decoder directions, on the embedding's device.
-        let dirs = self
+        // [n, d_out] decoder rows, then [d, n] directions in the residual stream, on the
+        // embedding's device.
+        let rows = self
             .w_dec()
             .f_index_select(0, &idx)?
             .f_to_device(device)?
-            .f_to_kind(Kind::Float)?
-            .f_transpose(0, 1)?
-            .f_contiguous()?;
+            .f_to_kind(Kind::Float)?;
+        let rows = match projection {
+            // As the model applies it: rows · Pᵀ.
+            Some(p) => {
+                rows.f_linear::<&Tensor>(&p.f_to_device(device)?.f_to_kind(Kind::Float)?, None)?
+            }
+            None => rows,
+        };
+        let dirs = rows.f_transpose(0, 1)?.f_contiguous()?;
         let mut parts = Vec::new();
         let mut start = 0;
         while start < *vocab {

@@ -12,8 +12,18 @@
 //!   `apply_b_dec_to_input = true` is folded into `b_enc` (`b_enc − b_dec·W_enc`), which is
 //!   the same function up to float rounding.
 //!
-//! Every tensor is checked against the others (`W_enc` fixes `d_in` and `d_sae`); every error
-//! names the file and the key.
+//! * Gemma Scope 2 `params.safetensors` (+ optional `config.json`, see [`crate::gemma_scope_2`]
+//!   for the facts): `w_enc` `[d_in, d_sae]`, `w_dec` `[d_sae, d_out]`, `b_enc` `[d_sae]`,
+//!   `b_dec` `[d_out]`, `threshold` `[d_sae]`, optionally `affine_skip_connection`
+//!   `[d_in, d_out]` ([`read_gemma_scope_2`]). float32/float64/float16/bfloat16 tensors are
+//!   converted to float32. Nothing is folded: `b_dec` is not subtracted from the input and
+//!   there is no normalisation. Whether the skip must be there follows SAELens:
+//!   `affine_connection` in `config.json`, else an `_affine` folder name; with neither, the file
+//!   decides. `d_out ≠ d_in` is checked once the sites are known (only a transcoder may have
+//!   it, see [`Sae`](crate::Sae)).
+//!
+//! Every tensor is checked against the others (`W_enc` fixes `d_in` and `d_sae`, `W_dec` fixes
+//! `d_out`); every error names the file and the key.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -23,19 +33,21 @@ use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadNpzError};
 use tch::{Kind, Tensor};
 
+use intervene::{Site, SiteKind};
+
 use crate::error::{Error, Result};
-use crate::name::{site_from_hook_name, SaeFamily};
+use crate::name::{site_from_hook_name, SaeFamily, SaeSites};
 
 /// Raw SAE parameters on the CPU, float32, validated.
 #[derive(Debug)]
 pub struct SaeWeights {
     /// `[d_in, d_sae]`.
     pub w_enc: Tensor,
-    /// `[d_sae, d_in]`.
+    /// `[d_sae, d_out]` (`d_out = d_in` but for a transcoder).
     pub w_dec: Tensor,
     /// `[d_sae]`.
     pub b_enc: Tensor,
-    /// `[d_in]`.
+    /// `[d_out]`.
     pub b_dec: Tensor,
     /// `[d_sae]`.
     pub threshold: Tensor,
@@ -54,6 +66,11 @@ impl SaeWeights {
     /// Number of latents.
     pub fn d_sae(&self) -> i64 {
         self.w_enc.size().get(1).copied().unwrap_or(0)
+    }
+
+    /// Output width: `d_in` for an SAE, the written site's width for a transcoder.
+    pub fn d_out(&self) -> i64 {
+        self.w_dec.size().get(1).copied().unwrap_or(0)
     }
 }
 
@@ -350,7 +367,7 @@ pub fn read_npz(path: &Path) -> Result<SaeWeights> {
     if let Some((_, sf)) = tensors.remove("scaling_factor") {
         check_scaling_factor(path, &sf)?;
     }
-    assemble(path, tensors, &names, true, None)
+    assemble(path, tensors, &names, Assembly::SAME_WIDTH, None)
 }
 
 fn check_scaling_factor(path: &Path, sf: &Tensor) -> Result<()> {
@@ -371,15 +388,33 @@ fn check_scaling_factor(path: &Path, sf: &Tensor) -> Result<()> {
     }
 }
 
+/// What [`assemble`] asks of the tensors.
+#[derive(Clone, Copy, Debug)]
+struct Assembly {
+    /// A missing threshold is an error (otherwise zeros: a ReLU SAE).
+    need_threshold: bool,
+    /// The decoder may write another width than the encoder reads (a transcoder's).
+    any_d_out: bool,
+}
+
+impl Assembly {
+    /// A Gemma Scope npz: JumpReLU, `W_dec` `[d_sae, d_in]`.
+    const SAME_WIDTH: Assembly = Assembly {
+        need_threshold: true,
+        any_d_out: false,
+    };
+}
+
 /// Check shapes against each other and build [`SaeWeights`]. `tensors` maps the canonical key
 /// to (the key as stored, the tensor).
 fn assemble(
     path: &Path,
     mut tensors: BTreeMap<String, (String, Tensor)>,
     found: &[String],
-    need_threshold: bool,
+    assembly: Assembly,
     hook_name: Option<String>,
 ) -> Result<SaeWeights> {
+    let need_threshold = assembly.need_threshold;
     let mut take = |key: &str| -> Result<(String, Tensor)> {
         tensors.remove(key).ok_or_else(|| Error::MissingKey {
             path: path.to_path_buf(),
@@ -429,9 +464,32 @@ fn assemble(
             ))
         }
     };
-    check(&dec_key, &w_dec, &[d_sae, d_in], "[d_sae, d_in]")?;
+    let d_out = if assembly.any_d_out {
+        match w_dec.size().as_slice() {
+            [rows, d_out] if *rows == d_sae && *d_out > 0 => *d_out,
+            _ => {
+                return Err(shape_err(
+                    &dec_key,
+                    w_dec.size(),
+                    format!("[{d_sae}, d_out] ([d_sae, d_out], d_sae from {enc_key})"),
+                ))
+            }
+        }
+    } else {
+        check(&dec_key, &w_dec, &[d_sae, d_in], "[d_sae, d_in]")?;
+        d_in
+    };
     check(&b_enc_key, &b_enc, &[d_sae], "[d_sae]")?;
-    check(&b_dec_key, &b_dec, &[d_in], "[d_in]")?;
+    if assembly.any_d_out {
+        check(
+            &b_dec_key,
+            &b_dec,
+            &[d_out],
+            &format!("[d_out], d_out from {dec_key}"),
+        )?;
+    } else {
+        check(&b_dec_key, &b_dec, &[d_in], "[d_in]")?;
+    }
     let threshold = match threshold {
         Some((key, t)) => {
             check(&key, &t, &[d_sae], "[d_sae]")?;
@@ -530,12 +588,11 @@ pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
     })
 }
 
-/// Read a SAELens `sae_weights.safetensors` (with `cfg.json` in the same directory).
-pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
-    let cfg_path = path
-        .parent()
-        .map_or_else(|| PathBuf::from("cfg.json"), |d| d.join("cfg.json"));
-    let cfg = read_saelens_config(&cfg_path)?;
+/// The tensors of a safetensors file whose names `key` maps to a canonical key, as float32 CPU
+/// tensors by canonical key (with the name as stored), and every name in the file.
+type StTensors = (BTreeMap<String, (String, Tensor)>, Vec<String>);
+
+fn read_safetensors_tensors(path: &Path, key: fn(&str) -> Option<&str>) -> Result<StTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let past_end = scope_hub::safetensors_header::tensor_past_end(&bytes);
     let st = match past_end {
@@ -550,7 +607,7 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
     let found: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     let mut tensors = BTreeMap::new();
     for name in &found {
-        let Some(canonical) = canonical_key(name) else {
+        let Some(canonical) = key(name) else {
             continue;
         };
         let view = st.tensor(name).map_err(|source| Error::Safetensors {
@@ -567,11 +624,24 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.f_to_kind(Kind::Float)?;
         tensors.insert(canonical.to_string(), (name.clone(), t));
     }
+    Ok((tensors, found))
+}
+
+/// Read a SAELens `sae_weights.safetensors` (with `cfg.json` in the same directory).
+pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
+    let cfg_path = path
+        .parent()
+        .map_or_else(|| PathBuf::from("cfg.json"), |d| d.join("cfg.json"));
+    let cfg = read_saelens_config(&cfg_path)?;
+    let (mut tensors, found) = read_safetensors_tensors(path, canonical_key)?;
     if let Some((_, sf)) = tensors.remove("scaling_factor") {
         check_scaling_factor(path, &sf)?;
     }
-    let need_threshold = cfg.architecture == "jumprelu";
-    let mut w = assemble(path, tensors, &found, need_threshold, cfg.hook_name.clone())?;
+    let assembly = Assembly {
+        need_threshold: cfg.architecture == "jumprelu",
+        any_d_out: false,
+    };
+    let mut w = assemble(path, tensors, &found, assembly, cfg.hook_name.clone())?;
     if w.d_in() != cfg.d_in || w.d_sae() != cfg.d_sae {
         return Err(Error::Shape {
             path: path.to_path_buf(),
@@ -603,6 +673,173 @@ pub fn read_saelens(path: &Path) -> Result<SaeWeights> {
         }
     }
     Ok(w)
+}
+
+/// The stored key of the affine skip of a Gemma Scope 2 transcoder.
+pub const SKIP_KEY: &str = "affine_skip_connection";
+
+/// The parameter a Gemma Scope 2 key holds (lowercase `w_enc`/`w_dec` as stored; the
+/// uppercase spellings are accepted too).
+fn gemma_scope_2_key(name: &str) -> Option<&str> {
+    match name {
+        SKIP_KEY => Some(SKIP_KEY),
+        other => canonical_key(other).filter(|k| *k != "scaling_factor"),
+    }
+}
+
+/// What a Gemma Scope 2 `config.json` says that this crate uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GemmaScope2Config {
+    /// The file.
+    pub path: PathBuf,
+    /// `affine_connection`: whether a transcoder has its affine skip (`None`: not said).
+    pub affine_connection: Option<bool>,
+    /// The sites `hf_hook_point_in` and `hf_hook_point_out` name, when they are module paths
+    /// this crate knows (`model.layers.L.output`, `….self_attn.o_proj.input`,
+    /// `….pre_feedforward_layernorm.output`, `….post_feedforward_layernorm.output`).
+    pub sites: Option<SaeSites>,
+}
+
+/// The site of a Hugging Face hook point `….layers.<L>.<module>.<input|output>` that Gemma
+/// Scope 2 uses, `None` for any other.
+pub fn site_from_hf_hook_point(hook: &str) -> Option<Site> {
+    let (_, rest) = hook.rsplit_once("layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let kind = match module {
+        "output" => SiteKind::BlockOutput,
+        "self_attn.o_proj.input" => SiteKind::AttentionValueOutput,
+        "pre_feedforward_layernorm.output" => SiteKind::MlpInput,
+        "post_feedforward_layernorm.output" => SiteKind::PostFeedforwardNormOutput,
+        _ => return None,
+    };
+    Some(Site::new(layer, kind))
+}
+
+/// Parse a Gemma Scope 2 `config.json`: `architecture` must be `jump_relu` (SAELens refuses
+/// anything else, a missing one included).
+pub fn read_gemma_scope_2_config(path: &Path) -> Result<GemmaScope2Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let cfg_err = |reason: String| Error::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| cfg_err(format!("not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(cfg_err("not a JSON object".to_string()));
+    }
+    match v.get("architecture") {
+        Some(serde_json::Value::String(a)) if a == "jump_relu" => {}
+        other => {
+            return Err(cfg_err(format!(
+                "architecture is {}, expected \"jump_relu\" (Gemma Scope 2 SAEs are JumpReLU)",
+                other.map_or_else(|| "missing".to_string(), ToString::to_string)
+            )))
+        }
+    }
+    let affine_connection = match v.get("affine_connection") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(cfg_err(format!(
+                "affine_connection is {other}, expected true or false"
+            )))
+        }
+    };
+    let hook = |key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_str)
+            .and_then(site_from_hf_hook_point)
+    };
+    let sites = hook("hf_hook_point_in").map(|read| SaeSites {
+        read,
+        write: hook("hf_hook_point_out").unwrap_or(read),
+    });
+    Ok(GemmaScope2Config {
+        path: path.to_path_buf(),
+        affine_connection,
+        sites,
+    })
+}
+
+/// A Gemma Scope 2 SAE or transcoder as read from its folder.
+#[derive(Debug)]
+pub struct GemmaScope2Weights {
+    /// The JumpReLU parameters (`W_dec` `[d_sae, d_out]`, `b_dec` `[d_out]`).
+    pub weights: SaeWeights,
+    /// `affine_skip_connection` `[d_in, d_out]`, for affine transcoders.
+    pub skip: Option<Tensor>,
+    /// `config.json`, when the folder has one.
+    pub config: Option<GemmaScope2Config>,
+}
+
+/// Read a Gemma Scope 2 `params.safetensors` and the `config.json` beside it, if any.
+pub fn read_gemma_scope_2(path: &Path) -> Result<GemmaScope2Weights> {
+    let cfg_path = path.with_file_name(crate::gemma_scope_2::CONFIG);
+    let config = if cfg_path.is_file() {
+        Some(read_gemma_scope_2_config(&cfg_path)?)
+    } else {
+        None
+    };
+    let (mut tensors, found) = read_safetensors_tensors(path, gemma_scope_2_key)?;
+    let skip = tensors.remove(SKIP_KEY).map(|(_, t)| t);
+    let assembly = Assembly {
+        need_threshold: true,
+        any_d_out: true,
+    };
+    let weights = assemble(path, tensors, &found, assembly, None)?;
+    if let Some(skip) = &skip {
+        let want = [weights.d_in(), weights.d_out()];
+        if skip.size() != want {
+            return Err(Error::Shape {
+                path: path.to_path_buf(),
+                key: SKIP_KEY.to_string(),
+                got: skip.size(),
+                expected: format!("{want:?} ([d_in, d_out], from w_enc and w_dec)"),
+            });
+        }
+    }
+    check_affine(path, config.as_ref(), skip.is_some(), &found)?;
+    Ok(GemmaScope2Weights {
+        weights,
+        skip,
+        config,
+    })
+}
+
+/// The skip is there exactly when SAELens expects it: `affine_connection` in the config, else
+/// an `…_affine` folder (SAELens' `"affine" in folder_name`); with neither, the file decides.
+fn check_affine(
+    path: &Path,
+    config: Option<&GemmaScope2Config>,
+    has_skip: bool,
+    found: &[String],
+) -> Result<()> {
+    let folder_says = path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with("_affine"));
+    let expected = match config.and_then(|c| c.affine_connection) {
+        Some(said) => Some(said),
+        None => folder_says.then_some(true),
+    };
+    match (expected, has_skip) {
+        (Some(true), false) => Err(Error::MissingKey {
+            path: path.to_path_buf(),
+            key: SKIP_KEY.to_string(),
+            found: found.to_vec(),
+        }),
+        (Some(false), true) => Err(Error::Config {
+            path: config.map_or_else(|| path.to_path_buf(), |c| c.path.clone()),
+            reason: format!(
+                "affine_connection is false but {} has `{SKIP_KEY}`",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Rescale an embedding SAE as SAELens does: `W_enc / sqrt(d_in)`, `W_dec * sqrt(d_in)`, so that

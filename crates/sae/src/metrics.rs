@@ -16,14 +16,26 @@
 //! * **Explained variance, tutorial form** ([`ReconstructionMetrics::explained_variance`]):
 //!   `1 − mean((x̂ − x)²) / var(x)`, where `var` is torch's default *unbiased* variance over all
 //!   `N·d` elements (`x.var()`, one mean over everything).
+//! * **Explained variance, conventional form**
+//!   ([`ReconstructionMetrics::explained_variance_conventional`]):
+//!   `1 − Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − μ‖²` with `μ = mean over t of x_t`, i.e.
+//!   `1 − E‖x − x̂‖² / (E‖x‖² − ‖E x‖²)`: the fraction of the total variance (summed over
+//!   dimensions) that the reconstruction explains, R². This is SAELens' `explained_variance`
+//!   since 6.45.1 (`ExplainedVarianceCalculator` in `sae_lens/evals.py`; read in 6.54.12):
+//!   sums accumulated in float64, and `1` when the variance is below `1e-10` and so is the
+//!   error, `0` when only the variance is. Here every sum is taken in float64.
 //! * **Explained variance, SAELens per-token form**
 //!   ([`ReconstructionMetrics::explained_variance_per_token`]):
 //!   `mean over t of [ 1 − ‖x_t − x̂_t‖² / ‖x_t − μ‖² ]` with `μ = mean over t of x_t` (per
 //!   dimension). This is what SAELens reported as `explained_variance` until April 2025 (PR #443
 //!   renamed it `explained_variance_legacy`): averaging per-token ratios is not the conventional
-//!   definition, and tokens with small `‖x_t − μ‖` dominate it. The replacement in SAELens 6 is
-//!   not the conventional definition either (it subtracts the square of the mean *squared*
-//!   activation), so this crate reports the tutorial form and the legacy per-token form only.
+//!   definition, and tokens with small `‖x_t − μ‖` dominate it. (SAELens 6.0 to 6.45.0 reported
+//!   `1 − E‖x − x̂‖² / (E‖x‖² − E_d[(E_t x_d²)²])`, which subtracts the square of the mean
+//!   *squared* activation and is neither; 6.45.1 replaced it with the conventional form.)
+//!
+//! For a transcoder, `x` is its input (the read site) and the reconstruction is compared with
+//! the activation of its write site `y`: MSE and the explained variances use `y` in place of
+//! `x` ([`Sae::reconstruction_metrics_against`]).
 //!
 //! Downstream, with the SAE spliced into the model at its site at every real position except the
 //! `<bos>` (which keeps the model's own activation, as SAELens' `ignore_tokens` does):
@@ -36,11 +48,16 @@
 //!   softmax(clean), reduction="none").sum(-1)`, SAELens' `_kl`).
 //! * **with error term**: the splice writes `x̂ + (x − x̂)` (computed in f32) instead of `x̂`, as
 //!   SAELens' `use_error_term`; ΔCE and KL are then float-rounding small.
+//! * **transcoders** replace the MLP path: [`SpliceHooks`] keeps the read site's activation
+//!   (the MLP input, visited first in the layer) and writes the transcoder's output computed
+//!   from it (with the skip) at the write site (the post-feedforward norm's output), in place
+//!   of the MLP's; with the error term, `x̂ + (y − x̂)` with `y` the write site's activation.
 
-use intervene::{ForwardOptions, HookedModel, Hooks, NoHooks, Site};
+use intervene::{ForwardInfo, ForwardOptions, HookedModel, Hooks, NoHooks, Site};
 use tch::{Kind, Reduction, Tensor};
 
 use crate::error::{Error, Result};
+use crate::name::SaeSites;
 use crate::sae::Sae;
 
 /// Reconstruction quality over a batch.
@@ -60,6 +77,9 @@ pub struct ReconstructionMetrics {
     pub explained_variance: f64,
     /// SAELens legacy per-token form (see the module docs).
     pub explained_variance_per_token: f64,
+    /// Conventional form `1 − Σ‖x − x̂‖² / Σ‖x − μ‖²`, SAELens' `explained_variance` since
+    /// 6.45.1 (see the module docs).
+    pub explained_variance_conventional: f64,
 }
 
 /// A position mask `[batch, seq]` that is `true` for real tokens except the first real token
@@ -99,46 +119,80 @@ fn scalar(t: &Tensor) -> Result<f64> {
 impl Sae {
     /// L0, MSE and explained variance of `x` (`[..., d_in]`) over the positions where `mask`
     /// (shape `x.size()[..-1]`) is true; all positions when `mask` is `None`. See the module docs
-    /// for the formulas.
+    /// for the formulas. A transcoder is measured against its write site: see
+    /// [`reconstruction_metrics_against`](Self::reconstruction_metrics_against).
     pub fn reconstruction_metrics(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
         l0_threshold: f64,
     ) -> Result<ReconstructionMetrics> {
+        if self.is_transcoder() {
+            return Err(Error::input(
+                "reconstruction metrics",
+                "a transcoder reconstructs its write site, not its input: use \
+                 reconstruction_metrics_against(x, target, ...)",
+            ));
+        }
+        self.reconstruction_metrics_against(x, x, mask, l0_threshold)
+    }
+
+    /// L0 of `encode(x)` and MSE and explained variances of `reconstruct(x)` against `target`
+    /// (`[..., d_out]`, the write site's activation at the same positions; `x` itself for an
+    /// SAE), over the positions where `mask` is true.
+    pub fn reconstruction_metrics_against(
+        &self,
+        x: &Tensor,
+        target: &Tensor,
+        mask: Option<&Tensor>,
+        l0_threshold: f64,
+    ) -> Result<ReconstructionMetrics> {
         let size = x.size();
         let lead = &size[..size.len().saturating_sub(1)];
-        let x32 = x.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
-        let x2 = x32.f_reshape([-1, self.d_in()])?;
-        let x2 = match mask {
-            Some(m) => {
-                let m = check_mask(m, lead, "reconstruction metrics")?
-                    .f_to_device(self.device())?
-                    .f_reshape([-1])?;
-                x2.f_index(&[Some(m)])?
-            }
-            None => x2,
+        let target_size = target.size();
+        if target_size.split_last().map(|(_, l)| l) != Some(lead) {
+            return Err(Error::input(
+                "reconstruction metrics",
+                format!("target {target_size:?} does not have the positions of x {size:?}"),
+            ));
+        }
+        let rows = |t: &Tensor, width: i64| -> Result<Tensor> {
+            let t = t
+                .f_to_device(self.device())?
+                .f_to_kind(Kind::Float)?
+                .f_reshape([-1, width])?;
+            Ok(match mask {
+                Some(m) => {
+                    let m = check_mask(m, lead, "reconstruction metrics")?
+                        .f_to_device(self.device())?
+                        .f_reshape([-1])?;
+                    t.f_index(&[Some(m)])?
+                }
+                None => t,
+            })
         };
+        let x2 = rows(x, self.d_in())?;
+        let y2 = rows(target, self.d_out())?;
         let tokens = x2.size().first().copied().unwrap_or(0);
         if tokens == 0 {
             return Err(Error::input("reconstruction metrics", "no counted tokens"));
         }
         let acts = self.encode(&x2)?;
-        let recon = self.decode(&acts)?;
+        let recon = self.output(&acts, &x2)?.f_to_kind(Kind::Float)?;
         let l0 = acts
             .f_gt(l0_threshold)?
             .f_sum_dim_intlist(-1, false, Kind::Int64)?;
         let l0_per_token = Vec::<i64>::try_from(l0.f_to_device(tch::Device::Cpu)?)?;
         let mean_l0 = l0_per_token.iter().sum::<i64>() as f64 / l0_per_token.len() as f64;
 
-        let diff2 = recon.f_sub(&x2)?.f_square()?;
+        let diff2 = recon.f_sub(&y2)?.f_square()?;
         let mse_t = diff2.f_mean(Kind::Float)?;
-        let var_t = x2.f_var(true)?;
+        let var_t = y2.f_var(true)?;
         let ev = mse_t.f_div(&var_t)?.f_neg()?.f_add_scalar(1.0)?;
 
         let resid_ss = diff2.f_sum_dim_intlist(-1, false, Kind::Float)?;
-        let mu = x2.f_mean_dim(0, true, Kind::Float)?;
-        let total_ss = x2
+        let mu = y2.f_mean_dim(0, true, Kind::Float)?;
+        let total_ss = y2
             .f_sub(&mu)?
             .f_square()?
             .f_sum_dim_intlist(-1, false, Kind::Float)?;
@@ -155,27 +209,61 @@ impl Sae {
             mse: scalar(&mse_t)?,
             explained_variance: scalar(&ev)?,
             explained_variance_per_token: scalar(&ev_tok)?,
+            explained_variance_conventional: conventional_explained_variance(&y2, &recon)?,
         })
     }
 }
 
-/// Hooks that replace the activation at one site by the SAE's reconstruction (optionally with
-/// the error term added back), at the positions of a mask.
+/// `1 − E‖y − ŷ‖² / (E‖y‖² − ‖E y‖²)` over the rows of `y` and `recon` (`[N, d]`), every sum in
+/// float64, with SAELens' guard for a variance below `1e-10` (see the module docs).
+pub fn conventional_explained_variance(y: &Tensor, recon: &Tensor) -> Result<f64> {
+    let y = y.f_to_kind(Kind::Double)?;
+    let recon = recon.f_to_kind(Kind::Double)?;
+    let n = y.size().first().copied().unwrap_or(0);
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let n = n as f64;
+    let mean_sq_norm = scalar(&y.f_square()?.f_sum(Kind::Double)?)? / n;
+    let mean = y
+        .f_sum_dim_intlist(0, false, Kind::Double)?
+        .f_div_scalar(n)?;
+    let variance = mean_sq_norm - scalar(&mean.f_square()?.f_sum(Kind::Double)?)?;
+    let mse = scalar(&y.f_sub(&recon)?.f_square()?.f_sum(Kind::Double)?)? / n;
+    Ok(if variance < 1e-10 {
+        if mse < 1e-10 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        1.0 - mse / variance
+    })
+}
+
+/// Hooks that replace the activation at an SAE's write site by its reconstruction (optionally
+/// with the error term added back), at the positions of a mask.
+///
+/// For an SAE that is its own site. For a transcoder the read site (visited first in the
+/// layer) is kept as it is and remembered, and the write site gets the transcoder's output
+/// computed from it: the transcoder stands in for the MLP.
 ///
 /// Usable directly with [`HookedModel::forward_hooked`] and
 /// [`HookedModel::generate_hooked`]; with a mask, only full forwards whose length matches it
 /// are spliced by mask (decode steps of generation splice every position).
 pub struct SpliceHooks<'a> {
     sae: &'a Sae,
-    site: Site,
+    sites: SaeSites,
     keep_error: bool,
     mask: Option<Tensor>,
+    /// A transcoder's input, kept from the read site for the write site of the same call.
+    read: Option<Tensor>,
 }
 
 impl std::fmt::Debug for SpliceHooks<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpliceHooks")
-            .field("site", &self.site)
+            .field("sites", &self.sites)
             .field("keep_error", &self.keep_error)
             .field("masked", &self.mask.is_some())
             .finish()
@@ -183,32 +271,46 @@ impl std::fmt::Debug for SpliceHooks<'_> {
 }
 
 impl<'a> SpliceHooks<'a> {
-    /// Splice `sae` at `site`; `mask` (`[batch, seq]`, `true` = splice) limits the positions.
-    pub fn new(sae: &'a Sae, site: Site, keep_error: bool, mask: Option<&Tensor>) -> Self {
+    /// Splice `sae` at `sites` (a [`Site`] for an SAE); `mask` (`[batch, seq]`, `true` =
+    /// splice) limits the positions.
+    pub fn new(
+        sae: &'a Sae,
+        sites: impl Into<SaeSites>,
+        keep_error: bool,
+        mask: Option<&Tensor>,
+    ) -> Self {
         SpliceHooks {
             sae,
-            site,
+            sites: sites.into(),
             keep_error,
             mask: mask.map(Tensor::shallow_clone),
+            read: None,
         }
     }
-}
 
-impl Hooks for SpliceHooks<'_> {
-    fn wants(&self, site: Site) -> bool {
-        site == self.site
-    }
-
-    fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), intervene::Error> {
-        if site != self.site {
-            return Ok(());
-        }
-        let new = if self.keep_error {
-            self.sae.reconstruct_with_error(activation)
+    /// What the write site becomes at every position: the reconstruction of `x` (the read
+    /// site's activation), with the error against `target` (the write site's) when asked.
+    fn replacement(&self, x: &Tensor, target: &Tensor) -> Result<Tensor> {
+        if self.keep_error {
+            self.sae.reconstruct_with_error_of(x, target)
         } else {
-            self.sae.reconstruct(activation)
-        }?;
-        let new = new
+            self.sae.reconstruct(x)
+        }
+    }
+
+    fn write(&mut self, activation: &mut Tensor) -> Result<(), intervene::Error> {
+        let x = if self.sites.is_transcoder() {
+            self.read.take().ok_or_else(|| {
+                intervene::Error::Invalid(format!(
+                    "transcoder splice: {} was not visited before {}",
+                    self.sites.read, self.sites.write
+                ))
+            })?
+        } else {
+            activation.shallow_clone()
+        };
+        let new = self
+            .replacement(&x, activation)?
             .f_to_kind(activation.kind())?
             .f_to_device(activation.device())?;
         let size = activation.size();
@@ -224,6 +326,29 @@ impl Hooks for SpliceHooks<'_> {
         };
         *activation = new;
         Ok(())
+    }
+}
+
+impl Hooks for SpliceHooks<'_> {
+    fn begin_forward(&mut self, _info: &ForwardInfo) -> Result<(), intervene::Error> {
+        self.read = None;
+        Ok(())
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        site == self.sites.read || site == self.sites.write
+    }
+
+    fn visit(&mut self, site: Site, activation: &mut Tensor) -> Result<(), intervene::Error> {
+        if site == self.sites.write {
+            self.write(activation)
+        } else {
+            if site == self.sites.read {
+                // Read only: the model's own MLP still runs on it.
+                self.read = Some(activation.shallow_clone());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -306,7 +431,8 @@ pub fn mean_kl(clean: &Tensor, new: &Tensor, mask: &Tensor) -> Result<f64> {
     scalar(&kl.f_index(&[Some(m)])?.f_mean(Kind::Float)?)
 }
 
-/// ΔCE and KL of splicing `sae` into `model` at `site`, with and without the error term.
+/// ΔCE and KL of splicing `sae` into `model` at `site` (a [`Site`], or an SAE's or
+/// transcoder's [`SaeSites`]), with and without the error term.
 ///
 /// `input` is the model's batch and `ids` its token ids `[B, T]`; `attention_mask` (`[B, T]`,
 /// 1 = real token) marks padding, `None` meaning none. The SAE is spliced at every real position
@@ -320,7 +446,7 @@ pub fn splice_metrics<M, F>(
     input: &M::Input,
     ids: &Tensor,
     attention_mask: Option<&Tensor>,
-    site: Site,
+    site: impl Into<SaeSites>,
     logits_of: F,
 ) -> Result<SpliceMetrics>
 where
@@ -355,9 +481,10 @@ where
             .map_err(|e| Error::Model(Box::new(e)))?;
         logits_of(out).ok_or_else(|| Error::input("splice metrics", "the model returned no logits"))
     };
+    let sites = site.into();
     let clean = run(&mut NoHooks)?;
-    let spliced = run(&mut SpliceHooks::new(sae, site, false, Some(&splice_mask)))?;
-    let with_error = run(&mut SpliceHooks::new(sae, site, true, Some(&splice_mask)))?;
+    let spliced = run(&mut SpliceHooks::new(sae, sites, false, Some(&splice_mask)))?;
+    let with_error = run(&mut SpliceHooks::new(sae, sites, true, Some(&splice_mask)))?;
     let ce_clean = next_token_ce(&clean, ids, &ce_mask)?;
     let ce_spliced = next_token_ce(&spliced, ids, &ce_mask)?;
     let ce_spliced_with_error = next_token_ce(&with_error, ids, &ce_mask)?;

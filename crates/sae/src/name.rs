@@ -1,23 +1,31 @@
-//! Naming an SAE: local paths, hub paths and canonical shorthands, and what a name says about
-//! where the SAE reads the model.
+//! Naming an SAE: local paths, hub paths, canonical shorthands and Gemma Scope 2 release ids,
+//! and what a name says about where the SAE reads (and a transcoder writes) the model.
 //!
-//! Three forms name an SAE, and [`SaeName::parse`] tells them apart:
+//! Four forms name an SAE, and [`SaeName::parse`] tells them apart:
 //!
-//! * a **local path** that exists: a `params.npz` file, a SAELens `sae_weights.safetensors`
-//!   file, or a directory holding one of them;
+//! * a **local path** that exists: a `params.npz` file, a Gemma Scope 2 `params.safetensors`
+//!   file, a SAELens `sae_weights.safetensors` file, or a directory holding one of them;
 //! * a **hub path** `owner/repo/sub/folders`, e.g.
 //!   `google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`: the repository is the first
-//!   two parts and the file is the rest plus `/params.npz` (unless the rest already names a
-//!   `.npz` or `.safetensors` file); an optional `hf://` prefix is accepted;
+//!   two parts and the file is the rest plus `/params.npz` — `/params.safetensors` in a Gemma
+//!   Scope 2 repository (`google/gemma-scope-2-1b-pt/resid_post/layer_13_width_16k_l0_small`) —
+//!   unless the rest already names a `.npz` or `.safetensors` file; an optional `hf://` prefix
+//!   is accepted;
 //! * a **canonical shorthand** `gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical`,
 //!   SAELens' `*-canonical` releases, resolved through the canonical L0 table shipped as data in
 //!   `data/canonical_l0.tsv` (from SAELens' `pretrained_saes.yaml`) to the hub path
-//!   `google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`.
+//!   `google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`;
+//! * a **Gemma Scope 2 release and SAE id** as SAELens names them,
+//!   `gemma-scope-2-1b-pt-res/layer_13_width_16k_l0_small` (see [`crate::gemma_scope_2`]),
+//!   checked against the release table in `data/gemma_scope_2.tsv`.
 //!
-//! The hook site follows from the name where it says it: a `layer_<L>` part gives the layer, and
-//! the release suffix gives the family (`-res` → [`SiteKind::BlockOutput`], `-mlp` →
-//! [`SiteKind::PostFeedforwardNormOutput`], `-att` → [`SiteKind::AttentionValueOutput`], the
-//! input of `o_proj`). See [`SaeFamily`] for the embedding SAEs.
+//! The hook site follows from the name where it says it: a `layer_<L>` part (or the `layer_<L>_`
+//! prefix of a Gemma Scope 2 folder) gives the layer, and the release suffix or the Gemma
+//! Scope 2 folder gives the family (`-res`, `resid_post` → [`SiteKind::BlockOutput`]; `-mlp`,
+//! `mlp_out` → [`SiteKind::PostFeedforwardNormOutput`]; `-att`, `attn_out` →
+//! [`SiteKind::AttentionValueOutput`], the input of `o_proj`; `-transcoders`, `transcoder` →
+//! reads [`SiteKind::MlpInput`] and writes [`SiteKind::PostFeedforwardNormOutput`], see
+//! [`SaeSites`]). See [`SaeFamily`] for the embedding SAEs.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -42,8 +50,11 @@ pub enum SaeFamily {
     /// embedding, which is what enters decoder layer 0: the site is
     /// [`SiteKind::BlockInput`] at layer 0.
     Embedding,
-    /// MLP transcoders (`-transcoders`): they read the MLP input and predict its output, which is
-    /// not one hook site; they load, but have no [`Site`].
+    /// MLP transcoders (Gemma Scope `-transcoders`, Gemma Scope 2 `transcoder/`): they read the
+    /// MLP input (the output of `pre_feedforward_layernorm`, SAELens `blocks.L.hook_mlp_in` /
+    /// `blocks.L.ln2.hook_normalized`) and predict the MLP's contribution (the output of
+    /// `post_feedforward_layernorm`, `blocks.L.hook_mlp_out`): two sites, see
+    /// [`SaeFamily::sites`]; no one [`Site`].
     Transcoder,
 }
 
@@ -52,6 +63,8 @@ impl SaeFamily {
     /// `…-transcoders`), if any.
     pub fn from_release(name: &str) -> Option<SaeFamily> {
         let name = name.strip_suffix("-canonical").unwrap_or(name);
+        // Gemma Scope 2's `…-all` releases hold the same kinds at every layer.
+        let name = name.strip_suffix("-all").unwrap_or(name);
         if name.ends_with("-res") || name.contains("-res-") {
             Some(SaeFamily::Residual)
         } else if name.ends_with("-mlp") || name.contains("-mlp-") {
@@ -85,7 +98,59 @@ impl SaeFamily {
         Some((family, layer))
     }
 
-    /// The hook site of this family at `layer`, if it is one site.
+    /// The family a Gemma Scope 2 folder holds: `resid_post`, `attn_out`, `mlp_out`,
+    /// `transcoder`, each also with `_all`. These are also the names `--site` takes.
+    pub fn from_gemma_scope_2_folder(part: &str) -> Option<SaeFamily> {
+        match part.strip_suffix("_all").unwrap_or(part) {
+            "resid_post" => Some(SaeFamily::Residual),
+            "attn_out" => Some(SaeFamily::Attention),
+            "mlp_out" => Some(SaeFamily::Mlp),
+            "transcoder" => Some(SaeFamily::Transcoder),
+            _ => None,
+        }
+    }
+
+    /// The Gemma Scope 2 folder of this family (`None` for embedding SAEs, which Gemma Scope 2
+    /// does not have).
+    pub fn gemma_scope_2_folder(self) -> Option<&'static str> {
+        match self {
+            SaeFamily::Residual => Some("resid_post"),
+            SaeFamily::Attention => Some("attn_out"),
+            SaeFamily::Mlp => Some("mlp_out"),
+            SaeFamily::Transcoder => Some("transcoder"),
+            SaeFamily::Embedding => None,
+        }
+    }
+
+    /// Where this family reads and writes at `layer`: one site for the SAEs, the MLP input and
+    /// the post-feedforward norm's output for transcoders.
+    pub fn sites(self, layer: usize) -> SaeSites {
+        match self {
+            SaeFamily::Transcoder => SaeSites {
+                read: Site::new(layer, SiteKind::MlpInput),
+                write: Site::new(layer, SiteKind::PostFeedforwardNormOutput),
+            },
+            SaeFamily::Residual => SaeSites::at(Site::new(layer, SiteKind::BlockOutput)),
+            SaeFamily::Mlp => SaeSites::at(Site::new(layer, SiteKind::PostFeedforwardNormOutput)),
+            SaeFamily::Attention => SaeSites::at(Site::new(layer, SiteKind::AttentionValueOutput)),
+            SaeFamily::Embedding => SaeSites::at(Site::new(0, SiteKind::BlockInput)),
+        }
+    }
+
+    /// The family whose sites these are, if any.
+    pub fn of_sites(sites: SaeSites) -> Option<SaeFamily> {
+        [
+            SaeFamily::Residual,
+            SaeFamily::Mlp,
+            SaeFamily::Attention,
+            SaeFamily::Transcoder,
+        ]
+        .into_iter()
+        .find(|f| f.sites(sites.read.layer) == sites)
+    }
+
+    /// The hook site of this family at `layer`, if it is one site (an SAE that reads and writes
+    /// there; `None` for transcoders, see [`sites`](Self::sites)).
     pub fn site(self, layer: usize) -> Option<Site> {
         match self {
             SaeFamily::Residual => Some(Site::new(layer, SiteKind::BlockOutput)),
@@ -109,12 +174,68 @@ pub fn site_from_hook_name(hook: &str) -> Option<Site> {
     (tail == "hook_resid_pre").then(|| Site::new(layer, SiteKind::BlockInput))
 }
 
+/// Where an SAE reads the model, and where what it computes belongs.
+///
+/// For an SAE both are the same site: it reconstructs the activation it reads, and steering adds
+/// its decoder directions there. A transcoder reads one site (the MLP input) and predicts
+/// another (the MLP's contribution after the post-feedforward norm): its latents are read at
+/// [`read`](Self::read), while its output, its steering directions and its reconstruction
+/// metrics belong to [`write`](Self::write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SaeSites {
+    /// The site whose activation is encoded.
+    pub read: Site,
+    /// The site the decoder writes: `read` for an SAE.
+    pub write: Site,
+}
+
+impl SaeSites {
+    /// An SAE that reads and writes `site`.
+    pub fn at(site: Site) -> SaeSites {
+        SaeSites {
+            read: site,
+            write: site,
+        }
+    }
+
+    /// Whether the decoder writes another site than the encoder reads.
+    pub fn is_transcoder(&self) -> bool {
+        self.read != self.write
+    }
+
+    /// The same kinds at `layer` (both sites of a transcoder are in one layer).
+    pub fn with_layer(self, layer: usize) -> SaeSites {
+        SaeSites {
+            read: Site::new(layer, self.read.kind),
+            write: Site::new(layer, self.write.kind),
+        }
+    }
+}
+
+impl From<Site> for SaeSites {
+    fn from(site: Site) -> SaeSites {
+        SaeSites::at(site)
+    }
+}
+
+impl std::fmt::Display for SaeSites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_transcoder() {
+            write!(f, "{} → {}", self.read, self.write)
+        } else {
+            write!(f, "{}", self.read)
+        }
+    }
+}
+
 /// What a name says about the SAE's site: its family and layer, where the name has them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteHint {
-    /// The family, from a `-res`/`-mlp`/`-att` part or an `embedding` folder.
+    /// The family, from a `-res`/`-mlp`/`-att`/`-transcoders` part, a Gemma Scope 2 folder
+    /// (`resid_post`, `attn_out`, `mlp_out`, `transcoder`, with or without `_all`) or an
+    /// `embedding` folder.
     pub family: Option<SaeFamily>,
-    /// The layer, from a `layer_<L>` part.
+    /// The layer, from a `layer_<L>` part or the `layer_<L>_…` of a Gemma Scope 2 folder.
     pub layer: Option<usize>,
 }
 
@@ -124,10 +245,12 @@ impl SiteHint {
         let mut hint = SiteHint::default();
         let mut embedding = false;
         for part in parts {
-            if let Some(family) = SaeFamily::from_release(part) {
+            if let Some(family) =
+                SaeFamily::from_release(part).or_else(|| SaeFamily::from_gemma_scope_2_folder(part))
+            {
                 hint.family = Some(family);
             }
-            if let Some(l) = part.strip_prefix("layer_").and_then(|l| l.parse().ok()) {
+            if let Some(l) = crate::gemma_scope_2::layer_of_part(part) {
                 hint.layer = Some(l);
             }
             if part == "embedding" {
@@ -141,11 +264,21 @@ impl SiteHint {
         hint
     }
 
-    /// The hook site, when both family and layer are known.
+    /// The hook site, when both family and layer are known and the family reads and writes one
+    /// site (`None` for transcoders: see [`sites`](Self::sites)).
     pub fn site(&self) -> Option<Site> {
         match (self.family, self.layer) {
             (Some(SaeFamily::Embedding), _) => SaeFamily::Embedding.site(0),
             (Some(f), Some(l)) => f.site(l),
+            _ => None,
+        }
+    }
+
+    /// Where the SAE reads and writes, when both family and layer are known.
+    pub fn sites(&self) -> Option<SaeSites> {
+        match (self.family, self.layer) {
+            (Some(SaeFamily::Embedding), _) => Some(SaeFamily::Embedding.sites(0)),
+            (Some(f), Some(l)) => Some(f.sites(l)),
             _ => None,
         }
     }
@@ -163,6 +296,14 @@ pub enum SaeName {
         /// The file inside it, e.g. `layer_20/width_16k/average_l0_71/params.npz`.
         file: String,
     },
+    /// A Gemma Scope 2 SAE as SAELens names it: release and SAE id.
+    Release {
+        /// The SAELens release, e.g. `gemma-scope-2-1b-pt-res`.
+        release: String,
+        /// The SAE id, e.g. `layer_13_width_16k_l0_small` (`transcoder/…` in the
+        /// `…-transcoders` releases).
+        sae_id: String,
+    },
     /// A SAELens canonical shorthand.
     Canonical {
         /// The release without `-canonical`, e.g. `gemma-scope-2b-pt-res`.
@@ -175,8 +316,10 @@ pub enum SaeName {
 }
 
 impl SaeName {
-    /// Tell the three forms apart. An existing path always wins; then a first part ending in
-    /// `-canonical` is a shorthand; then three or more `/`-separated parts are a hub path.
+    /// Tell the four forms apart. An existing path always wins; then a first part ending in
+    /// `-canonical` is a shorthand; then a first part starting with `gemma-scope-2-` is a
+    /// Gemma Scope 2 release (checked against the release table); then three or more
+    /// `/`-separated parts are a hub path.
     pub fn parse(name: &str) -> Result<SaeName> {
         let unknown = |reason: &str| Error::UnknownName {
             name: name.to_string(),
@@ -199,8 +342,10 @@ impl SaeName {
         }
         Self::parse_remote(name, trimmed)?.ok_or_else(|| {
             unknown(
-                "not an existing path, a hub path (owner/repo/layer_L/width_W/average_l0_N) \
-                 or a canonical shorthand (<release>-canonical/layer_L/width_W/canonical)",
+                "not an existing path, a hub path (owner/repo/layer_L/width_W/average_l0_N), \
+                 a canonical shorthand (<release>-canonical/layer_L/width_W/canonical) \
+                 or a Gemma Scope 2 release and SAE id \
+                 (gemma-scope-2-1b-pt-res/layer_13_width_16k_l0_small)",
             )
         })
     }
@@ -236,6 +381,18 @@ impl SaeName {
                 width: width.to_string(),
             }));
         }
+        if let Some(release) = parts
+            .first()
+            .filter(|p| p.starts_with(crate::gemma_scope_2::PREFIX))
+        {
+            let sae_id = parts[1..].join("/");
+            // Checked now, so that a typo fails before any download.
+            crate::gemma_scope_2::locate(name, release, &sae_id)?;
+            return Ok(Some(SaeName::Release {
+                release: (*release).to_string(),
+                sae_id,
+            }));
+        }
         if parts.len() < 3 {
             return Ok(None);
         }
@@ -243,6 +400,8 @@ impl SaeName {
         let rest = parts[2..].join("/");
         let file = if rest.ends_with(".npz") || rest.ends_with(".safetensors") {
             rest
+        } else if parts[1].starts_with(crate::gemma_scope_2::PREFIX) {
+            format!("{rest}/{}", crate::gemma_scope_2::WEIGHTS)
         } else {
             format!("{rest}/params.npz")
         };
@@ -262,6 +421,13 @@ impl SaeName {
             SaeName::Hub { repo, file } => {
                 SiteHint::from_parts(repo.split('/').chain(file.split('/')))
             }
+            SaeName::Release { release, sae_id } => SiteHint {
+                family: SaeFamily::from_release(release),
+                layer: sae_id
+                    .rsplit('/')
+                    .next()
+                    .and_then(crate::gemma_scope_2::layer_of_part),
+            },
             SaeName::Canonical { release, layer, .. } => SiteHint {
                 family: SaeFamily::from_release(release),
                 layer: Some(*layer),

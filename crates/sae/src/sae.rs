@@ -1,4 +1,5 @@
-//! The JumpReLU SAE: weights on one device, encode, decode, top-k, steering vectors.
+//! The JumpReLU SAE (and transcoder): weights on one device, encode, decode, top-k, steering
+//! vectors.
 
 use std::path::{Path, PathBuf};
 
@@ -7,8 +8,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hub::{resolve, HubOptions, ResolvedSae, SaeFormat};
-use crate::load::{hook_family, read_npz, read_saelens, rescale_embedding, SaeWeights};
-use crate::name::{site_from_hook_name, SaeFamily, SiteHint};
+use crate::load::{
+    hook_family, read_gemma_scope_2, read_npz, read_saelens, rescale_embedding, SaeWeights,
+    SKIP_KEY,
+};
+use crate::name::{site_from_hook_name, SaeFamily, SaeSites, SiteHint};
 
 /// What is known about a loaded SAE besides its weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,12 +27,19 @@ pub struct SaeInfo {
     pub d_in: i64,
     /// Number of latents.
     pub d_sae: i64,
-    /// The family, from the file's hook name or the SAE's name.
+    /// Output width: `d_in` for an SAE, the written site's width for a transcoder.
+    pub d_out: i64,
+    /// The family, from the file's hook name or the SAE's name (or where it was placed).
     pub family: Option<SaeFamily>,
-    /// The layer, from the file's hook name or the SAE's name.
+    /// The layer, from the file's hook name or the SAE's name (or where it was placed).
     pub layer: Option<usize>,
-    /// The hook site, when family and layer are known (and the family is one site).
+    /// The hook site the SAE reads, when family and layer are known.
     pub site: Option<Site>,
+    /// The hook site the decoder writes: [`site`](Self::site) for an SAE, the MLP output for a
+    /// transcoder.
+    pub write_site: Option<Site>,
+    /// Whether it has an affine skip (`affine_skip_connection`, Gemma Scope 2 transcoders).
+    pub affine_skip: bool,
     /// The SAELens hook name, when the file gives one.
     pub hook_name: Option<String>,
 }
@@ -36,6 +47,13 @@ pub struct SaeInfo {
 /// A Gemma Scope JumpReLU sparse autoencoder, resident on one device, in float32 as loaded
 /// (the Gemma Scope tutorial's precision) or in another float dtype after
 /// [`to_dtype`](Self::to_dtype) (what SAELens' `dtype=` and pyvene with bf16 parameters do).
+///
+/// The same type is a **transcoder** when its decoder writes another site than its encoder
+/// reads ([`sites`](Self::sites), [`is_transcoder`](Self::is_transcoder)): the encoder is the
+/// same JumpReLU, `W_dec` is `[d_sae, d_out]`, and an affine transcoder adds `x · W_skip`
+/// (`W_skip` `[d_in, d_out]`) to its output ([`reconstruct`](Self::reconstruct)). Latents are
+/// read at the read site; steering directions, outputs and reconstruction errors belong to the
+/// write site.
 ///
 /// Inputs of any float dtype are cast to the SAE's dtype (the weights are never cast), and every
 /// result is in that dtype on the SAE's device; callers that write results back into a model of
@@ -48,6 +66,8 @@ pub struct Sae {
     b_enc: Tensor,
     b_dec: Tensor,
     threshold: Tensor,
+    /// A transcoder's affine skip `W_skip`, `[d_in, d_out]`.
+    skip: Option<Tensor>,
     info: SaeInfo,
 }
 
@@ -68,6 +88,7 @@ impl Clone for Sae {
             b_enc: self.b_enc.shallow_clone(),
             b_dec: self.b_dec.shallow_clone(),
             threshold: self.threshold.shallow_clone(),
+            skip: self.skip.as_ref().map(Tensor::shallow_clone),
             info: self.info.clone(),
         }
     }
@@ -123,6 +144,7 @@ impl Sae {
         let weights = match resolved.format {
             SaeFormat::GemmaScopeNpz => read_npz(&resolved.path)?,
             SaeFormat::SaeLens => read_saelens(&resolved.path)?,
+            SaeFormat::GemmaScope2 => return Sae::load_gemma_scope_2(resolved, device),
         };
         Sae::from_weights(
             weights,
@@ -133,8 +155,39 @@ impl Sae {
         )
     }
 
-    /// Load a Gemma Scope `params.npz` (or a directory holding one, or a SAELens directory)
-    /// from a local path; the site comes from the path's parts.
+    /// A Gemma Scope 2 folder: the sites come from the name as SAELens takes them (the folder
+    /// names the kind and the layer), else from `config.json`'s hook points; a config that
+    /// names other sites than the folder is an error.
+    fn load_gemma_scope_2(resolved: &ResolvedSae, device: Device) -> Result<Sae> {
+        let read = read_gemma_scope_2(&resolved.path)?;
+        let by_config = read.config.as_ref().and_then(|c| c.sites);
+        let by_name = resolved.hint.sites();
+        if let (Some(config), Some(name), Some(cfg)) = (by_config, by_name, &read.config) {
+            if config != name {
+                return Err(Error::Config {
+                    path: cfg.path.clone(),
+                    reason: format!(
+                        "its hook points name {config}, but the folder name says {name}"
+                    ),
+                });
+            }
+        }
+        let sae = Sae::build(
+            read.weights,
+            read.skip,
+            &resolved.name,
+            SaeFormat::GemmaScope2,
+            resolved.hint,
+            device,
+        )?;
+        match (by_name, by_config) {
+            (None, Some(sites)) => sae.placed(sites),
+            _ => Ok(sae),
+        }
+    }
+
+    /// Load a Gemma Scope `params.npz` (or a directory holding one, a Gemma Scope 2 folder, or
+    /// a SAELens directory) from a local path; the site comes from the path's parts.
     pub fn from_path(path: impl AsRef<Path>, device: Device) -> Result<Sae> {
         let name = path.as_ref().to_string_lossy().into_owned();
         let parsed = crate::name::SaeName::Local(path.as_ref().to_path_buf());
@@ -144,27 +197,51 @@ impl Sae {
 
     /// Build from validated CPU weights.
     pub fn from_weights(
+        weights: SaeWeights,
+        name: &str,
+        format: SaeFormat,
+        hint: SiteHint,
+        device: Device,
+    ) -> Result<Sae> {
+        Sae::build(weights, None, name, format, hint, device)
+    }
+
+    /// Build from validated CPU weights and an optional affine skip `[d_in, d_out]`; the sites
+    /// (from the file's hook name, else the name) are checked against the shapes.
+    pub fn build(
         mut weights: SaeWeights,
+        skip: Option<Tensor>,
         name: &str,
         format: SaeFormat,
         hint: SiteHint,
         device: Device,
     ) -> Result<Sae> {
         // The file's own hook name is authoritative; the name fills in otherwise.
-        let (family, layer, site) = match weights.hook_name.as_deref() {
+        let (family, layer, sites) = match weights.hook_name.as_deref() {
             Some(hook) => {
                 let fl = hook_family(hook);
                 (
                     fl.map(|(f, _)| f),
                     fl.map(|(_, l)| l)
                         .or_else(|| site_from_hook_name(hook).map(|s| s.layer)),
-                    site_from_hook_name(hook),
+                    site_from_hook_name(hook).map(SaeSites::at),
                 )
             }
-            None => (hint.family, hint.layer, hint.site()),
+            None => (hint.family, hint.layer, hint.sites()),
         };
         if format == SaeFormat::GemmaScopeNpz && family == Some(SaeFamily::Embedding) {
             rescale_embedding(&mut weights)?;
+        }
+        if let Some(skip) = &skip {
+            let want = [weights.d_in(), weights.d_out()];
+            if skip.size() != want {
+                return Err(Error::Shape {
+                    path: weights.path.clone(),
+                    key: SKIP_KEY.to_string(),
+                    got: skip.size(),
+                    expected: format!("{want:?} ([d_in, d_out])"),
+                });
+            }
         }
         let info = SaeInfo {
             name: name.to_string(),
@@ -172,9 +249,12 @@ impl Sae {
             format,
             d_in: weights.d_in(),
             d_sae: weights.d_sae(),
+            d_out: weights.d_out(),
             family,
             layer,
-            site,
+            site: sites.map(|s| s.read),
+            write_site: sites.map(|s| s.write),
+            affine_skip: skip.is_some(),
             hook_name: weights.hook_name.clone(),
         };
         let to = |t: &Tensor| -> Result<Tensor> {
@@ -182,14 +262,75 @@ impl Sae {
                 .f_to_kind(Kind::Float)?
                 .f_contiguous()?)
         };
-        Ok(Sae {
+        let sae = Sae {
             w_enc: to(&weights.w_enc)?,
             w_dec: to(&weights.w_dec)?,
             b_enc: to(&weights.b_enc)?,
             b_dec: to(&weights.b_dec)?,
             threshold: to(&weights.threshold)?,
+            skip: skip.as_ref().map(to).transpose()?,
             info,
-        })
+        };
+        if let Some(sites) = sites {
+            sae.check_sites(sites)?;
+        }
+        Ok(sae)
+    }
+
+    /// The stored name of a key in this SAE's file (Gemma Scope 2 writes them lowercase).
+    fn stored_key(&self, key: &str) -> String {
+        if self.info.format == SaeFormat::GemmaScope2 {
+            key.to_lowercase()
+        } else {
+            key.to_string()
+        }
+    }
+
+    /// Whether these weights can sit at `sites`: an SAE that writes where it reads has
+    /// `d_out = d_in` and no affine skip.
+    fn check_sites(&self, sites: SaeSites) -> Result<()> {
+        if sites.is_transcoder() {
+            return Ok(());
+        }
+        if self.info.d_out != self.info.d_in {
+            return Err(Error::Shape {
+                path: self.info.path.clone(),
+                key: self.stored_key("W_dec"),
+                got: self.w_dec.size(),
+                expected: format!(
+                    "[{}, {}] ([d_sae, d_in]): an SAE at {} writes what it reads; only a \
+                     transcoder's decoder may have another width",
+                    self.info.d_sae, self.info.d_in, sites.read
+                ),
+            });
+        }
+        if self.skip.is_some() {
+            return Err(Error::UnexpectedKey {
+                path: self.info.path.clone(),
+                key: SKIP_KEY.to_string(),
+                reason: format!(
+                    "is a transcoder's affine skip, but this SAE reads and writes {}",
+                    sites.read
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The same SAE placed at `sites` (an explicit site or layer where the name says none, or
+    /// another than it says): an error when the weights cannot sit there (see
+    /// [`sites`](Self::sites)). The family follows the sites.
+    pub fn placed(&self, sites: SaeSites) -> Result<Sae> {
+        self.check_sites(sites)?;
+        let mut sae = self.clone();
+        sae.info.site = Some(sites.read);
+        sae.info.write_site = Some(sites.write);
+        sae.info.layer = Some(sites.read.layer);
+        // An embedding SAE keeps its family only at its own site.
+        let embedding = self.info.family == Some(SaeFamily::Embedding)
+            && sites == SaeFamily::Embedding.sites(0);
+        sae.info.family = SaeFamily::of_sites(sites).or(embedding.then_some(SaeFamily::Embedding));
+        Ok(sae)
     }
 
     /// Everything known about this SAE.
@@ -207,9 +348,41 @@ impl Sae {
         self.info.d_sae
     }
 
-    /// The hook site this SAE reads, when its name or file says it.
+    /// Output width `d_out`: `d_in` for an SAE, the written site's width for a transcoder.
+    pub fn d_out(&self) -> i64 {
+        self.info.d_out
+    }
+
+    /// The hook site this SAE reads, when its name or file says it (a transcoder's MLP input).
     pub fn site(&self) -> Option<Site> {
         self.info.site
+    }
+
+    /// The hook site the decoder writes, when known: [`site`](Self::site) for an SAE, the
+    /// output of the post-feedforward norm for a transcoder.
+    pub fn write_site(&self) -> Option<Site> {
+        self.info.write_site
+    }
+
+    /// Where this SAE reads and writes, when known.
+    pub fn sites(&self) -> Option<SaeSites> {
+        Some(SaeSites {
+            read: self.info.site?,
+            write: self.info.write_site?,
+        })
+    }
+
+    /// Whether the decoder writes another site than the encoder reads. Where the sites are
+    /// not known yet: whether the family, an affine skip or a decoder of another width says so.
+    pub fn is_transcoder(&self) -> bool {
+        match self.sites() {
+            Some(sites) => sites.is_transcoder(),
+            None => {
+                self.info.family == Some(SaeFamily::Transcoder)
+                    || self.skip.is_some()
+                    || self.info.d_out != self.info.d_in
+            }
+        }
     }
 
     /// The device the weights live on.
@@ -241,6 +414,7 @@ impl Sae {
             b_enc: to(&self.b_enc)?,
             b_dec: to(&self.b_dec)?,
             threshold: to(&self.threshold)?,
+            skip: self.skip.as_ref().map(to).transpose()?,
             info: self.info.clone(),
         })
     }
@@ -250,9 +424,14 @@ impl Sae {
         &self.w_enc
     }
 
-    /// `W_dec` `[d_sae, d_in]`; row `i` is latent `i`'s decoder direction.
+    /// `W_dec` `[d_sae, d_out]`; row `i` is latent `i`'s decoder direction.
     pub fn w_dec(&self) -> &Tensor {
         &self.w_dec
+    }
+
+    /// A transcoder's affine skip `W_skip` `[d_in, d_out]` (`affine_skip_connection`).
+    pub fn skip(&self) -> Option<&Tensor> {
+        self.skip.as_ref()
     }
 
     /// `b_enc` `[d_sae]`.
@@ -260,7 +439,7 @@ impl Sae {
         &self.b_enc
     }
 
-    /// `b_dec` `[d_in]`.
+    /// `b_dec` `[d_out]`.
     pub fn b_dec(&self) -> &Tensor {
         &self.b_dec
     }
@@ -278,6 +457,19 @@ impl Sae {
             Err(Error::DInMismatch {
                 path: self.info.path.clone(),
                 d_in: self.info.d_in,
+                model_d,
+            })
+        }
+    }
+
+    /// Check that the model's activation width at the SAE's write site is `d_out`.
+    pub fn check_d_out(&self, model_d: i64) -> Result<()> {
+        if model_d == self.info.d_out {
+            Ok(())
+        } else {
+            Err(Error::DOutMismatch {
+                path: self.info.path.clone(),
+                d_out: self.info.d_out,
                 model_d,
             })
         }
@@ -343,23 +535,62 @@ impl Sae {
         Self::unrows(pre, &lead)
     }
 
-    /// Reconstruction `a·W_dec + b_dec`, `[..., d_in]` in the SAE's dtype.
+    /// `a·W_dec + b_dec`, `[..., d_out]` in the SAE's dtype (SAELens' `decode`: no skip).
     pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
         let (a2, lead) = self.as_rows(acts, self.info.d_sae, "SAE decode")?;
         Self::unrows(self.b_dec.f_addmm(&a2, &self.w_dec)?, &lead)
     }
 
-    /// `decode(encode(x))`, in the SAE's dtype.
+    /// What the SAE writes for latents `acts` of the input `x`: `decode(acts) + x·W_skip`, the
+    /// skip only for an affine transcoder (added after the decoder, as SAELens' `forward`).
+    /// `[..., d_out]` in the SAE's dtype.
+    pub fn output(&self, acts: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let out = self.decode(acts)?;
+        let Some(skip) = &self.skip else {
+            return Ok(out);
+        };
+        let (x2, lead) = self.as_rows(x, self.info.d_in, "transcoder skip")?;
+        Ok(out.f_add(&Self::unrows(x2.f_matmul(skip)?, &lead)?)?)
+    }
+
+    /// `decode(encode(x))` plus, for an affine transcoder, `x·W_skip`: the SAE's estimate of
+    /// its write site (SAELens' `forward`), in the SAE's dtype.
     pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
-        self.decode(&self.encode(x)?)
+        self.output(&self.encode(x)?, x)
     }
 
     /// `decode(encode(x)) + (x − decode(encode(x)))` computed in the SAE's dtype, as SAELens'
     /// `use_error_term` does: the model sees its own activation up to that dtype's rounding.
+    /// A transcoder's error is measured at its write site: see
+    /// [`reconstruct_with_error_of`](Self::reconstruct_with_error_of).
     pub fn reconstruct_with_error(&self, x: &Tensor) -> Result<Tensor> {
+        if self.is_transcoder() {
+            return Err(Error::input(
+                "reconstruct with error",
+                "a transcoder's error is measured at its write site: use \
+                 reconstruct_with_error_of(x, target)",
+            ));
+        }
+        self.reconstruct_with_error_of(x, x)
+    }
+
+    /// `reconstruct(x) + (target − reconstruct(x))` in the SAE's dtype, with `target` the
+    /// write site's own activation (`x` itself for an SAE).
+    pub fn reconstruct_with_error_of(&self, x: &Tensor, target: &Tensor) -> Result<Tensor> {
         let x = x.f_to_device(self.device())?.f_to_kind(self.dtype())?;
+        let target = target.f_to_device(self.device())?.f_to_kind(self.dtype())?;
         let recon = self.reconstruct(&x)?;
-        let error = x.f_sub(&recon)?;
+        if recon.size() != target.size() {
+            return Err(Error::input(
+                "reconstruct with error",
+                format!(
+                    "the target {:?} is not the shape of the output {:?}",
+                    target.size(),
+                    recon.size()
+                ),
+            ));
+        }
+        let error = target.f_sub(&recon)?;
         Ok(recon.f_add(&error)?)
     }
 
@@ -412,8 +643,9 @@ impl Sae {
         self.top_k_of(&self.encode(x)?, k)
     }
 
-    /// `magnitude * W_dec[latent]`, `[d_in]` in the SAE's dtype on its device (the magnitude
-    /// rounded to that dtype first, as `torch.tensor(mag, dtype=...)` is).
+    /// `magnitude * W_dec[latent]`, `[d_out]` in the SAE's dtype on its device (the magnitude
+    /// rounded to that dtype first, as `torch.tensor(mag, dtype=...)` is); it belongs at the
+    /// write site.
     pub fn steering_vector(&self, latent: i64, magnitude: f64) -> Result<Tensor> {
         self.check_latent(latent)?;
         let mag = Tensor::f_from_slice(&[magnitude as f32])?
@@ -424,7 +656,7 @@ impl Sae {
 
     /// `Σ magnitude_i * W_dec[latent_i]` in the SAE's dtype, summed in the order given.
     pub fn steering_sum(&self, pairs: &[(i64, f64)]) -> Result<Tensor> {
-        let mut total = Tensor::f_zeros([self.info.d_in], (self.dtype(), self.device()))?;
+        let mut total = Tensor::f_zeros([self.info.d_out], (self.dtype(), self.device()))?;
         for (i, &(latent, magnitude)) in pairs.iter().enumerate() {
             let v = self.steering_vector(latent, magnitude)?;
             total = if i == 0 { v } else { total.f_add(&v)? };

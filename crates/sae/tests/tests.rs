@@ -4,6 +4,7 @@
 
 mod common;
 mod encode;
+mod gemma_scope_2;
 mod interventions;
 mod load;
 mod model;

@@ -16,7 +16,7 @@ pub struct Cli {
 pub enum Command {
     /// Generate text (greedy by default, or sampled).
     Generate(GenerateArgs),
-    /// Read an SAE's latents per token on the residual stream after its layer.
+    /// Read an SAE's latents per token at the site it reads (a transcoder's: the MLP input).
     Latents(LatentsArgs),
     /// Generate with `magnitude * W_dec[latent]` added at every position and generated token.
     Steer(SteerArgs),
@@ -63,13 +63,22 @@ pub struct LoadArgs {
 /// Flags that name an SAE.
 #[derive(Debug, Args)]
 pub struct SaeArgs {
-    /// A local path, a hub path (google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71),
-    /// or a canonical name (gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical).
-    #[arg(long, value_name = "PATH|HUB_PATH|CANONICAL")]
+    /// A local path, a hub path (google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71,
+    /// google/gemma-scope-2-1b-pt/resid_post/layer_13_width_16k_l0_small), a canonical name
+    /// (gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical) or a Gemma Scope 2
+    /// release and SAE id (gemma-scope-2-1b-pt-res/layer_13_width_16k_l0_small).
+    #[arg(long, value_name = "PATH|HUB_PATH|CANONICAL|RELEASE/SAE_ID")]
     pub sae: String,
-    /// The layer whose residual output the SAE reads; needed only when the SAE's name does not say it.
+    /// The layer the SAE reads (a transcoder writes the same layer); needed only when the SAE's
+    /// name does not say it, or to read another layer than it says.
     #[arg(long)]
     pub layer: Option<usize>,
+    /// What the SAE reads and writes, when its name does not say it or to override it:
+    /// resid_post (the decoder layer's output), attn_out (the heads entering o_proj), mlp_out
+    /// (the post-feedforward norm's output), or transcoder (reads the MLP input, writes the
+    /// post-feedforward norm's output).
+    #[arg(long, value_parser = SITES)]
+    pub site: Option<String>,
     /// The SAE's dtype: f32 (the Gemma Scope tutorial's), bf16 or f16 (half the memory), or
     /// `model` for the model's.
     #[arg(long, default_value = "f32", value_parser = SAE_DTYPES)]
@@ -291,6 +300,9 @@ const DTYPES: [&str; 8] = [
     "auto", "f32", "float32", "bf16", "bfloat16", "f16", "float16", "half",
 ];
 
+/// The names `--site` accepts (Gemma Scope 2's folder names).
+const SITES: [&str; 4] = scope::Placement::SITE_NAMES;
+
 /// The spellings `--sae-dtype` accepts.
 const SAE_DTYPES: [&str; 8] = [
     "f32", "float32", "bf16", "bfloat16", "f16", "float16", "half", "model",
@@ -319,9 +331,12 @@ pub struct ServeArgs {
     /// the first is the default.
     #[arg(long = "sae", value_name = "[NAME=]SAE", required = true)]
     pub saes: Vec<String>,
-    /// The layer whose residual output the SAEs read; needed only when a name does not say it.
+    /// The layer the SAEs read; needed only when a name does not say it, or to override it.
     #[arg(long)]
     pub layer: Option<usize>,
+    /// What the SAEs read and write (see `scope steer --help`), when a name does not say it.
+    #[arg(long, value_parser = SITES)]
+    pub site: Option<String>,
     /// The SAEs' dtype (see `scope steer --help`).
     #[arg(long, default_value = "f32", value_parser = SAE_DTYPES)]
     pub sae_dtype: String,

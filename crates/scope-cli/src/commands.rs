@@ -173,6 +173,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         mse: rec.mse,
         explained_variance: rec.explained_variance,
         explained_variance_per_token: rec.explained_variance_per_token,
+        explained_variance_conventional: rec.explained_variance_conventional,
         ce_clean: splice.ce_clean,
         ce_spliced: splice.ce_spliced,
         delta_ce: splice.delta_ce,
@@ -225,6 +226,8 @@ pub fn top(args: &TopArgs) -> Result<()> {
     bar.finish_and_clear();
     let report = TopReport {
         layer: sae.site.layer,
+        site: sae.site.kind.type_name().to_string(),
+        transcoder: sae.is_transcoder(),
         texts: top.texts(),
         tokens: top.tokens(),
         latents: top

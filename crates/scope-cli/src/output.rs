@@ -92,6 +92,11 @@ pub struct LatentsReport {
     pub threshold: f64,
     /// The layer the SAE reads.
     pub layer: usize,
+    /// The site it reads there (`block_output`, `attention_value_output`,
+    /// `post_feedforward_norm_output`, or a transcoder's `mlp_input`).
+    pub site: String,
+    /// Whether it is a transcoder (it writes the post-feedforward norm's output).
+    pub transcoder: bool,
     /// Per token, the value of the one latent asked for (the server's `latent` field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latent_values: Option<Vec<f64>>,
@@ -167,6 +172,8 @@ pub struct EvalReport {
     pub explained_variance: f64,
     /// `mean_t [1 − ‖x_t − x̂_t‖² / ‖x_t − μ‖²]` (SAELens' per-token form).
     pub explained_variance_per_token: f64,
+    /// `1 − Σ‖x − x̂‖² / Σ‖x − μ‖²` (the conventional form, SAELens' since 6.45.1).
+    pub explained_variance_conventional: f64,
     /// Next-token cross-entropy of the clean model.
     pub ce_clean: f64,
     /// With the reconstruction spliced in at every position but `<bos>`.
@@ -193,6 +200,10 @@ impl EvalReport {
                 "explained variance (per token)",
                 self.explained_variance_per_token,
             ),
+            (
+                "explained variance (conventional)",
+                self.explained_variance_conventional,
+            ),
             ("CE clean", self.ce_clean),
             ("CE spliced", self.ce_spliced),
             ("delta CE", self.delta_ce),
@@ -202,7 +213,7 @@ impl EvalReport {
         ];
         println!("L0 counts latents > {}", self.l0_threshold);
         for (name, value) in rows {
-            println!("  {name:<32} {value:>12.6}");
+            println!("  {name:<34} {value:>12.6}");
         }
     }
 }
@@ -218,6 +229,20 @@ pub struct DownloadReport {
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
+}
+
+/// The site an SAE reads, for a table's header: `residual` for the block output.
+fn site_words(site: &str, transcoder: bool) -> String {
+    let site = if site == "block_output" {
+        "residual"
+    } else {
+        site
+    };
+    if transcoder {
+        format!("{site} (transcoder)")
+    } else {
+        site.to_string()
+    }
 }
 
 /// A token as a table cell: visible whitespace, no newlines.
@@ -246,8 +271,10 @@ impl LatentsReport {
     /// The human-readable form.
     pub fn print_table(&self) {
         println!(
-            "layer {} residual, L0 counts latents > {}",
-            self.layer, self.threshold
+            "layer {} {}, L0 counts latents > {}",
+            self.layer,
+            site_words(&self.site, self.transcoder),
+            self.threshold
         );
         println!(
             "{:>4}  {:<16} {:>6}  {:>8} {:>10}  top",
@@ -351,6 +378,11 @@ pub struct LatentExamples {
 pub struct TopReport {
     /// The layer the SAE reads.
     pub layer: usize,
+    /// The site it reads there (`block_output`, `attention_value_output`,
+    /// `post_feedforward_norm_output`, or a transcoder's `mlp_input`).
+    pub site: String,
+    /// Whether it is a transcoder (it writes the post-feedforward norm's output).
+    pub transcoder: bool,
     /// How many texts were searched.
     pub texts: usize,
     /// How many token positions were searched (without `<bos>` unless asked for).
@@ -363,8 +395,11 @@ impl TopReport {
     /// The readable form.
     pub fn print_table(&self) {
         println!(
-            "layer {} residual: strongest activations over {} texts ({} tokens)",
-            self.layer, self.texts, self.tokens
+            "layer {} {}: strongest activations over {} texts ({} tokens)",
+            self.layer,
+            site_words(&self.site, self.transcoder),
+            self.texts,
+            self.tokens
         );
         for latent in &self.latents {
             println!("latent {}:", latent.latent);

@@ -63,6 +63,8 @@ pub fn latents(
         token_ids: ids,
         threshold: q.threshold,
         layer: sae.site.layer,
+        site: sae.site.kind.type_name().to_string(),
+        transcoder: sae.is_transcoder(),
         latent_values,
     })
 }

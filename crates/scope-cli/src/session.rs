@@ -146,13 +146,21 @@ pub fn open_sae(args: &crate::args::SaeArgs, session: &Session) -> Result<scope:
         .to_dtype(dtype)
         .with_context(|| format!("cannot convert SAE `{}` to {dtype:?}", args.sae))?;
     spinner.finish_and_clear();
-    if args.layer.is_none() && sae.site().is_none() {
+    if args.layer.is_none() && sae.site().is_none() && sae.info().layer.is_none() {
         bail!(
             "the SAE `{}` does not say which layer it reads: pass --layer L",
             args.sae
         );
     }
-    scope::SaeAt::new(sae, args.layer, &session.model)
+    let placement = scope::Placement {
+        layer: args.layer,
+        family: args
+            .site
+            .as_deref()
+            .map(scope::Placement::parse_site)
+            .transpose()?,
+    };
+    scope::SaeAt::place(sae, placement, &session.model)
         .with_context(|| format!("SAE `{}` does not fit this model", args.sae))
 }
 

@@ -3,6 +3,7 @@
 use gemma_model::{Batch, GemmaModel};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
 use sae::{ReconstructionMetrics, SpliceMetrics};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::sae_at::SaeAt;
@@ -10,6 +11,10 @@ use crate::sae_at::SaeAt;
 /// The SAE's reconstruction metrics over every real token of `prompts` but `<bos>` (L0 counts
 /// latents above `threshold`), and the next-token cross-entropy and KL with the SAE spliced
 /// in, as SAELens defines them.
+///
+/// A transcoder stands in for the MLP: it encodes the MLP input, its output (with the affine
+/// skip) is compared with the post-feedforward norm's clean output (MSE, explained variance)
+/// and spliced in there, computed from the MLP input of the same call.
 pub fn eval(
     model: &GemmaModel,
     sae: &SaeAt,
@@ -18,30 +23,56 @@ pub fn eval(
 ) -> Result<(ReconstructionMetrics, SpliceMetrics)> {
     let batch = Batch::left_padded(prompts, model.config().pad_token_id)?;
     let (b, t) = batch.shape()?;
-    // The SAE's input: the raw activation at its site, read without changing the model.
-    let graph = IntervenableModel::new(
-        model,
-        vec![RepresentationConfig::new(
-            sae.component(),
-            intervene::Collect,
-        )],
-    )?;
-    let options = CallOptions::new().collect_only_stop_early(true);
-    let out = graph.forward(&batch, Sources::None, &options)?;
-    let x = out
-        .collected
-        .first()
-        .ok_or_else(|| Error::Input("the collect returned nothing".into()))?;
+    let (x, target) = read_and_write_activations(model, sae, &batch)?;
     let mask = sae::metrics::position_mask(batch.attention_mask.as_ref(), b, t)?;
-    let reconstruction = sae.sae.reconstruction_metrics(x, Some(&mask), threshold)?;
+    let reconstruction =
+        sae.sae
+            .reconstruction_metrics_against(&x, &target, Some(&mask), threshold)?;
     let splice = sae::splice_metrics(
         &sae.sae,
         model,
         &batch,
         &batch.input_ids,
         batch.attention_mask.as_ref(),
-        sae.site,
+        sae.sites(),
         |o| o.logits,
     )?;
     Ok((reconstruction, splice))
+}
+
+/// The raw activations at the SAE's read site and at its write site (the same tensor for an
+/// SAE), read in one call that changes nothing and stops after the SAE's layer.
+fn read_and_write_activations(
+    model: &GemmaModel,
+    sae: &SaeAt,
+    batch: &Batch,
+) -> Result<(Tensor, Tensor)> {
+    let mut configs = vec![RepresentationConfig::new(
+        sae.component(),
+        intervene::Collect,
+    )];
+    if sae.is_transcoder() {
+        configs.push(RepresentationConfig::new(
+            sae.write_component(),
+            intervene::Collect,
+        ));
+    }
+    let graph = IntervenableModel::new(model, configs)?;
+    let options = CallOptions::new().collect_only_stop_early(true);
+    let out = graph.forward(batch, Sources::None, &options)?;
+    let collected = |index: usize| -> Result<Tensor> {
+        out.collected
+            .iter()
+            .zip(&out.collected_from)
+            .find(|(_, from)| **from == index)
+            .map(|(t, _)| t.shallow_clone())
+            .ok_or_else(|| Error::Input("the collect returned nothing".into()))
+    };
+    let x = collected(0)?;
+    let target = if sae.is_transcoder() {
+        collected(1)?
+    } else {
+        x.shallow_clone()
+    };
+    Ok((x, target))
 }

@@ -12,8 +12,15 @@
 //! | [`eval`] | reconstruction metrics and the spliced-in cross-entropy and KL | SAELens' evals |
 //! | [`top_examples`] | where latents fire most over texts | Neuronpedia's top activations |
 //!
+//! Every call works with any SAE at its site: residual, attention (`o_proj`'s input) and MLP
+//! SAEs of Gemma Scope and Gemma Scope 2, and transcoders, which read the MLP input and write
+//! the post-feedforward norm's output ([`SaeAt::write_site`]): their latents, top examples and
+//! patches read the MLP input, steering adds their decoder rows to the MLP output, patching
+//! and evaluation write their output there in place of the MLP's.
+//!
 //! Load with [`GemmaModel::from_pretrained`](gemma_model::GemmaModel::from_pretrained) (the
-//! model and its tokenizer) and [`SaeAt::from_pretrained`]. Token ids go in and come out:
+//! model and its tokenizer) and [`SaeAt::from_pretrained`] (or [`SaeAt::place`] with a
+//! [`Placement`] for `--site` / `--layer`). Token ids go in and come out:
 //! tokenizing and printing are the caller's. [`guide`] puts each step of the Gemma Scope
 //! tutorial's Python next to its Rust.
 //!
@@ -58,7 +65,7 @@ pub use eval::eval;
 pub use explain::explain;
 pub use latents::{latents, LatentCollector, TokenLatents};
 pub use patch::{patch, resolve_position, Patch, Patched};
-pub use sae_at::{SaeAt, TopLatents};
+pub use sae_at::{Placement, SaeAt, TopLatents};
 pub use steer::{steer, steer_many, SteerRequest};
 /// The libtorch types this crate's calls take and return.
 pub use tch::{self, Device, Kind, Tensor};

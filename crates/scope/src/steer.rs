@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::sae_at::{check_steering, SaeAt, TopLatents};
 
 /// Generates from `prompt` (token ids, `<bos>` included) with `magnitude * W_dec[latent]`
-/// of every pair added at the SAE's site, at every prompt position and every generated token
-/// (pyvene's `intervene_on_prompt=True`, `unit_locations=None`).
+/// of every pair added at the SAE's write site (its site; a transcoder's MLP output), at every
+/// prompt position and every generated token (pyvene's `intervene_on_prompt=True`,
+/// `unit_locations=None`).
 pub fn steer(
     model: &GemmaModel,
     sae: &SaeAt,
@@ -22,7 +23,7 @@ pub fn steer(
     let graph = IntervenableModel::new(
         model,
         vec![RepresentationConfig::new(
-            sae.component(),
+            sae.write_component(),
             sae::Steer::new(&sae.sae, pairs)?,
         )],
     )?;

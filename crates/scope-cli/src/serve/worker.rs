@@ -157,14 +157,14 @@ pub fn start(args: &ServeArgs) -> Result<(mpsc::Sender<Job>, Info, JoinHandle<Re
     let (ready_tx, ready) = mpsc::channel();
     let model_args = args.model.clone();
     let sae_specs = args.saes.clone();
-    let (layer, sae_dtype) = (args.layer, args.sae_dtype.clone());
+    let (layer, site, sae_dtype) = (args.layer, args.site.clone(), args.sae_dtype.clone());
     let (max_batch, context, cache_gib) = (args.max_batch, args.context, args.cache_gib);
     let counts = Arc::new(Counts::default());
     let worker_counts = Arc::clone(&counts);
     let worker = std::thread::Builder::new()
         .name("scope-model".into())
         .spawn(move || -> Result<()> {
-            let loaded = match load(&model_args, &sae_specs, layer, &sae_dtype) {
+            let loaded = match load(&model_args, &sae_specs, layer, site.as_deref(), &sae_dtype) {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -215,6 +215,7 @@ fn load(
     model: &crate::args::LoadArgs,
     specs: &[String],
     layer: Option<usize>,
+    site: Option<&str>,
     sae_dtype: &str,
 ) -> Result<Loaded> {
     let session = Session::open(model)?;
@@ -232,6 +233,7 @@ fn load(
         let args = SaeArgs {
             sae,
             layer,
+            site: site.map(str::to_string),
             sae_dtype: sae_dtype.to_string(),
         };
         saes.push((name, open_sae(&args, &session)?));
