@@ -37,31 +37,9 @@ pub fn run() -> Result {
     let scope = root.join("target/debug/scope");
     write_requests(&root)?;
     let mut not_built = Vec::new();
-    for step in steps(&model, &sae) {
-        println!("\n=== {} ===", step.title);
-        println!("$ scope {}", shell_words(&step.args));
-        let out = Command::new(&scope)
-            .args(&step.args)
-            .current_dir(&root)
-            .output()
-            .map_err(|e| Failure::new(format!("could not run {}: {e}", scope.display())))?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            continue;
-        }
-        if stderr.contains("unrecognized subcommand") || stderr.contains("not built yet") {
-            println!(
-                "(not built yet: `scope {}` does not exist in this build)",
-                step.args[0]
-            );
-            not_built.push(step.args[0].clone());
-        } else {
-            eprint!("{stderr}");
-            return Err(Failure::new(format!("demo step `{}` failed", step.title)));
-        }
-    }
+    run_steps(&scope, &root, steps(&model, &sae), &mut not_built)?;
     serve_step(&scope, &root, &model, &sae)?;
+    run_steps(&scope, &root, gemma3_steps(), &mut not_built)?;
     if not_built.is_empty() {
         println!("\ndemo: every workflow ran.");
     } else {
@@ -95,6 +73,63 @@ fn serve_step(scope: &Path, root: &Path, model: &Path, sae: &Path) -> Result {
     }
     println!("$ kill -TERM %1   # finishes what is in flight, then exits 0");
     Ok(())
+}
+
+/// Runs each step's `scope` command from the repository root, printing it as a user types
+/// it; a command this build lacks goes to `not_built`, any other failure ends the demo.
+fn run_steps(scope: &Path, root: &Path, steps: Vec<Step>, not_built: &mut Vec<String>) -> Result {
+    for step in steps {
+        println!("\n=== {} ===", step.title);
+        println!("$ scope {}", shell_words(&step.args));
+        let out = Command::new(scope)
+            .args(&step.args)
+            .current_dir(root)
+            .output()
+            .map_err(|e| Failure::new(format!("could not run {}: {e}", scope.display())))?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            continue;
+        }
+        if stderr.contains("unrecognized subcommand") || stderr.contains("not built yet") {
+            println!(
+                "(not built yet: `scope {}` does not exist in this build)",
+                step.args[0]
+            );
+            not_built.push(step.args[0].clone());
+        } else {
+            eprint!("{stderr}");
+            return Err(Failure::new(format!("demo step `{}` failed", step.title)));
+        }
+    }
+    Ok(())
+}
+
+/// Steps 10-11: Gemma 3 with a Gemma Scope 2 transcoder (the fixtures' tiny model).
+fn gemma3_steps() -> Vec<Step> {
+    let words = |line: &str| -> Vec<String> {
+        let mut args: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        args.extend(["--prompt".to_string(), PROMPT.to_string()]);
+        args
+    };
+    let transcoder =
+        "fixtures/saes/gemma-scope-2-tiny/transcoder/layer_2_width_128_l0_small_affine";
+    vec![
+        Step {
+            title: "10. Gemma 3: a Gemma Scope 2 transcoder's latents, read at the MLP input",
+            args: words(&format!(
+                "latents --model fixtures/models/tiny-gemma3 --sae {transcoder} --top-k 3"
+            )),
+        },
+        Step {
+            title:
+                "11. Gemma 3: steering by the transcoder's decoder row 25, added at the MLP output",
+            args: words(&format!(
+                "steer --model fixtures/models/tiny-gemma3 --sae {transcoder} --latent 25 \
+                 --magnitude 4 --max-new-tokens 12"
+            )),
+        },
+    ]
 }
 
 fn steps(model: &Path, sae: &Path) -> Vec<Step> {
