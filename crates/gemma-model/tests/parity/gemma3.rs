@@ -159,3 +159,59 @@ fn both_config_forms_are_read() {
         [Sliding, Sliding, Full, Sliding, Sliding]
     );
 }
+
+/// Google's 4b `text_config` leaves out every key that has `Gemma3TextConfig`'s default (head
+/// counts, head width, vocabulary, the attention scalar, the RoPE bases): they take it, and
+/// the top level's token ids and dtype reach the text model.
+#[test]
+fn a_released_text_config_takes_gemma3_defaults() {
+    let text = r#"{"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "eos_token_id": [1, 106], "torch_dtype": "bfloat16",
+        "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+            "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024},
+        "vision_config": {"model_type": "siglip_vision_model"}}"#;
+    let c = GemmaConfig::from_json_str(text, "config.json").expect("4b-like config");
+    assert_eq!(c.architecture, Architecture::Gemma3Multimodal);
+    assert_eq!(
+        (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.vocab_size
+        ),
+        (8, 4, 256, 262_208)
+    );
+    assert_eq!(c.query_pre_attn_scalar, 256.0);
+    assert_eq!(
+        (c.rope_full, c.rope_sliding),
+        (
+            RopeConfig {
+                theta: 1_000_000.0,
+                linear_factor: 8.0
+            },
+            RopeConfig::plain(10_000.0)
+        )
+    );
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (None, None)
+    );
+    assert_eq!(c.eos_token_ids, [1, 106]);
+    assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+    assert_eq!(c.max_position_embeddings, 131_072);
+    let globals: Vec<usize> = (0..34)
+        .filter(|&l| c.layer_types[l] == LayerType::Full)
+        .collect();
+    assert_eq!(globals, [5, 11, 17, 23, 29]);
+    // And a config written back by `to_hf_json` reads to the same.
+    let again =
+        GemmaConfig::from_json_str(&c.to_hf_json().to_string(), "again.json").expect("again");
+    assert_eq!(
+        GemmaConfig {
+            architecture: Architecture::Gemma3Multimodal,
+            ..again
+        },
+        c
+    );
+}
