@@ -62,7 +62,7 @@
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
-use crate::name::SaeFamily;
+use crate::family::SaeFamily;
 
 /// The prefix of every Gemma Scope 2 release and repository name.
 pub const PREFIX: &str = "gemma-scope-2-";

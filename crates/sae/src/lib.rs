@@ -130,6 +130,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod family;
 pub mod gemma_scope_2;
 pub mod hub;
 pub mod interventions;
