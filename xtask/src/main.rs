@@ -9,12 +9,14 @@
 //! - `verify`           the golden parity suite with a summary; the tutorial on real weights
 //! - `bench-compare`    scope's benchmarks and the Python peer, alternating, as ratios
 //! - `device-bundle`    stripped release binaries in `.device/` for a GPU session's check script
+//! - `fuzz TARGET [--time S]`  AFL++ on one reader of outside data, seeded from `fuzz/corpus/`
 //! - `load [--clients N] [--requests N] [--max-new-tokens N]`  `scope serve` under concurrent
 //!   clients: latencies, tokens/s, statuses, and checks that nothing leaks or breaks
 
 mod bench;
 mod demo;
 mod device;
+mod fuzz;
 mod load;
 mod setup;
 mod verify;
@@ -50,7 +52,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--model-family gemma2|gemma3] [--race PATH] [--python PATH] [--peer PATH] | device-bundle | load [--clients 64] [--requests 4] [--max-new-tokens 16]>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--model-family gemma2|gemma3] [--race PATH] [--python PATH] [--peer PATH] | device-bundle | fuzz TARGET [--time SECONDS] | load [--clients 64] [--requests 4] [--max-new-tokens 16]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Some("bench-compare") => bench::run(&rest),
         Some("device-bundle") => device::run(),
         Some("load") => load::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -99,6 +99,17 @@ impl WeightStore {
         self.entries.contains_key(name)
     }
 
+    /// Every tensor's name and stored shape, sorted by name.
+    pub fn tensors(&self) -> Vec<(String, Vec<i64>)> {
+        let mut all: Vec<(String, Vec<i64>)> = self
+            .entries
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.shape.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// The stored shape of `name`, if present.
     pub fn shape(&self, name: &str) -> Option<&[i64]> {
         self.entries.get(name).map(|e| e.shape.as_slice())

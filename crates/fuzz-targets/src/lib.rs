@@ -1,0 +1,214 @@
+//! The readers of outside data as fuzz targets: each [`Target`] takes arbitrary bytes as the
+//! contents of one file a user might download (a `config.json`, a `tokenizer.json`, a
+//! safetensors file, a shard index, an SAE's `params.npz`, SAELens' `cfg.json`, Gemma Scope
+//! 2's `params.safetensors` and `config.json`, a `tokenizer_config.json`), puts it where scope
+//! looks for it and reads it the way scope does. A target's only contract is that it
+//! returns: an error is the expected answer to bad bytes, while a panic, an abort, a hang or
+//! a runaway allocation is a bug.
+//!
+//! `fuzz/` drives these with AFL++ (`cargo xtask fuzz TARGET --time S`); the corpus it keeps
+//! in `fuzz/corpus/TARGET/` (seeds and every input that once crashed) runs through the same
+//! functions in this crate's tests, so `cargo xtask test` replays it without the fuzzer.
+//!
+//! ```
+//! let config = scope_fuzz_targets::target("config").expect("a target");
+//! (config.run)(br#"{"model_type": "gemma3_text", "num_hidden_layers": -1}"#);
+//! ```
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use gemma_model::{ChatTemplate, GemmaConfig, GemmaTokenizer, Kind, ModelFiles, WeightStore};
+
+/// One reader under test.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Its name: `cargo xtask fuzz NAME`, and the corpus folder `fuzz/corpus/NAME`.
+    pub name: &'static str,
+    /// The file the bytes stand for.
+    pub file: &'static str,
+    /// Reads the bytes as scope reads that file.
+    pub run: fn(&[u8]),
+}
+
+/// Every target.
+pub const TARGETS: [Target; 9] = [
+    Target {
+        name: "config",
+        file: "config.json",
+        run: config,
+    },
+    Target {
+        name: "generation_config",
+        file: "generation_config.json",
+        run: generation_config,
+    },
+    Target {
+        name: "tokenizer",
+        file: "tokenizer.json",
+        run: tokenizer,
+    },
+    Target {
+        name: "chat_template",
+        file: "tokenizer_config.json",
+        run: chat_template,
+    },
+    Target {
+        name: "safetensors",
+        file: "model.safetensors",
+        run: safetensors,
+    },
+    Target {
+        name: "shard_index",
+        file: "model.safetensors.index.json",
+        run: shard_index,
+    },
+    Target {
+        name: "npz",
+        file: "params.npz",
+        run: npz,
+    },
+    Target {
+        name: "saelens_cfg",
+        file: "cfg.json",
+        run: saelens_cfg,
+    },
+    Target {
+        name: "gemma_scope_2",
+        file: "params.safetensors",
+        run: gemma_scope_2,
+    },
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.into_iter().find(|t| t.name == name)
+}
+
+thread_local! {
+    /// One scratch folder per thread for the files the targets write (a fuzzer runs millions
+    /// of inputs: no folder per input).
+    static SCRATCH: RefCell<Option<tempfile::TempDir>> = const { RefCell::new(None) };
+}
+
+/// Runs `read` on a fresh scratch folder holding `files` (name, bytes); earlier files are
+/// removed first, so that no input sees another's.
+fn with_files(files: &[(&str, &[u8])], read: impl FnOnce(&Path)) {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.is_none() {
+            *scratch = tempfile::tempdir().ok();
+        }
+        let Some(dir) = scratch.as_ref().map(|d| d.path().to_path_buf()) else {
+            return;
+        };
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for (name, bytes) in files {
+            if std::fs::write(dir.join(name), bytes).is_err() {
+                return;
+            }
+        }
+        read(&dir);
+    });
+}
+
+/// A minimal config whose model the other files belong to.
+const SMALL_CONFIG: &[u8] = br#"{"model_type": "gemma2", "vocab_size": 512, "hidden_size": 8,
+    "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 4, "query_pre_attn_scalar": 4}"#;
+
+fn config(data: &[u8]) {
+    let _ = GemmaConfig::from_json_str(&String::from_utf8_lossy(data), "config.json");
+}
+
+fn generation_config(data: &[u8]) {
+    with_files(
+        &[
+            ("config.json", SMALL_CONFIG),
+            ("generation_config.json", data),
+        ],
+        |dir| {
+            let _ = GemmaConfig::from_file(dir.join("config.json"));
+        },
+    );
+}
+
+fn tokenizer(data: &[u8]) {
+    with_files(&[("tokenizer.json", data)], |dir| {
+        if let Ok(tokenizer) = GemmaTokenizer::from_file(dir.join("tokenizer.json")) {
+            if let Ok(tokenizer) = tokenizer.fit_to(1 << 20) {
+                let _ =
+                    tokenizer.encode("Would you <bos> travel through time? \u{1F600} 12345", true);
+                let _ = tokenizer.decode(&[0, 1, 2, 3, 1 << 30], false);
+            }
+        }
+    });
+}
+
+fn chat_template(data: &[u8]) {
+    with_files(&[("tokenizer_config.json", data)], |dir| {
+        let _ = ChatTemplate::from_tokenizer_config(dir.join("tokenizer_config.json"));
+    });
+}
+
+/// Every tensor of a safetensors file loaded as f32 on the CPU (a lying header must be an
+/// error before anything of its claimed size is allocated).
+fn safetensors(data: &[u8]) {
+    with_files(&[("model.safetensors", data)], |dir| {
+        let Ok(store) = WeightStore::open(&[dir.join("model.safetensors")]) else {
+            return;
+        };
+        for (name, shape) in store.tensors() {
+            let _ = store.load(&name, &shape, Kind::Float, gemma_model::Device::Cpu);
+        }
+    });
+}
+
+fn shard_index(data: &[u8]) {
+    with_files(
+        &[
+            ("config.json", SMALL_CONFIG),
+            ("model.safetensors.index.json", data),
+        ],
+        |dir| {
+            let _ = ModelFiles::from_dir(dir);
+        },
+    );
+}
+
+fn npz(data: &[u8]) {
+    with_files(&[("params.npz", data)], |dir| {
+        let _ = sae::load::read_npz(&dir.join("params.npz"));
+    });
+}
+
+fn saelens_cfg(data: &[u8]) {
+    with_files(&[("cfg.json", data)], |dir| {
+        let _ = sae::load::read_saelens_config(&dir.join("cfg.json"));
+    });
+}
+
+/// Gemma Scope 2's `params.safetensors`, with the first bytes up to a NUL taken as its
+/// `config.json` when there is one (so that one input can vary both files).
+fn gemma_scope_2(data: &[u8]) {
+    let (config, params) = match data.iter().position(|&b| b == 0) {
+        Some(at) if data.starts_with(b"{") => (Some(&data[..at]), &data[at + 1..]),
+        _ => (None, data),
+    };
+    let mut files = vec![("params.safetensors", params)];
+    if let Some(config) = config {
+        files.push(("config.json", config));
+    }
+    with_files(&files, |dir| {
+        let _ = sae::load::read_gemma_scope_2(&dir.join("params.safetensors"));
+    });
+}
+
+/// The corpus folder of `target` in a checkout at `root`.
+pub fn corpus_dir(root: &Path, target: &str) -> PathBuf {
+    root.join("fuzz").join("corpus").join(target)
+}

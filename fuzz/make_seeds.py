@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Writes the fuzz seeds, fuzz/corpus/<target>/seed-*, from the committed fixtures and a few
+small hand-made files (AFL++ mutates small inputs best: the fixture checkpoints are too big to
+seed from, so the binary formats get files of a few tensors).
+
+Usage: .venv/bin/python fuzz/make_seeds.py   (deterministic; regression inputs beside the
+seeds, named crash-*, are kept)
+"""
+import io
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "fixtures"
+CORPUS = ROOT / "fuzz" / "corpus"
+
+
+def seeds(target, files):
+    d = CORPUS / target
+    d.mkdir(parents=True, exist_ok=True)
+    for old in d.glob("seed-*"):
+        old.unlink()
+    for name, data in files:
+        (d / f"seed-{name}").write_bytes(data)
+
+
+def safetensors(tensors, metadata=None):
+    """A safetensors file: (name, dtype, shape, raw bytes) in name order."""
+    header, offset, blobs = {}, 0, []
+    for name, dtype, shape, raw in sorted(tensors):
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def f32(shape, start=0.0):
+    return np.arange(start, start + np.prod(shape), dtype=np.float32).reshape(shape).tobytes()
+
+
+def npz(arrays, deflate=False):
+    buf = io.BytesIO()
+    mode = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", mode) as z:
+        for name, array in arrays:
+            npy = io.BytesIO()
+            np.save(npy, array)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = mode
+            z.writestr(info, npy.getvalue())
+    return buf.getvalue()
+
+
+def sae_arrays(d, w):
+    return [("W_enc", np.ones((d, w), np.float32)), ("W_dec", np.ones((w, d), np.float32)),
+            ("b_enc", np.zeros(w, np.float32)), ("b_dec", np.zeros(d, np.float32)),
+            ("threshold", np.full(w, 0.5, np.float32))]
+
+
+def main():
+    models = sorted(p for p in (FIX / "models").iterdir() if p.is_dir())
+    seeds("config", [(m.name, (m / "config.json").read_bytes()) for m in models])
+    seeds("generation_config",
+          [(m.name, (m / "generation_config.json").read_bytes()) for m in models
+           if (m / "generation_config.json").exists()])
+    seeds("tokenizer", [("tiny", (FIX / "models/tiny-f32/tokenizer.json").read_bytes())])
+    seeds("chat_template", [("gemma2", (FIX / "models/tiny-f32/tokenizer_config.json").read_bytes())])
+    seeds("shard_index",
+          [("tiny-bf16", (FIX / "models/tiny-bf16-sharded/model.safetensors.index.json").read_bytes())])
+    seeds("safetensors", [
+        ("f32", safetensors([("model.norm.weight", "F32", [4], f32([4])),
+                             ("model.embed_tokens.weight", "F32", [3, 4], f32([3, 4]))])),
+        ("mixed", safetensors([("a", "BF16", [2, 2], b"\x80\x3f" * 4),
+                               ("b", "F16", [3], b"\x00\x3c" * 3),
+                               ("c", "I64", [1], struct.pack("<q", 7))], {"format": "pt"})),
+    ])
+    seeds("npz", [("stored", npz(sae_arrays(4, 8))), ("deflated", npz(sae_arrays(3, 5), True))])
+    seeds("saelens_cfg", [("jumprelu", json.dumps(
+        {"architecture": "jumprelu", "d_in": 64, "d_sae": 256, "dtype": "float32",
+         "hook_name": "blocks.2.hook_resid_post", "model_name": "gemma-2-2b",
+         "apply_b_dec_to_input": False, "normalize_activations": "none"}, sort_keys=True).encode())])
+    folder = FIX / "saes/gemma-scope-2-tiny/transcoder/layer_2_width_128_l0_small_affine"
+    config = (folder / "config.json").read_bytes()
+    params = safetensors([("w_enc", "F32", [4, 8], f32([4, 8])), ("w_dec", "F32", [8, 4], f32([8, 4])),
+                          ("b_enc", "F32", [8], f32([8])), ("b_dec", "F32", [4], f32([4])),
+                          ("threshold", "F32", [8], f32([8])),
+                          ("affine_skip_connection", "F32", [4, 4], f32([4, 4]))])
+    seeds("gemma_scope_2", [("transcoder", config + b"\0" + params), ("params-only", params)])
+
+
+if __name__ == "__main__":
+    main()
