@@ -34,6 +34,7 @@ pub(crate) fn check_cases_with(model_name: &str, dtype: Kind, cases_key: &str, d
     }
     let n = exp[cases_key].as_array().map_or(0, Vec::len);
     let how = match decode {
+        DecodeMode::Eager => ", eager steps",
         DecodeMode::FixedShape => ", fixed-shape steps",
         DecodeMode::Fused => ", fused CPU kernels",
         _ => "",
