@@ -304,7 +304,7 @@ impl GemmaTokenizer {
             });
         }
         let fail = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
-        let mut inner = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        let mut inner = parse_tokenizer(path).map_err(fail)?;
         if let Some(processor) = inner.get_post_processor() {
             let json = serde_json::to_value(processor).map_err(|e| fail(e.to_string()))?;
             check_post_processor(&json).map_err(|e| fail(format!("post_processor: {e}")))?;
@@ -481,6 +481,23 @@ impl GemmaTokenizer {
         }
         let text = self.chat_template.render(messages, add_generation_prompt)?;
         self.encode(&text, false)
+    }
+}
+
+/// The `tokenizers` tokenizer of the file at `path`, or why it cannot be read.
+///
+/// The file's JSON syntax is checked first: `tokenizers` 0.22 panics (`expect("Helper")`)
+/// when a syntax error falls inside the `decoder` object, where its untagged deserializer
+/// reads the raw stream (the fuzzer found 33 such files). A panic anywhere else inside it is
+/// turned into an error here too, so that a damaged download is a message naming the file.
+fn parse_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .map_err(|e| format!("not valid JSON: {e}"))?;
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes));
+    match parsed {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers library could not read it (it panicked)".to_string()),
     }
 }
 
