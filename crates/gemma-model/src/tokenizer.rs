@@ -492,12 +492,70 @@ impl GemmaTokenizer {
 /// turned into an error here too, so that a damaged download is a message naming the file.
 fn parse_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-        .map_err(|e| format!("not valid JSON: {e}"))?;
+    serde_json::from_slice::<WellFormed>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes));
     match parsed {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err("the tokenizers library could not read it (it panicked)".to_string()),
+    }
+}
+
+/// A JSON document read only to check it: every string is decoded, so that an escape no
+/// string may hold (`"\ud800"`) is caught here too (serde's `IgnoredAny` skips strings
+/// undecoded), and nothing is kept.
+struct WellFormed;
+
+impl<'de> serde::Deserialize<'de> for WellFormed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(WellFormed)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for WellFormed {
+    type Value = WellFormed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<WellFormed, A::Error> {
+        while seq.next_element::<WellFormed>()?.is_some() {}
+        Ok(WellFormed)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<WellFormed, A::Error> {
+        while map.next_entry::<WellFormed, WellFormed>()?.is_some() {}
+        Ok(WellFormed)
     }
 }
 
