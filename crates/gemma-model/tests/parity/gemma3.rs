@@ -255,7 +255,7 @@ fn bf16_greedy_tokens_match_hf_in_auto_eager_and_fixed_shape_modes() {
             "{name}: auto on a bf16 CPU model"
         );
         let fused = model.generate(&batch, &config(DecodeMode::Fused));
-        let err = fused.err().expect("the fused kernels refuse a bf16 model");
+        let err = fused.expect_err("the fused kernels refuse a bf16 model");
         println!("fused on bf16 refused ({name}): {err}");
         assert!(err.to_string().contains("float32"), "{name}: {err}");
     }
