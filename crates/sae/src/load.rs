@@ -533,15 +533,25 @@ pub struct SaeLensConfig {
     pub apply_b_dec_to_input: bool,
 }
 
-/// Parse a SAELens `cfg.json`.
-pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
+/// The JSON of an SAE's config file at `path` (an [`Error::Config`] naming it when the file
+/// is not JSON).
+fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let cfg_err = |reason: String| Error::Config {
+    serde_json::from_str(&text).map_err(|e| config_error(path, format!("not valid JSON: {e}")))
+}
+
+/// An [`Error::Config`] for the file at `path`.
+fn config_error(path: &Path, reason: String) -> Error {
+    Error::Config {
         path: path.to_path_buf(),
         reason,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| cfg_err(format!("not valid JSON: {e}")))?;
+    }
+}
+
+/// Parse a SAELens `cfg.json`.
+pub fn read_saelens_config(path: &Path) -> Result<SaeLensConfig> {
+    let v = read_json(path)?;
+    let cfg_err = |reason: String| config_error(path, reason);
     let int = |key: &str| -> Result<i64> {
         v.get(key)
             .and_then(serde_json::Value::as_i64)
@@ -719,13 +729,8 @@ pub fn site_from_hf_hook_point(hook: &str) -> Option<Site> {
 /// Parse a Gemma Scope 2 `config.json`: `architecture` must be `jump_relu` (SAELens refuses
 /// anything else, a missing one included).
 pub fn read_gemma_scope_2_config(path: &Path) -> Result<GemmaScope2Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let cfg_err = |reason: String| Error::Config {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| cfg_err(format!("not valid JSON: {e}")))?;
+    let v = read_json(path)?;
+    let cfg_err = |reason: String| config_error(path, reason);
     if !v.is_object() {
         return Err(cfg_err("not a JSON object".to_string()));
     }
