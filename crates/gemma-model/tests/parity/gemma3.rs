@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use gemma_model::config::{Architecture, LayerType, RopeConfig};
-use gemma_model::{Batch, DecodeMode, GemmaConfig, GenerationConfig};
+use gemma_model::{Batch, DecodeMode, GemmaConfig, GemmaModel, GenerationConfig};
 use intervene::{ForwardOptions, HookedModel, SiteKind};
 use tch::{Kind, Tensor};
 
@@ -52,6 +52,37 @@ fn as_scope_layout(name: &str, hf: &Tensor) -> Tensor {
     }
 }
 
+/// The worst error at each of [`SITES`] over every layer, for one prompt's forward call
+/// against the fixture's `{prefix}.{site}.{layer}` tensors; both sides must be `kind`.
+fn site_errors(
+    model: &GemmaModel,
+    batch: &Batch,
+    exp: &HashMap<String, Tensor>,
+    prefix: &str,
+    kind: Kind,
+) -> [f64; SITES.len()] {
+    let mut rec = Recorder {
+        kinds: SITES.iter().map(|(_, k)| *k).collect(),
+        ..Recorder::default()
+    };
+    model
+        .forward_hooked(batch, &ForwardOptions::default(), &mut rec)
+        .expect("forward");
+    assert_eq!(
+        rec.seen.len(),
+        SITES.len() * model.config().num_hidden_layers
+    );
+    let mut worst = [0f64; SITES.len()];
+    for (s, got) in &rec.seen {
+        let i = SITES.iter().position(|(_, k)| *k == s.kind).expect("site");
+        let key = SITES[i].0;
+        let want = &exp[&format!("{prefix}.{key}.{}", s.layer)];
+        assert_eq!((got.kind(), want.kind()), (kind, kind));
+        worst[i] = worst[i].max(max_abs_diff(got, &as_scope_layout(key, want)));
+    }
+    worst
+}
+
 #[test]
 fn f32_logits_residuals_and_every_site_match_hf() {
     for name in MODELS {
@@ -69,22 +100,8 @@ fn f32_logits_residuals_and_every_site_match_hf() {
             for (l, r) in blocks.iter().enumerate() {
                 resid = resid.max(max_abs_diff(r, &exp[&format!("{p}.resid.{l}")]));
             }
-            let mut rec = Recorder {
-                kinds: SITES.iter().map(|(_, k)| *k).collect(),
-                ..Recorder::default()
-            };
-            model
-                .forward_hooked(&batch, &ForwardOptions::default(), &mut rec)
-                .expect("forward");
-            assert_eq!(
-                rec.seen.len(),
-                SITES.len() * model.config().num_hidden_layers
-            );
-            for (s, got) in &rec.seen {
-                let (key, _) = SITES.iter().find(|(_, k)| *k == s.kind).expect("site");
-                let want = as_scope_layout(key, &exp[&format!("{p}.{key}.{}", s.layer)]);
-                site = site.max(max_abs_diff(got, &want));
-            }
+            let errors = site_errors(&model, &batch, &exp, p, Kind::Float);
+            site = errors.into_iter().fold(site, f64::max);
         }
         let (blogit, bresid) = check_batch(&model, &exp, "");
         println!(
@@ -162,23 +179,9 @@ fn bf16_logits_and_residuals_match_hf_bf16() {
             for (l, r) in blocks.iter().enumerate() {
                 resid = resid.max(max_abs_diff(r, &exp[&format!("bf16.{p}.resid.{l}")]));
             }
-            let mut rec = Recorder {
-                kinds: SITES.iter().map(|(_, k)| *k).collect(),
-                ..Recorder::default()
-            };
-            model
-                .forward_hooked(&batch, &ForwardOptions::default(), &mut rec)
-                .expect("forward");
-            assert_eq!(
-                rec.seen.len(),
-                SITES.len() * model.config().num_hidden_layers
-            );
-            for (s, got) in &rec.seen {
-                let i = SITES.iter().position(|(_, k)| *k == s.kind).expect("site");
-                let key = SITES[i].0;
-                let want = &exp[&format!("bf16.{p}.{key}.{}", s.layer)];
-                assert_eq!((got.kind(), want.kind()), (Kind::BFloat16, Kind::BFloat16));
-                site[i] = site[i].max(max_abs_diff(got, &as_scope_layout(key, want)));
+            let errors = site_errors(&model, &batch, &exp, &format!("bf16.{p}"), Kind::BFloat16);
+            for (worst, e) in site.iter_mut().zip(errors) {
+                *worst = worst.max(e);
             }
         }
         let (blogit, bresid) = check_batch(&model, &exp, "bf16.");
