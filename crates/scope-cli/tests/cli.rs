@@ -3,43 +3,18 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
+
+mod common;
+use common::{fixture, fixtures, scope, scope_json};
 use tch::Tensor;
 
 const F32_MODEL: &str = "models/tiny-f32";
 const F32_SAE: &str = "saes/tiny-f32-res/layer_2/width_256/average_l0_20";
 const BF16_SAE: &str = "saes/tiny-bf16-sharded-res/layer_3/width_192/average_l0_20";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn fixture(rel: &str) -> String {
-    fixtures().join(rel).display().to_string()
-}
-
-fn scope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scope"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("scope runs")
-}
-
-fn scope_json(args: &[&str]) -> Value {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--json", "--device", "cpu"]);
-    let out = scope(&all);
-    assert!(
-        out.status.success(),
-        "scope {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
 
 fn read_json(rel: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join(rel)).expect("fixture json");

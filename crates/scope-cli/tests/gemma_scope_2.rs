@@ -5,41 +5,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+use common::{fixture, fixtures, scope, scope_json};
+
 const MODEL: &str = "models/tiny-gemma3";
 const AFFINE: &str = "saes/gemma-scope-2-tiny/transcoder/layer_2_width_128_l0_small_affine";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn fixture(rel: &str) -> String {
-    fixtures().join(rel).display().to_string()
-}
-
-fn scope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scope"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("scope runs")
-}
-
-fn scope_json(args: &[&str]) -> Value {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--json", "--device", "cpu"]);
-    let out = scope(&all);
-    assert!(
-        out.status.success(),
-        "scope {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
 
 fn expected() -> Value {
     let text = std::fs::read_to_string(fixtures().join("expected/tiny-gemma3/sae2.json"))

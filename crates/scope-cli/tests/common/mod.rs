@@ -1,11 +1,12 @@
-//! A `scope serve` on the fixture model for the server's tests: started on a free port,
-//! killed when dropped, with small JSON and SSE clients.
+//! What the binary's tests share: the fixtures, running `scope` once ([`scope`],
+//! [`scope_json`]), and a `scope serve` on the fixture model for the server's tests (started
+//! on a free port, killed when dropped, with small JSON and SSE clients).
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // each test file uses a part
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,6 +21,28 @@ pub fn fixtures() -> PathBuf {
 
 pub fn fixture(rel: &str) -> String {
     fixtures().join(rel).display().to_string()
+}
+
+/// `scope ARGS`, offline, to completion.
+pub fn scope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scope"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("scope runs")
+}
+
+/// The one JSON object `scope ARGS --json --device cpu` prints; the command must succeed.
+pub fn scope_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--json", "--device", "cpu"]);
+    let out = scope(&all);
+    assert!(
+        out.status.success(),
+        "scope {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
 /// A running server.
