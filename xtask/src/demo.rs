@@ -22,7 +22,7 @@ pub fn run() -> Result {
     let root = project_root();
     // Relative paths: the steps run from the root and print as a user would type them.
     let model = PathBuf::from("fixtures/models/tiny-f32");
-    let sae_dir = find_sae(&root.join("fixtures/saes/tiny-f32-res"))?;
+    let sae_dir = find_sae(&root.join("fixtures/saes/tiny-f32-res/layer_2"))?;
     let sae = sae_dir
         .strip_prefix(&root)
         .unwrap_or(&sae_dir)
@@ -40,6 +40,9 @@ pub fn run() -> Result {
     run_steps(&scope, &root, steps(&model, &sae), &mut not_built)?;
     serve_step(&scope, &root, &model, &sae)?;
     run_steps(&scope, &root, gemma3_steps(), &mut not_built)?;
+    // A sweep refuses to overwrite an earlier one: start the demo's afresh.
+    let _ = std::fs::remove_dir_all(root.join(SWEEP_OUT));
+    run_steps(&scope, &root, sweep_steps(&model, &sae), &mut not_built)?;
     if not_built.is_empty() {
         println!("\ndemo: every workflow ran.");
     } else {
@@ -127,6 +130,32 @@ fn gemma3_steps() -> Vec<Step> {
             args: words(&format!(
                 "steer --model fixtures/models/tiny-gemma3 --sae {transcoder} --latent 25 \
                  --magnitude 4 --max-new-tokens 12"
+            )),
+        },
+    ]
+}
+
+/// Where steps 12-13 write the sweep and its dashboard.
+const SWEEP_OUT: &str = "target/demo-sweep";
+
+/// Steps 12-13: statistics of two SAEs over the fixture corpus, then its dashboard.
+fn sweep_steps(model: &Path, sae: &Path) -> Vec<Step> {
+    let (model, sae) = (model.display().to_string(), sae.display().to_string());
+    let layer_1 = "fixtures/saes/tiny-f32-res/layer_1/width_128/average_l0_13";
+    let words = |line: String| line.split_whitespace().map(str::to_string).collect();
+    vec![
+        Step {
+            title: "12. a sweep: two SAEs over a corpus (txt, jsonl, parquet) in one forward pass",
+            args: words(format!(
+                "sweep --model {model} --sae {sae} --sae {layer_1} --file fixtures/corpus \
+                 --out {SWEEP_OUT} --max-len 24 --top-k 4 --downstream"
+            )),
+        },
+        Step {
+            title: "13. its dashboard: static pages to open in a browser",
+            args: words(format!(
+                "dashboard {SWEEP_OUT}/tiny-f32-res_layer_2_width_256_average_l0_20 \
+                 --model {model} --sae {sae} --out {SWEEP_OUT}/html"
             )),
         },
     ]

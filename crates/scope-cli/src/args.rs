@@ -29,6 +29,13 @@ pub enum Command {
     Eval(EvalArgs),
     /// The texts and tokens where some latents fire most (a feature dashboard's examples).
     Top(TopArgs),
+    /// Feature statistics over a corpus for one or more SAEs from one forward pass: density,
+    /// histogram, top examples per latent, and reconstruction metrics (`sweep merge` combines
+    /// shards).
+    Sweep(SweepArgs),
+    /// Static HTML pages of a sweep's results: latents by density, and a page per latent with
+    /// its top examples, activation histogram and logit lens.
+    Dashboard(DashboardArgs),
     /// Fetch a model and/or an SAE into the Hugging Face cache.
     Download(DownloadArgs),
     /// Serve steering and inspection over HTTP (JSON, SSE streams, OpenAI's API) with a page
@@ -279,6 +286,120 @@ pub struct TopArgs {
     /// that many latents fire on).
     #[arg(long)]
     pub include_bos: bool,
+}
+
+/// `scope sweep`: a run, or `scope sweep merge`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SweepArgs {
+    /// `merge`: combine the shards of a sweep.
+    #[command(subcommand)]
+    pub merge: Option<SweepCommand>,
+    /// The model (a nested flatten would hide the group clap needs to see these flags).
+    #[command(flatten)]
+    pub load: Option<LoadArgs>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: Option<SweepRunArgs>,
+}
+
+/// `scope sweep`'s subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Combine finished shards (`--shard I/N` runs) into one result, equal to an unsharded run.
+    Merge(MergeArgs),
+}
+
+/// `scope sweep merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shards' output directories.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<std::path::PathBuf>,
+    /// Where the merged result goes.
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `scope sweep` (a run).
+#[derive(Debug, Args)]
+pub struct SweepRunArgs {
+    /// An SAE (repeatable: all of them share one forward pass). Names as for the other commands.
+    #[arg(
+        long = "sae",
+        required = true,
+        value_name = "PATH|HUB_PATH|CANONICAL|RELEASE/SAE_ID"
+    )]
+    pub saes: Vec<String>,
+    /// The layer an SAE reads, when its name does not say it: once for all SAEs, or once per --sae.
+    #[arg(long = "layer")]
+    pub layers: Vec<usize>,
+    /// What an SAE reads and writes (resid_post, attn_out, mlp_out, transcoder), when its name
+    /// does not say it: once for all SAEs, or once per --sae.
+    #[arg(long = "site", value_parser = SITES)]
+    pub sites: Vec<String>,
+    /// The SAEs' dtype: f32, bf16, f16, or `model`.
+    #[arg(long, default_value = "f32", value_parser = SAE_DTYPES)]
+    pub sae_dtype: String,
+    /// The corpus (repeatable): .txt (a document a line), .jsonl, .parquet, or a directory of them.
+    #[arg(long = "file", required = true, value_name = "PATH")]
+    pub files: Vec<std::path::PathBuf>,
+    /// The JSON field or Parquet column that holds the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Where the results go: one folder per SAE, and the sweep's state (its checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Tokens per document, `<bos>` included; longer documents are cut.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Documents per forward pass (end-padded to the longest); also the unit of sharding.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Examples kept per latent.
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// Take part I of N of the corpus (blocks of --batch documents, block b going to shard b mod N).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Count the `<bos>` position too (skipped by default: many latents fire on it).
+    #[arg(long)]
+    pub include_bos: bool,
+    /// Also measure ΔCE and KL with each SAE's reconstruction spliced in (three more passes).
+    #[arg(long)]
+    pub downstream: bool,
+    /// Continue the run whose checkpoint is in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seconds between checkpoints (0: after every batch).
+    #[arg(long, default_value_t = 60.0)]
+    pub checkpoint_secs: f64,
+}
+
+/// `scope dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// A sweep's output directory, or one SAE's folder in it.
+    #[arg(value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// Where the pages go.
+    #[arg(long, value_name = "HTML_DIR")]
+    pub out: std::path::PathBuf,
+    /// Pages for at most this many latents (those that fire most often).
+    #[arg(long, default_value_t = 1000)]
+    pub max_pages: usize,
+    /// Tokens shown per direction in each latent's logit lens.
+    #[arg(long, default_value_t = 10)]
+    pub lens_k: i64,
 }
 
 /// `scope download`.

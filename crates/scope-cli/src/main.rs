@@ -10,6 +10,7 @@ mod reports;
 mod requests;
 mod serve;
 mod session;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ fn main() -> ExitCode {
         Command::Explain(a) => commands::explain(&a),
         Command::Eval(a) => commands::eval(&a),
         Command::Top(a) => commands::top(&a),
+        Command::Sweep(a) => sweep::sweep(&a),
+        Command::Dashboard(a) => sweep::dashboard(&a),
         Command::Download(a) => commands::download(&a),
         Command::Serve(a) => serve::run(&a),
     };
