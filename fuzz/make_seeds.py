@@ -94,6 +94,55 @@ def main():
                           ("threshold", "F32", [8], f32([8])),
                           ("affine_skip_connection", "F32", [4, 4], f32([4, 4]))])
     seeds("gemma_scope_2", [("transcoder", config + b"\0" + params), ("params-only", params)])
+    seeds("corpus_jsonl", [("fixture", (FIX / "corpus/b.jsonl").read_bytes())])
+    seeds("corpus_parquet", [("fixture", (FIX / "corpus/c.parquet").read_bytes())])
+    seeds("sweep_state", [("two-latents", sweep_state())])
+    seeds("sweep_tables", sweep_tables())
+
+
+def sweep_state():
+    """A sweep's state file (crates/sweep/src/state.rs) of one SAE with 2 latents, 2 dims."""
+    spec = {"model": "m", "saes": [{"name": "s", "source": "s", "layer": 1, "site": "block_output",
+                                    "d_sae": 2, "d_out": 2}],
+            "corpus": [{"name": "a.txt", "bytes": 10}], "text_field": "text", "max_len": 8,
+            "batch": 2, "top_k": 2, "context": {"before": 1, "after": 1}, "include_bos": False,
+            "downstream": False}
+    meta = {"version": 1, "spec": spec,
+            "coverage": {"shard_count": 1, "shards": [0], "docs": 2, "next_doc": 2, "complete": True}}
+    i64 = lambda v: np.array(v, dtype="<i8")
+    arrays = [("meta", np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)),
+              ("sae0.count", i64([1, 0])), ("sae0.sum", np.array([0.5, 0.0])),
+              ("sae0.max", np.array([0.5, 0.0], dtype="<f4")),
+              ("sae0.histogram", np.zeros((2, 62), dtype="<i8")),
+              ("sae0.ex_latent", i64([0])), ("sae0.ex_value", np.array([0.5], dtype="<f4")),
+              ("sae0.ex_doc", i64([1])), ("sae0.ex_position", i64([2])), ("sae0.ex_token", i64([7])),
+              ("sae0.ex_context_start", i64([1])), ("sae0.ex_context", i64([[6, 7, -1]])),
+              ("sae0.sums", np.array([3.0, 1.0, 0.25, 2.0, 0, 0, 0, 0, 0])),
+              ("sae0.target_sum", np.array([1.0, -1.0]))]
+    return npz(arrays)
+
+
+def sweep_tables():
+    """Small latents and examples tables in the layout of crates/sweep/src/tables.rs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(table):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return buf.getvalue()
+
+    latents = pa.table({"latent": pa.array([0, 1], pa.int64()), "count": pa.array([2, 0], pa.int64()),
+                        "density": [0.5, 0.0], "max": pa.array([1.5, 0.0], pa.float32()),
+                        "mean": [1.0, None],
+                        "histogram": pa.array([[0, 2, 0], [0, 0, 0]], pa.list_(pa.int64()))})
+    examples = pa.table({"latent": pa.array([0], pa.int64()), "rank": pa.array([0], pa.int64()),
+                         "value": pa.array([1.5], pa.float32()), "doc": pa.array([3], pa.int64()),
+                         "position": pa.array([2], pa.int64()), "token_id": pa.array([9], pa.int64()),
+                         "token": [" time"], "context_start": pa.array([1], pa.int64()),
+                         "context_ids": pa.array([[8, 9]], pa.list_(pa.int64())),
+                         "context_tokens": pa.array([[" a", " time"]], pa.list_(pa.string()))})
+    return [("latents", parquet(latents)), ("examples", parquet(examples))]
 
 
 if __name__ == "__main__":

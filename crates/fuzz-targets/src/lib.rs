@@ -1,7 +1,8 @@
 //! The readers of outside data as fuzz targets: each [`Target`] takes arbitrary bytes as the
 //! contents of one file a user might download (a `config.json`, a `tokenizer.json`, a
 //! safetensors file, a shard index, an SAE's `params.npz`, SAELens' `cfg.json`, Gemma Scope
-//! 2's `params.safetensors` and `config.json`, a `tokenizer_config.json`), puts it where scope
+//! 2's `params.safetensors` and `config.json`, a `tokenizer_config.json`, a corpus file, a
+//! sweep's state and output tables), puts it where scope
 //! looks for it and reads it the way scope does. A target's only contract is that it
 //! returns: an error is the expected answer to bad bytes, while a panic, an abort, a hang or
 //! a runaway allocation is a bug.
@@ -32,7 +33,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 13] = [
     Target {
         name: "config",
         file: "config.json",
@@ -77,6 +78,26 @@ pub const TARGETS: [Target; 9] = [
         name: "gemma_scope_2",
         file: "params.safetensors",
         run: gemma_scope_2,
+    },
+    Target {
+        name: "corpus_jsonl",
+        file: "corpus.jsonl",
+        run: corpus_jsonl,
+    },
+    Target {
+        name: "corpus_parquet",
+        file: "corpus.parquet",
+        run: corpus_parquet,
+    },
+    Target {
+        name: "sweep_state",
+        file: "sweep-state.npz",
+        run: sweep_state,
+    },
+    Target {
+        name: "sweep_tables",
+        file: "examples.parquet",
+        run: sweep_tables,
     },
 ];
 
@@ -205,6 +226,44 @@ fn gemma_scope_2(data: &[u8]) {
     }
     with_files(&files, |dir| {
         let _ = sae::load::read_gemma_scope_2(&dir.join("params.safetensors"));
+    });
+}
+
+/// Every document of a JSON-lines corpus file (the text in `text`).
+fn corpus_jsonl(data: &[u8]) {
+    read_corpus("corpus.jsonl", data);
+}
+
+/// Every document of a Parquet corpus file (the text in the column `text`).
+fn corpus_parquet(data: &[u8]) {
+    read_corpus("corpus.parquet", data);
+}
+
+fn read_corpus(name: &str, data: &[u8]) {
+    with_files(&[(name, data)], |dir| {
+        if let Ok(corpus) = scope_sweep::Corpus::open(&[dir.join(name)], "text") {
+            let _ = corpus.count();
+            for document in corpus.documents() {
+                if document.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// A sweep's state file, as `--resume` and `scope sweep merge` read it.
+fn sweep_state(data: &[u8]) {
+    with_files(&[(scope_sweep::state::STATE_FILE, data)], |dir| {
+        let _ = scope_sweep::SweepState::load(dir);
+    });
+}
+
+/// A sweep's output table, read as the dashboard and `merge` read both tables.
+fn sweep_tables(data: &[u8]) {
+    with_files(&[("table.parquet", data)], |dir| {
+        let _ = scope_sweep::tables::read_examples(&dir.join("table.parquet"));
+        let _ = scope_sweep::tables::read_latents(&dir.join("table.parquet"));
     });
 }
 

@@ -150,4 +150,4 @@ pub use name::{canonical_lookup, CanonicalEntry, SaeFamily, SaeName, SaeSites, S
 pub use sae::{Sae, SaeInfo, TopK};
 /// The libtorch types this crate's calls take and return.
 pub use tch::{self, Device, Kind, Tensor};
-pub use top_examples::{Example, TopExamples};
+pub use top_examples::{strongest_rows, Example, TopExamples};

@@ -5,6 +5,8 @@
 //! for each chosen latent, the `k` (text, position) pairs with the largest activation seen so
 //! far. Only positive activations count: a latent that never fires has no examples.
 
+use std::cmp::Ordering;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -18,6 +20,79 @@ pub struct Example {
     pub position: usize,
     /// The latent's activation there.
     pub value: f32,
+}
+
+impl Example {
+    /// The order of examples: the larger value first; among equal values, the earlier text,
+    /// then the earlier position.
+    pub fn rank_order(&self, other: &Example) -> Ordering {
+        other
+            .value
+            .total_cmp(&self.value)
+            .then((self.text, self.position).cmp(&(other.text, other.position)))
+    }
+}
+
+/// For each column of `acts` (`[N, n]`: `N` tokens in (text, position) order, `n` latents),
+/// the rows `(row, value)` that can be among its `k` strongest positive values.
+///
+/// `topk` finds `k` candidates a column; when more rows tie with its `k`-th value, every row
+/// at or above that value is returned, so that ranking the candidates by
+/// [`Example::rank_order`] gives ties to the earlier rows exactly as one sort of all `N` would.
+/// One transfer of `k × n` values to the host, whatever `N`.
+pub fn strongest_rows(acts: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+    let [n_rows, n] = acts.size()[..] else {
+        return Err(Error::input(
+            "top examples",
+            format!("expected [tokens, latents], got {:?}", acts.size()),
+        ));
+    };
+    let acts = acts.f_to_kind(Kind::Float)?;
+    let kk = (k as i64).min(n_rows);
+    if kk == 0 {
+        return Ok(vec![Vec::new(); n as usize]);
+    }
+    let (values, rows) = acts.f_topk(kk, 0, true, true)?;
+    let kth = values.f_narrow(0, kk - 1, 1)?;
+    let tied = host::<i64>(
+        acts.f_ge_tensor(&kth)?
+            .f_sum_dim_intlist(0, false, Kind::Int64)?,
+    )?;
+    let (values, rows) = (
+        host::<f32>(values.f_flatten(0, -1)?)?,
+        host::<i64>(rows.f_flatten(0, -1)?)?,
+    );
+    let kth = host::<f32>(kth.f_flatten(0, -1)?)?;
+    let (n, kk) = (n as usize, kk as usize);
+    (0..n)
+        .map(|column| {
+            let candidates: Vec<(usize, f32)> = if kth[column] > 0.0 && tied[column] > kk as i64 {
+                let values = acts.f_select(1, column as i64)?;
+                let at = values
+                    .f_ge(f64::from(kth[column]))?
+                    .f_nonzero()?
+                    .f_flatten(0, -1)?;
+                let chosen = host::<f32>(values.f_index_select(0, &at)?)?;
+                host::<i64>(at)?
+                    .into_iter()
+                    .map(|r| r as usize)
+                    .zip(chosen)
+                    .collect()
+            } else {
+                (0..kk)
+                    .map(|r| (rows[r * n + column] as usize, values[r * n + column]))
+                    .collect()
+            };
+            Ok(candidates.into_iter().filter(|&(_, v)| v > 0.0).collect())
+        })
+        .collect()
+}
+
+/// A 1-D tensor's values, from any device.
+fn host<T: tch::kind::Element + Copy>(t: Tensor) -> Result<Vec<T>> {
+    Ok(Vec::<T>::try_from(
+        t.f_to_device(Device::Cpu)?.f_contiguous()?,
+    )?)
 }
 
 /// The `k` strongest examples of each of some latents.
@@ -68,53 +143,47 @@ impl TopExamples {
         if let Some(&latent) = self.latents.iter().find(|&&l| !(0..d_sae).contains(&l)) {
             return Err(Error::LatentOutOfRange { latent, d_sae });
         }
-        let values = self.chosen_on_host(acts)?;
-        let n = self.latents.len();
+        let skip = skip.max(0);
+        let mut at: Vec<(usize, usize)> = Vec::new();
+        let mut flat: Vec<i64> = Vec::new();
         for (row, &len) in lens.iter().enumerate() {
-            let text = self.texts + row;
-            for position in skip.max(0)..len {
-                let at = (row * width as usize + position as usize) * n;
-                for (latent, &value) in values[at..at + n].iter().enumerate() {
-                    if value > 0.0 {
-                        self.offer(
-                            latent,
-                            Example {
-                                text,
-                                position: position as usize,
-                                value,
-                            },
-                        );
-                    }
-                }
+            for position in skip..len {
+                at.push((self.texts + row, position as usize));
+                flat.push(row as i64 * width + position);
             }
-            self.tokens += (len - skip.max(0)).max(0) as usize;
+            self.tokens += (len - skip).max(0) as usize;
         }
         self.texts += lens.len();
+        if flat.is_empty() {
+            return Ok(());
+        }
+        let device = acts.device();
+        let rows = Tensor::f_from_slice(&flat)?.f_to_device(device)?;
+        let columns = Tensor::f_from_slice(&self.latents)?.f_to_device(device)?;
+        let chosen = acts
+            .f_flatten(0, 1)?
+            .f_index_select(0, &rows)?
+            .f_index_select(1, &columns)?;
+        for (i, candidates) in strongest_rows(&chosen, self.k)?.into_iter().enumerate() {
+            for (row, value) in candidates {
+                let (text, position) = at[row];
+                self.offer(
+                    i,
+                    Example {
+                        text,
+                        position,
+                        value,
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
-    /// The chosen latents' columns of `acts`, `[B, T, n]` row-major in f32 on the host (one
-    /// transfer of `n` columns, not the whole SAE width).
-    fn chosen_on_host(&self, acts: &Tensor) -> Result<Vec<f32>> {
-        let index = Tensor::f_from_slice(&self.latents)?.f_to_device(acts.device())?;
-        let chosen = acts
-            .f_index_select(-1, &index)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
-        Ok(Vec::<f32>::try_from(chosen.f_flatten(0, -1)?)?)
-    }
-
-    /// Keeps `example` among latent `i`'s best if it ranks there: larger values first, then
-    /// earlier texts, then earlier positions.
+    /// Keeps `example` among latent `i`'s best if it ranks there ([`Example::rank_order`]).
     fn offer(&mut self, i: usize, example: Example) {
         let best = &mut self.best[i];
-        let ranks_before = |e: &Example| {
-            example.value > e.value
-                || (example.value == e.value
-                    && (example.text, example.position) < (e.text, e.position))
-        };
-        let at = best.iter().position(ranks_before).unwrap_or(best.len());
+        let at = best.partition_point(|e| e.rank_order(&example) == Ordering::Less);
         if at < self.k {
             best.insert(at, example);
             best.truncate(self.k);

@@ -12,11 +12,11 @@
 mod common;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, scope, F32_MODEL, F32_SAE};
+use common::{fixture, program, scope, F32_MODEL, F32_SAE};
 
 /// The folder `scope sweep` names the fixture SAE's outputs.
 const SAE_FOLDER: &str = "tiny-f32-res_layer_2_width_256_average_l0_20";
@@ -42,30 +42,6 @@ If x < y and y < z then x < z, said the teacher.
 The library opens at nine and closes at five on weekdays.
 A small boat drifted slowly toward the harbour at dusk.
 ";
-
-/// A program on the PATH (or at one of the usual Debian paths), or a failure that says how to
-/// install it.
-fn program(names: &[&str]) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend([
-        PathBuf::from("/usr/bin"),
-        PathBuf::from("/usr/lib/chromium"),
-    ]);
-    for dir in &dirs {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "{} not found (looked on the PATH, /usr/bin and /usr/lib/chromium): run `cargo xtask setup`, \
-         which installs the Debian package chromium",
-        names.join(" / ")
-    );
-}
 
 /// `scope ARGS` must succeed.
 fn scope_ok(args: &[&str]) {

@@ -11,43 +11,19 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::Server;
+use common::{program, Server};
 
 const PROMPT: &str = "The cat sat on the mat";
 /// The key W3C WebDriver gives an element reference under.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 // ---- A tiny WebDriver client ---------------------------------------------------------------
-
-/// A program on the PATH (or at one of the usual Debian paths), or a failure that says how to
-/// install it.
-fn program(names: &[&str]) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend([
-        PathBuf::from("/usr/bin"),
-        PathBuf::from("/usr/lib/chromium"),
-    ]);
-    for dir in &dirs {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "{} not found (looked on the PATH, /usr/bin and /usr/lib/chromium): run `cargo xtask setup`, \
-         which installs the Debian packages chromium and chromium-driver",
-        names.join(" / ")
-    );
-}
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {

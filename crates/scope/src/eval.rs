@@ -28,16 +28,31 @@ pub fn eval(
     let reconstruction =
         sae.sae
             .reconstruction_metrics_against(&x, &target, Some(&mask), threshold)?;
-    let splice = sae::splice_metrics(
+    let splice = splice_on(model, sae, &batch)?;
+    Ok((reconstruction, splice))
+}
+
+/// ΔCE and KL of splicing `sae` into `model` over `prompts` (token ids, `<bos>` first; one
+/// left-padded batch), as [`eval`] measures them: at every real position but the `<bos>`.
+pub fn splice_metrics(
+    model: &GemmaModel,
+    sae: &SaeAt,
+    prompts: &[Vec<i64>],
+) -> Result<SpliceMetrics> {
+    let batch = Batch::left_padded(prompts, model.config().pad_token_id)?;
+    splice_on(model, sae, &batch)
+}
+
+fn splice_on(model: &GemmaModel, sae: &SaeAt, batch: &Batch) -> Result<SpliceMetrics> {
+    Ok(sae::splice_metrics(
         &sae.sae,
         model,
-        &batch,
+        batch,
         &batch.input_ids,
         batch.attention_mask.as_ref(),
         sae.sites(),
         |o| o.logits,
-    )?;
-    Ok((reconstruction, splice))
+    )?)
 }
 
 /// The raw activations at the SAE's read site and at its write site (the same tensor for an

@@ -9,7 +9,7 @@
 //! | [`steer_many`] | many steered requests at once through the [`scope_engine`] | a server with continuous batching |
 //! | [`patch`] → [`Patched`] (the logits that moved, the latent at source and base, a warning when it is 0 at the source) | one latent swapped from a source prompt into a base prompt | `JumpReLUAutoencoderIntervention` |
 //! | [`explain`] | the tokens a latent's decoder row promotes and suppresses | the logit lens |
-//! | [`eval`] | reconstruction metrics and the spliced-in cross-entropy and KL | SAELens' evals |
+//! | [`eval`], [`splice_metrics`] | reconstruction metrics and the spliced-in cross-entropy and KL | SAELens' evals |
 //! | [`top_examples`] | where latents fire most over texts | Neuronpedia's top activations |
 //!
 //! Every call works with any SAE at its site: residual, attention (`o_proj`'s input) and MLP
@@ -61,7 +61,7 @@ mod steer;
 mod top;
 
 pub use error::{Error, Result};
-pub use eval::eval;
+pub use eval::{eval, splice_metrics};
 pub use explain::explain;
 pub use latents::{latents, LatentCollector, TokenLatents};
 pub use patch::{patch, resolve_position, Patch, Patched};

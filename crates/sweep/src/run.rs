@@ -393,16 +393,7 @@ impl Sweep<'_> {
             return Ok(());
         }
         let rows: Vec<Vec<i64>> = docs.iter().map(|d| d.ids.clone()).collect();
-        let batch = Batch::left_padded(&rows, self.model.config().pad_token_id)?;
-        let metrics = sae::splice_metrics(
-            &sae.sae,
-            self.model,
-            &batch,
-            &batch.input_ids,
-            batch.attention_mask.as_ref(),
-            sae.sites(),
-            |o| o.logits,
-        )?;
+        let metrics = scope::splice_metrics(self.model, sae, &rows)?;
         stats.add_downstream(&metrics, ce_positions, kl_positions);
         Ok(())
     }

@@ -64,12 +64,18 @@ pub struct Example {
 }
 
 impl Example {
-    /// Strongest first; among equal values, the lower (doc, position) first.
+    /// Strongest first; among equal values, the lower (doc, position) first
+    /// ([`sae::Example::rank_order`]).
     pub fn rank_order(&self, other: &Example) -> Ordering {
-        other
-            .value
-            .total_cmp(&self.value)
-            .then((self.doc, self.position).cmp(&(other.doc, other.position)))
+        self.key().rank_order(&other.key())
+    }
+
+    fn key(&self) -> sae::Example {
+        sae::Example {
+            text: self.doc,
+            position: self.position,
+            value: self.value,
+        }
     }
 }
 
@@ -323,49 +329,12 @@ impl SaeStats {
         Ok(())
     }
 
-    /// Offers each latent's strongest tokens of the batch. `topk` finds the `k` candidates; a
-    /// latent whose `k`-th value is tied with more tokens takes every token at or above it, so
-    /// that ties go to the lower (doc, position) as in one sorted pass.
+    /// Offers each latent's strongest tokens of the batch ([`sae::strongest_rows`]: ties at
+    /// the `k`-th value included, so that they go to the lower (doc, position)).
     fn update_top(&mut self, acts: &Tensor, counted: &Counted, docs: &[BatchDoc]) -> Result<()> {
-        let n = acts.size()[0];
-        let d = self.d_sae();
-        let kk = (self.top_k as i64).min(n);
-        if kk == 0 {
-            return Ok(());
-        }
-        let (values, rows) = acts.f_topk(kk, 0, true, true)?;
-        let kth = values.f_narrow(0, kk - 1, 1)?;
-        let at_least = host::<i64>(acts.f_ge_tensor(&kth)?.f_sum_dim_intlist(
-            0,
-            false,
-            Kind::Int64,
-        )?)?;
-        let values = host::<f32>(values.f_flatten(0, -1)?)?;
-        let rows = host::<i64>(rows.f_flatten(0, -1)?)?;
-        let kth = host::<f32>(kth.f_flatten(0, -1)?)?;
-        let kk = kk as usize;
-        for latent in 0..d {
-            let mut candidates: Vec<(f32, usize)> =
-                if kth[latent] > 0.0 && at_least[latent] > kk as i64 {
-                    let column = acts.f_select(1, latent as i64)?;
-                    let tied = column
-                        .f_ge(kth[latent] as f64)?
-                        .f_nonzero()?
-                        .f_flatten(0, -1)?;
-                    let chosen = host::<f32>(column.f_index_select(0, &tied)?)?;
-                    chosen
-                        .into_iter()
-                        .zip(host::<i64>(tied)?)
-                        .map(|(v, r)| (v, r as usize))
-                        .collect()
-                } else {
-                    (0..kk)
-                        .map(|r| (values[r * d + latent], rows[r * d + latent] as usize))
-                        .filter(|&(v, _)| v > 0.0)
-                        .collect()
-                };
-            candidates.retain(|&(v, _)| v > 0.0);
-            for (value, row) in candidates {
+        let candidates = sae::strongest_rows(acts, self.top_k)?;
+        for (latent, rows) in candidates.into_iter().enumerate() {
+            for (row, value) in rows {
                 self.offer(latent, value, row, counted, docs)?;
             }
         }

@@ -178,3 +178,15 @@ fn a_damaged_state_file_is_an_error_naming_it() {
     let err = SweepState::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("sweep-state.npz"), "{err}");
 }
+
+#[test]
+fn the_fuzz_seed_of_the_state_file_is_a_valid_state() {
+    // fuzz/make_seeds.py writes it in Python: it checks that the layout is the one read here.
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus/sweep_state/seed-two-latents");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(seed, dir.path().join("sweep-state.npz")).unwrap();
+    let state = SweepState::load(dir.path()).unwrap();
+    assert_eq!(state.stats[0].count, [1, 0]);
+    assert_eq!(state.stats[0].top[0][0].context, [6, 7]);
+}

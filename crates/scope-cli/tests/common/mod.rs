@@ -23,6 +23,30 @@ pub fn fixture(rel: &str) -> String {
     fixtures().join(rel).display().to_string()
 }
 
+/// A program on the PATH (or at one of the usual Debian paths), or a failure that says how to
+/// install it.
+pub fn program(names: &[&str]) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend([
+        PathBuf::from("/usr/bin"),
+        PathBuf::from("/usr/lib/chromium"),
+    ]);
+    for dir in &dirs {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "{} not found (looked on the PATH, /usr/bin and /usr/lib/chromium): run `cargo xtask setup`, \
+         which installs the Debian packages chromium and chromium-driver",
+        names.join(" / ")
+    );
+}
+
 /// `scope ARGS`, offline, to completion.
 pub fn scope(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scope"))
