@@ -32,6 +32,9 @@
 //!   peer is `benches/peer_steer_batch.py`): [`steer_batch_jobs`] gives 64 greedy requests,
 //!   each steered by a latent and magnitude of its own, with prompts of 8–64 tokens and 8–96
 //!   new tokens, run through `scope-engine` all at once (continuous batching) or one at a time.
+//! * [`write_sweep_inputs`] / [`sweep_corpus`]: the `sweep` workload (the peer is
+//!   `benches/peer_sweep.py`): the `--size` checkpoint on disk and a synthetic corpus of
+//!   documents of 2 to `seq / 2 + 1` words, which both sides read from the same files.
 
 use std::time::Instant;
 
@@ -294,6 +297,66 @@ fn write_padded_tokenizer(from: &std::path::Path, vocab: i64, to: &std::path::Pa
         }
     }
     std::fs::write(to, serde_json::to_string(&json)?)?;
+    Ok(())
+}
+
+/// The words of [`sweep_corpus`].
+const SWEEP_WORDS: [&str; 64] = [
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
+    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
+    "they", "you", "were", "her", "she", "there", "one", "all", "we", "their", "has", "would",
+    "when", "if", "so", "no", "will", "more", "can", "who", "said", "what", "about", "some",
+    "into", "them", "time", "only", "new", "other", "could", "may", "its", "also", "two", "than",
+    "first",
+];
+
+/// The `sweep` workload's corpus: `docs` documents (one a line, no empty one); document `i`
+/// (from 0) has `2 + (37 i) mod (seq / 2)` words, word `j` being
+/// `SWEEP_WORDS[(31 i + 17 j + j² / 3) mod 64]`. With the checkpoint's tokenizer (about 2.6
+/// tokens a word) lengths spread up to and past `seq` tokens, so some documents are cut.
+pub fn sweep_corpus(docs: usize, seq: usize) -> Vec<String> {
+    let n = SWEEP_WORDS.len();
+    (0..docs)
+        .map(|i| {
+            let words = 2 + (37 * i) % (seq / 2).max(1);
+            (0..words)
+                .map(|j| SWEEP_WORDS[(31 * i + 17 * j + j * j / 3) % n])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The files of the `sweep` workload in `dir`: `model/` and `sae/` (the `--size` checkpoint
+/// of [`write_checkpoint`], written only when `sae/params.npz` is missing), `corpus.txt`
+/// ([`sweep_corpus`] of `docs` documents), `warmup.txt` (its first `warmup` documents) and
+/// `sweep.json` (the SAE's layer and the corpus' shape, for the peer).
+pub fn write_sweep_inputs(
+    size: Size,
+    dir: &std::path::Path,
+    docs: usize,
+    seq: usize,
+    warmup: usize,
+) -> Result<()> {
+    if !dir.join("sae/params.npz").exists() {
+        let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/models/tiny-f32/tokenizer.json");
+        write_checkpoint(size, dir, &tokenizer).context("the sweep's checkpoint")?;
+    }
+    let corpus = sweep_corpus(docs, seq);
+    let lines = |n: usize| {
+        corpus
+            .iter()
+            .take(n)
+            .map(|d| format!("{d}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(dir.join("corpus.txt"), lines(docs))?;
+    std::fs::write(dir.join("warmup.txt"), lines(warmup))?;
+    let meta = serde_json::json!({
+        "size": size.name(), "layer": size.sae_layer(), "docs": docs, "seq": seq, "warmup": warmup,
+    });
+    std::fs::write(dir.join("sweep.json"), meta.to_string())?;
     Ok(())
 }
 

@@ -16,20 +16,36 @@
 //! tokens) over the wall time. `--batch`, `--seq` and `--new` do not change it. Without
 //! `--only` it runs only where the engine batches (a float32 model on a CPU with AVX2 or
 //! AVX-512); elsewhere the engine runs requests one by one anyway, so ask for it by name.
+//!
+//! The `sweep` group (peer: `benches/peer_sweep.py`) runs `scope_sweep::Sweep` (what `scope
+//! sweep` runs: one SAE, top 20 examples, outputs written) over a synthetic corpus of
+//! `16 x --batch x --corpus-times` documents ([`scope_benches::sweep_corpus`], cut to `--seq`
+//! tokens), in blocks of `--batch`, with the `--size` checkpoint loaded from disk; the
+//! checkpoint, the corpus and a warm-up corpus (the first two blocks) are written to
+//! `--sweep-dir` (default `<temp>/scope-bench-sweep-<size>`; the checkpoint only when missing),
+//! where the peer reads them. One warm-up pass, then the median of `reps` passes;
+//! `tok_per_s` counts the real tokens but `<bos>`. A pass is all of `Sweep::run`, the
+//! outputs it writes at the end included (`outputs_s`: the state, the Parquet tables and the
+//! summary, a cost per SAE that does not grow with the corpus); `sweep_blocks` is the same
+//! pass up to the last block's statistics, the rate of a long sweep. It runs first, before
+//! the random model of the other groups is built, so that its `peak_rss_gib` is the sweep's.
+//! Without `--only` it runs on the CPU only (the issue's target); on a GPU ask for it by name.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gemma_model::{Batch, DecodeMode};
+use gemma_model::{Batch, DTypeSpec, DecodeMode, GemmaModel, LoadOptions};
+use scope::SaeAt;
 use scope_benches::{
-    id_vec, mean_l0, parse_device, parse_dtype, peak_rss_gib, run_steer_batch, steer_batch_jobs,
-    sync, timed, top_k_indices, Size, Workbench, PROMPT_LEN, STEER_BATCH_REQUESTS, STEER_LATENT,
-    STEER_MAGNITUDE,
+    id_vec, mean_l0, median, parse_device, parse_dtype, peak_rss_gib, run_steer_batch,
+    steer_batch_jobs, sync, timed, top_k_indices, write_sweep_inputs, Size, Workbench, PROMPT_LEN,
+    STEER_BATCH_REQUESTS, STEER_LATENT, STEER_MAGNITUDE,
 };
 use scope_engine::{Engine, EngineMode, Limits};
+use scope_sweep::{Corpus, Sweep, SweepOptions, SweepSae, SweepState};
 use serde_json::{json, Value};
-use tch::Device;
+use tch::{Device, Kind};
 
 struct Args {
     size: Size,
@@ -43,8 +59,13 @@ struct Args {
     /// The engine's rows (slots) in `steer_batch`.
     rows: usize,
     /// Workflow groups to run (`forward`, `collect`, `generate`, `interchange`,
-    /// `steer_batch`); all when empty (`steer_batch` only where the engine batches).
+    /// `steer_batch`, `sweep`); all when empty (`steer_batch` only where the engine batches,
+    /// `sweep` only on the CPU).
     only: Vec<String>,
+    /// `sweep`: where its checkpoint and corpus are written.
+    sweep_dir: Option<std::path::PathBuf>,
+    /// `sweep`: the corpus is this many times its usual 16 documents per `--batch` row.
+    corpus_times: usize,
     /// Write the `--size` checkpoint here instead of racing.
     write_checkpoint: Option<std::path::PathBuf>,
 }
@@ -58,7 +79,8 @@ impl Args {
 const USAGE: &str = "usage: race [--size tiny|small|2b] [--device cpu|cuda] \
     [--dtype float32|bfloat16|float16] [--batch B] [--seq T] [--new N] [--reps R] \
     [--decode auto|eager|fixed|graph|fused] [--rows N] \
-    [--only forward,collect,generate,interchange,steer_batch] \
+    [--only forward,collect,generate,interchange,steer_batch,sweep] \
+    [--sweep-dir DIR] [--corpus-times N] \
     [--write-checkpoint DIR (the --size model and SAE on disk, then exit)]";
 
 fn parse_args() -> Result<Args> {
@@ -78,6 +100,8 @@ fn parse_args() -> Result<Args> {
         decode: DecodeMode::Auto,
         rows: STEER_BATCH_REQUESTS,
         only: Vec::new(),
+        sweep_dir: None,
+        corpus_times: 1,
         write_checkpoint: None,
     };
     let mut it = std::env::args().skip(1);
@@ -113,6 +137,8 @@ fn parse_args() -> Result<Args> {
             "--reps" => args.reps = number("--reps")? as usize,
             "--decode" => args.decode = DecodeMode::parse(&value)?,
             "--rows" => args.rows = number("--rows")? as usize,
+            "--sweep-dir" => args.sweep_dir = Some(value.into()),
+            "--corpus-times" => args.corpus_times = number("--corpus-times")? as usize,
             "--only" => {
                 args.only = value.split(',').map(|g| g.trim().to_string()).collect();
                 let known = [
@@ -121,6 +147,7 @@ fn parse_args() -> Result<Args> {
                     "generate",
                     "interchange",
                     "steer_batch",
+                    "sweep",
                 ];
                 if let Some(bad) = args.only.iter().find(|g| !known.contains(&g.as_str())) {
                     bail!(
@@ -168,6 +195,19 @@ fn run() -> Result<()> {
     }
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
+    if a.runs("sweep") {
+        if a.only.is_empty() && device != Device::Cpu {
+            emit(
+                json!({"what": "sweep_skipped", "why": "the sweep row is a CPU race; \
+                        --only sweep runs it anyway"}),
+            );
+        } else {
+            sweep(&a, device, dtype)?;
+        }
+        if a.only.iter().all(|g| g == "sweep") && !a.only.is_empty() {
+            return Ok(());
+        }
+    }
     let t0 = Instant::now();
     let bench = Workbench::new(a.size, device, dtype)?;
     sync(device);
@@ -342,6 +382,99 @@ fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
         "tok_per_s": round(new_tokens as f64 / t_serial, 1), "s": t_serial,
         "mode": serial.mode().name(), "same_tokens_as_batched": same,
         "engine_speedup": round(t_serial / t_batch, 2),
+    }));
+    Ok(())
+}
+
+/// Documents of the `sweep` corpus per `--batch` row (times `--corpus-times`).
+const SWEEP_DOCS_PER_ROW: usize = 16;
+
+/// The `sweep` row: `scope_sweep::Sweep` over the corpus written to the sweep directory.
+fn sweep(a: &Args, device: Device, dtype: Kind) -> Result<()> {
+    let dir = a.sweep_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("scope-bench-sweep-{}", a.size.name()))
+    });
+    let batch = a.batch as usize;
+    let docs = SWEEP_DOCS_PER_ROW * batch * a.corpus_times;
+    write_sweep_inputs(a.size, &dir, docs, a.seq as usize, 2 * batch)?;
+    let t0 = Instant::now();
+    let load = LoadOptions {
+        dtype: DTypeSpec::Fixed(dtype),
+        device,
+        ..LoadOptions::default()
+    };
+    let model_dir = dir.join("model").display().to_string();
+    let (model, tokenizer) = GemmaModel::from_pretrained(&model_dir, &load)?;
+    let sae_dir = dir.join("sae").display().to_string();
+    let sae = sae::Sae::from_pretrained(&sae_dir, device)?.to_dtype(model.dtype())?;
+    let saes = [SweepSae {
+        name: "sae".into(),
+        source: sae_dir,
+        sae: SaeAt::new(sae, Some(a.size.sae_layer()), &model)?,
+    }];
+    let options = SweepOptions {
+        max_len: a.seq as usize,
+        batch,
+        ..SweepOptions::default()
+    };
+    let init_s = t0.elapsed().as_secs_f64();
+    let out = dir.join("out");
+    // One pass over `file`: the state, and the seconds after the last block (the outputs).
+    let pass = |file: &str| -> Result<(SweepState, f64)> {
+        if out.exists() {
+            std::fs::remove_dir_all(&out)?;
+        }
+        let corpus = Corpus::open(&[dir.join(file)], "text")?;
+        let sweep = Sweep {
+            model: &model,
+            tokenizer: &tokenizer,
+            model_name: &model_dir,
+            saes: &saes,
+            corpus: &corpus,
+            options: &options,
+        };
+        let mut last_block = Instant::now();
+        let state = sweep.run(sweep.start(&out, false)?, &out, &mut |_| {
+            sync(device);
+            last_block = Instant::now();
+        })?;
+        Ok((state, last_block.elapsed().as_secs_f64()))
+    };
+    pass("warmup.txt")?;
+    sync(device);
+    let (mut times, mut blocks) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..a.reps.max(1) {
+        let start = Instant::now();
+        let (state, outputs_s) = pass("corpus.txt")?;
+        sync(device);
+        let seconds = start.elapsed().as_secs_f64();
+        times.push(seconds);
+        blocks.push(seconds - outputs_s);
+        last = Some((state, outputs_s));
+    }
+    let (state, outputs_s) = last.context("no sweep pass ran")?;
+    let (t, t_blocks) = (median(&mut times), median(&mut blocks));
+    let stats = state.stats.first().context("the sweep has no statistics")?;
+    let metrics = stats.metrics();
+    let tokens = stats.reconstruction.tokens;
+    emit(json!({
+        "what": "sweep", "tok_per_s": round(tokens as f64 / t, 1), "s": t,
+        "batch": batch, "max_len": a.seq, "top_k": options.top_k, "layer": a.size.sae_layer(),
+        "peak_rss_gib": peak_rss_gib().map(|g| round(g, 3)), "init_s": round(init_s, 2),
+        "outputs_s": round(outputs_s, 3), "threads": tch::get_num_threads(),
+        "tokens": tokens, "docs": state.coverage.docs, "mean_l0": metrics.mean_l0,
+        "mse": metrics.mse, "explained_variance": metrics.explained_variance,
+        "fired": stats.count.iter().filter(|&&c| c > 0).count(),
+        "examples": stats.top.iter().map(Vec::len).sum::<usize>(),
+        "hist_total": stats.histogram.iter().sum::<i64>(),
+        "mean_max": stats.max.iter().map(|&m| f64::from(m)).sum::<f64>()
+            / stats.max.len().max(1) as f64,
+        "sum_total": stats.sum.iter().sum::<f64>(),
+    }));
+    emit(json!({
+        "what": "sweep_blocks", "tok_per_s": round(tokens as f64 / t_blocks, 1), "s": t_blocks,
+        "tokens": tokens,
     }));
     Ok(())
 }

@@ -17,8 +17,23 @@
 //! steering hook); it runs in a round whenever scope's side reported it (`race` does where
 //! its engine batches: float32 on an AVX2 CPU). Below the table, scope's engine against
 //! scope one request at a time (`steer_batch_serial`). `--only GROUPS` (race's groups:
-//! `forward,collect,generate,interchange,steer_batch`) runs just those: `--only steer_batch`
-//! skips the baseline peer.
+//! `forward,collect,generate,interchange,steer_batch,sweep`) runs just those: `--only
+//! steer_batch` skips the baseline peer.
+//!
+//! The `sweep` row (`scope sweep`'s statistics of one SAE over a corpus: counts, f64 sums,
+//! maxima, log histograms, top 20 examples, reconstruction sums; see `benches/race.rs`)
+//! compares `scope_sweep::Sweep` with `benches/peer_sweep.py`, the SAELens way in Python: HF
+//! transformers with a forward hook at the SAE layer that stops the forward there (as
+//! `run_with_cache(stop_at_layer=...)`), the JumpReLU encode, running statistics and a
+//! `torch.topk` per block. Both read the same checkpoint (the `--size` model and SAE with
+//! random weights), corpus and warm-up corpus, which the race writes to
+//! `target/bench-sweep/<size>/`; `tok_per_s` counts the real tokens but `<bos>`, and the two
+//! sides' counts must agree. `sweep` times whole passes (scope's ends by writing its state
+//! and tables, the peer writes nothing), `sweep_blocks` the passes up to their last block's
+//! statistics, the rate of a long sweep. It runs in a round whenever scope's side reported
+//! it (`race` does on the CPU). After the rounds (not with `--quick`), scope's peak RSS for
+//! the sweep of the corpus and of ten times it, each one pass in a process of its own, is
+//! printed below the table (the issue's memory target: within 10%).
 //!
 //! On a machine without cargo (a lent GPU machine, see `device-bundle`), three flags replace
 //! what is normally built or installed here: `--race PATH` (a prebuilt `race` binary),
@@ -41,6 +56,8 @@ struct Race {
     new: String,
     reps: String,
     rounds: usize,
+    /// `--quick`: one round of fewer repetitions, and no memory check.
+    quick: bool,
     /// A prebuilt `race` binary (else it is built here).
     race_bin: Option<PathBuf>,
     /// A Python with the reference stack (else `.venv`, installed if needed).
@@ -54,7 +71,8 @@ struct Race {
     gemma3: bool,
 }
 
-/// The race's groups that `pyvene_baseline.py` measures (`steer_batch` has a script of its own).
+/// The race's groups that `pyvene_baseline.py` measures (`steer_batch` and `sweep` have
+/// scripts of their own).
 const BASELINE_GROUPS: [&str; 4] = ["forward", "collect", "generate", "interchange"];
 
 impl Race {
@@ -75,6 +93,7 @@ impl Race {
             new: new.into(),
             reps: reps.into(),
             rounds: 3,
+            quick: false,
             race_bin: None,
             python: None,
             peer: None,
@@ -86,6 +105,7 @@ impl Race {
             if *flag == "--quick" {
                 race.reps = "1".into();
                 race.rounds = 1;
+                race.quick = true;
                 continue;
             }
             let value = it
@@ -158,6 +178,11 @@ impl Race {
         }
     }
 
+    /// Where the `sweep` row's checkpoint and corpus are written (for both sides).
+    fn sweep_dir(&self) -> PathBuf {
+        project_root().join("target/bench-sweep").join(&self.size)
+    }
+
     fn flags(&self) -> Vec<String> {
         [
             ("--size", &self.size),
@@ -173,9 +198,13 @@ impl Race {
         .collect()
     }
 
-    /// [`Self::flags`] and, for scope's race, `--only`.
+    /// [`Self::flags`] and, for scope's race, `--sweep-dir` and `--only`.
     fn race_flags(&self) -> Vec<String> {
         let mut flags = self.flags();
+        flags.extend([
+            "--sweep-dir".to_string(),
+            self.sweep_dir().display().to_string(),
+        ]);
         if !self.only.is_empty() {
             flags.extend(["--only".to_string(), self.only.join(",")]);
         }
@@ -233,7 +262,8 @@ pub fn run(args: &[&str]) -> Result {
             venv.python()
         }
     };
-    let steer_peer = steer_peer_script(&peer_script);
+    let steer_peer = repo_peer_script(&peer_script, "peer_steer_batch.py");
+    let sweep_peer = repo_peer_script(&peer_script, "peer_sweep.py");
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     for round in 1..=race.rounds {
         println!(
@@ -280,22 +310,95 @@ pub fn run(args: &[&str]) -> Result {
                 ),
             }
         }
+        if scope_round.contains_key("sweep") {
+            match &sweep_peer {
+                Some(script) => {
+                    println!(
+                        "bench-compare: round {round}/{}: peer sweep, HF transformers stopped at \
+                         the SAE layer by a hook, JumpReLU encode, running statistics and \
+                         torch.topk per block ...",
+                        race.rounds
+                    );
+                    let sweep = measure(
+                        Command::new(&python)
+                            .arg(script)
+                            .args(race.flags())
+                            .arg("--dir")
+                            .arg(race.sweep_dir()),
+                        "the peer",
+                    )?;
+                    check_same_tokens(&scope_round, &sweep)?;
+                    peer_round.extend(sweep);
+                }
+                None => println!(
+                    "bench-compare: no peer_sweep.py beside {} or in benches/: sweep has no \
+                     peer this time",
+                    peer_script.display()
+                ),
+            }
+        }
         ours.push(scope_round);
         peer.push(peer_round);
     }
     print_ratios(&race, &ours, &peer);
+    if !race.quick && ours.iter().any(|o| o.contains_key("sweep")) {
+        sweep_memory(&race, &race_bin)?;
+    }
     Ok(())
 }
 
-/// The `steer_batch` peer: `peer_steer_batch.py` beside the baseline script (a device
-/// bundle's `peer/`), else the repository's `benches/`.
-fn steer_peer_script(baseline: &std::path::Path) -> Option<PathBuf> {
-    const NAME: &str = "peer_steer_batch.py";
-    let beside = baseline.parent().map(|dir| dir.join(NAME));
+/// The repository's own peer script `name`: beside the baseline script (a device bundle's
+/// `peer/`), else in the repository's `benches/`.
+fn repo_peer_script(baseline: &std::path::Path, name: &str) -> Option<PathBuf> {
+    let beside = baseline.parent().map(|dir| dir.join(name));
     beside
         .into_iter()
-        .chain([project_root().join("benches").join(NAME)])
+        .chain([project_root().join("benches").join(name)])
         .find(|p| p.is_file())
+}
+
+/// Scope's peak RSS for the sweep of the corpus and of ten times it (one pass after the
+/// warm-up, each in a process of its own), below the table.
+fn sweep_memory(race: &Race, race_bin: &std::path::Path) -> Result {
+    let mut rss = Vec::new();
+    for times in ["1", "10"] {
+        println!("bench-compare: scope's sweep memory, {times}x the corpus ...");
+        let mut flags = race.flags();
+        flags.extend(["--reps", "1", "--only", "sweep", "--corpus-times", times].map(String::from));
+        flags.extend([
+            "--sweep-dir".to_string(),
+            race.sweep_dir().display().to_string(),
+        ]);
+        let found = measure(Command::new(race_bin).args(flags), "scope")?;
+        let field = |k: &str| found.get("sweep").and_then(|f| f.get(k)).copied();
+        match (field("docs"), field("peak_rss_gib")) {
+            (Some(docs), Some(gib)) => rss.push((docs, gib)),
+            _ => {
+                return Err(Failure::new(
+                    "scope's sweep reported no docs or peak_rss_gib",
+                ))
+            }
+        }
+    }
+    if let [(docs1, gib1), (docs10, gib10)] = rss[..] {
+        println!(
+            "\nsweep: scope's peak RSS, {docs1} documents {gib1:.3} GiB, {docs10} documents \
+             {gib10:.3} GiB ({:+.1}%; the target: within 10%)",
+            (gib10 / gib1 - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// Both sides of the `sweep` row must have counted the same tokens.
+fn check_same_tokens(ours: &Measurements, peer: &Measurements) -> Result {
+    let tokens = |m: &Measurements| m.get("sweep").and_then(|f| f.get("tokens")).copied();
+    match (tokens(ours), tokens(peer)) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (a, b) => Err(Failure::new(format!(
+            "sweep: scope counted {a:?} tokens and the peer {b:?}: they must read the same corpus"
+        ))),
+    }
 }
 
 /// Builds scope's `race` binary in release (setting up libtorch first if needed).
@@ -388,7 +491,7 @@ fn split_top_level(body: &str) -> Vec<&str> {
 }
 
 /// A row of the ratio table: the measurement, the field, and whether larger is better.
-const ROWS: [(&str, &str, bool); 7] = [
+const ROWS: [(&str, &str, bool); 9] = [
     ("forward_plain", "tok_per_s", true),
     ("collect_latents", "tok_per_s", true),
     ("generate_plain", "tok_per_s", true),
@@ -396,6 +499,8 @@ const ROWS: [(&str, &str, bool); 7] = [
     ("interchange", "ms", false),
     ("peak_mem_gib_after_collect", "gib", false),
     ("steer_batch", "tok_per_s", true),
+    ("sweep", "tok_per_s", true),
+    ("sweep_blocks", "tok_per_s", true),
 ];
 
 /// Scope against itself, below the table: (measurement, the one it is compared with, what
@@ -474,6 +579,16 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
             "(steer_batch: 64 greedy requests, each steered by its own SAE latent, prompts of \
              8–64 tokens, 8–96 new tokens; scope's engine with all requests submitted at once \
              against HF generate on left-padded batches of 16 with a steering hook)"
+        );
+    }
+    if ours.iter().any(|o| o.contains_key("sweep")) {
+        println!(
+            "(sweep: statistics of one SAE over a corpus, documents cut to {} tokens in blocks of \
+             {}, top 20 examples; tok/s counts the real tokens but <bos>; scope's sweep, outputs \
+             written, against HF transformers stopped at the SAE layer by a hook, with the \
+             JumpReLU encode, running statistics and torch.topk per block, nothing written; \
+             sweep_blocks: the same passes up to the last block's statistics)",
+            race.seq, race.batch
         );
     }
     for (what, against, meaning) in SCOPE_RATIOS {
@@ -555,6 +670,18 @@ mod tests {
             steer.race_flags()[steer.race_flags().len() - 2..],
             ["--only".to_string(), "steer_batch".to_string()]
         );
+        let sweep = Race::from_args(&["--only", "sweep", "--size", "2b"]).expect("--only");
+        assert!(!sweep.runs_baseline());
+        let flags = sweep.race_flags();
+        let dir = flags
+            .iter()
+            .position(|f| f == "--sweep-dir")
+            .expect("--sweep-dir");
+        assert!(
+            flags[dir + 1].ends_with("target/bench-sweep/2b"),
+            "{}",
+            flags[dir + 1]
+        );
         let both = Race::from_args(&["--only", "forward, steer_batch"]).expect("--only");
         assert!(both.runs_baseline());
         assert_eq!(both.only, ["forward", "steer_batch"]);
@@ -574,10 +701,27 @@ mod tests {
         let race = Race::from_args(&["--quick"]).expect("defaults");
         print_ratios(&race, &[ours], &[Measurements::new()]);
         // The repository's own script is found when no bundle sits beside the baseline.
-        assert_eq!(
-            steer_peer_script(std::path::Path::new("/no/such/dir/pyvene_baseline.py")),
-            Some(project_root().join("benches/peer_steer_batch.py"))
-        );
+        for name in ["peer_steer_batch.py", "peer_sweep.py"] {
+            assert_eq!(
+                repo_peer_script(
+                    std::path::Path::new("/no/such/dir/pyvene_baseline.py"),
+                    name
+                ),
+                Some(project_root().join("benches").join(name))
+            );
+        }
+    }
+
+    #[test]
+    fn sweep_sides_must_count_the_same_tokens() {
+        let side = |tokens: f64| {
+            let mut m = Measurements::new();
+            m.insert("sweep".into(), [("tokens".to_string(), tokens)].into());
+            m
+        };
+        assert!(check_same_tokens(&side(4389.0), &side(4389.0)).is_ok());
+        let differ = check_same_tokens(&side(4389.0), &side(4390.0)).expect_err("a mismatch");
+        assert!(differ.message.contains("4390"), "{}", differ.message);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `../shared`, so this prepares `.device/` (ignored by git, carried with `carry: [".device"]`):
 //! - `bin/`: `scope`, `race` and `xtask` built here in release, stripped of debug info (the
 //!   carried tree is limited to 64 MiB);
-//! - `peer/`: the peer's scripts from `../shared/bench`, and `benches/peer_steer_batch.py`;
+//! - `peer/`: the peer's scripts from `../shared/bench`, and `benches/peer_steer_batch.py` and
+//!   `benches/peer_sweep.py`;
 //! - `whl/`: the pyvene wheel (pure Python), which the check installs into a scratch folder.
 //!
 //! `xtask/device/check.sh` then runs there in one call: `xtask bench-compare` on gemma-2-2b's
@@ -27,8 +28,8 @@ const BINARIES: [(&str, &str); 3] = [
 /// The peer's scripts, from `../shared/bench`.
 const PEER_SCRIPTS: [&str; 2] = ["pyvene_baseline.py", "hf_static_generate.py"];
 
-/// The peer of the `steer_batch` row, from `benches/`.
-const STEER_BATCH_PEER: &str = "peer_steer_batch.py";
+/// The peers that live in this repository (`benches/`): the `steer_batch` and `sweep` rows'.
+const REPO_PEERS: [&str; 2] = ["peer_steer_batch.py", "peer_sweep.py"];
 
 pub fn run() -> Result {
     let venv = setup::ensure()?;
@@ -63,10 +64,12 @@ pub fn run() -> Result {
         copy(&from, &to)?;
         report(&to);
     }
-    // The many-requests peer lives in this repository; beside the baseline it imports.
-    let to = peer_dir.join(STEER_BATCH_PEER);
-    copy(&root.join("benches").join(STEER_BATCH_PEER), &to)?;
-    report(&to);
+    // These peers live in this repository; beside the baseline the first imports.
+    for name in REPO_PEERS {
+        let to = peer_dir.join(name);
+        copy(&root.join("benches").join(name), &to)?;
+        report(&to);
+    }
 
     let wheel_dir = bundle.join("whl");
     create_dir(&wheel_dir)?;

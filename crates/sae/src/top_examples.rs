@@ -47,31 +47,33 @@ pub fn strongest_rows(acts: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>>
             format!("expected [tokens, latents], got {:?}", acts.size()),
         ));
     };
-    let acts = acts.f_to_kind(Kind::Float)?;
+    // Latent-major, so that topk and the tie count run along contiguous rows.
+    let by_latent = acts
+        .f_to_kind(Kind::Float)?
+        .f_transpose(0, 1)?
+        .f_contiguous()?;
     let kk = (k as i64).min(n_rows);
     if kk == 0 {
         return Ok(vec![Vec::new(); n as usize]);
     }
-    let (values, rows) = acts.f_topk(kk, 0, true, true)?;
-    let kth = values.f_narrow(0, kk - 1, 1)?;
-    let tied = host::<i64>(
-        acts.f_ge_tensor(&kth)?
-            .f_sum_dim_intlist(0, false, Kind::Int64)?,
-    )?;
+    let (values, rows) = by_latent.f_topk(kk, 1, true, true)?;
+    let kth = values.f_narrow(1, kk - 1, 1)?;
+    let tied = host::<i64>(by_latent.f_ge_tensor(&kth)?.f_sum_dim_intlist(
+        1,
+        false,
+        Kind::Int64,
+    )?)?;
     let (values, rows) = (
         host::<f32>(values.f_flatten(0, -1)?)?,
         host::<i64>(rows.f_flatten(0, -1)?)?,
     );
-    let kth = host::<f32>(kth.f_flatten(0, -1)?)?;
     let (n, kk) = (n as usize, kk as usize);
     (0..n)
         .map(|column| {
-            let candidates: Vec<(usize, f32)> = if kth[column] > 0.0 && tied[column] > kk as i64 {
-                let values = acts.f_select(1, column as i64)?;
-                let at = values
-                    .f_ge(f64::from(kth[column]))?
-                    .f_nonzero()?
-                    .f_flatten(0, -1)?;
+            let kth = values[column * kk + kk - 1];
+            let candidates: Vec<(usize, f32)> = if kth > 0.0 && tied[column] > kk as i64 {
+                let values = by_latent.f_select(0, column as i64)?;
+                let at = values.f_ge(f64::from(kth))?.f_nonzero()?.f_flatten(0, -1)?;
                 let chosen = host::<f32>(values.f_index_select(0, &at)?)?;
                 host::<i64>(at)?
                     .into_iter()
@@ -79,8 +81,11 @@ pub fn strongest_rows(acts: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>>
                     .zip(chosen)
                     .collect()
             } else {
-                (0..kk)
-                    .map(|r| (rows[r * n + column] as usize, values[r * n + column]))
+                let at = column * kk..(column + 1) * kk;
+                rows[at.clone()]
+                    .iter()
+                    .map(|&r| r as usize)
+                    .zip(values[at].iter().copied())
                     .collect()
             };
             Ok(candidates.into_iter().filter(|&(_, v)| v > 0.0).collect())

@@ -284,6 +284,7 @@ impl Sweep<'_> {
     ) -> Result<SweepState> {
         std::fs::create_dir_all(out).map_err(Error::io(out))?;
         if !state.coverage.complete {
+            keep_heap_flat();
             let collector = Collector::new(self.model, self.saes)?;
             let mut last_save = Instant::now();
             let mut block: Vec<BatchDoc> = Vec::new();
@@ -300,6 +301,7 @@ impl Sweep<'_> {
                     .is_some_and(|first| first.index / options.batch != doc.index / options.batch)
                 {
                     self.take_block(&collector, &mut state, std::mem::take(&mut block))?;
+                    keep_heap_flat();
                     on_progress(progress(&state));
                     if last_save.elapsed() >= options.checkpoint_every {
                         state.save(out)?;
@@ -399,6 +401,22 @@ impl Sweep<'_> {
     }
 }
 
+/// Keeps the heap from growing with the corpus; called before the first block and after
+/// each. glibc serves a block above its mmap threshold with its own mapping, returned when
+/// freed, but raises that threshold to the size of each such block freed; a sweep's per-block
+/// tensors then come from the heap, which fragments and grows block after block though
+/// nothing is kept. A fixed threshold stops the raising, and a trim returns the free pages
+/// the smaller tensors leave. (Process-wide settings: a sweep is a long batch job, and the
+/// rest of the process only sees large blocks mapped, as glibc does by default.)
+fn keep_heap_flat() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; it is safe to call anytime.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::malloc_trim(0);
+    }
+}
+
 fn progress(state: &SweepState) -> Progress {
     Progress {
         docs: state.coverage.docs,
@@ -420,8 +438,16 @@ pub fn write_all_outputs(
     Ok(())
 }
 
+/// Each token's text, decoded once: the examples repeat tokens many times over.
 fn tokenizer_text(tokenizer: &GemmaTokenizer) -> impl Fn(i64) -> String + '_ {
-    |id| tokenizer.decode(&[id], false).unwrap_or_default()
+    let decoded = std::cell::RefCell::new(std::collections::HashMap::new());
+    move |id| {
+        decoded
+            .borrow_mut()
+            .entry(id)
+            .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default())
+            .clone()
+    }
 }
 
 /// Reads every SAE's sites in one forward pass that stops after the deepest.

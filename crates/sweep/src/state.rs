@@ -178,7 +178,8 @@ impl SweepState {
         let path = SweepState::path_in(dir);
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let file = File::create(&tmp).map_err(Error::io(&tmp))?;
-        let mut npz = NpzWriter::new_compressed(BufWriter::new(file));
+        // Stored, not deflated: a checkpoint is written often and read rarely.
+        let mut npz = NpzWriter::new(BufWriter::new(file));
         let meta = Meta {
             version: VERSION,
             spec: self.spec.clone(),

@@ -262,18 +262,32 @@ impl SaeStats {
         self.update_top(&acts, counted, docs)
     }
 
+    /// Counts, sums, maxima and histograms, from the `M` firing entries only (one pass over
+    /// the whole batch for the mask and one for the maxima; SAEs are sparse).
     fn update_latents(&mut self, acts: &Tensor) -> Result<()> {
+        let d = self.d_sae() as i64;
+        let bins = HISTOGRAM_BINS as i64;
         let fired = acts.f_gt(0.0)?;
-        let count = host::<i64>(fired.f_sum_dim_intlist(0, false, Kind::Int64)?)?;
-        let sum = host::<f64>(acts.f_sum_dim_intlist(0, false, Kind::Double)?)?;
-        let max = host::<f32>(acts.f_amax(0, false)?)?;
-        for (i, ((c, s), m)) in count.into_iter().zip(sum).zip(max).enumerate() {
+        let latent = fired.f_nonzero()?.f_select(1, 1)?;
+        let values = acts.f_masked_select(&fired)?;
+        let count = host::<i64>(latent.f_bincount(None::<Tensor>, d)?)?;
+        let sum = Tensor::f_zeros([d], (Kind::Double, acts.device()))?.f_index_add(
+            0,
+            &latent,
+            &values.f_to_kind(Kind::Double)?,
+        )?;
+        let max = host::<f32>(acts.f_amax([0].as_slice(), false)?)?;
+        for (i, ((c, s), m)) in count
+            .into_iter()
+            .zip(host::<f64>(sum)?)
+            .zip(max)
+            .enumerate()
+        {
             self.count[i] += c;
             self.sum[i] += s;
             self.max[i] = self.max[i].max(m);
         }
-        let bins = HISTOGRAM_BINS as i64;
-        let bin = acts
+        let bin = values
             .f_log10()?
             .f_add_scalar(2.0)?
             .f_mul_scalar(10.0)?
@@ -281,14 +295,12 @@ impl SaeStats {
             .f_add_scalar(1.0)?
             .f_clamp(0.0, (bins - 1) as f64)?
             .f_to_kind(Kind::Int64)?;
-        let d = self.d_sae() as i64;
-        let row_start = Tensor::f_arange(d, (Kind::Int64, acts.device()))?.f_mul_scalar(bins)?;
-        let flat = bin.f_add(&row_start)?.f_masked_select(&fired)?;
+        let flat = bin.f_add(&latent.f_mul_scalar(bins)?)?;
         let hist = host::<i64>(flat.f_bincount(None::<Tensor>, d * bins)?)?;
         for (h, add) in self.histogram.iter_mut().zip(hist) {
             *h += add;
         }
-        self.reconstruction.l0 += fired.f_sum(Kind::Int64)?.f_int64_value(&[])? as f64;
+        self.reconstruction.l0 += values.size()[0] as f64;
         Ok(())
     }
 
@@ -335,6 +347,16 @@ impl SaeStats {
         let candidates = sae::strongest_rows(acts, self.top_k)?;
         for (latent, rows) in candidates.into_iter().enumerate() {
             for (row, value) in rows {
+                // A value below the worst kept one cannot enter a full list (ties go on to
+                // `offer`, which orders them by document and position).
+                let full = self.top[latent].len() >= self.top_k;
+                if full
+                    && self.top[latent]
+                        .last()
+                        .is_some_and(|worst| value < worst.value)
+                {
+                    continue;
+                }
                 self.offer(latent, value, row, counted, docs)?;
             }
         }
