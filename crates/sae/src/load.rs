@@ -284,6 +284,13 @@ impl NpyHeader {
         })
     }
 
+    /// Bytes per element of a plain numeric type (`<i8`, `|u1`, `<f4`, …; `None` for others).
+    fn element_width(&self) -> Option<u64> {
+        let (kind, width) = self.descr.get(1..)?.split_at_checked(1)?;
+        let width: u64 = width.parse().ok()?;
+        ("iufb".contains(kind) && [1, 2, 4, 8].contains(&width)).then_some(width)
+    }
+
     /// Bytes per element, for the float types the loader reads (`None` for others).
     fn float_width(&self) -> Option<u64> {
         match self.descr.as_str() {
@@ -303,22 +310,7 @@ fn npy_to_tensor(npy: &[u8], path: &Path, key: &str) -> Result<Tensor> {
         key: key.to_string(),
         dtype: header.descr.clone(),
     })?;
-    let data = (npy.len() - header.data_start) as u64;
-    let needed = header
-        .shape
-        .iter()
-        .try_fold(width, |n, &d| n.checked_mul(d));
-    if needed != Some(data) {
-        let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
-        return Err(npy_err(
-            path,
-            key,
-            format!(
-                "its header declares {} {:?} ({needed} bytes) but {data} bytes follow",
-                header.descr, header.shape
-            ),
-        ));
-    }
+    check_data_size(&header, width, npy.len(), path, key)?;
     let read_err = |e| npz_err(path, Some(key), ReadNpzError::Npy(e));
     if width == 4 {
         array_to_tensor(ArrayD::<f32>::read_npy(npy).map_err(read_err)?)
@@ -326,6 +318,62 @@ fn npy_to_tensor(npy: &[u8], path: &Path, key: &str) -> Result<Tensor> {
         let a = ArrayD::<f64>::read_npy(npy).map_err(read_err)?;
         array_to_tensor(a.mapv(|v| v as f32))
     }
+}
+
+/// An error unless the data after `header` is exactly its shape's elements of `width` bytes.
+fn check_data_size(
+    header: &NpyHeader,
+    width: u64,
+    len: usize,
+    path: &Path,
+    key: &str,
+) -> Result<()> {
+    let data = (len - header.data_start) as u64;
+    let needed = header
+        .shape
+        .iter()
+        .try_fold(width, |n, &d| n.checked_mul(d));
+    if needed == Some(data) {
+        return Ok(());
+    }
+    let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+    Err(npy_err(
+        path,
+        key,
+        format!(
+            "its header declares {} {:?} ({needed} bytes) but {data} bytes follow",
+            header.descr, header.shape
+        ),
+    ))
+}
+
+/// Every entry of an npz file as its `.npy` bytes, by name (without `.npy`, as
+/// `NpzReader::names` gives it): each read no further than its zip record allows, and its
+/// header checked against its data (shape × element width = the bytes that follow), so that
+/// `ndarray-npy`'s `read_npy` on them then allocates no more than the file holds. For npz
+/// files other than an SAE's (a sweep's state).
+pub fn read_npz_checked(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+    let mut entries = Vec::with_capacity(zip.len().min(1024));
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+        let name = entry.name();
+        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
+        let npy = read_entry(&mut entry, path, &name)?;
+        let header = NpyHeader::parse(&npy).map_err(|reason| npy_err(path, &name, reason))?;
+        let width = header.element_width().ok_or_else(|| Error::Dtype {
+            path: path.to_path_buf(),
+            key: name.clone(),
+            dtype: header.descr.clone(),
+        })?;
+        check_data_size(&header, width, npy.len(), path, &name)?;
+        entries.push((name, npy));
+    }
+    Ok(entries)
 }
 
 /// The parameter a stored key holds (SAELens also accepts lowercase `w_enc` / `w_dec`), or

@@ -171,6 +171,16 @@ fn report(state: &SweepState, out: &Path, json: bool) -> Result<()> {
         state.coverage.shard_count
     );
     for s in &summaries {
+        if s.tokens == 0 {
+            println!(
+                "{} (layer {}, {}): no tokens counted -> {}",
+                s.sae.name,
+                s.sae.layer,
+                s.sae.site,
+                out.join(&s.sae.name).display()
+            );
+            continue;
+        }
         let m = &s.metrics;
         let downstream = match (m.delta_ce, m.kl) {
             (Some(ce), Some(kl)) => format!(" · ΔCE {ce:.4} · KL {kl:.4}"),

@@ -238,9 +238,11 @@ impl FileDocuments {
             Format::Parquet => {
                 let reader = parquet_reader(path)?;
                 let projection = text_column(&reader, path, text_field)?;
-                let rows = parquet::record::reader::RowIter::from_file_into(Box::new(reader))
-                    .project(Some(projection))
-                    .map_err(|e| parquet_error(path, e))?;
+                let rows = guarded(path, || {
+                    parquet::record::reader::RowIter::from_file_into(Box::new(reader))
+                        .project(Some(projection))
+                        .map_err(|e| parquet_error(path, e))
+                })?;
                 Ok(FileDocuments::Parquet {
                     path: path.to_path_buf(),
                     rows,
@@ -280,7 +282,7 @@ impl FileDocuments {
                     });
             },
             FileDocuments::Parquet { path, rows, row } => {
-                let Some(next) = rows.next() else {
+                let Some(next) = guarded(path, || Ok(rows.next()))? else {
                     return Ok(None);
                 };
                 let at = *row;
@@ -341,7 +343,20 @@ fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
         path: path.to_path_buf(),
         source,
     })?;
-    SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))
+    guarded(path, || {
+        SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))
+    })
+}
+
+/// `read()` behind the boundary that turns the Parquet reader's panics into an error naming
+/// `path` ([`crate::guard`]).
+pub(crate) fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::guard::catching_panics(read).unwrap_or_else(|message| {
+        Err(Error::Parquet {
+            path: path.to_path_buf(),
+            message,
+        })
+    })
 }
 
 /// The schema with only the text column, for projection.

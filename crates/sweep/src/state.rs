@@ -8,7 +8,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::{NpzWriter, ReadNpyExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -208,18 +208,19 @@ impl SweepState {
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))
     }
 
-    /// Reads the state of `dir`.
+    /// Reads the state of `dir`. Its arrays go through `sae`'s checked npz reader first, so
+    /// that a damaged or hostile file's sizes never become allocations.
     pub fn load(dir: &Path) -> Result<SweepState> {
         let path = SweepState::path_in(dir);
-        let file = File::open(&path).map_err(Error::io(&path))?;
         let bad = |message: String| Error::State {
             path: path.clone(),
             message,
         };
-        let mut npz = NpzReader::new(file).map_err(|e| bad(format!("not a sweep state: {e}")))?;
-        let meta: Array1<u8> = npz
-            .by_name("meta")
-            .map_err(|e| bad(format!("no `meta`: {e}")))?;
+        let entries: Entries = sae::load::read_npz_checked(&path)
+            .map_err(|e| bad(format!("not a sweep state: {e}")))?
+            .into_iter()
+            .collect();
+        let meta: Array1<u8> = entries.array("meta").map_err(&bad)?;
         let meta: Meta = serde_json::from_slice(meta.as_slice().unwrap_or_default())
             .map_err(|e| bad(format!("`meta` is not a sweep's: {e}")))?;
         if meta.version != VERSION {
@@ -233,13 +234,34 @@ impl SweepState {
             .saes
             .iter()
             .enumerate()
-            .map(|(i, sae)| read_stats(&mut npz, i, sae, &meta.spec).map_err(&bad))
+            .map(|(i, sae)| read_stats(&entries, i, sae, &meta.spec).map_err(&bad))
             .collect::<Result<Vec<_>>>()?;
         Ok(SweepState {
             spec: meta.spec,
             coverage: meta.coverage,
             stats,
         })
+    }
+}
+
+/// A state file's arrays as checked `.npy` bytes, by name.
+struct Entries(std::collections::HashMap<String, Vec<u8>>);
+
+impl FromIterator<(String, Vec<u8>)> for Entries {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(entries: I) -> Self {
+        Entries(entries.into_iter().collect())
+    }
+}
+
+impl Entries {
+    /// The array `name`, of the element type and rank asked.
+    fn array<A, D>(&self, name: &str) -> std::result::Result<ndarray::Array<A, D>, String>
+    where
+        A: ndarray_npy::ReadableElement,
+        D: ndarray::Dimension,
+    {
+        let npy = self.0.get(name).ok_or_else(|| format!("no `{name}`"))?;
+        ndarray::Array::<A, D>::read_npy(npy.as_slice()).map_err(|e| format!("`{name}`: {e}"))
     }
 }
 
@@ -318,18 +340,15 @@ fn stats_arrays(s: &SaeStats) -> Result<Vec<(&'static str, Array)>> {
     ])
 }
 
-fn read_stats<R: std::io::Read + std::io::Seek>(
-    npz: &mut NpzReader<R>,
+fn read_stats(
+    entries: &Entries,
     i: usize,
     sae: &SaeSpec,
     spec: &SweepSpec,
 ) -> std::result::Result<SaeStats, String> {
-    let name = |n: &str| format!("sae{i}.{n}");
     macro_rules! read {
         ($n:expr, $t:ty) => {{
-            let array: $t = npz
-                .by_name(&name($n))
-                .map_err(|e| format!("`{}`: {e}", name($n)))?;
+            let array: $t = entries.array(&format!("sae{i}.{}", $n))?;
             array
         }};
     }

@@ -152,16 +152,21 @@ pub struct Downstream {
     pub kl_positions: u64,
 }
 
-/// The metrics of a sweep's `summary.json`.
+/// The metrics of a sweep's `summary.json`. Over no tokens (a shard that got no document)
+/// the means are NaN, written as `null`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Mean L0 (latents `> 0`).
+    #[serde(deserialize_with = "number_or_nan")]
     pub mean_l0: f64,
     /// Mean squared error per element.
+    #[serde(deserialize_with = "number_or_nan")]
     pub mse: f64,
     /// `1 − Σ‖y − x̂‖² / Σ‖y − μ‖²`, SAELens' since 6.45.1.
+    #[serde(deserialize_with = "number_or_nan")]
     pub explained_variance: f64,
     /// `1 − MSE / var(y)`, the Gemma Scope tutorial's.
+    #[serde(deserialize_with = "number_or_nan")]
     pub explained_variance_tutorial: f64,
     /// `CE(spliced) − CE(clean)`, with `--downstream`.
     pub delta_ce: Option<f64>,
@@ -171,6 +176,12 @@ pub struct Metrics {
     pub ce_spliced: Option<f64>,
     /// Mean `KL(clean ‖ spliced)`, with `--downstream`.
     pub kl: Option<f64>,
+}
+
+/// A number, or NaN where JSON has `null` (JSON has no NaN; serde_json writes it as `null`).
+fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let number: Option<f64> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(number.unwrap_or(f64::NAN))
 }
 
 /// One SAE's statistics so far.

@@ -401,6 +401,13 @@ pub fn read_summary(path: &Path) -> Result<Summary> {
 
 fn read_rows<T>(
     path: &Path,
+    convert: impl FnMut(&Fields<'_>) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
+    crate::corpus::guarded(path, || read_rows_unguarded(path, convert))
+}
+
+fn read_rows_unguarded<T>(
+    path: &Path,
     mut convert: impl FnMut(&Fields<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<T>> {
     let file = File::open(path).map_err(Error::io(path))?;

@@ -190,3 +190,36 @@ fn the_fuzz_seed_of_the_state_file_is_a_valid_state() {
     assert_eq!(state.stats[0].count, [1, 0]);
     assert_eq!(state.stats[0].top[0][0].context, [6, 7]);
 }
+
+#[test]
+fn a_shard_without_documents_has_a_readable_summary() {
+    let stats = SaeStats::new(3, 2, 2, Context::default(), false);
+    let m = stats.metrics();
+    assert!(m.mean_l0.is_nan() && m.explained_variance.is_nan());
+    let sae = SaeSpec {
+        name: "s".into(),
+        source: "s".into(),
+        layer: 0,
+        site: "block_output".into(),
+        d_sae: 3,
+        d_out: 2,
+    };
+    let coverage = Coverage {
+        shard_count: 2,
+        shards: vec![1],
+        docs: 0,
+        next_doc: 0,
+        complete: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let summary = scope_sweep::tables::summary(&sae, "m", &coverage, &stats);
+    scope_sweep::tables::write_outputs(dir.path(), &stats, &summary, &|_| String::new()).unwrap();
+    let read = scope_sweep::tables::read_summary(&dir.path().join("summary.json")).unwrap();
+    assert_eq!(read.tokens, 0);
+    assert!(read.metrics.mse.is_nan());
+    assert!(
+        scope_sweep::tables::read_examples(&dir.path().join("examples.parquet"))
+            .unwrap()
+            .is_empty()
+    );
+}
