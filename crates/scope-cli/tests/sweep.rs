@@ -286,3 +286,56 @@ fn memory_does_not_grow_with_the_corpus() {
         "peak RSS grew from {one} KiB to {ten} KiB with ten times the corpus"
     );
 }
+
+/// The fixture corpus's files, each mutated (truncated, bytes flipped, bytes inserted) a few
+/// times: `scope sweep` exits 0, or 1 with one `error:` line, and never panics or hangs.
+#[test]
+fn mutated_corpus_files_never_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = 0x5eed_u64;
+    let mut next = move |below: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % below.max(1)
+    };
+    for name in ["a.txt", "b.jsonl", "c.parquet"] {
+        let original = std::fs::read(common::fixtures().join("corpus").join(name)).unwrap();
+        for round in 0..6 {
+            let mut bytes = original.clone();
+            match round % 3 {
+                0 => bytes.truncate(next(bytes.len())),
+                1 => {
+                    for _ in 0..1 + next(8) {
+                        let at = next(bytes.len());
+                        bytes[at] ^= 1 << next(8);
+                    }
+                }
+                _ => {
+                    let at = next(bytes.len());
+                    let insert: Vec<u8> = (0..1 + next(16)).map(|_| next(256) as u8).collect();
+                    bytes.splice(at..at, insert);
+                }
+            }
+            let file = dir.path().join(name);
+            std::fs::write(&file, &bytes).unwrap();
+            let out = dir.path().join(format!("out-{name}-{round}"));
+            let started = Instant::now();
+            let output = sweep_command(&file, &out, &[]).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let what = format!(
+                "{name}, mutation {round}: exit {:?}: {stderr}",
+                output.status.code()
+            );
+            assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+            match output.status.code() {
+                Some(0) => {}
+                Some(1) => {
+                    assert_eq!(stderr.lines().count(), 1, "{what}");
+                    assert!(stderr.starts_with("error: "), "{what}");
+                }
+                _ => panic!("{what}"),
+            }
+        }
+    }
+}
