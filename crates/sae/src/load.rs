@@ -353,17 +353,9 @@ fn check_data_size(
 /// `ndarray-npy`'s `read_npy` on them then allocates no more than the file holds. For npz
 /// files other than an SAE's (a sweep's state).
 pub fn read_npz_checked(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
-    let mut entries = Vec::with_capacity(zip.len().min(1024));
-    for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
-        let name = entry.name();
-        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
-        let npy = read_entry(&mut entry, path, &name)?;
+    let mut entries = Vec::new();
+    each_npz_entry(path, |name, entry| {
+        let npy = read_entry(entry, path, &name)?;
         let header = NpyHeader::parse(&npy).map_err(|reason| npy_err(path, &name, reason))?;
         let width = header.element_width().ok_or_else(|| Error::Dtype {
             path: path.to_path_buf(),
@@ -372,7 +364,8 @@ pub fn read_npz_checked(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         })?;
         check_data_size(&header, width, npy.len(), path, &name)?;
         entries.push((name, npy));
-    }
+        Ok(())
+    })?;
     Ok(entries)
 }
 
@@ -393,29 +386,44 @@ fn canonical_key(name: &str) -> Option<&str> {
 
 /// Read a Gemma Scope `params.npz` into validated float32 CPU tensors.
 pub fn read_npz(path: &Path) -> Result<SaeWeights> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
-    let mut names = Vec::with_capacity(zip.len().min(64));
+    let mut names = Vec::new();
     let mut tensors = BTreeMap::new();
-    for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
-        // Keys as `NpzReader::names` gives them: the entry name without `.npy`.
-        let name = entry.name();
-        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
+    each_npz_entry(path, |name, entry| {
         if let Some(canonical) = canonical_key(&name) {
-            let npy = read_entry(&mut entry, path, &name)?;
+            let npy = read_entry(entry, path, &name)?;
             let t = npy_to_tensor(&npy, path, &name)?;
             tensors.insert(canonical.to_string(), (name.clone(), t));
         }
         names.push(name);
-    }
+        Ok(())
+    })?;
     if let Some((_, sf)) = tensors.remove("scaling_factor") {
         check_scaling_factor(path, &sf)?;
     }
     assemble(path, tensors, &names, Assembly::SAME_WIDTH, None)
+}
+
+/// Calls `visit` with each entry of the npz file at `path` and its key, as
+/// `NpzReader::names` gives it: the entry name without `.npy`.
+fn each_npz_entry(
+    path: &Path,
+    mut visit: impl FnMut(
+        String,
+        &mut zip::read::ZipFile<'_, std::io::BufReader<std::fs::File>>,
+    ) -> Result<()>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| npz_err(path, None, ReadNpzError::Zip(e)))?;
+        let name = entry.name();
+        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
+        visit(name, &mut entry)?;
+    }
+    Ok(())
 }
 
 fn check_scaling_factor(path: &Path, sf: &Tensor) -> Result<()> {
