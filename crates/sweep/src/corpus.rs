@@ -338,10 +338,16 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
-    let file = File::open(path).map_err(|source| Error::Io {
+/// The one way scope opens a Parquet file: its footer's schema checked first
+/// ([`crate::footer`]), then the reader behind the boundary that turns its panics into errors.
+pub(crate) fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
+    let mut file = File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    crate::footer::check_schema(&mut file).map_err(|message| Error::Parquet {
+        path: path.to_path_buf(),
+        message,
     })?;
     guarded(path, || {
         SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))

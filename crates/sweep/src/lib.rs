@@ -49,6 +49,7 @@
 pub mod corpus;
 pub mod dashboard;
 pub mod error;
+mod footer;
 mod guard;
 mod run;
 pub mod state;

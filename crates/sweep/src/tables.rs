@@ -31,7 +31,7 @@ use std::sync::Arc;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, FloatType, Int64Type};
 use parquet::file::properties::WriterProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::FileReader;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::record::{Field, ListAccessor};
 use parquet::schema::parser::parse_message_type;
@@ -410,8 +410,7 @@ fn read_rows_unguarded<T>(
     path: &Path,
     mut convert: impl FnMut(&Fields<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<T>> {
-    let file = File::open(path).map_err(Error::io(path))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
+    let reader = crate::corpus::parquet_reader(path)?;
     let rows = reader
         .get_row_iter(None)
         .map_err(|e| parquet_error(path, e))?;

@@ -108,3 +108,74 @@ fn a_damaged_parquet_file_is_an_error_naming_it() {
     let err = corpus.documents().next().unwrap().unwrap_err().to_string();
     assert!(err.contains("broken.parquet"), "{err}");
 }
+
+/// A Parquet file of no rows whose footer's schema is `children` (each element's
+/// `num_children`; `None` for a leaf, an optional byte-array column `text`), written in
+/// Thrift's compact protocol by hand, as no writer would write a lying one.
+fn parquet_with_schema(children: &[Option<i64>]) -> Vec<u8> {
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut footer = vec![0x15, 0x02, 0x19]; // version 1; field 2 is a list
+    footer.push(0xfc); // of structs, its length next
+    varint(children.len() as u64, &mut footer);
+    for count in children {
+        match count {
+            Some(count) => {
+                footer.extend([0x48, 0x01, b'g', 0x15]); // 4: name "g", 5: num_children
+                varint(((count << 1) ^ (count >> 63)) as u64, &mut footer);
+            }
+            // 1: type BYTE_ARRAY, 3: repetition OPTIONAL, 4: name "text"
+            None => footer.extend([0x15, 0x0c, 0x25, 0x02, 0x18, 0x04, b't', b'e', b'x', b't']),
+        }
+        footer.push(0x00);
+    }
+    footer.extend([0x16, 0x00, 0x19, 0x0c, 0x00]); // num_rows 0, no row groups, stop
+    let mut file = b"PAR1".to_vec();
+    file.extend(&footer);
+    file.extend((footer.len() as u32).to_le_bytes());
+    file.extend(b"PAR1");
+    file
+}
+
+/// The first document of a corpus of `bytes` as one Parquet file, or the error.
+fn first_document(bytes: &[u8]) -> Result<Option<String>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lying.parquet");
+    std::fs::write(&path, bytes).unwrap();
+    let corpus = Corpus::open(&[path], "text").map_err(|e| e.to_string())?;
+    let first = corpus.documents().next().transpose();
+    first.map(|d| d.map(|d| d.text)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_footer_claiming_billions_of_columns_is_refused_before_the_reader_allocates() {
+    let err = first_document(&parquet_with_schema(&[Some(2_000_000_000), None])).unwrap_err();
+    assert!(
+        err.contains("lying.parquet") && err.contains("claims 2000000000 children"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_footer_nesting_deeper_than_the_stack_allows_is_refused() {
+    let mut schema = vec![Some(1); 100_000];
+    schema.push(None);
+    let err = first_document(&parquet_with_schema(&schema)).unwrap_err();
+    assert!(
+        err.contains("lying.parquet") && err.contains("nests deeper"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_footer_written_by_hand_is_read_when_its_numbers_hold() {
+    assert_eq!(
+        first_document(&parquet_with_schema(&[Some(1), None])),
+        Ok(None)
+    );
+}

@@ -1,0 +1,313 @@
+//! The schema in a Parquet file's footer, checked before the Parquet reader builds it.
+//!
+//! The reader turns the footer's flat list of schema elements into a tree, and it trusts two
+//! numbers there. It reserves room for a group's `num_children` before it looks at the list, so
+//! a damaged footer that claims two billion children makes it ask for 16 GB, and where memory
+//! is limited that is an abort, not an error (found by fuzzing `sweep_tables`). And it recurses
+//! once per level of nesting, so a footer of nested groups can overflow the stack. Both abort
+//! the process, which no boundary catches, so they are checked here first, on the footer's own
+//! bytes.
+//!
+//! The footer is Thrift's compact protocol
+//! (<https://github.com/apache/thrift/blob/master/doc/specs/thrift-compact-protocol.md>):
+//! `FileMetaData`'s field 2 is the list of `SchemaElement`s, whose field 5 is `num_children`.
+//! Everything else is skipped. A footer this reading cannot follow is left to the Parquet
+//! reader, whose error names the problem; only the two hazards are refused here.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+/// Deeper schemas are refused. A corpus needs one level (a text column under the root);
+/// datasets with nested lists and structs use a handful.
+pub(crate) const MAX_SCHEMA_DEPTH: usize = 64;
+
+/// Thrift's own limit on nested values while skipping, which the Parquet reader uses too.
+const MAX_VALUE_DEPTH: usize = 64;
+
+/// `Err(why)` when the footer of `file` holds a schema whose numbers would make the Parquet
+/// reader allocate beyond the file's size or recurse beyond [`MAX_SCHEMA_DEPTH`].
+pub(crate) fn check_schema(file: &mut File) -> Result<(), String> {
+    let Some(footer) = read_footer(file) else {
+        return Ok(());
+    };
+    let Some(children) = schema_children(&footer) else {
+        return Ok(());
+    };
+    check_tree(&children)
+}
+
+/// The footer's bytes, if the file ends as a Parquet file does: the footer, its length as a
+/// little-endian u32, and `PAR1`.
+fn read_footer(file: &mut File) -> Option<Vec<u8>> {
+    let size = file.seek(SeekFrom::End(0)).ok()?;
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::End(-8)).ok()?;
+    file.read_exact(&mut tail).ok()?;
+    let (length, magic) = tail.split_at(4);
+    if magic != b"PAR1" {
+        return None;
+    }
+    let length = u64::from(u32::from_le_bytes(length.try_into().ok()?));
+    let start = size.checked_sub(8)?.checked_sub(length)?;
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut footer = Vec::new();
+    file.take(length).read_to_end(&mut footer).ok()?;
+    let _ = file.seek(SeekFrom::Start(0));
+    Some(footer)
+}
+
+/// Each schema element's `num_children` (`None` for a leaf), in the footer's order.
+fn schema_children(footer: &[u8]) -> Option<Vec<Option<i64>>> {
+    let mut input = Compact { bytes: footer };
+    let mut last_id = 0i16;
+    loop {
+        let (id, kind) = input.field_header(&mut last_id)?;
+        match (id, kind) {
+            (_, STOP) => return None,
+            (2, LIST) => return input.schema_list(),
+            _ => input.skip(kind, MAX_VALUE_DEPTH)?,
+        }
+    }
+}
+
+/// Walks the elements as the Parquet reader will, refusing a count that is negative or
+/// larger than the elements left, and nesting deeper than [`MAX_SCHEMA_DEPTH`].
+fn check_tree(children: &[Option<i64>]) -> Result<(), String> {
+    let total = children.len();
+    // The children still to come of each open group, innermost last.
+    let mut open: Vec<i64> = Vec::new();
+    for (index, count) in children.iter().enumerate() {
+        if let Some(left) = open.last_mut() {
+            *left -= 1;
+        }
+        let count = count.unwrap_or(0);
+        let remaining = (total - index - 1) as i64;
+        if count < 0 || count > remaining {
+            return Err(format!(
+                "its schema's element {index} claims {count} children, but only {remaining} \
+                 elements follow"
+            ));
+        }
+        if count > 0 {
+            open.push(count);
+            if open.len() > MAX_SCHEMA_DEPTH {
+                return Err(format!(
+                    "its schema nests deeper than {MAX_SCHEMA_DEPTH} levels"
+                ));
+            }
+        }
+        while open.last() == Some(&0) {
+            open.pop();
+        }
+    }
+    Ok(())
+}
+
+const STOP: u8 = 0;
+const BOOL_TRUE: u8 = 1;
+const BOOL_FALSE: u8 = 2;
+const BYTE: u8 = 3;
+const I16: u8 = 4;
+const I32: u8 = 5;
+const I64: u8 = 6;
+const DOUBLE: u8 = 7;
+const BINARY: u8 = 8;
+const LIST: u8 = 9;
+const SET: u8 = 10;
+const MAP: u8 = 11;
+const STRUCT: u8 = 12;
+const UUID: u8 = 13;
+
+/// A reader of Thrift's compact protocol over a slice; every method returns `None` where
+/// the bytes run out or make no sense.
+struct Compact<'a> {
+    bytes: &'a [u8],
+}
+
+impl Compact<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.bytes.split_first()?;
+        self.bytes = rest;
+        Some(first)
+    }
+
+    fn advance(&mut self, n: u64) -> Option<()> {
+        let n = usize::try_from(n).ok()?;
+        self.bytes = self.bytes.get(n..)?;
+        Some(())
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn zigzag(&mut self) -> Option<i64> {
+        let n = self.varint()?;
+        Some((n >> 1) as i64 ^ -((n & 1) as i64))
+    }
+
+    /// The next field's id and type (`STOP` ends a struct); ids are deltas from `last_id`.
+    fn field_header(&mut self, last_id: &mut i16) -> Option<(i16, u8)> {
+        let header = self.byte()?;
+        let kind = header & 0x0f;
+        if kind == STOP {
+            return Some((0, STOP));
+        }
+        let delta = header >> 4;
+        let id = if delta == 0 {
+            i16::try_from(self.zigzag()?).ok()?
+        } else {
+            last_id.checked_add(i16::from(delta))?
+        };
+        *last_id = id;
+        Some((id, kind))
+    }
+
+    /// A list's or set's element type and length.
+    fn list_header(&mut self) -> Option<(u8, u64)> {
+        let header = self.byte()?;
+        let length = match header >> 4 {
+            15 => self.varint()?,
+            short => u64::from(short),
+        };
+        Some((header & 0x0f, length))
+    }
+
+    /// The `num_children` of each element of `FileMetaData.schema`.
+    fn schema_list(&mut self) -> Option<Vec<Option<i64>>> {
+        let (kind, length) = self.list_header()?;
+        if kind != STRUCT || length > self.bytes.len() as u64 {
+            return None;
+        }
+        (0..length).map(|_| self.schema_element()).collect()
+    }
+
+    fn schema_element(&mut self) -> Option<Option<i64>> {
+        let mut children = None;
+        let mut last_id = 0i16;
+        loop {
+            match self.field_header(&mut last_id)? {
+                (_, STOP) => return Some(children),
+                (5, I32) => children = Some(self.zigzag()?),
+                (_, kind) => self.skip(kind, MAX_VALUE_DEPTH)?,
+            }
+        }
+    }
+
+    /// Skips one value of type `kind`.
+    fn skip(&mut self, kind: u8, depth: usize) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        match kind {
+            BOOL_TRUE | BOOL_FALSE | BYTE => self.advance(1),
+            I16 | I32 | I64 => self.varint().map(drop),
+            DOUBLE => self.advance(8),
+            UUID => self.advance(16),
+            BINARY => {
+                let length = self.varint()?;
+                self.advance(length)
+            }
+            LIST | SET => {
+                let (element, length) = self.list_header()?;
+                self.skip_values(element, length, depth)
+            }
+            MAP => {
+                let length = self.varint()?;
+                if length == 0 {
+                    return Some(());
+                }
+                let types = self.byte()?;
+                for _ in 0..length {
+                    self.skip(types >> 4, depth)?;
+                    self.skip(types & 0x0f, depth)?;
+                }
+                Some(())
+            }
+            STRUCT => {
+                let mut last_id = 0i16;
+                loop {
+                    match self.field_header(&mut last_id)? {
+                        (_, STOP) => return Some(()),
+                        (_, field) => self.skip(field, depth)?,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Skips `length` values of type `kind`, each at least a byte long (booleans in a list are
+    /// a byte each), so a length beyond the bytes left ends at once.
+    fn skip_values(&mut self, kind: u8, length: u64, depth: usize) -> Option<()> {
+        if length > self.bytes.len() as u64 {
+            return None;
+        }
+        for _ in 0..length {
+            self.skip(kind, depth)?;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_flat_schema_passes() {
+        assert!(check_tree(&[Some(2), None, None]).is_ok());
+    }
+
+    #[test]
+    fn nested_groups_pass() {
+        assert!(check_tree(&[Some(2), Some(1), None, None]).is_ok());
+    }
+
+    #[test]
+    fn a_count_beyond_the_elements_is_refused() {
+        let error = check_tree(&[Some(2_000_000_000), None]).unwrap_err();
+        assert!(
+            error.contains("element 0 claims 2000000000 children"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_negative_count_is_refused() {
+        assert!(check_tree(&[Some(1), Some(-3), None]).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut children = vec![Some(1); MAX_SCHEMA_DEPTH + 1];
+        children.push(None);
+        let error = check_tree(&children).unwrap_err();
+        assert!(error.contains("deeper than 64"), "{error}");
+        let mut fits = vec![Some(1); MAX_SCHEMA_DEPTH];
+        fits.push(None);
+        assert!(check_tree(&fits).is_ok());
+    }
+
+    #[test]
+    fn the_compact_reader_finds_num_children() {
+        // FileMetaData { 1: version = 1, 2: schema = [ {4: name "s", 5: num_children 1},
+        // {4: name "t"} ] }
+        let footer = [
+            0x15, 0x02, // field 1, i32, zigzag(1)
+            0x19, 0x2c, // field 2, list of 2 structs
+            0x48, 0x01, b's', 0x15, 0x02, 0x00, // name "s", num_children 1, stop
+            0x48, 0x01, b't', 0x00, // name "t", stop
+            0x00,
+        ];
+        assert_eq!(schema_children(&footer), Some(vec![Some(1), None]));
+    }
+}
