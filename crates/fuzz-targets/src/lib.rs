@@ -16,6 +16,8 @@
 //! (config.run)(br#"{"model_type": "gemma3_text", "num_hidden_layers": -1}"#);
 //! ```
 
+pub mod structural;
+
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
@@ -270,4 +272,27 @@ fn sweep_tables(data: &[u8]) {
 /// The corpus folder of `target` in a checkout at `root`.
 pub fn corpus_dir(root: &Path, target: &str) -> PathBuf {
     root.join("fuzz").join("corpus").join(target)
+}
+
+/// Caps this process's address space at what it maps now plus `headroom` bytes, so that an
+/// allocation of a size read from a lying file fails here as it would on a small machine,
+/// instead of being granted untouched by the kernel's overcommit (which hides it). Errors are
+/// ignored: the cap is a sharper test, not a condition of one.
+pub fn cap_address_space(headroom: u64) {
+    let mapped = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    let Some(mapped) = mapped else {
+        return;
+    };
+    let limit = libc::rlimit {
+        rlim_cur: mapped.saturating_add(headroom),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
 }

@@ -48,6 +48,7 @@ mod decoder;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod guard;
 mod hooked;
 pub mod hub;
 pub mod loading;

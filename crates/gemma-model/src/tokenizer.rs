@@ -493,10 +493,11 @@ impl GemmaTokenizer {
 fn parse_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     serde_json::from_slice::<WellFormed>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes));
-    match parsed {
+    match crate::guard::catching_panics(|| Tokenizer::from_bytes(&bytes)) {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("the tokenizers library could not read it (it panicked)".to_string()),
+        Err(panic) => Err(format!(
+            "the tokenizers library could not read it ({panic})"
+        )),
     }
 }
 

@@ -355,12 +355,12 @@ pub(crate) fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> 
 }
 
 /// `read()` behind the boundary that turns the Parquet reader's panics into an error naming
-/// `path` ([`crate::guard`]).
+/// `path` ([`gemma_model::guard`]).
 pub(crate) fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    crate::guard::catching_panics(read).unwrap_or_else(|message| {
+    gemma_model::guard::catching_panics(read).unwrap_or_else(|panic| {
         Err(Error::Parquet {
             path: path.to_path_buf(),
-            message,
+            message: format!("the Parquet reader failed on it ({panic})"),
         })
     })
 }

@@ -50,7 +50,6 @@ pub mod corpus;
 pub mod dashboard;
 pub mod error;
 mod footer;
-mod guard;
 mod run;
 pub mod state;
 pub mod stats;
