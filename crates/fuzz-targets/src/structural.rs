@@ -36,7 +36,7 @@ pub fn variants(target: &Target, seed: &[u8]) -> Vec<Vec<u8>> {
         return gemma_scope_2(seed);
     }
     if file.ends_with(".json") {
-        json_document(seed)
+        json_variants(seed)
     } else if file.ends_with(".jsonl") {
         json_lines(seed)
     } else if file.ends_with(".safetensors") {
@@ -72,7 +72,8 @@ fn replacements() -> Vec<Value> {
     ]
 }
 
-fn json_document(seed: &[u8]) -> Vec<Vec<u8>> {
+/// The variants of a JSON document (a file, a request body, a line of `--requests`).
+pub fn json_variants(seed: &[u8]) -> Vec<Vec<u8>> {
     let mut out = text_splices(seed);
     out.push(format!("{}{}", "[".repeat(DEEP), "]".repeat(DEEP)).into_bytes());
     out.push(format!("{{\"a\":{}1{}}}", "[".repeat(DEEP), "]".repeat(DEEP)).into_bytes());
@@ -93,7 +94,7 @@ fn json_lines(seed: &[u8]) -> Vec<Vec<u8>> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate().take(3) {
-        for variant in json_document(line.as_bytes()) {
+        for variant in json_variants(line.as_bytes()) {
             let mut edited: Vec<Vec<u8>> = lines.iter().map(|l| l.as_bytes().to_vec()).collect();
             edited[i] = variant;
             out.push(edited.join(&b'\n'));
@@ -299,7 +300,7 @@ fn gemma_scope_2(seed: &[u8]) -> Vec<Vec<u8>> {
         .map(|p| config.map_or(p.clone(), |c| join(c, &p)))
         .collect();
     if let Some(config) = config {
-        out.extend(json_document(config).iter().map(|c| join(c, params)));
+        out.extend(json_variants(config).iter().map(|c| join(c, params)));
     }
     out
 }

@@ -55,7 +55,7 @@ impl Session {
     /// Fail when `prompt_len + new_tokens` exceeds the model's context.
     pub fn check_fits(&self, prompt_len: usize, new_tokens: usize) -> Result<()> {
         let context = self.model.config().max_position_embeddings;
-        let total = (prompt_len + new_tokens) as i64;
+        let total = i64::try_from(prompt_len.saturating_add(new_tokens)).unwrap_or(i64::MAX);
         if total > context {
             bail!(
                 "the prompt ({prompt_len} tokens) plus {new_tokens} new tokens exceeds the model's context of {context} tokens"

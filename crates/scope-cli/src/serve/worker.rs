@@ -355,7 +355,7 @@ impl<'m> Worker<'m> {
                 .map_err(anyhow::Error::from),
         }
         .map_err(|e| ApiError::refused(&e))?;
-        let positions = prompt.len() + generation.max_new_tokens;
+        let positions = prompt.len().saturating_add(generation.max_new_tokens);
         if positions > self.limits.context {
             return Err(ApiError::bad_request(format!(
                 "the prompt ({} tokens) plus max_new_tokens ({}) needs {positions} positions; \
