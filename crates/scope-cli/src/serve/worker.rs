@@ -6,6 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
+use gemma_model::guard::catching_panics;
 use gemma_model::ChatMessage;
 use scope_engine::{Engine, Finished, Limits, Progress};
 use serde::Serialize;
@@ -262,6 +263,16 @@ fn limits(loaded: &Loaded, max_batch: u64, context: u64, cache_gib: f64) -> Resu
     crate::session::engine_limits(&loaded.session.model, rows, context, cache_gib)
 }
 
+/// A 500 for a request that hit a bug (a panic, caught so that the model thread and every
+/// other request survive it), logged on stderr in one line.
+fn internal_error(panic: &str) -> ApiError {
+    eprintln!("error: a request hit a bug in scope: {panic}");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        format!("a bug in scope ({panic}); the server carries on"),
+    )
+}
+
 /// A generation in the engine: where its events go and what was sent.
 struct Stream {
     events: tokio_mpsc::UnboundedSender<Event>,
@@ -320,12 +331,16 @@ impl<'m> Worker<'m> {
         match job {
             Job::Inspect(inspect, reply) => {
                 let _guard = tch::no_grad_guard();
-                let _ = reply.send(inspect(self.loaded));
+                let answer = catching_panics(|| inspect(self.loaded))
+                    .unwrap_or_else(|panic| Err(internal_error(&panic)));
+                let _ = reply.send(answer);
             }
             Job::Generate(generation, events) => {
                 let id = format!("req-{}", self.next_id);
                 self.next_id += 1;
-                match self.submit(&id, &generation) {
+                let submitted = catching_panics(|| self.submit(&id, &generation))
+                    .unwrap_or_else(|panic| Err(internal_error(&panic)));
+                match submitted {
                     Ok(()) => {
                         let stream = Stream {
                             events,
@@ -416,9 +431,10 @@ impl<'m> Worker<'m> {
     /// One engine step; sends every new token and every finished result.
     fn step(&mut self) {
         let _guard = tch::no_grad_guard();
-        let finished = match self.engine.step() {
-            Ok(finished) => finished,
-            Err(e) => return self.fail_all(&e),
+        let finished = match catching_panics(|| self.engine.step()) {
+            Ok(Ok(finished)) => finished,
+            Ok(Err(e)) => return self.fail_all(&e.to_string()),
+            Err(panic) => return self.fail_all(&format!("a bug in scope ({panic})")),
         };
         let session = &self.loaded.session;
         for progress in self.engine.progress() {
@@ -435,7 +451,7 @@ impl<'m> Worker<'m> {
     }
 
     /// A failed step: every request in it gets a 500, and a fresh engine takes over.
-    fn fail_all(&mut self, error: &scope_engine::Error) {
+    fn fail_all(&mut self, error: &str) {
         eprintln!("error: a decode step failed: {error}");
         for (_, stream) in self.streams.drain() {
             let message = format!("the model failed: {error}");
