@@ -69,6 +69,9 @@ struct Race {
     /// `--model-family gemma3`: the Gemma 3 sizes (`3-small`, `3-1b`) against
     /// `benches/peer_gemma3.py`.
     gemma3: bool,
+    /// `--decode`: scope's decode mode (race's `--decode`; `auto` when absent), for example
+    /// `fused` for a bf16 model on the CPU, which `auto` keeps on libtorch.
+    decode: Option<String>,
 }
 
 /// The race's groups that `pyvene_baseline.py` measures (`steer_batch` and `sweep` have
@@ -99,6 +102,7 @@ impl Race {
             peer: None,
             only: Vec::new(),
             gemma3: false,
+            decode: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -128,6 +132,7 @@ impl Race {
                 }
                 "--python" => race.python = Some(PathBuf::from(value)),
                 "--peer" => race.peer = Some(existing_file(flag, &value)?),
+                "--decode" => race.decode = Some(value),
                 "--model-family" => {
                     race.gemma3 = match value.as_str() {
                         "gemma2" => false,
@@ -207,6 +212,9 @@ impl Race {
         ]);
         if !self.only.is_empty() {
             flags.extend(["--only".to_string(), self.only.join(",")]);
+        }
+        if let Some(decode) = &self.decode {
+            flags.extend(["--decode".to_string(), decode.clone()]);
         }
         flags
     }

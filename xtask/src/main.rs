@@ -52,7 +52,7 @@ impl Failure {
 /// The result of an xtask step.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--model-family gemma2|gemma3] [--race PATH] [--python PATH] [--peer PATH] | device-bundle | fuzz TARGET [--time SECONDS] | load [--clients 64] [--requests 4] [--max-new-tokens 16]>";
+const USAGE: &str = "usage: cargo xtask <setup [--cuda] | test | demo | fixtures | verify | bench-compare [--quick] [--rounds N] [--only GROUPS] [--size S] [--dtype D] [--decode MODE] [--model-family gemma2|gemma3] [--race PATH] [--python PATH] [--peer PATH] | device-bundle | fuzz TARGET [--time SECONDS] | load [--clients 64] [--requests 4] [--max-new-tokens 16]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

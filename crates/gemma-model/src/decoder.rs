@@ -47,9 +47,9 @@ impl DecoderModel for GemmaModel {
     }
 
     fn fused_weights(&self) -> std::result::Result<FusedWeights<'_>, String> {
-        if self.device() != Device::Cpu || self.dtype() != Kind::Float {
+        if self.device() != Device::Cpu || !matches!(self.dtype(), Kind::Float | Kind::BFloat16) {
             return Err(format!(
-                "it runs float32 models on the CPU; this one is {:?} on {:?} \
+                "it runs float32 and bfloat16 models on the CPU; this one is {:?} on {:?} \
                  (decode it in the auto or eager mode)",
                 self.dtype(),
                 self.device()

@@ -11,6 +11,7 @@
 //! Each output is one dot product over `k`, accumulated in f32 lanes and summed at the end,
 //! so results differ from MKL's only by summation order (relative 1e-7).
 
+use super::bf16::Widen;
 use super::pool::Pool;
 use crate::error::Result;
 
@@ -67,16 +68,21 @@ impl Isa {
     /// so the same whatever `N` (a tile of inputs gives what one input at a time gives).
     /// `prefetch` asks for the next block of rows while this one streams: wanted on the
     /// block's first tile, not on later ones, which find the next rows already on their way.
-    fn dot_tile<const N: usize>(self, w: &[f32], xs: &[f32], prefetch: bool) -> [[f32; BLOCK]; N] {
+    fn dot_tile<W: Weight, const N: usize>(
+        self,
+        w: &[W],
+        xs: &[f32],
+        prefetch: bool,
+    ) -> [[f32; BLOCK]; N] {
         debug_assert_eq!(w.len() * N, xs.len() * BLOCK);
         let k = xs.len() / N;
         match self {
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::dot_tile_avx512::<N>(w, xs, prefetch) },
+            Isa::Avx512 => unsafe { W::tile_avx512::<N>(w, xs, prefetch) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::dot_tile_avx2::<N>(w, xs, prefetch) },
+            Isa::Avx2 => unsafe { W::tile_avx2::<N>(w, xs, prefetch) },
             Isa::Portable => std::array::from_fn(|j| {
                 let _ = prefetch;
                 let x = &xs[j * k..(j + 1) * k];
@@ -85,36 +91,147 @@ impl Isa {
         }
     }
 
-    /// `a · b` over equal lengths.
-    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+    /// `a · b` over equal lengths (`a` a row of weights or cached keys, or f32 values).
+    pub(crate) fn dot<W: Weight>(self, a: &[W], b: &[f32]) -> f32 {
         debug_assert_eq!(a.len(), b.len());
         match self {
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::dot_avx512(a, b) },
+            Isa::Avx512 => unsafe { W::dot_avx512(a, b) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
+            Isa::Avx2 => unsafe { W::dot_avx2(a, b) },
             Isa::Portable => portable_dot(a, b),
         }
     }
 }
 
+/// What the products read a matrix of: f32, or bf16 (its bit patterns, widened to f32 as
+/// they are loaded), each with the kernels of every instruction set.
+pub(crate) trait Weight: Widen {
+    /// [`Isa::dot_tile`] on AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx512<const N: usize>(
+        w: &[Self],
+        xs: &[f32],
+        prefetch: bool,
+    ) -> [[f32; BLOCK]; N];
+    /// [`Isa::dot_tile`] on AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const N: usize>(
+        w: &[Self],
+        xs: &[f32],
+        prefetch: bool,
+    ) -> [[f32; BLOCK]; N];
+    /// [`Isa::dot`] on AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx512(a: &[Self], b: &[f32]) -> f32;
+    /// [`Isa::dot`] on AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(a: &[Self], b: &[f32]) -> f32;
+}
+
+/// Implements [`Weight`] for `$w` with the kernels `x86::$prefix*`.
+macro_rules! weight {
+    ($w:ty, $tile512:ident, $tile2:ident, $dot512:ident, $dot2:ident) => {
+        impl Weight for $w {
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn tile_avx512<const N: usize>(
+                w: &[Self],
+                xs: &[f32],
+                prefetch: bool,
+            ) -> [[f32; BLOCK]; N] {
+                // SAFETY: the caller's.
+                unsafe { x86::$tile512::<N>(w, xs, prefetch) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn tile_avx2<const N: usize>(
+                w: &[Self],
+                xs: &[f32],
+                prefetch: bool,
+            ) -> [[f32; BLOCK]; N] {
+                // SAFETY: the caller's.
+                unsafe { x86::$tile2::<N>(w, xs, prefetch) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn dot_avx512(a: &[Self], b: &[f32]) -> f32 {
+                // SAFETY: the caller's.
+                unsafe { x86::$dot512(a, b) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn dot_avx2(a: &[Self], b: &[f32]) -> f32 {
+                // SAFETY: the caller's.
+                unsafe { x86::$dot2(a, b) }
+            }
+        }
+    };
+}
+
+weight!(f32, dot_tile_avx512, dot_tile_avx2, dot_avx512, dot_avx2);
+weight!(
+    u16,
+    dot_tile_avx512_bf16,
+    dot_tile_avx2_bf16,
+    dot_avx512_bf16,
+    dot_avx2_bf16
+);
+
+/// A matrix of the model: `[rows, k]`, row-major, in f32 or bf16.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Matrix<'m> {
+    F32(&'m [f32]),
+    Bf16(&'m [u16]),
+}
+
+impl Matrix<'_> {
+    /// Values.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Matrix::F32(w) => w.len(),
+            Matrix::Bf16(w) => w.len(),
+        }
+    }
+
+    /// Row `r` of `k` values, widened into `out`.
+    pub(crate) fn row_into(&self, r: usize, k: usize, out: &mut [f32]) {
+        match self {
+            Matrix::F32(w) => out.copy_from_slice(&w[r * k..(r + 1) * k]),
+            Matrix::Bf16(w) => {
+                for (o, &v) in out.iter_mut().zip(&w[r * k..(r + 1) * k]) {
+                    *o = v.widen();
+                }
+            }
+        }
+    }
+}
+
 /// A dot product in eight f32 lanes, summed pairwise at the end.
-fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
+fn portable_dot<W: Widen>(a: &[W], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks_a = a.chunks_exact(8);
     let mut chunks_b = b.chunks_exact(8);
     for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
         for i in 0..8 {
-            lanes[i] += ca[i] * cb[i];
+            lanes[i] += ca[i].widen() * cb[i];
         }
     }
     let tail: f32 = chunks_a
         .remainder()
         .iter()
         .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x.widen() * y)
         .sum();
     let [a0, a1, a2, a3, a4, a5, a6, a7] = lanes;
     ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) + tail
@@ -138,7 +255,21 @@ unsafe impl Sync for Out {}
 pub(crate) fn matvec(
     pool: &Pool,
     isa: Isa,
-    w: &[f32],
+    w: Matrix<'_>,
+    k: usize,
+    xs: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    match w {
+        Matrix::F32(w) => matvec_of(pool, isa, w, k, xs, out),
+        Matrix::Bf16(w) => matvec_of(pool, isa, w, k, xs, out),
+    }
+}
+
+fn matvec_of<W: Weight>(
+    pool: &Pool,
+    isa: Isa,
+    w: &[W],
     k: usize,
     xs: &[f32],
     out: &mut [f32],
@@ -162,9 +293,9 @@ pub(crate) fn matvec(
 }
 
 /// The rows `range` of [`matvec`], on one thread.
-fn rows_of(
+fn rows_of<W: Weight>(
     isa: Isa,
-    w: &[f32],
+    w: &[W],
     k: usize,
     xs: &[f32],
     range: std::ops::Range<usize>,
@@ -196,12 +327,12 @@ fn rows_of(
             let x = &xs[b * k..(b + n) * k];
             let first = b == 0;
             match n {
-                6 => put(b, &isa.dot_tile::<6>(block, x, first)),
-                5 => put(b, &isa.dot_tile::<5>(block, x, first)),
-                4 => put(b, &isa.dot_tile::<4>(block, x, first)),
-                3 => put(b, &isa.dot_tile::<3>(block, x, first)),
-                2 => put(b, &isa.dot_tile::<2>(block, x, first)),
-                _ => put(b, &isa.dot_tile::<1>(block, x, first)),
+                6 => put(b, &isa.dot_tile::<W, 6>(block, x, first)),
+                5 => put(b, &isa.dot_tile::<W, 5>(block, x, first)),
+                4 => put(b, &isa.dot_tile::<W, 4>(block, x, first)),
+                3 => put(b, &isa.dot_tile::<W, 3>(block, x, first)),
+                2 => put(b, &isa.dot_tile::<W, 2>(block, x, first)),
+                _ => put(b, &isa.dot_tile::<W, 1>(block, x, first)),
             }
             b += n;
         }
@@ -219,19 +350,19 @@ fn rows_of(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{Widen, BLOCK};
 
     /// The tile and dot-product kernels of one instruction set, from its lane width and
     /// intrinsics: the same code for AVX-512 and AVX2.
     macro_rules! kernels {
-        ($feature:literal, $lanes:literal, $tile:ident, $dot:ident,
+        ($feature:literal, $lanes:literal, $tile:ident, $dot:ident, $w:ty, $wload:ident,
          $zero:ident, $load:ident, $fmadd:ident, $sum:ident) => {
             #[doc = concat!("Four rows against `N` inputs in ", stringify!($lanes), " lanes \
                 (", $feature, "), one accumulator per pair, prefetching the next four rows; \
                 `N > 1` shares each load of a row between inputs.")]
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $tile<const N: usize>(
-                w: &[f32],
+                w: &[$w],
                 xs: &[f32],
                 prefetch: bool,
             ) -> [[f32; BLOCK]; N] {
@@ -252,7 +383,7 @@ mod x86 {
                             if prefetch && i % 16 == 0 {
                                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
                             }
-                            *row = $load(at);
+                            *row = $wload(at);
                         }
                         for (j, sums) in acc.iter_mut().enumerate() {
                             let xv = $load(px.add(j * k + i));
@@ -278,7 +409,7 @@ mod x86 {
 
             #[doc = concat!("`a · b` in ", stringify!($lanes), " lanes (", $feature, ").")]
             #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
+            pub(super) unsafe fn $dot(a: &[$w], b: &[f32]) -> f32 {
                 let n = a.len().min(b.len());
                 let whole = n / $lanes * $lanes;
                 let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -287,7 +418,7 @@ mod x86 {
                 while i < whole {
                     // SAFETY: `i + lanes <= n`.
                     unsafe {
-                        acc = $fmadd($load(pa.add(i)), $load(pb.add(i)), acc);
+                        acc = $fmadd($wload(pa.add(i)), $load(pb.add(i)), acc);
                     }
                     i += $lanes;
                 }
@@ -301,6 +432,8 @@ mod x86 {
         16,
         dot_tile_avx512,
         dot_avx512,
+        f32,
+        _mm512_loadu_ps,
         _mm512_setzero_ps,
         _mm512_loadu_ps,
         _mm512_fmadd_ps,
@@ -311,11 +444,59 @@ mod x86 {
         8,
         dot_tile_avx2,
         dot_avx2,
+        f32,
+        _mm256_loadu_ps,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
         sum256
     );
+    kernels!(
+        "avx512f",
+        16,
+        dot_tile_avx512_bf16,
+        dot_avx512_bf16,
+        u16,
+        load_bf16_512,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        sum512
+    );
+    kernels!(
+        "avx2,fma",
+        8,
+        dot_tile_avx2_bf16,
+        dot_avx2_bf16,
+        u16,
+        load_bf16_256,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        sum256
+    );
+
+    /// Sixteen bf16 values widened to f32 (each bit pattern shifted into the high half).
+    ///
+    /// # Safety
+    /// `p` points at sixteen readable `u16`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_bf16_512(p: *const u16) -> __m512 {
+        // SAFETY: the caller's.
+        let bits = unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    }
+
+    /// Eight bf16 values widened to f32.
+    ///
+    /// # Safety
+    /// `p` points at eight readable `u16`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_bf16_256(p: *const u16) -> __m256 {
+        // SAFETY: the caller's.
+        let bits = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
 
     /// The sum of sixteen lanes.
     #[target_feature(enable = "avx512f")]
@@ -333,8 +514,8 @@ mod x86 {
     }
 
     /// The few products past the last whole vector.
-    fn tail_dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    fn tail_dot<W: Widen>(a: &[W], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x.widen() * y).sum()
     }
 }
 
@@ -358,6 +539,18 @@ mod tests {
             }
         }
         out
+    }
+
+    fn kind(w: Matrix<'_>) -> &'static str {
+        match w {
+            Matrix::F32(_) => "f32",
+            Matrix::Bf16(_) => "bf16",
+        }
+    }
+
+    /// `w` rounded to bf16, as bit patterns.
+    fn bf16(w: &[f32]) -> Vec<u16> {
+        w.iter().map(|&x| u16::narrow(x)).collect()
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -394,14 +587,17 @@ mod tests {
             for batch in [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13] {
                 let (rows, k) = (24, 200);
                 let w = values(rows * k, 3);
+                let w16 = bf16(&w);
                 let xs = values(batch * k, 4);
-                let mut together = vec![0.0; batch * rows];
-                matvec(&pool, isa, &w, k, &xs, &mut together)?;
-                for (b, x) in xs.chunks_exact(k).enumerate() {
-                    let mut alone = vec![0.0; rows];
-                    matvec(&pool, isa, &w, k, x, &mut alone)?;
-                    let got = &together[b * rows..(b + 1) * rows];
-                    assert_eq!(alone, got, "{isa:?}, batch {batch}, input {b}");
+                for w in [Matrix::F32(&w), Matrix::Bf16(&w16)] {
+                    let mut together = vec![0.0; batch * rows];
+                    matvec(&pool, isa, w, k, &xs, &mut together)?;
+                    for (b, x) in xs.chunks_exact(k).enumerate() {
+                        let mut alone = vec![0.0; rows];
+                        matvec(&pool, isa, w, k, x, &mut alone)?;
+                        let got = &together[b * rows..(b + 1) * rows];
+                        assert_eq!(alone, got, "{isa:?}, {} batch {batch}, input {b}", kind(w));
+                    }
                 }
             }
         }
@@ -423,18 +619,23 @@ mod tests {
                 (8, 520, 14),
             ] {
                 let w = values(rows * k, 1);
+                let w16 = bf16(&w);
+                let widened: Vec<f32> = w16.iter().map(|b| b.widen()).collect();
                 let xs = values(batch * k, 2);
-                let want = reference(&w, k, &xs);
-                for &isa in &isas {
-                    let mut out = vec![f32::NAN; batch * rows];
-                    matvec(&pool, isa, &w, k, &xs, &mut out)?;
-                    for (i, (got, want)) in out.iter().zip(&want).enumerate() {
-                        let err = (f64::from(*got) - want).abs();
-                        assert!(
-                            err <= 1e-5 * (1.0 + want.abs()),
-                            "{isa:?}, {threads} threads, [{rows}, {k}] x {batch}: \
-                             output {i} is {got}, want {want}"
-                        );
+                for (matrix, exact) in [(Matrix::F32(&w), &w), (Matrix::Bf16(&w16), &widened)] {
+                    let want = reference(exact, k, &xs);
+                    for &isa in &isas {
+                        let mut out = vec![f32::NAN; batch * rows];
+                        matvec(&pool, isa, matrix, k, &xs, &mut out)?;
+                        for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+                            let err = (f64::from(*got) - want).abs();
+                            assert!(
+                                err <= 1e-5 * (1.0 + want.abs()),
+                                "{isa:?}, {threads} threads, [{rows}, {k}] x {batch} \
+                                 ({}): output {i} is {got}, want {want}",
+                                kind(matrix)
+                            );
+                        }
                     }
                 }
             }

@@ -1,6 +1,8 @@
-//! Generation on the CPU in float32 on scope's own kernels instead of one libtorch
-//! operation at a time ([`DecodeMode::Fused`](crate::DecodeMode::Fused)): every decode step,
-//! and prompts of up to [`MAX_FUSED_PROMPT`] tokens.
+//! Generation on the CPU in float32 or bfloat16 on scope's own kernels instead of one
+//! libtorch operation at a time ([`DecodeMode::Fused`](crate::DecodeMode::Fused)): every
+//! decode step, and prompts of up to [`MAX_FUSED_PROMPT`] tokens. A bf16 model keeps its
+//! weights and cache in bf16 and rounds its activations as libtorch's bf16 path does
+//! (the `bf16` module).
 //!
 //! A decode step of the `small` benchmark model reads its ~191 MB of weights through 33
 //! matrix-vector products and does about 440 tiny operations. Through libtorch the products
@@ -19,6 +21,7 @@
 //! Hooks see every site they want as a `[B, T, width]` tensor (a copy of the buffer, copied
 //! back after the visit), so interventions run unchanged.
 
+mod bf16;
 mod matvec;
 mod ops;
 mod pool;
@@ -31,19 +34,23 @@ use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::mask::{DecodeMasks, Masks};
 use crate::model::{DecoderModel, FusedWeights};
-use matvec::{matvec, Isa};
-use ops::{attend_one, gelu_tanh_all, rms_norm, rotate, soft_cap_all, OneQuery};
+use bf16::{Precision, Widen};
+use matvec::{matvec, Isa, Matrix};
+use ops::{attend_one, gelu_tanh_all, rms_norm, rotate, soft_cap, OneQuery};
 use pool::Pool;
 
-/// Whether the fused kernels decode `model` faster than libtorch on this CPU: they can read
-/// its weights, and the CPU has the vector instructions they are written for. (Measured on
-/// the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6, libtorch 8.3.)
+/// Whether `DecodeMode::Auto` decodes `model` on the fused kernels: they can read its
+/// weights, the model is float32, and the CPU has the vector instructions they are written
+/// for. (Measured on the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6,
+/// libtorch 8.3.) A bf16 model runs on them when asked for (`DecodeMode::Fused`), not by
+/// default: its numbers are as far from transformers' f32 as transformers' bf16 are, but not
+/// within the bf16 parity tolerance of transformers' bf16 itself (see the `bf16` module).
 pub fn preferred(model: &dyn DecoderModel) -> bool {
     Isa::detect() != Isa::Portable
         && model
             .fused_weights()
             .and_then(|view| Weights::of(&view))
-            .is_ok()
+            .is_ok_and(|weights| weights.precision == Precision::F32)
 }
 
 /// A generation on the fused kernels: the weights as slices, the threads, the buffers.
@@ -313,13 +320,18 @@ impl<'m> FusedDecoder<'m> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let positions = Tensor::f_from_slice(positions)?.f_reshape([batch as i64, t as i64])?;
         let (cos, signed_sin) = self.model.rotary(&positions, local)?;
-        Ok((host::<f32>(&cos)?, host::<f32>(&signed_sin)?))
+        // Cast to the model dtype before they touch queries and keys, as the model does.
+        let (mut cos, mut signed_sin) = (host::<f32>(&cos)?, host::<f32>(&signed_sin)?);
+        self.weights.precision.store(&mut cos);
+        self.weights.precision.store(&mut signed_sin);
+        Ok((cos, signed_sin))
     }
 
     /// The scaled embeddings of `tokens` into the residual buffer.
     fn embed(&mut self, tokens: &[i64]) -> Result<()> {
         let hidden = self.buffers.hidden;
         let vocab = self.weights.embed.len() / hidden.max(1);
+        let precision = self.weights.precision;
         for (row, &token) in self.buffers.x.chunks_exact_mut(hidden).zip(tokens) {
             let id = usize::try_from(token)
                 .ok()
@@ -329,9 +341,9 @@ impl<'m> FusedDecoder<'m> {
                         "token id {token} is outside the vocabulary of {vocab}"
                     ))
                 })?;
-            let from = &self.weights.embed[id * hidden..(id + 1) * hidden];
-            for (x, &e) in row.iter_mut().zip(from) {
-                *x = e * self.weights.embed_scale;
+            self.weights.embed.row_into(id, hidden, row);
+            for x in row.iter_mut() {
+                *x = precision.store_one(*x * self.weights.embed_scale);
             }
         }
         Ok(())
@@ -353,28 +365,43 @@ impl<'m> FusedDecoder<'m> {
         } = self;
         let (pool, isa) = (&*pool, *isa);
         let w = &weights.layers[step.layer];
-        let eps = weights.eps;
+        let (eps, p) = (weights.eps, weights.precision);
         let (hidden, rows, layer) = (buf.hidden, buf.rows, step.layer);
         let shape = [buf.batch as i64, step.len as i64];
         let visit = |hooks: &mut dyn Hooks, kind, data: &mut [f32]| {
-            visit_rows(hooks, Site::new(layer, kind), data, shape)
+            visit_rows(hooks, Site::new(layer, kind), data, shape, p)
+        };
+        // Every product, norm and sum is stored in the model's precision (`p.store`), as
+        // the model's own tensors hold them.
+        let product = |w: Matrix<'_>, k: usize, xs: &[f32], out: &mut [f32]| {
+            matvec(pool, isa, w, k, xs, out).map(|()| p.store(out))
         };
 
         visit(hooks, SiteKind::BlockInput, &mut buf.x)?;
-        norm_rows(isa, &buf.x, w.input_norm, eps, &mut buf.h);
+        norm_rows(isa, &buf.x, w.input_norm, eps, &mut buf.h, p);
         visit(hooks, SiteKind::AttentionInput, &mut buf.h)?;
-        matvec(pool, isa, w.qkv, hidden, &buf.h, &mut buf.qkv)?;
+        product(w.qkv, hidden, &buf.h, &mut buf.qkv)?;
         let norms = w.query_key_norms;
-        attention(&weights.attention, norms, eps, isa, buf, step, cache, hooks)?;
+        attention(
+            &weights.attention,
+            norms,
+            eps,
+            p,
+            isa,
+            buf,
+            step,
+            cache,
+            hooks,
+        )?;
         visit(hooks, SiteKind::AttentionValueOutput, &mut buf.z)?;
-        matvec(pool, isa, w.o, buf.z.len() / rows, &buf.z, &mut buf.a)?;
+        product(w.o, buf.z.len() / rows, &buf.z, &mut buf.a)?;
         visit(hooks, SiteKind::AttentionOutput, &mut buf.a)?;
-        norm_rows(isa, &buf.a, w.post_attention_norm, eps, &mut buf.h);
-        add(&mut buf.x, &buf.h);
+        norm_rows(isa, &buf.a, w.post_attention_norm, eps, &mut buf.h, p);
+        add(&mut buf.x, &buf.h, p);
 
-        norm_rows(isa, &buf.x, w.pre_feedforward_norm, eps, &mut buf.h);
+        norm_rows(isa, &buf.x, w.pre_feedforward_norm, eps, &mut buf.h, p);
         visit(hooks, SiteKind::MlpInput, &mut buf.h)?;
-        matvec(pool, isa, w.gate_up, hidden, &buf.h, &mut buf.gate_up)?;
+        product(w.gate_up, hidden, &buf.h, &mut buf.gate_up)?;
         let intermediate = buf.act.len() / rows;
         for (act, gate_up) in buf
             .act
@@ -382,6 +409,7 @@ impl<'m> FusedDecoder<'m> {
             .zip(buf.gate_up.chunks_exact(2 * intermediate))
         {
             gelu_tanh_all(isa, &gate_up[..intermediate], act);
+            p.store(act);
         }
         visit(hooks, SiteKind::MlpActivation, &mut buf.act)?;
         for (act, gate_up) in buf
@@ -390,14 +418,14 @@ impl<'m> FusedDecoder<'m> {
             .zip(buf.gate_up.chunks_exact(2 * intermediate))
         {
             for (a, &u) in act.iter_mut().zip(&gate_up[intermediate..]) {
-                *a *= u;
+                *a = p.store_one(*a * u);
             }
         }
-        matvec(pool, isa, w.down, intermediate, &buf.act, &mut buf.a)?;
+        product(w.down, intermediate, &buf.act, &mut buf.a)?;
         visit(hooks, SiteKind::MlpOutput, &mut buf.a)?;
-        norm_rows(isa, &buf.a, w.post_feedforward_norm, eps, &mut buf.h);
+        norm_rows(isa, &buf.a, w.post_feedforward_norm, eps, &mut buf.h, p);
         visit(hooks, SiteKind::PostFeedforwardNormOutput, &mut buf.h)?;
-        add(&mut buf.x, &buf.h);
+        add(&mut buf.x, &buf.h, p);
         visit(hooks, SiteKind::BlockOutput, &mut buf.x)
     }
 
@@ -413,7 +441,8 @@ impl<'m> FusedDecoder<'m> {
             .flat_map(|row| row[(t - 1) * hidden..].iter().copied())
             .collect();
         let normed = &mut buf.h[..last.len()];
-        norm_rows(self.isa, &last, w.final_norm, w.eps, normed);
+        let p = w.precision;
+        norm_rows(self.isa, &last, w.final_norm, w.eps, normed, p);
         matvec(
             &self.pool,
             self.isa,
@@ -422,11 +451,13 @@ impl<'m> FusedDecoder<'m> {
             normed,
             &mut buf.logits,
         )?;
+        p.store(&mut buf.logits);
         if let Some(cap) = w.final_softcap {
-            soft_cap_all(self.isa, &mut buf.logits, cap);
+            soft_cap(self.isa, &mut buf.logits, cap, p);
         }
         let vocab = (buf.logits.len() / buf.batch) as i64;
-        Ok(Tensor::f_from_slice(&buf.logits)?.f_reshape([buf.batch as i64, 1, vocab])?)
+        let logits = Tensor::f_from_slice(&buf.logits)?.f_reshape([buf.batch as i64, 1, vocab])?;
+        Ok(logits.f_to_kind(p.kind())?)
     }
 }
 
@@ -529,16 +560,16 @@ fn attention(
     shape: &OneQuery,
     norms: Option<(&[f32], &[f32])>,
     eps: f32,
+    p: Precision,
     isa: Isa,
     buf: &mut Buffers,
     step: &AttentionStep<'_>,
     cache: &mut KvCache,
     hooks: &mut dyn Hooks,
 ) -> Result<()> {
-    let (qw, kvw, hd) = (
+    let (qw, kvw) = (
         shape.heads * shape.head_dim,
         shape.kv_heads * shape.head_dim,
-        shape.head_dim,
     );
     let (batch, t) = (buf.batch, step.len);
     let stride = qw + 2 * kvw;
@@ -550,13 +581,20 @@ fn attention(
         let site = Site::new(step.layer, kind);
         if hooks.wants(site) {
             let shape = [batch as i64, t as i64];
-            visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width)?;
+            visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width, p)?;
         }
     }
     if let Some((query_norm, key_norm)) = norms {
         for token in buf.qkv.chunks_exact_mut(stride) {
-            norm_heads(isa, &mut token[..qw], query_norm, eps, &mut buf.head);
-            norm_heads(isa, &mut token[qw..qw + kvw], key_norm, eps, &mut buf.head);
+            norm_heads(isa, &mut token[..qw], query_norm, eps, &mut buf.head, p);
+            norm_heads(
+                isa,
+                &mut token[qw..qw + kvw],
+                key_norm,
+                eps,
+                &mut buf.head,
+                p,
+            );
         }
         for (kind, start, width) in [
             (SiteKind::QueryNormOutput, 0, qw),
@@ -565,7 +603,7 @@ fn attention(
             let site = Site::new(step.layer, kind);
             if hooks.wants(site) {
                 let shape = [batch as i64, t as i64];
-                visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width)?;
+                visit_columns(hooks, site, &mut buf.qkv, shape, stride, start, width, p)?;
             }
         }
     }
@@ -575,61 +613,126 @@ fn attention(
     let what = |kind: &'static str| {
         move || format!("the KV cache's {kind} buffer of layer {}", step.layer)
     };
-    let keys = slice_mut(keys, what("key")).map_err(Error::Fused)?;
-    let values = slice_mut(values, what("value")).map_err(Error::Fused)?;
-    let per_row_cache = shape.kv_heads * capacity * hd;
-    for (row, place) in step.places.iter().enumerate() {
-        let slot = place.slot * per_row_cache..(place.slot + 1) * per_row_cache;
-        let (Some(keys), Some(values)) = (keys.get_mut(slot.clone()), values.get_mut(slot)) else {
-            return Err(Error::Input(format!(
-                "cache slot {} is outside the KV cache",
-                place.slot
-            )));
-        };
-        // Every token's key and value first: a token attends to the chunk's earlier ones.
-        for i in 0..t {
-            let token = row * t + i;
-            let qkv = &mut buf.qkv[token * stride..(token + 1) * stride];
-            rotate(
-                &mut qkv[..qw + kvw],
-                &step.cos[token * hd..(token + 1) * hd],
-                &step.signed_sin[token * hd..(token + 1) * hd],
-            );
-            for head in 0..shape.kv_heads {
-                let at = (head * capacity + place.past + i) * hd;
-                let (k, v) = (qw + head * hd, qw + kvw + head * hd);
-                keys[at..at + hd].copy_from_slice(&qkv[k..k + hd]);
-                values[at..at + hd].copy_from_slice(&qkv[v..v + hd]);
-            }
+    let cached = CachedLayer {
+        shape,
+        p,
+        isa,
+        step,
+        capacity,
+    };
+    match p {
+        Precision::F32 => {
+            let keys = slice_mut::<f32>(keys, what("key")).map_err(Error::Fused)?;
+            let values = slice_mut::<f32>(values, what("value")).map_err(Error::Fused)?;
+            cached.write_and_attend(buf, keys, values)
         }
-        for i in 0..t {
-            let token = row * t + i;
-            let row_start = token * step.mask.keys;
-            let mask = &step.mask.values[row_start..row_start + place.past + t];
-            attend_one(
-                isa,
-                shape,
-                &buf.qkv[token * stride..token * stride + qw],
-                keys,
-                values,
-                capacity,
-                mask,
-                &mut buf.scores,
-                &mut buf.z[token * qw..(token + 1) * qw],
-            );
+        Precision::Bf16 => {
+            let keys = slice_mut::<u16>(keys, what("key")).map_err(Error::Fused)?;
+            let values = slice_mut::<u16>(values, what("value")).map_err(Error::Fused)?;
+            cached.write_and_attend(buf, keys, values)
         }
     }
-    Ok(())
 }
 
-/// The model's weights as f32 slices, borrowed for one generation.
+/// One layer's attention over its cache buffers, once they are borrowed as slices.
+struct CachedLayer<'a> {
+    shape: &'a OneQuery,
+    p: Precision,
+    isa: Isa,
+    step: &'a AttentionStep<'a>,
+    /// Positions per cache row.
+    capacity: usize,
+}
+
+impl CachedLayer<'_> {
+    /// Rotates the chunk's queries and keys, writes its keys and values from each row's place
+    /// on, and attends from each token over its row's keys, masked.
+    fn write_and_attend<W: matvec::Weight>(
+        &self,
+        buf: &mut Buffers,
+        keys: &mut [W],
+        values: &mut [W],
+    ) -> Result<()> {
+        let CachedLayer {
+            shape,
+            p,
+            isa,
+            step,
+            capacity,
+        } = *self;
+        let (qw, kvw, hd) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+            shape.head_dim,
+        );
+        let (t, stride) = (step.len, qw + 2 * kvw);
+        let per_row_cache = shape.kv_heads * capacity * hd;
+        for (row, place) in step.places.iter().enumerate() {
+            let slot = place.slot * per_row_cache..(place.slot + 1) * per_row_cache;
+            let (Some(keys), Some(values)) = (keys.get_mut(slot.clone()), values.get_mut(slot))
+            else {
+                return Err(Error::Input(format!(
+                    "cache slot {} is outside the KV cache",
+                    place.slot
+                )));
+            };
+            // Every token's key and value first: a token attends to the chunk's earlier ones.
+            for i in 0..t {
+                let token = row * t + i;
+                let qkv = &mut buf.qkv[token * stride..(token + 1) * stride];
+                rotate(
+                    &mut qkv[..qw + kvw],
+                    &step.cos[token * hd..(token + 1) * hd],
+                    &step.signed_sin[token * hd..(token + 1) * hd],
+                    p,
+                );
+                for head in 0..shape.kv_heads {
+                    let at = (head * capacity + place.past + i) * hd;
+                    let (k, v) = (qw + head * hd, qw + kvw + head * hd);
+                    store_into(&mut keys[at..at + hd], &qkv[k..k + hd]);
+                    store_into(&mut values[at..at + hd], &qkv[v..v + hd]);
+                }
+            }
+            for i in 0..t {
+                let token = row * t + i;
+                let row_start = token * step.mask.keys;
+                let mask = &step.mask.values[row_start..row_start + place.past + t];
+                attend_one(
+                    isa,
+                    shape,
+                    p,
+                    &buf.qkv[token * stride..token * stride + qw],
+                    keys,
+                    values,
+                    capacity,
+                    mask,
+                    &mut buf.scores,
+                    &mut buf.z[token * qw..(token + 1) * qw],
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `from` (values already in the cache's precision) into a cache slice.
+fn store_into<W: Widen>(to: &mut [W], from: &[f32]) {
+    for (to, &x) in to.iter_mut().zip(from) {
+        *to = W::narrow(x);
+    }
+}
+
+/// The model's weights as slices, borrowed for one generation: the matrices in the model's
+/// dtype (f32 or bf16), the norms' scales in f32.
 struct Weights<'m> {
+    /// The model's dtype: what activations are stored in.
+    precision: Precision,
     /// `[vocab, hidden]`.
-    embed: &'m [f32],
-    /// `sqrt(hidden)` rounded to f32.
+    embed: Matrix<'m>,
+    /// `sqrt(hidden)` rounded to the model's dtype.
     embed_scale: f32,
     /// `[vocab, hidden]` (the embedding when tied).
-    unembed: &'m [f32],
+    unembed: Matrix<'m>,
     /// The final norm's `1 + w`.
     final_norm: &'m [f32],
     eps: f32,
@@ -642,10 +745,10 @@ struct Weights<'m> {
 
 /// One layer's weights: the stacked projections and the norms' `1 + w`.
 struct LayerWeights<'m> {
-    qkv: &'m [f32],
-    o: &'m [f32],
-    gate_up: &'m [f32],
-    down: &'m [f32],
+    qkv: Matrix<'m>,
+    o: Matrix<'m>,
+    gate_up: Matrix<'m>,
+    down: Matrix<'m>,
     input_norm: &'m [f32],
     post_attention_norm: &'m [f32],
     pre_feedforward_norm: &'m [f32],
@@ -663,18 +766,32 @@ struct LayerWeights<'m> {
 impl<'m> Weights<'m> {
     /// The slices of `view`'s tensors, or why the fused step cannot read them.
     fn of(view: &FusedWeights<'m>) -> std::result::Result<Self, String> {
+        let precision = match view.embed.kind() {
+            Kind::BFloat16 => Precision::Bf16,
+            _ => Precision::F32,
+        };
+        let matrix = |t: &'m Tensor, what: &dyn Fn() -> String| match precision {
+            Precision::F32 => slice::<f32>(t, what).map(Matrix::F32),
+            Precision::Bf16 => slice::<u16>(t, what).map(Matrix::Bf16),
+        };
         let mut layers = Vec::with_capacity(view.layers.len());
         for (i, l) in view.layers.iter().enumerate() {
             let named = |what: &str| format!("layer {i} {what}");
             layers.push(LayerWeights {
-                qkv: slice(l.qkv, || named("q/k/v"))?,
-                o: slice(l.o, || named("o_proj"))?,
-                gate_up: slice(l.gate_up, || named("gate/up"))?,
-                down: slice(l.down, || named("down_proj"))?,
-                input_norm: slice(l.input_norm, || named("input norm"))?,
-                post_attention_norm: slice(l.post_attention_norm, || named("post-attention norm"))?,
-                pre_feedforward_norm: slice(l.pre_feedforward_norm, || named("pre-MLP norm"))?,
-                post_feedforward_norm: slice(l.post_feedforward_norm, || named("post-MLP norm"))?,
+                qkv: matrix(l.qkv, &|| named("q/k/v"))?,
+                o: matrix(l.o, &|| named("o_proj"))?,
+                gate_up: matrix(l.gate_up, &|| named("gate/up"))?,
+                down: matrix(l.down, &|| named("down_proj"))?,
+                input_norm: slice::<f32>(l.input_norm, || named("input norm"))?,
+                post_attention_norm: slice::<f32>(l.post_attention_norm, || {
+                    named("post-attention norm")
+                })?,
+                pre_feedforward_norm: slice::<f32>(l.pre_feedforward_norm, || {
+                    named("pre-MLP norm")
+                })?,
+                post_feedforward_norm: slice::<f32>(l.post_feedforward_norm, || {
+                    named("post-MLP norm")
+                })?,
                 sliding: l.sliding,
                 local_rope: l.local_rope,
                 query_key_norms: match l.query_key_norms {
@@ -690,10 +807,11 @@ impl<'m> Weights<'m> {
         }
         let hidden = usize::try_from(view.embed.size().last().copied().unwrap_or(0)).unwrap_or(0);
         Ok(Weights {
-            embed: slice(view.embed, || "embed_tokens".into())?,
-            embed_scale: view.embed_scale,
-            unembed: slice(view.unembed, || "the unembedding".into())?,
-            final_norm: slice(view.final_norm, || "the final norm".into())?,
+            precision,
+            embed: matrix(view.embed, &|| "embed_tokens".into())?,
+            embed_scale: precision.store_one(view.embed_scale),
+            unembed: matrix(view.unembed, &|| "the unembedding".into())?,
+            final_norm: slice::<f32>(view.final_norm, || "the final norm".into())?,
             eps: view.eps,
             final_softcap: view.final_softcap,
             attention: OneQuery {
@@ -709,32 +827,50 @@ impl<'m> Weights<'m> {
     }
 }
 
-/// Why `t` cannot be read as a slice of f32 (naming it `what()`), or `None` when it is a
-/// contiguous f32 CPU tensor.
-fn not_host_f32(t: &Tensor, what: impl FnOnce() -> String) -> Option<String> {
-    (t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous()).then(|| {
+/// An element type a tensor's storage is read as: f32, or bf16 as its bit patterns.
+trait HostElement: Copy {
+    /// The tensor kind stored as this type.
+    const KIND: Kind;
+}
+
+impl HostElement for f32 {
+    const KIND: Kind = Kind::Float;
+}
+
+impl HostElement for u16 {
+    const KIND: Kind = Kind::BFloat16;
+}
+
+/// Why `t` cannot be read as a slice of `T` (naming it `what()`), or `None` when it is a
+/// contiguous CPU tensor of `T`'s kind.
+fn not_host<T: HostElement>(t: &Tensor, what: impl FnOnce() -> String) -> Option<String> {
+    (t.kind() != T::KIND || t.device() != Device::Cpu || !t.is_contiguous()).then(|| {
         format!(
-            "{} is not a contiguous float32 CPU tensor ({:?} on {:?})",
+            "{} is not a contiguous {:?} CPU tensor ({:?} on {:?})",
             what(),
+            T::KIND,
             t.kind(),
             t.device()
         )
     })
 }
 
-/// The values of a contiguous f32 CPU tensor, borrowed.
-fn slice(t: &Tensor, what: impl FnOnce() -> String) -> std::result::Result<&[f32], String> {
-    if let Some(why) = not_host_f32(t, what) {
+/// The values of a contiguous CPU tensor of `T`'s kind, borrowed.
+fn slice<T: HostElement>(
+    t: &Tensor,
+    what: impl FnOnce() -> String,
+) -> std::result::Result<&[T], String> {
+    if let Some(why) = not_host::<T>(t, what) {
         return Err(why);
     }
     let n = t.numel();
     if n == 0 {
         return Ok(&[]);
     }
-    // SAFETY: a contiguous f32 CPU tensor holds `numel` f32 values at `data_ptr`, alive as
-    // long as the tensor. The model's weights are never written after loading, so nothing
-    // writes them while the slice is borrowed.
-    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
+    // SAFETY: a contiguous CPU tensor of `T`'s kind holds `numel` values of `T`'s size and
+    // layout at `data_ptr`, alive as long as the tensor. The model's weights are never written
+    // after loading, so nothing writes them while the slice is borrowed.
+    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, n) })
 }
 
 /// A per-head norm's scale as a slice, checked to be one head wide.
@@ -743,7 +879,7 @@ fn head_norm(
     head_dim: usize,
     what: impl Fn() -> String,
 ) -> std::result::Result<&[f32], String> {
-    let scale = slice(t, &what)?;
+    let scale = slice::<f32>(t, &what)?;
     if scale.len() != head_dim {
         return Err(format!(
             "{} has {} values for heads of {head_dim}",
@@ -754,13 +890,13 @@ fn head_norm(
     Ok(scale)
 }
 
-/// The values of a contiguous f32 CPU tensor, borrowed to write: for the KV cache's own
-/// buffers.
-fn slice_mut(
+/// The values of a contiguous CPU tensor of `T`'s kind, borrowed to write: for the KV
+/// cache's own buffers.
+fn slice_mut<T: HostElement>(
     t: &mut Tensor,
     what: impl FnOnce() -> String,
-) -> std::result::Result<&mut [f32], String> {
-    if let Some(why) = not_host_f32(t, what) {
+) -> std::result::Result<&mut [T], String> {
+    if let Some(why) = not_host::<T>(t, what) {
         return Err(why);
     }
     let n = t.numel();
@@ -770,7 +906,7 @@ fn slice_mut(
     // SAFETY: as in `slice`. The cache's buffers are its own (made in `KvCache::new`, never
     // handed out whole), the views its `write` returns live only inside one forward call,
     // and the caller holds the cache mutably, so nothing else reads or writes them meanwhile.
-    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) })
 }
 
 /// A tensor's values on the host as `T`, flattened (a copy).
@@ -840,38 +976,50 @@ impl Buffers {
     }
 }
 
-/// RMSNorm of every row of `x` into `out`.
-fn norm_rows(isa: Isa, x: &[f32], scale: &[f32], eps: f32, out: &mut [f32]) {
+/// RMSNorm of every row of `x` into `out`, stored in precision `p`.
+fn norm_rows(isa: Isa, x: &[f32], scale: &[f32], eps: f32, out: &mut [f32], p: Precision) {
     let width = scale.len();
     for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         rms_norm(isa, x, scale, eps, out);
+        p.store(out);
     }
 }
 
-/// RMSNorm of each `scale.len()`-wide head of `x`, in place (`scratch` holds one head).
-fn norm_heads(isa: Isa, x: &mut [f32], scale: &[f32], eps: f32, scratch: &mut [f32]) {
+/// RMSNorm of each `scale.len()`-wide head of `x`, in place (`scratch` holds one head),
+/// stored in precision `p`.
+fn norm_heads(isa: Isa, x: &mut [f32], scale: &[f32], eps: f32, scratch: &mut [f32], p: Precision) {
     for head in x.chunks_exact_mut(scale.len().max(1)) {
         rms_norm(isa, head, scale, eps, scratch);
+        p.store(scratch);
         head.copy_from_slice(scratch);
     }
 }
 
-/// `x += y`.
-fn add(x: &mut [f32], y: &[f32]) {
+/// `x += y`, stored in precision `p`.
+fn add(x: &mut [f32], y: &[f32], p: Precision) {
     for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
+        *a = p.store_one(*a + b);
     }
 }
 
 /// Visits `site` with `data` (`[B * T, width]`) as a `[B, T, width]` tensor (`[B, T]` is
-/// `rows`), when a hook wants it, and copies what the hook leaves back.
-fn visit_rows(hooks: &mut dyn Hooks, site: Site, data: &mut [f32], rows: [i64; 2]) -> Result<()> {
+/// `rows`) of the model's dtype (precision `p`), when a hook wants it, and copies what the
+/// hook leaves back, stored in `p`.
+fn visit_rows(
+    hooks: &mut dyn Hooks,
+    site: Site,
+    data: &mut [f32],
+    rows: [i64; 2],
+    p: Precision,
+) -> Result<()> {
     if !hooks.wants(site) {
         return Ok(());
     }
     let tokens = usize::try_from(rows[0] * rows[1]).unwrap_or(0).max(1);
     let shape = [rows[0], rows[1], (data.len() / tokens) as i64];
-    let mut t = Tensor::f_from_slice(data)?.f_reshape(shape)?;
+    let mut t = Tensor::f_from_slice(data)?
+        .f_reshape(shape)?
+        .f_to_kind(p.kind())?;
     hooks.visit(site, &mut t)?;
     if t.size() != shape {
         return Err(Error::Input(format!(
@@ -884,10 +1032,12 @@ fn visit_rows(hooks: &mut dyn Hooks, site: Site, data: &mut [f32], rows: [i64; 2
         .f_to_kind(Kind::Float)?
         .f_contiguous()?;
     t.f_copy_data(data, data.len())?;
+    p.store(data);
     Ok(())
 }
 
 /// Visits the columns `start..start + width` of the rows of `data` (`stride` wide).
+#[allow(clippy::too_many_arguments)]
 fn visit_columns(
     hooks: &mut dyn Hooks,
     site: Site,
@@ -896,12 +1046,13 @@ fn visit_columns(
     stride: usize,
     start: usize,
     width: usize,
+    p: Precision,
 ) -> Result<()> {
     let mut part: Vec<f32> = data
         .chunks_exact(stride)
         .flat_map(|row| row[start..start + width].iter().copied())
         .collect();
-    visit_rows(hooks, site, &mut part, rows)?;
+    visit_rows(hooks, site, &mut part, rows, p)?;
     for (row, from) in data.chunks_exact_mut(stride).zip(part.chunks_exact(width)) {
         row[start..start + width].copy_from_slice(from);
     }

@@ -2,7 +2,8 @@
 //! counterpart in [`crate::norm`], [`crate::rope`], [`crate::attention`] and [`crate::mlp`]
 //! does, in the same order of operations (so within a rounding or two of it).
 
-use super::matvec::Isa;
+use super::bf16::Precision;
+use super::matvec::{Isa, Weight};
 
 /// Gemma's RMSNorm of one row: `x * (1 / sqrt(mean(x²) + eps)) * scale`, `scale` being the
 /// norm's `1 + w` in f32.
@@ -28,14 +29,16 @@ pub(crate) fn gelu_tanh_all(isa: Isa, gate: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `cap * tanh(x / cap)` for every value of `xs`, in place.
-pub(crate) fn soft_cap_all(isa: Isa, xs: &mut [f32], cap: f32) {
+/// `cap * tanh(x / cap)` for every value of `xs`, in place, each of the three steps stored
+/// in precision `p` (three tensors of the model's dtype there).
+pub(crate) fn soft_cap(isa: Isa, xs: &mut [f32], cap: f32, p: Precision) {
     for x in xs.iter_mut() {
-        *x /= cap;
+        *x = p.store_one(*x / cap);
     }
     tanh_all(isa, xs);
+    p.store(xs);
     for x in xs.iter_mut() {
-        *x *= cap;
+        *x = p.store_one(*x * cap);
     }
 }
 
@@ -125,17 +128,20 @@ fn tanh(x: f32) -> f32 {
 }
 
 /// Rotates every head of `x` (`heads * head_dim` values) in place:
-/// `x * cos + swap_halves(x) * signed_sin` (see [`crate::rope::apply_rotary`]); the two
-/// products are rounded before the sum, as there (no fused multiply-add).
-pub(crate) fn rotate(x: &mut [f32], cos: &[f32], signed_sin: &[f32]) {
+/// `x * cos + swap_halves(x) * signed_sin` (see the model's `apply_rotary`); the two
+/// products are rounded (to precision `p`) before the sum, as there (no fused multiply-add).
+pub(crate) fn rotate(x: &mut [f32], cos: &[f32], signed_sin: &[f32], p: Precision) {
     let head_dim = cos.len();
     let half = head_dim / 2;
+    let turn = |a: f32, b: f32, cos: f32, signed_sin: f32| {
+        // Rust never contracts these into fused multiply-adds: two roundings, then the sum.
+        p.store_one(p.store_one(a * cos) + p.store_one(b * signed_sin))
+    };
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
             let (a, b) = (head[i], head[i + half]);
-            // Rust never contracts these into fused multiply-adds: two roundings, then the sum.
-            head[i] = a * cos[i] + b * signed_sin[i];
-            head[i + half] = b * cos[i + half] + a * signed_sin[i + half];
+            head[i] = turn(a, b, cos[i], signed_sin[i]);
+            head[i + half] = turn(b, a, cos[i + half], signed_sin[i + half]);
         }
     }
 }
@@ -152,14 +158,16 @@ pub(crate) struct OneQuery {
 /// Eager attention of one query row `q` (`heads * head_dim`, rotated) over the first
 /// `mask.len()` cached keys and values of one row (`[kv_heads, capacity, head_dim]` each),
 /// with the additive `mask`; writes the heads merged into `z` (`heads * head_dim`). Scores:
-/// the dot product, times the scale, soft-capped, plus the mask, softmax in f32.
+/// the dot product, times the scale, soft-capped, plus the mask, softmax in f32; each step
+/// stored in precision `p`, as the model's tensors of scores, probabilities and outputs are.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_one(
+pub(crate) fn attend_one<W: Weight>(
     isa: Isa,
     shape: &OneQuery,
+    p: Precision,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[W],
+    values: &[W],
     capacity: usize,
     mask: &[f32],
     scores: &mut Vec<f32>,
@@ -173,14 +181,15 @@ pub(crate) fn attend_one(
         let kv = (head / groups) * capacity * hd;
         let qh = &q[head * hd..(head + 1) * hd];
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = isa.dot(qh, &keys[kv + j * hd..kv + (j + 1) * hd]) * shape.scale;
+            let dot = p.store_one(isa.dot(&keys[kv + j * hd..kv + (j + 1) * hd], qh));
+            *s = p.store_one(dot * shape.scale);
         }
         if let Some(cap) = shape.softcap {
-            soft_cap_all(isa, scores, cap);
+            soft_cap(isa, scores, cap, p);
         }
         let mut max = f32::NEG_INFINITY;
         for (s, &m) in scores.iter_mut().zip(mask) {
-            *s += m;
+            *s = p.store_one(*s + m);
             max = max.max(*s);
         }
         for s in scores.iter_mut() {
@@ -191,12 +200,13 @@ pub(crate) fn attend_one(
         let zh = &mut z[head * hd..(head + 1) * hd];
         zh.fill(0.0);
         for (j, &e) in scores.iter().enumerate() {
-            let p = e / sum;
+            let probability = p.store_one(e / sum);
             let value = &values[kv + j * hd..kv + (j + 1) * hd];
             for (o, &v) in zh.iter_mut().zip(value) {
-                *o += p * v;
+                *o += probability * v.widen();
             }
         }
+        p.store(zh);
     }
 }
 
@@ -303,7 +313,12 @@ mod tests {
             .map(|(i, a)| if i < 2 { -a.sin() } else { a.sin() })
             .collect();
         let mut x = [1.0f32, 2.0, 3.0, 4.0];
-        rotate(&mut x, &cos, &signed_sin);
+        rotate(
+            &mut x,
+            &cos,
+            &signed_sin,
+            super::super::bf16::Precision::F32,
+        );
         for (i, pair) in [(0, 2), (1, 3)].into_iter().enumerate() {
             let (a, b) = ([1.0f32, 2.0][i], [3.0f32, 4.0][i]);
             let (c, s) = (angles[i].cos(), angles[i].sin());

@@ -282,8 +282,8 @@ fn fused_steps_refuse_a_hook_that_changes_a_shape() {
 }
 
 /// `Auto` decodes on the fused kernels for a float32 model on a CPU with AVX2 or AVX-512,
-/// eagerly otherwise;
-/// asking for CUDA graphs without a GPU, or fused steps for a bf16 model, is a clear error.
+/// eagerly otherwise (a bf16 model too, which runs on them only when asked);
+/// asking for CUDA graphs without a GPU, or fused steps for an f16 model, is a clear error.
 #[test]
 fn decode_modes_resolve_or_refuse() {
     let model = load("tiny-f32", Kind::Float);
@@ -312,8 +312,13 @@ fn decode_modes_resolve_or_refuse() {
         decode: DecodeMode::Fused,
         ..GenerationConfig::greedy(6)
     };
-    let err = bf16.generate(&batch, &fused).expect_err("bf16");
-    assert!(err.to_string().contains("float32"), "{err}");
+    let asked = bf16
+        .generate(&batch, &fused)
+        .expect("bf16 on the fused kernels");
+    assert_eq!(asked.decode, DecodeMode::Fused);
+    let f16 = load("tiny-bf16-sharded", Kind::Half);
+    let err = f16.generate(&batch, &fused).expect_err("f16");
+    assert!(err.to_string().contains("float32 and bfloat16"), "{err}");
     let graph = GenerationConfig {
         decode: DecodeMode::CudaGraph,
         ..GenerationConfig::greedy(6)
