@@ -1,15 +1,17 @@
 //! Loading a checkpoint's weights (found by [`crate::files`] / [`crate::hub`]) one tensor at a
 //! time, straight into the requested dtype and device.
 //!
-//! Every safetensors file is memory-mapped; each tensor's bytes are copied once into a CPU
-//! tensor, cast and moved, and that temporary is dropped before the next tensor, so peak memory
-//! is the model in its final dtype plus one tensor.
+//! Every safetensors file is memory-mapped. Each tensor is cast into its final dtype on the
+//! CPU a piece of rows at a time ([`LOAD_PIECE_BYTES`] of the file), and each piece's pages of
+//! the file are handed back to the kernel once copied (they stay in the page cache, out of the
+//! process's memory). So peak memory is the model in its final dtype plus one piece: an f32
+//! checkpoint loaded in bf16 never holds the f32 weights, as a whole or one tensor at a time.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
@@ -24,6 +26,9 @@ use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::tokenizer::{ChatTemplate, GemmaTokenizer};
 use scope_hub::HubOptions;
+
+/// How much of the file a tensor is cast from at a time (whole rows; at least one).
+const LOAD_PIECE_BYTES: usize = 64 << 20;
 
 /// Where one tensor's bytes are.
 struct Entry {
@@ -147,10 +152,33 @@ impl WeightStore {
                 path: path.clone(),
                 reason: format!("tensor `{name}` points outside the file"),
             })?;
-        // One copy into a CPU tensor; cast and move in a single step (a no-op when the dtype
-        // and device already match).
-        let cpu = Tensor::f_from_data_size(bytes, &entry.shape, stored)?;
-        Ok(cpu.f_to_device_(device, dtype, false, false)?)
+        let out = Tensor::f_empty(entry.shape.as_slice(), (dtype, Device::Cpu))?;
+        let map = &self.maps[entry.file];
+        for (rows, piece) in pieces(&entry.shape, bytes.len()) {
+            let piece_bytes = &bytes[piece.clone()];
+            let mut shape = entry.shape.clone();
+            if let Some(first) = shape.first_mut() {
+                *first = (rows.end - rows.start) as i64;
+            }
+            let stored_piece = stored_view(piece_bytes, &shape, stored)?;
+            let mut target = match entry.shape.is_empty() {
+                true => out.shallow_clone(),
+                false => out.f_narrow(0, rows.start as i64, shape[0])?,
+            };
+            target.f_copy_(&stored_piece)?;
+            drop(stored_piece);
+            // SAFETY: a read-only shared file mapping: pages dropped here are read from the
+            // file again if touched, with the same bytes, so no borrow of the map sees a change.
+            // A failed hint leaves the pages resident, which costs memory, not correctness.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    entry.start + piece.start,
+                    piece.len(),
+                )
+            };
+        }
+        Ok(out.f_to_device(device)?)
     }
 
     fn searched(&self) -> String {
@@ -160,6 +188,46 @@ impl WeightStore {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// `bytes` as a CPU tensor of `shape` and `kind`: a view of them where they are aligned for
+/// `kind` (no copy), else a copy. The caller copies out of it before `bytes` go away.
+fn stored_view(bytes: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> {
+    let element = kind.elt_size_in_bytes();
+    let numel: i64 = shape.iter().product();
+    let fits = usize::try_from(numel).is_ok_and(|n| n.checked_mul(element) == Some(bytes.len()));
+    if !fits || !(bytes.as_ptr() as usize).is_multiple_of(element) {
+        return Ok(Tensor::f_from_data_size(bytes, shape, kind)?);
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    // SAFETY: `bytes` holds exactly `numel` aligned elements of `kind` (checked above), and
+    // the tensor, which does not own them, is only read by the caller's copy while `bytes`
+    // is borrowed.
+    Ok(unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &strides, kind, Device::Cpu)? })
+}
+
+/// The pieces a tensor of `shape` and `len` bytes is cast in: ranges of its first dimension's
+/// rows and of its bytes, each about [`LOAD_PIECE_BYTES`] (a scalar or an empty tensor is one
+/// piece).
+fn pieces(shape: &[i64], len: usize) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let rows = shape
+        .first()
+        .map_or(1, |&r| usize::try_from(r).unwrap_or(0));
+    if rows == 0 || len == 0 {
+        return vec![(0..rows, 0..len)];
+    }
+    let row_bytes = len / rows;
+    let per_piece = (LOAD_PIECE_BYTES / row_bytes.max(1)).max(1);
+    (0..rows)
+        .step_by(per_piece)
+        .map(|start| {
+            let end = (start + per_piece).min(rows);
+            (start..end, start * row_bytes..end * row_bytes)
+        })
+        .collect()
 }
 
 fn stored_kind(dtype: Dtype) -> Option<Kind> {
