@@ -11,8 +11,11 @@
 //! The footer is Thrift's compact protocol
 //! (<https://github.com/apache/thrift/blob/master/doc/specs/thrift-compact-protocol.md>):
 //! `FileMetaData`'s field 2 is the list of `SchemaElement`s, whose field 5 is `num_children`.
-//! Everything else is skipped. A footer this reading cannot follow is left to the Parquet
-//! reader, whose error names the problem; only the two hazards are refused here.
+//! The Parquet reader reads a field it knows by the type it expects, whatever type the bytes
+//! declare, so a reading that skipped by the declared type could see other numbers than it
+//! does. This one is strict instead: the fields before the schema and in it must declare the
+//! types the format gives them (as every writer does), and a footer that does not is refused.
+//! Unknown fields are skipped by their declared type, as the Parquet reader skips them.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -30,10 +33,15 @@ pub(crate) fn check_schema(file: &mut File) -> Result<(), String> {
     let Some(footer) = read_footer(file) else {
         return Ok(());
     };
-    let Some(children) = schema_children(&footer) else {
-        return Ok(());
-    };
-    check_tree(&children)
+    match schema_children(&footer) {
+        Found(children) => check_tree(&children),
+        Absent => Ok(()),
+        Unreadable => Err(
+            "its footer's schema does not have the types the Parquet format \
+                           gives its fields (a damaged file?)"
+                .to_string(),
+        ),
+    }
 }
 
 /// The footer's bytes, if the file ends as a Parquet file does: the footer, its length as a
@@ -56,16 +64,32 @@ fn read_footer(file: &mut File) -> Option<Vec<u8>> {
     Some(footer)
 }
 
-/// Each schema element's `num_children` (`None` for a leaf), in the footer's order.
-fn schema_children(footer: &[u8]) -> Option<Vec<Option<i64>>> {
+/// What the footer says of its schema.
+#[derive(Debug, PartialEq)]
+enum Schema {
+    /// Each schema element's `num_children` (`None` for a leaf), in the footer's order.
+    Found(Vec<Option<i64>>),
+    /// The footer ends without one (the Parquet reader refuses it).
+    Absent,
+    /// Fields with other types than the format's, or bytes that run out.
+    Unreadable,
+}
+use Schema::{Absent, Found, Unreadable};
+
+/// The schema of a footer whose first fields are the version (1) and the schema (2), as
+/// writers write them.
+fn schema_children(footer: &[u8]) -> Schema {
     let mut input = Compact { bytes: footer };
     let mut last_id = 0i16;
     loop {
-        let (id, kind) = input.field_header(&mut last_id)?;
-        match (id, kind) {
-            (_, STOP) => return None,
-            (2, LIST) => return input.schema_list(),
-            _ => input.skip(kind, MAX_VALUE_DEPTH)?,
+        let read = match input.field_header(&mut last_id) {
+            Some((_, STOP)) => return Absent,
+            Some((1, I32)) => input.varint().map(drop),
+            Some((2, LIST)) => return input.schema_list().map_or(Unreadable, Found),
+            _ => None,
+        };
+        if read.is_none() {
+            return Unreadable;
         }
     }
 }
@@ -190,6 +214,8 @@ impl Compact<'_> {
         (0..length).map(|_| self.schema_element()).collect()
     }
 
+    /// A `SchemaElement`: its fields 1 to 9 (i32 but the name, 4, a string) and 10 (the
+    /// logical type) with their own types, unknown ones skipped.
     fn schema_element(&mut self) -> Option<Option<i64>> {
         let mut children = None;
         let mut last_id = 0i16;
@@ -197,12 +223,76 @@ impl Compact<'_> {
             match self.field_header(&mut last_id)? {
                 (_, STOP) => return Some(children),
                 (5, I32) => children = Some(self.zigzag()?),
-                (_, kind) => self.skip(kind, MAX_VALUE_DEPTH)?,
+                (4, BINARY) => self.skip(BINARY, 1)?,
+                (1..=9, I32) => self.skip(I32, 1)?,
+                (10, STRUCT) => self.logical_type()?,
+                (1..=10, _) => return None,
+                (_, kind) => self.skip_field(kind, MAX_VALUE_DEPTH)?,
             }
         }
     }
 
-    /// Skips one value of type `kind`.
+    /// A `LogicalType`: a union, one known variant (a struct of known fields) and the end.
+    fn logical_type(&mut self) -> Option<()> {
+        let mut last_id = 0i16;
+        let (variant, kind) = self.field_header(&mut last_id)?;
+        if kind != STRUCT {
+            return None;
+        }
+        // Each variant's fields and their types (variants without fields: none).
+        let fields: &[(i16, &[u8])] = match variant {
+            1..=4 | 6 | 11..=15 => &[],
+            5 => &[(1, &[I32]), (2, &[I32])],
+            7 | 8 => &[(1, &[BOOL_TRUE, BOOL_FALSE]), (2, &[STRUCT])],
+            10 => &[(1, &[BYTE]), (2, &[BOOL_TRUE, BOOL_FALSE])],
+            16 => &[(1, &[BYTE])],
+            17 => &[(1, &[BINARY])],
+            18 => &[(1, &[BINARY]), (2, &[I32])],
+            _ => return None,
+        };
+        self.known_struct(fields, variant == 7 || variant == 8)?;
+        let (_, end) = self.field_header(&mut last_id)?;
+        (end == STOP).then_some(())
+    }
+
+    /// A struct whose fields named in `fields` must have one of their types (the time unit of
+    /// a time or timestamp, field 2 when `time`, is itself a union of empty structs).
+    fn known_struct(&mut self, fields: &[(i16, &[u8])], time: bool) -> Option<()> {
+        let mut last_id = 0i16;
+        loop {
+            let (id, kind) = self.field_header(&mut last_id)?;
+            if kind == STOP {
+                return Some(());
+            }
+            match fields.iter().find(|(known, _)| *known == id) {
+                Some((_, kinds)) if !kinds.contains(&kind) => return None,
+                Some((2, _)) if time => self.time_unit()?,
+                _ => self.skip_field(kind, MAX_VALUE_DEPTH)?,
+            }
+        }
+    }
+
+    /// A `TimeUnit`: one of three empty structs, and the end.
+    fn time_unit(&mut self) -> Option<()> {
+        let mut last_id = 0i16;
+        match self.field_header(&mut last_id)? {
+            (1..=3, STRUCT) => self.known_struct(&[], false)?,
+            _ => return None,
+        }
+        let (_, end) = self.field_header(&mut last_id)?;
+        (end == STOP).then_some(())
+    }
+
+    /// Skips the value of a struct's field of type `kind` (a boolean field's value is its
+    /// type: no byte follows).
+    fn skip_field(&mut self, kind: u8, depth: usize) -> Option<()> {
+        match kind {
+            BOOL_TRUE | BOOL_FALSE => Some(()),
+            _ => self.skip(kind, depth),
+        }
+    }
+
+    /// Skips one value of type `kind` (a boolean in a list or map is a byte).
     fn skip(&mut self, kind: u8, depth: usize) -> Option<()> {
         let depth = depth.checked_sub(1)?;
         match kind {
@@ -235,7 +325,7 @@ impl Compact<'_> {
                 loop {
                     match self.field_header(&mut last_id)? {
                         (_, STOP) => return Some(()),
-                        (_, field) => self.skip(field, depth)?,
+                        (_, field) => self.skip_field(field, depth)?,
                     }
                 }
             }
@@ -308,6 +398,6 @@ mod tests {
             0x48, 0x01, b't', 0x00, // name "t", stop
             0x00,
         ];
-        assert_eq!(schema_children(&footer), Some(vec![Some(1), None]));
+        assert_eq!(schema_children(&footer), Found(vec![Some(1), None]));
     }
 }
