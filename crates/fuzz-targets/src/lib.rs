@@ -218,10 +218,7 @@ fn saelens_cfg(data: &[u8]) {
 /// Gemma Scope 2's `params.safetensors`, with the first bytes up to a NUL taken as its
 /// `config.json` when there is one (so that one input can vary both files).
 fn gemma_scope_2(data: &[u8]) {
-    let (config, params) = match data.iter().position(|&b| b == 0) {
-        Some(at) if data.starts_with(b"{") => (Some(&data[..at]), &data[at + 1..]),
-        _ => (None, data),
-    };
+    let (config, params) = split_gemma_scope_2(data);
     let mut files = vec![("params.safetensors", params)];
     if let Some(config) = config {
         files.push(("config.json", config));
@@ -229,6 +226,15 @@ fn gemma_scope_2(data: &[u8]) {
     with_files(&files, |dir| {
         let _ = sae::load::read_gemma_scope_2(&dir.join("params.safetensors"));
     });
+}
+
+/// A `gemma_scope_2` input as its `config.json` (the bytes before the first NUL, when the
+/// input starts as JSON does) and its `params.safetensors` (the rest, or all of it).
+fn split_gemma_scope_2(data: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match data.iter().position(|&b| b == 0) {
+        Some(at) if data.starts_with(b"{") => (Some(&data[..at]), &data[at + 1..]),
+        _ => (None, data),
+    }
 }
 
 /// Every document of a JSON-lines corpus file (the text in `text`).
@@ -274,11 +280,15 @@ pub fn corpus_dir(root: &Path, target: &str) -> PathBuf {
     root.join("fuzz").join("corpus").join(target)
 }
 
-/// Caps this process's address space at what it maps now plus `headroom` bytes, so that an
-/// allocation of a size read from a lying file fails here as it would on a small machine,
-/// instead of being granted untouched by the kernel's overcommit (which hides it). Errors are
-/// ignored: the cap is a sharper test, not a condition of one.
-pub fn cap_address_space(headroom: u64) {
+/// What [`cap_address_space`] leaves above what the process maps: room for libtorch's and
+/// the readers' honest allocations, not for a lying size.
+const HEADROOM: u64 = 4 << 30;
+
+/// Caps this process's address space at what it maps now plus 4 GiB, so that an allocation
+/// of a size read from a lying file fails here as it would on a small machine, instead of
+/// being granted untouched by the kernel's overcommit (which hides it). Errors are ignored:
+/// the cap is a sharper test, not a condition of one.
+pub fn cap_address_space() {
     let mapped = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -290,7 +300,7 @@ pub fn cap_address_space(headroom: u64) {
         return;
     };
     let limit = libc::rlimit {
-        rlim_cur: mapped.saturating_add(headroom),
+        rlim_cur: mapped.saturating_add(HEADROOM),
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct it is given and nothing else.

@@ -290,10 +290,7 @@ fn safetensors(seed: &[u8]) -> Vec<Vec<u8>> {
 /// Gemma Scope 2's input: `config.json` bytes, a NUL, then `params.safetensors`, or the
 /// params alone.
 fn gemma_scope_2(seed: &[u8]) -> Vec<Vec<u8>> {
-    let (config, params) = match seed.iter().position(|&b| b == 0) {
-        Some(at) if seed.starts_with(b"{") => (Some(&seed[..at]), &seed[at + 1..]),
-        _ => (None, seed),
-    };
+    let (config, params) = crate::split_gemma_scope_2(seed);
     let join = |config: &[u8], params: &[u8]| [config, &[0], params].concat();
     let mut out: Vec<Vec<u8>> = safetensors(params)
         .into_iter()

@@ -12,12 +12,9 @@ use scope_fuzz_targets::{cap_address_space, corpus_dir, TARGETS};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-/// Room for libtorch's and the readers' honest allocations, not for a lying size.
-const HEADROOM: u64 = 4 << 30;
-
 #[test]
 fn every_corpus_input_returns_without_a_panic() {
-    cap_address_space(HEADROOM);
+    cap_address_space();
     let mut total = 0;
     for target in TARGETS {
         let dir = corpus_dir(Path::new(ROOT), target.name);

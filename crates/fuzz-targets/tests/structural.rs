@@ -13,12 +13,9 @@ use scope_fuzz_targets::{cap_address_space, corpus_dir, structural, TARGETS};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-/// Room for libtorch's and the readers' honest allocations, not for a lying size.
-const HEADROOM: u64 = 4 << 30;
-
 #[test]
 fn every_target_returns_on_every_structural_variant_of_its_seeds() {
-    cap_address_space(HEADROOM);
+    cap_address_space();
     let mut counts = Vec::new();
     for target in TARGETS {
         let dir = corpus_dir(Path::new(ROOT), target.name);

@@ -161,9 +161,10 @@ impl WeightStore {
                 *first = (rows.end - rows.start) as i64;
             }
             let stored_piece = stored_view(piece_bytes, &shape, stored)?;
-            let mut target = match entry.shape.is_empty() {
-                true => out.shallow_clone(),
-                false => out.f_narrow(0, rows.start as i64, shape[0])?,
+            let mut target = if entry.shape.is_empty() {
+                out.shallow_clone()
+            } else {
+                out.f_narrow(0, rows.start as i64, shape[0])?
             };
             target.f_copy_(&stored_piece)?;
             drop(stored_piece);

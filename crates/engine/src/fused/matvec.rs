@@ -143,7 +143,7 @@ pub(crate) trait Weight: Widen {
     unsafe fn dot_avx2(a: &[Self], b: &[f32]) -> f32;
 }
 
-/// Implements [`Weight`] for `$w` with the kernels `x86::$prefix*`.
+/// Implements [`Weight`] for `$w` with its four kernels in `x86`.
 macro_rules! weight {
     ($w:ty, $tile512:ident, $tile2:ident, $dot512:ident, $dot2:ident) => {
         impl Weight for $w {
