@@ -128,9 +128,7 @@ fn progress_bar(
         return Ok(indicatif::ProgressBar::hidden());
     }
     let total = corpus.count()?;
-    let mine = (0..total)
-        .filter(|&d| options.shard.holds(d, options.batch))
-        .count();
+    let mine = options.shard.documents_of(total, options.batch);
     let bar = indicatif::ProgressBar::new(mine as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -118,14 +118,19 @@ impl Corpus {
 
     /// The number of documents (reads every text file once; Parquet from its footer).
     pub fn count(&self) -> Result<usize> {
-        let mut total = 0;
+        let mut total = 0usize;
         for path in &self.files {
-            total += match Format::of(path) {
+            let documents = match Format::of(path) {
                 Some(Format::Parquet) => {
-                    parquet_reader(path)?.metadata().file_metadata().num_rows() as usize
+                    let rows = parquet_reader(path)?.metadata().file_metadata().num_rows();
+                    usize::try_from(rows).map_err(|_| Error::Parquet {
+                        path: path.to_path_buf(),
+                        message: format!("its footer claims {rows} rows"),
+                    })?
                 }
                 _ => FileDocuments::open(path, &self.text_field)?.count_lines()?,
             };
+            total = total.saturating_add(documents);
         }
         Ok(total)
     }
@@ -339,19 +344,25 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 /// The one way scope opens a Parquet file: its footer's schema checked first
-/// ([`crate::footer`]), then the reader behind the boundary that turns its panics into errors.
+/// ([`crate::footer`]), then the reader behind the boundary that turns its panics into errors,
+/// then every page header checked before the reader reads a page ([`crate::pages`]).
 pub(crate) fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
-    let mut file = File::open(path).map_err(|source| Error::Io {
+    let io_error = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    crate::footer::check_schema(&mut file).map_err(|message| Error::Parquet {
+    };
+    let refused = |message| Error::Parquet {
         path: path.to_path_buf(),
         message,
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    crate::footer::check_schema(&mut file).map_err(refused)?;
+    let for_reader = file.try_clone().map_err(io_error)?;
+    let reader = guarded(path, || {
+        SerializedFileReader::new(for_reader).map_err(|e| parquet_error(path, e))
     })?;
-    guarded(path, || {
-        SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))
-    })
+    crate::pages::check_pages(&mut file, reader.metadata()).map_err(refused)?;
+    Ok(reader)
 }
 
 /// `read()` behind the boundary that turns the Parquet reader's panics into an error naming

@@ -8,9 +8,7 @@
 //! the process, which no boundary catches, so they are checked here first, on the footer's own
 //! bytes.
 //!
-//! The footer is Thrift's compact protocol
-//! (<https://github.com/apache/thrift/blob/master/doc/specs/thrift-compact-protocol.md>):
-//! `FileMetaData`'s field 2 is the list of `SchemaElement`s, whose field 5 is `num_children`.
+//! The footer is Thrift's compact protocol ([`crate::thrift`]): `FileMetaData`'s field 2 is the list of `SchemaElement`s, whose field 5 is `num_children`.
 //! The Parquet reader reads a field it knows by the type it expects, whatever type the bytes
 //! declare, so a reading that skipped by the declared type could see other numbers than it
 //! does. This one is strict instead: the fields before the schema and in it must declare the
@@ -20,12 +18,13 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::thrift::{
+    Compact, BINARY, BOOL_FALSE, BOOL_TRUE, BYTE, I32, LIST, MAX_VALUE_DEPTH, STOP, STRUCT,
+};
+
 /// Deeper schemas are refused. A corpus needs one level (a text column under the root);
 /// datasets with nested lists and structs use a handful.
 pub(crate) const MAX_SCHEMA_DEPTH: usize = 64;
-
-/// Thrift's own limit on nested values while skipping, which the Parquet reader uses too.
-const MAX_VALUE_DEPTH: usize = 64;
 
 /// `Err(why)` when the footer of `file` holds a schema whose numbers would make the Parquet
 /// reader allocate beyond the file's size or recurse beyond [`MAX_SCHEMA_DEPTH`].
@@ -79,7 +78,7 @@ use Schema::{Absent, Found, Unreadable};
 /// The schema of a footer whose first fields are the version (1) and the schema (2), as
 /// writers write them.
 fn schema_children(footer: &[u8]) -> Schema {
-    let mut input = Compact { bytes: footer };
+    let mut input = Compact::new(footer);
     let mut last_id = 0i16;
     loop {
         let read = match input.field_header(&mut last_id) {
@@ -127,88 +126,11 @@ fn check_tree(children: &[Option<i64>]) -> Result<(), String> {
     Ok(())
 }
 
-const STOP: u8 = 0;
-const BOOL_TRUE: u8 = 1;
-const BOOL_FALSE: u8 = 2;
-const BYTE: u8 = 3;
-const I16: u8 = 4;
-const I32: u8 = 5;
-const I64: u8 = 6;
-const DOUBLE: u8 = 7;
-const BINARY: u8 = 8;
-const LIST: u8 = 9;
-const SET: u8 = 10;
-const MAP: u8 = 11;
-const STRUCT: u8 = 12;
-const UUID: u8 = 13;
-
-/// A reader of Thrift's compact protocol over a slice; every method returns `None` where
-/// the bytes run out or make no sense.
-struct Compact<'a> {
-    bytes: &'a [u8],
-}
-
 impl Compact<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.bytes.split_first()?;
-        self.bytes = rest;
-        Some(first)
-    }
-
-    fn advance(&mut self, n: u64) -> Option<()> {
-        let n = usize::try_from(n).ok()?;
-        self.bytes = self.bytes.get(n..)?;
-        Some(())
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn zigzag(&mut self) -> Option<i64> {
-        let n = self.varint()?;
-        Some((n >> 1) as i64 ^ -((n & 1) as i64))
-    }
-
-    /// The next field's id and type (`STOP` ends a struct); ids are deltas from `last_id`.
-    fn field_header(&mut self, last_id: &mut i16) -> Option<(i16, u8)> {
-        let header = self.byte()?;
-        let kind = header & 0x0f;
-        if kind == STOP {
-            return Some((0, STOP));
-        }
-        let delta = header >> 4;
-        let id = if delta == 0 {
-            i16::try_from(self.zigzag()?).ok()?
-        } else {
-            last_id.checked_add(i16::from(delta))?
-        };
-        *last_id = id;
-        Some((id, kind))
-    }
-
-    /// A list's or set's element type and length.
-    fn list_header(&mut self) -> Option<(u8, u64)> {
-        let header = self.byte()?;
-        let length = match header >> 4 {
-            15 => self.varint()?,
-            short => u64::from(short),
-        };
-        Some((header & 0x0f, length))
-    }
-
     /// The `num_children` of each element of `FileMetaData.schema`.
     fn schema_list(&mut self) -> Option<Vec<Option<i64>>> {
         let (kind, length) = self.list_header()?;
-        if kind != STRUCT || length > self.bytes.len() as u64 {
+        if kind != STRUCT || length > self.remaining() as u64 {
             return None;
         }
         (0..length).map(|_| self.schema_element()).collect()
@@ -281,68 +203,6 @@ impl Compact<'_> {
         }
         let (_, end) = self.field_header(&mut last_id)?;
         (end == STOP).then_some(())
-    }
-
-    /// Skips the value of a struct's field of type `kind` (a boolean field's value is its
-    /// type: no byte follows).
-    fn skip_field(&mut self, kind: u8, depth: usize) -> Option<()> {
-        match kind {
-            BOOL_TRUE | BOOL_FALSE => Some(()),
-            _ => self.skip(kind, depth),
-        }
-    }
-
-    /// Skips one value of type `kind` (a boolean in a list or map is a byte).
-    fn skip(&mut self, kind: u8, depth: usize) -> Option<()> {
-        let depth = depth.checked_sub(1)?;
-        match kind {
-            BOOL_TRUE | BOOL_FALSE | BYTE => self.advance(1),
-            I16 | I32 | I64 => self.varint().map(drop),
-            DOUBLE => self.advance(8),
-            UUID => self.advance(16),
-            BINARY => {
-                let length = self.varint()?;
-                self.advance(length)
-            }
-            LIST | SET => {
-                let (element, length) = self.list_header()?;
-                self.skip_values(element, length, depth)
-            }
-            MAP => {
-                let length = self.varint()?;
-                if length == 0 {
-                    return Some(());
-                }
-                let types = self.byte()?;
-                for _ in 0..length {
-                    self.skip(types >> 4, depth)?;
-                    self.skip(types & 0x0f, depth)?;
-                }
-                Some(())
-            }
-            STRUCT => {
-                let mut last_id = 0i16;
-                loop {
-                    match self.field_header(&mut last_id)? {
-                        (_, STOP) => return Some(()),
-                        (_, field) => self.skip_field(field, depth)?,
-                    }
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// Skips `length` values of type `kind`, each at least a byte long (booleans in a list are
-    /// a byte each), so a length beyond the bytes left ends at once.
-    fn skip_values(&mut self, kind: u8, length: u64, depth: usize) -> Option<()> {
-        if length > self.bytes.len() as u64 {
-            return None;
-        }
-        for _ in 0..length {
-            self.skip(kind, depth)?;
-        }
-        Some(())
     }
 }
 

@@ -50,10 +50,12 @@ pub mod corpus;
 pub mod dashboard;
 pub mod error;
 mod footer;
+mod pages;
 mod run;
 pub mod state;
 pub mod stats;
 pub mod tables;
+mod thrift;
 
 pub use corpus::{Corpus, Document};
 pub use error::{Error, Result};

@@ -50,6 +50,16 @@ impl Shard {
     pub fn holds(self, doc: usize, batch: usize) -> bool {
         (doc / batch.max(1)) % self.count == self.index
     }
+
+    /// How many of the first `total` documents are this shard's, with documents in blocks of
+    /// `batch` (counted, not walked: `total` may come from a file's footer).
+    pub fn documents_of(self, total: usize, batch: usize) -> usize {
+        let batch = batch.max(1);
+        let rounds = total / batch / self.count;
+        let left = total - rounds * batch * self.count;
+        let in_last_round = left.saturating_sub(self.index * batch).min(batch);
+        rounds * batch + in_last_round
+    }
 }
 
 /// How a sweep runs.
@@ -532,4 +542,24 @@ pub fn merge_dirs(dirs: &[PathBuf], out: &Path) -> Result<SweepState> {
         texts.get(&id).cloned().unwrap_or_default()
     })?;
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shards_documents_are_counted_as_they_are_held() {
+        for count in 1..5 {
+            for index in 0..count {
+                let shard = Shard { index, count };
+                for batch in 0..6 {
+                    for total in 0..60 {
+                        let walked = (0..total).filter(|&d| shard.holds(d, batch)).count();
+                        assert_eq!(shard.documents_of(total, batch), walked);
+                    }
+                }
+            }
+        }
+    }
 }

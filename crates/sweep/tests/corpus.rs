@@ -179,3 +179,27 @@ fn a_footer_written_by_hand_is_read_when_its_numbers_hold() {
         Ok(None)
     );
 }
+
+#[test]
+fn parquet_as_other_writer_settings_write_it() {
+    let expected = texts(&Corpus::open(&[fixtures().join("corpus/c.parquet")], "text").unwrap());
+    let variants = fixtures().join("corpus-variants");
+    let mut names: Vec<_> = std::fs::read_dir(&variants)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for path in names {
+        let got = texts(&Corpus::open(std::slice::from_ref(&path), "text").unwrap());
+        let name = path.file_stem().unwrap().to_string_lossy();
+        match name.as_ref() {
+            "long-row" => {
+                assert_eq!(got[..expected.len()], expected[..], "{name}");
+                assert_eq!(got.len(), expected.len() + 1);
+                assert_eq!(got[expected.len()].len(), 20_000, "{name}");
+            }
+            _ => assert_eq!(got, expected, "{name}"),
+        }
+    }
+}
