@@ -19,6 +19,18 @@ FIX = ROOT / "fixtures"
 CORPUS = ROOT / "fuzz" / "corpus"
 
 
+def requests_lines():
+    """`scope steer --requests` lines: steered greedy, sampled with latents read out, chat."""
+    lines = [
+        {"id": "a", "prompt": "Once upon a time", "max_new_tokens": 3,
+         "steer": [{"latent": 3, "magnitude": 20.0}]},
+        {"id": "b", "prompt": "Dogs", "max_new_tokens": 2, "sample": True, "temperature": 0.7,
+         "top_k": 5, "top_p": 0.9, "seed": 1, "top_latents": 2},
+        {"id": "c", "prompt": "Hi", "chat": True, "max_new_tokens": 1},
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
 def seeds(target, files):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -98,6 +110,7 @@ def main():
     seeds("corpus_parquet", [("fixture", (FIX / "corpus/c.parquet").read_bytes())])
     seeds("sweep_state", [("two-latents", sweep_state())])
     seeds("sweep_tables", sweep_tables())
+    seeds("requests_lines", [("three", requests_lines())])
 
 
 def sweep_state():

@@ -1,8 +1,11 @@
 //! `cargo xtask fuzz TARGET [--time SECONDS]`: AFL++ (through cargo-afl, on the stable
 //! toolchain) against one of scope's readers of outside data (`crates/fuzz-targets`),
-//! seeded from `fuzz/corpus/TARGET/`.
+//! seeded from `fuzz/corpus/TARGET/`, or against the `scope` binary itself for the targets of
+//! [`PROCESS_TARGETS`] (`requests_lines`: the lines of `scope steer --requests FILE`, read,
+//! encoded, checked and generated on the tiny model).
 //!
-//! It installs cargo-afl when missing, builds the instrumented harness (`fuzz/`) in release,
+//! It installs cargo-afl when missing, builds the instrumented harness (`fuzz/`, or the
+//! `scope` binary) in release,
 //! runs `afl-fuzz` for the time given (default 60 s) with the JSON dictionary
 //! `fuzz/dict/json.dict`, a memory limit and a per-input timeout, and prints the run's
 //! executions, coverage (edges found, bitmap share) and findings. Every crash or hang found is
@@ -22,12 +25,38 @@ const MEMORY_MIB: &str = "8192";
 /// Per-input timeout, ms.
 const TIMEOUT_MS: &str = "5000";
 
+/// A target that runs the instrumented `scope` binary once per input, the input given as a
+/// file in place of `@@`. A panic exits with 101, which AFL++ is told to count as a crash.
+struct ProcessTarget {
+    name: &'static str,
+    args: &'static [&'static str],
+}
+
+const PROCESS_TARGETS: [ProcessTarget; 1] = [ProcessTarget {
+    name: "requests_lines",
+    args: &[
+        "steer",
+        "--model",
+        "fixtures/models/tiny-f32",
+        "--sae",
+        "fixtures/saes/tiny-f32-res/layer_2/width_256/average_l0_20",
+        "--requests",
+        "@@",
+    ],
+}];
+
 pub fn run(args: &[&str]) -> Result {
     let (target, seconds) = parse(args)?;
     setup::ensure()?;
     ensure_cargo_afl()?;
     let root = project_root();
-    let harness = build(&root)?;
+    let process = PROCESS_TARGETS.iter().find(|p| p.name == target);
+    let command: Vec<std::ffi::OsString> = match process {
+        Some(process) => std::iter::once(build_scope(&root)?.into_os_string())
+            .chain(process.args.iter().map(Into::into))
+            .collect(),
+        None => vec![build(&root)?.into_os_string()],
+    };
     let out = root.join("target/fuzz").join(&target);
     std::fs::create_dir_all(root.join("target/fuzz"))
         .map_err(|e| Failure::new(format!("target/fuzz: {e}")))?;
@@ -47,8 +76,9 @@ pub fn run(args: &[&str]) -> Result {
         .arg("-o")
         .arg(&out)
         .arg("--")
-        .arg(&harness)
+        .args(&command)
         .env("SCOPE_FUZZ_TARGET", &target)
+        .env("AFL_CRASH_EXITCODE", "101")
         .env("AFL_NO_UI", "1")
         .env("AFL_SKIP_CPUFREQ", "1")
         .env("AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES", "1")
@@ -120,6 +150,29 @@ fn build(root: &Path) -> Result<PathBuf> {
         "cargo afl build (fuzz/)",
     )?;
     Ok(target_dir.join("release/scope-fuzz"))
+}
+
+/// Builds the instrumented `scope` binary beside the harness; returns its path.
+fn build_scope(root: &Path) -> Result<PathBuf> {
+    let target_dir = root.join("target/fuzz-build");
+    run_checked(
+        cargo()
+            .current_dir(root)
+            .args([
+                "afl",
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "scope-cli",
+                "--bin",
+                "scope",
+            ])
+            .arg("--target-dir")
+            .arg(&target_dir),
+        "cargo afl build (scope)",
+    )?;
+    Ok(target_dir.join("release/scope"))
 }
 
 /// Prints the run's statistics and copies its crashes and hangs into the corpus.

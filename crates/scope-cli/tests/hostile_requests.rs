@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{fixture, scope, Server, F32_MODEL, F32_SAE};
@@ -102,25 +103,8 @@ fn requests_answers_every_hostile_line_and_exits_0_or_1() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hostile.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let (model, sae, file) = (
-        fixture(F32_MODEL),
-        fixture(F32_SAE),
-        file.display().to_string(),
-    );
     let started = Instant::now();
-    let out = scope(&[
-        "steer",
-        "--model",
-        &model,
-        "--sae",
-        &sae,
-        "--requests",
-        &file,
-        "--device",
-        "cpu",
-        "--max-batch",
-        "4",
-    ]);
+    let out = steer_requests(&file, &["--device", "cpu", "--max-batch", "4"]);
     let elapsed = started.elapsed();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -149,4 +133,50 @@ fn requests_answers_every_hostile_line_and_exits_0_or_1() {
         lines.len(),
         lines.len() - failed
     );
+}
+
+/// The fuzz corpus of `requests_lines` (`cargo xtask fuzz requests_lines`: AFL++ on this very
+/// command): every seed and every input that once crashed it, replayed.
+#[test]
+fn every_requests_lines_corpus_input_exits_0_or_1() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/requests_lines");
+    let mut inputs: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "{}: no seeds", corpus.display());
+    for input in &inputs {
+        let started = Instant::now();
+        let out = steer_requests(input, &[]);
+        let file = input.display();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{file}: exit {:?}; stderr: {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{file}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{file}");
+    }
+}
+
+/// `scope steer --requests FILE` on the tiny model and its layer-2 SAE, with `extra` flags.
+fn steer_requests(file: &Path, extra: &[&str]) -> std::process::Output {
+    let (model, sae, file) = (
+        fixture(F32_MODEL),
+        fixture(F32_SAE),
+        file.display().to_string(),
+    );
+    let mut args = vec![
+        "steer",
+        "--model",
+        &model,
+        "--sae",
+        &sae,
+        "--requests",
+        &file,
+    ];
+    args.extend_from_slice(extra);
+    scope(&args)
 }
