@@ -395,7 +395,8 @@ pub struct DashboardArgs {
     /// Where the pages go.
     #[arg(long, value_name = "HTML_DIR")]
     pub out: std::path::PathBuf,
-    /// Pages for at most this many latents (those that fire most often).
+    /// Pages for at most this many latents (those that fire most often); the pages an
+    /// earlier run left in HTML_DIR for other latents are removed.
     #[arg(long, default_value_t = 1000)]
     pub max_pages: usize,
     /// Tokens shown per direction in each latent's logit lens.

@@ -103,6 +103,7 @@ pub fn write_dashboard(
             &page.html(),
         )?;
     }
+    remove_stale_pages(&pages_dir, paged)?;
     let index = out.join("index.html");
     let silent: Vec<i64> = silent.iter().map(|l| l.latent).collect();
     write(
@@ -190,6 +191,27 @@ fn examples_of(paged: &[LatentRow], examples: Vec<ExampleRow>) -> BTreeMap<i64, 
         list.sort_by_key(|e| e.rank);
     }
     by_latent
+}
+
+/// Removes the latent pages an earlier run into the same folder left (with a larger
+/// `--max-pages`, or of another sweep), so that every page there is this run's. Only files
+/// named as a latent page is (`<latent>.html`) are touched.
+fn remove_stale_pages(pages_dir: &Path, paged: &[LatentRow]) -> Result<()> {
+    let current: std::collections::HashSet<i64> = paged.iter().map(|l| l.latent).collect();
+    let entries = std::fs::read_dir(pages_dir).map_err(Error::io(pages_dir))?;
+    for entry in entries {
+        let path = entry.map_err(Error::io(pages_dir))?.path();
+        let latent = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".html"))
+            .filter(|stem| stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<i64>().ok());
+        if latent.is_some_and(|latent| !current.contains(&latent)) {
+            std::fs::remove_file(&path).map_err(Error::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn write(path: &Path, html: &str) -> Result<()> {
@@ -1005,6 +1027,25 @@ mod tests {
         assert_eq!(page.matches("<mark").count(), 2);
         assert!(page.contains("<span class=\"ws\">·</span>&lt;cat&gt;</mark>"));
         assert_eq!(page.matches("class=\"hist\"").count(), 1);
+    }
+
+    #[test]
+    fn pages_of_an_earlier_run_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = sweep_dir(dir.path());
+        let out = dir.path().join("html");
+        let all = DashboardOptions::default();
+        write_dashboard(&folder, &out, &all, &mut fake_lens).unwrap();
+        assert!(out.join("latent/0.html").exists());
+        std::fs::write(out.join("latent/notes.html"), "mine").unwrap();
+        let one = DashboardOptions {
+            max_pages: 1,
+            ..DashboardOptions::default()
+        };
+        write_dashboard(&folder, &out, &one, &mut fake_lens).unwrap();
+        assert!(!out.join("latent/0.html").exists());
+        assert!(out.join("latent/2.html").exists());
+        assert!(out.join("latent/notes.html").exists());
     }
 
     #[test]
