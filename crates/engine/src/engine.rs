@@ -85,8 +85,8 @@ fn slot_bytes(model: &dyn DecoderModel, context: usize) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineMode {
     /// One call per decode step over every running request, on the fused CPU kernels (a
-    /// float32 model on a CPU with AVX2 or AVX-512), each admitted prompt in a call of its
-    /// own. A request's logits are bit-identical whatever runs beside it.
+    /// float32 or bfloat16 model on a CPU with AVX2 or AVX-512), each admitted prompt in a
+    /// call of its own. A request's logits are bit-identical whatever runs beside it.
     Fused,
     /// One libtorch call per decode step over every slot (any device and dtype; a step of
     /// one fixed shape over static buffers, recorded as a CUDA graph on a GPU), each admitted

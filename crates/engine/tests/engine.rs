@@ -287,6 +287,9 @@ fn steered_requests_give_pyvenes_tokens_f32() {
     }
 }
 
+/// pyvene in bf16 steers tiny-bf16-sharded's greedy generation: each mode gives its tokens,
+/// the fused kernels included (their sums run in another order than libtorch's, yet no
+/// steered token changes).
 #[test]
 fn steered_requests_give_pyvenes_tokens_bf16() {
     steered_parity(
@@ -302,6 +305,13 @@ fn steered_requests_give_pyvenes_tokens_bf16() {
         Kind::BFloat16,
         BF16_SAE,
         EngineMode::Batched,
+    );
+    steered_parity(
+        "models/tiny-bf16-sharded",
+        "expected/tiny-bf16-sharded",
+        Kind::BFloat16,
+        BF16_SAE,
+        EngineMode::Fused,
     );
 }
 
