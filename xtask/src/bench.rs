@@ -7,7 +7,8 @@
 //! peer, ...), and the table gives each side's median and the median of the per-round ratios
 //! with their range, so that a shared machine's drift does not decide a ratio. `--quick` runs
 //! one round of fewer repetitions; `--size`, `--device`, `--dtype`, `--batch`, `--seq`,
-//! `--new`, `--reps` are passed to both sides. `--model-family gemma3` races the Gemma 3
+//! `--new`, `--reps` are passed to both sides, except that `--peer-dtype` gives the peer
+//! another dtype than scope's (scope in bf16 against the peer in f32, say). `--model-family gemma3` races the Gemma 3
 //! sizes (`--size small` is `3-small`, `--size 1b` is gemma-3-1b) against
 //! `benches/peer_gemma3.py`, HF's `Gemma3ForCausalLM` with pyvene, on the baseline's rows.
 //!
@@ -72,6 +73,8 @@ struct Race {
     /// `--decode`: scope's decode mode (race's `--decode`; `auto` when absent), for example
     /// `fused` for a bf16 model on the CPU, which `auto` keeps on libtorch.
     decode: Option<String>,
+    /// `--peer-dtype`: the peer's dtype, where it is not `dtype`.
+    peer_dtype: Option<String>,
 }
 
 /// The race's groups that `pyvene_baseline.py` measures (`steer_batch` and `sweep` have
@@ -103,6 +106,7 @@ impl Race {
             only: Vec::new(),
             gemma3: false,
             decode: None,
+            peer_dtype: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -133,6 +137,7 @@ impl Race {
                 "--python" => race.python = Some(PathBuf::from(value)),
                 "--peer" => race.peer = Some(existing_file(flag, &value)?),
                 "--decode" => race.decode = Some(value),
+                "--peer-dtype" => race.peer_dtype = Some(value),
                 "--model-family" => {
                     race.gemma3 = match value.as_str() {
                         "gemma2" => false,
@@ -201,6 +206,25 @@ impl Race {
         .iter()
         .flat_map(|(k, v)| [k.to_string(), v.to_string()])
         .collect()
+    }
+
+    /// The peer's [`Self::flags`]: `--dtype` is `--peer-dtype` where one is given.
+    fn peer_flags(&self) -> Vec<String> {
+        let mut flags = self.flags();
+        if let Some(dtype) = &self.peer_dtype {
+            if let Some(at) = flags.iter().position(|f| f == "--dtype") {
+                flags[at + 1] = dtype.clone();
+            }
+        }
+        flags
+    }
+
+    /// The dtypes of the table's title: one, or scope's and the peer's.
+    fn dtypes(&self) -> String {
+        match &self.peer_dtype {
+            Some(peer) if *peer != self.dtype => format!("scope {}, peer {peer}", self.dtype),
+            _ => self.dtype.clone(),
+        }
     }
 
     /// [`Self::flags`] and, for scope's race, `--sweep-dir` and `--only`.
@@ -289,7 +313,7 @@ pub fn run(args: &[&str]) -> Result {
             peer_round.extend(measure(
                 Command::new(&python)
                     .arg(&peer_script)
-                    .args(race.flags())
+                    .args(race.peer_flags())
                     .args(["--attn", "eager"]),
                 "the peer",
             )?);
@@ -305,7 +329,7 @@ pub fn run(args: &[&str]) -> Result {
                     peer_round.extend(measure(
                         Command::new(&python)
                             .arg(script)
-                            .args(race.flags())
+                            .args(race.peer_flags())
                             .args(["--attn", "eager", "--baseline"])
                             .arg(&peer_script),
                         "the peer",
@@ -330,7 +354,7 @@ pub fn run(args: &[&str]) -> Result {
                     let sweep = measure(
                         Command::new(&python)
                             .arg(script)
-                            .args(race.flags())
+                            .args(race.peer_flags())
                             .arg("--dir")
                             .arg(race.sweep_dir()),
                         "the peer",
@@ -537,7 +561,7 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
          {} round(s); medians, and the range of the per-round ratios",
         race.size,
         race.device,
-        race.dtype,
+        race.dtypes(),
         race.batch,
         race.seq,
         race.new,
@@ -693,6 +717,22 @@ mod tests {
         let both = Race::from_args(&["--only", "forward, steer_batch"]).expect("--only");
         assert!(both.runs_baseline());
         assert_eq!(both.only, ["forward", "steer_batch"]);
+    }
+
+    #[test]
+    fn the_peer_can_run_another_dtype() {
+        let race =
+            Race::from_args(&["--dtype", "bfloat16", "--peer-dtype", "float32"]).expect("flags");
+        let dtype = |flags: Vec<String>| {
+            let at = flags.iter().position(|f| f == "--dtype").expect("--dtype");
+            flags[at + 1].clone()
+        };
+        assert_eq!(dtype(race.race_flags()), "bfloat16");
+        assert_eq!(dtype(race.peer_flags()), "float32");
+        assert_eq!(race.dtypes(), "scope bfloat16, peer float32");
+        let same = Race::from_args(&["--dtype", "bfloat16"]).expect("flags");
+        assert_eq!(dtype(same.peer_flags()), "bfloat16");
+        assert_eq!(same.dtypes(), "bfloat16");
     }
 
     #[test]
