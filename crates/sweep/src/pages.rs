@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use parquet::basic::Type as Physical;
+use parquet::basic::{Compression, Type as Physical};
 use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 
 use crate::thrift::{
@@ -27,7 +27,8 @@ use crate::thrift::{
 };
 
 /// The most bytes a compressed byte can stand for in a codec scope reads: deflate (gzip)
-/// reaches 1032 to 1, snappy less, and an uncompressed page is its own size.
+/// reaches 1032 to 1, snappy less, and an uncompressed page is its own size. (The reader
+/// refuses the other codecs by name before it reads a page.)
 const MAX_COMPRESSION_RATIO: i64 = 1032;
 
 /// The first read of a page header; a header that does not fit (long statistics) is read
@@ -134,7 +135,11 @@ impl PageHeader {
     /// `Err(why)` when the numbers do not fit the page's bytes.
     fn check(&self, chunk: &ColumnChunkMetaData) -> Result<(), String> {
         let (compressed, uncompressed) = (i64::from(self.compressed), i64::from(self.uncompressed));
-        if uncompressed < 0 || uncompressed > compressed * MAX_COMPRESSION_RATIO {
+        let read_here = matches!(
+            chunk.compression(),
+            Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::GZIP(_)
+        );
+        if uncompressed < 0 || (read_here && uncompressed > compressed * MAX_COMPRESSION_RATIO) {
             return Err(format!(
                 "claims to hold {uncompressed} bytes in {compressed}, beyond any codec scope \
                  reads"

@@ -189,10 +189,19 @@ fn parquet_as_other_writer_settings_write_it() {
         .map(|entry| entry.unwrap().path())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
     for path in names {
-        let got = texts(&Corpus::open(std::slice::from_ref(&path), "text").unwrap());
+        let corpus = Corpus::open(std::slice::from_ref(&path), "text").unwrap();
         let name = path.file_stem().unwrap().to_string_lossy();
+        if name == "zstd" {
+            let err = corpus.documents().next().unwrap().unwrap_err().to_string();
+            assert!(
+                err.contains("zstd.parquet") && err.contains("compressed with zstd"),
+                "{err}"
+            );
+            continue;
+        }
+        let got = texts(&corpus);
         match name.as_ref() {
             "long-row" => {
                 assert_eq!(got[..expected.len()], expected[..], "{name}");
