@@ -1,4 +1,4 @@
-//! The schema in a Parquet file's footer, checked before the Parquet reader builds it.
+//! A Parquet file's footer, read and its schema checked before the Parquet reader builds it.
 //!
 //! The reader turns the footer's flat list of schema elements into a tree, and it trusts two
 //! numbers there. It reserves room for a group's `num_children` before it looks at the list, so
@@ -6,20 +6,25 @@
 //! is limited that is an abort, not an error (found by fuzzing `sweep_tables`). And it recurses
 //! once per level of nesting, so a footer of nested groups can overflow the stack. Both abort
 //! the process, which no boundary catches, so they are checked here first, on the footer's own
-//! bytes.
+//! bytes. The reader also skips a field it does not know a value at a time, so a footer field
+//! that claims a list of two billion values of no known type holds it for a second or more
+//! (found by fuzzing `corpus_parquet`).
 //!
-//! The footer is Thrift's compact protocol ([`crate::thrift`]): `FileMetaData`'s field 2 is the list of `SchemaElement`s, whose field 5 is `num_children`.
-//! The Parquet reader reads a field it knows by the type it expects, whatever type the bytes
-//! declare, so a reading that skipped by the declared type could see other numbers than it
-//! does. This one is strict instead: the fields before the schema and in it must declare the
-//! types the format gives them (as every writer does), and a footer that does not is refused.
-//! Unknown fields are skipped by their declared type, as the Parquet reader skips them.
+//! The footer is Thrift's compact protocol ([`crate::thrift`]): `FileMetaData`'s field 2 is
+//! the list of `SchemaElement`s, whose field 5 is `num_children`. The Parquet reader reads a
+//! field it knows by the type it expects, whatever type the bytes declare, so a reading that
+//! skipped by the declared type could see other numbers than it does. This one is strict
+//! instead: every field the format names, in `FileMetaData` and in the structs it holds, must
+//! declare the type the format gives it (as every writer does), and a footer that does not is
+//! refused. Unknown fields are skipped by their declared type, as the Parquet reader skips
+//! them, but a list or map longer than the bytes left, or a type the protocol does not have,
+//! ends the reading.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use crate::thrift::{
-    Compact, BINARY, BOOL_FALSE, BOOL_TRUE, BYTE, I32, LIST, MAX_VALUE_DEPTH, STOP, STRUCT,
+    Compact, Spec, BINARY, BOOL_FALSE, BOOL_TRUE, BYTE, I32, LIST, MAX_VALUE_DEPTH, STOP, STRUCT,
 };
 
 /// Deeper schemas are refused. A corpus needs one level (a text column under the root);
@@ -63,6 +68,118 @@ fn read_footer(file: &mut File) -> Option<Vec<u8>> {
     Some(footer)
 }
 
+/// `FileMetaData`'s fields but the schema (2, read by [`Compact::schema_list`]), with their
+/// types and those of the structs they hold, as `parquet.thrift` gives them.
+const FILE_META_DATA: &[(i16, Spec)] = &[
+    (1, Spec::I32),
+    (3, Spec::I64),
+    (4, Spec::List(&ROW_GROUP)),
+    (5, Spec::List(&KEY_VALUE)),
+    (6, Spec::Binary),
+    (7, Spec::List(&COLUMN_ORDER)),
+    (8, ENCRYPTION_ALGORITHM),
+    (9, Spec::Binary),
+];
+
+const KEY_VALUE: Spec = Spec::Struct(&[(1, Spec::Binary), (2, Spec::Binary)]);
+
+/// A union of one empty struct (`TypeDefinedOrder`).
+const COLUMN_ORDER: Spec = Spec::Struct(&[(1, Spec::Struct(&[]))]);
+
+/// A union of `AesGcmV1` and `AesGcmCtrV1`, which have the same fields.
+const ENCRYPTION_ALGORITHM: Spec = Spec::Struct(&[(1, AES_GCM), (2, AES_GCM)]);
+const AES_GCM: Spec = Spec::Struct(&[(1, Spec::Binary), (2, Spec::Binary), (3, Spec::Bool)]);
+
+const ROW_GROUP: Spec = Spec::Struct(&[
+    (1, Spec::List(&COLUMN_CHUNK)),
+    (2, Spec::I64),
+    (3, Spec::I64),
+    (4, Spec::List(&SORTING_COLUMN)),
+    (5, Spec::I64),
+    (6, Spec::I64),
+    (7, Spec::I16),
+]);
+
+const SORTING_COLUMN: Spec = Spec::Struct(&[(1, Spec::I32), (2, Spec::Bool), (3, Spec::Bool)]);
+
+const COLUMN_CHUNK: Spec = Spec::Struct(&[
+    (1, Spec::Binary),
+    (2, Spec::I64),
+    (3, COLUMN_META_DATA),
+    (4, Spec::I64),
+    (5, Spec::I32),
+    (6, Spec::I64),
+    (7, Spec::I32),
+    (8, COLUMN_CRYPTO_META_DATA),
+    (9, Spec::Binary),
+]);
+
+/// A union of `EncryptionWithFooterKey` (empty) and `EncryptionWithColumnKey`.
+const COLUMN_CRYPTO_META_DATA: Spec = Spec::Struct(&[
+    (1, Spec::Struct(&[])),
+    (
+        2,
+        Spec::Struct(&[(1, Spec::List(&Spec::Binary)), (2, Spec::Binary)]),
+    ),
+]);
+
+const COLUMN_META_DATA: Spec = Spec::Struct(&[
+    (1, Spec::I32),
+    (2, Spec::List(&Spec::I32)),
+    (3, Spec::List(&Spec::Binary)),
+    (4, Spec::I32),
+    (5, Spec::I64),
+    (6, Spec::I64),
+    (7, Spec::I64),
+    (8, Spec::List(&KEY_VALUE)),
+    (9, Spec::I64),
+    (10, Spec::I64),
+    (11, Spec::I64),
+    (12, STATISTICS),
+    (13, Spec::List(&PAGE_ENCODING_STATS)),
+    (14, Spec::I64),
+    (15, Spec::I32),
+    (16, SIZE_STATISTICS),
+    (17, GEOSPATIAL_STATISTICS),
+]);
+
+/// A column chunk's or a page's statistics.
+pub(crate) const STATISTICS: Spec = Spec::Struct(&[
+    (1, Spec::Binary),
+    (2, Spec::Binary),
+    (3, Spec::I64),
+    (4, Spec::I64),
+    (5, Spec::Binary),
+    (6, Spec::Binary),
+    (7, Spec::Bool),
+    (8, Spec::Bool),
+]);
+
+const PAGE_ENCODING_STATS: Spec = Spec::Struct(&[(1, Spec::I32), (2, Spec::I32), (3, Spec::I32)]);
+
+const SIZE_STATISTICS: Spec = Spec::Struct(&[
+    (1, Spec::I64),
+    (2, Spec::List(&Spec::I64)),
+    (3, Spec::List(&Spec::I64)),
+]);
+
+const GEOSPATIAL_STATISTICS: Spec = Spec::Struct(&[
+    (
+        1,
+        Spec::Struct(&[
+            (1, Spec::Double),
+            (2, Spec::Double),
+            (3, Spec::Double),
+            (4, Spec::Double),
+            (5, Spec::Double),
+            (6, Spec::Double),
+            (7, Spec::Double),
+            (8, Spec::Double),
+        ]),
+    ),
+    (2, Spec::List(&Spec::I32)),
+]);
+
 /// What the footer says of its schema.
 #[derive(Debug, PartialEq)]
 enum Schema {
@@ -75,17 +192,21 @@ enum Schema {
 }
 use Schema::{Absent, Found, Unreadable};
 
-/// The schema of a footer whose first fields are the version (1) and the schema (2), as
-/// writers write them.
+/// The schema of a footer, every field of which has the type the format gives it.
 fn schema_children(footer: &[u8]) -> Schema {
     let mut input = Compact::new(footer);
+    let mut schema = None;
     let mut last_id = 0i16;
     loop {
         let read = match input.field_header(&mut last_id) {
-            Some((_, STOP)) => return Absent,
-            Some((1, I32)) => input.varint().map(drop),
-            Some((2, LIST)) => return input.schema_list().map_or(Unreadable, Found),
-            _ => None,
+            Some((_, STOP)) => return schema.map_or(Absent, Found),
+            Some((2, LIST)) => input.schema_list().map(|children| schema = Some(children)),
+            Some((2, _)) => None,
+            Some((id, kind)) => match FILE_META_DATA.iter().find(|(known, _)| *known == id) {
+                Some(&(_, spec)) => input.strict_field(spec, kind, MAX_VALUE_DEPTH),
+                None => input.skip_field(kind, MAX_VALUE_DEPTH),
+            },
+            None => None,
         };
         if read.is_none() {
             return Unreadable;

@@ -22,9 +22,8 @@ use std::io::{Read, Seek, SeekFrom};
 use parquet::basic::{Compression, Type as Physical};
 use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 
-use crate::thrift::{
-    Compact, BINARY, BOOL_FALSE, BOOL_TRUE, I32, I64, MAX_VALUE_DEPTH, STOP, STRUCT,
-};
+use crate::footer::STATISTICS;
+use crate::thrift::{Compact, BOOL_FALSE, BOOL_TRUE, I32, MAX_VALUE_DEPTH, STOP, STRUCT};
 
 /// The most bytes a compressed byte can stand for in a codec scope reads: deflate (gzip)
 /// reaches 1032 to 1, snappy less, and an uncompressed page is its own size. (The reader
@@ -201,7 +200,7 @@ impl Compact<'_> {
                 (3, I32) => compressed = Some(self.int()?),
                 (1 | 4, I32) => drop(self.int()?),
                 (5, STRUCT) => header.data_values = Some(self.data_page_header()?),
-                (6, STRUCT) => self.strict_struct(&[])?,
+                (6, STRUCT) => self.strict_struct(&[], MAX_VALUE_DEPTH)?,
                 (7, STRUCT) => header.dictionary_values = Some(self.dictionary_page_header()?),
                 (8, STRUCT) => {
                     let (values, v2) = self.data_page_header_v2()?;
@@ -268,37 +267,9 @@ impl Compact<'_> {
         Some((values?, [nulls?, rows?, definition?, repetition?]))
     }
 
-    /// A `Statistics`: binaries 1, 2, 5 and 6, counts 3 and 4 (i64), booleans 7 and 8.
+    /// A `Statistics`, as the footer's column statistics are read.
     fn statistics(&mut self) -> Option<()> {
-        self.strict_struct(&[
-            (1, BINARY),
-            (2, BINARY),
-            (3, I64),
-            (4, I64),
-            (5, BINARY),
-            (6, BINARY),
-            (7, BOOL_TRUE),
-            (8, BOOL_TRUE),
-        ])
-    }
-
-    /// A struct whose fields in `known` must have their type (a boolean either value), the
-    /// others skipped.
-    fn strict_struct(&mut self, known: &[(i16, u8)]) -> Option<()> {
-        let mut last_id = 0i16;
-        loop {
-            let (id, kind) = self.field_header(&mut last_id)?;
-            if kind == STOP {
-                return Some(());
-            }
-            let boolean = |k| matches!(k, BOOL_TRUE | BOOL_FALSE);
-            match known.iter().find(|(known_id, _)| *known_id == id) {
-                Some(&(_, want)) if want != kind && !(boolean(want) && boolean(kind)) => {
-                    return None
-                }
-                _ => self.skip_field(kind, MAX_VALUE_DEPTH)?,
-            }
-        }
+        self.strict_value(STATISTICS, MAX_VALUE_DEPTH)
     }
 
     /// An i32 field's value.

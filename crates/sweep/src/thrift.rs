@@ -22,6 +22,21 @@ pub(crate) const MAP: u8 = 11;
 pub(crate) const STRUCT: u8 = 12;
 pub(crate) const UUID: u8 = 13;
 
+/// What a format gives a field: its Thrift type and, for a list or a struct, what it holds.
+/// A struct's fields not named in its list are the format's later additions or a writer's
+/// own: they are skipped by their declared type, as a Thrift reader skips them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Spec {
+    Bool,
+    I16,
+    I32,
+    I64,
+    Double,
+    Binary,
+    List(&'static Spec),
+    Struct(&'static [(i16, Spec)]),
+}
+
 /// A reader of Thrift's compact protocol over a slice; every method returns `None` where
 /// the bytes run out or make no sense.
 pub(crate) struct Compact<'a> {
@@ -94,6 +109,54 @@ impl<'a> Compact<'a> {
         Some((header & 0x0f, length))
     }
 
+    /// Reads the fields of a struct, each named in `fields` only when its declared type is
+    /// the one `fields` gives it, and the nested values likewise; the others skipped.
+    pub(crate) fn strict_struct(&mut self, fields: &[(i16, Spec)], depth: usize) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        let mut last_id = 0i16;
+        loop {
+            let (id, kind) = self.field_header(&mut last_id)?;
+            if kind == STOP {
+                return Some(());
+            }
+            match fields.iter().find(|(known, _)| *known == id) {
+                Some(&(_, spec)) => self.strict_field(spec, kind, depth)?,
+                None => self.skip_field(kind, depth)?,
+            }
+        }
+    }
+
+    /// The value of a struct's field declared as `kind`, which must be `spec`'s type.
+    pub(crate) fn strict_field(&mut self, spec: Spec, kind: u8, depth: usize) -> Option<()> {
+        match spec {
+            Spec::Bool => matches!(kind, BOOL_TRUE | BOOL_FALSE).then_some(()),
+            _ => (kind == spec.kind()).then_some(()),
+        }?;
+        self.strict_value(spec, depth)
+    }
+
+    /// A value of `spec`'s type whose type is already checked (a struct field's boolean has
+    /// no bytes; lists of booleans are not in any spec).
+    pub(crate) fn strict_value(&mut self, spec: Spec, depth: usize) -> Option<()> {
+        match spec {
+            Spec::Bool => Some(()),
+            Spec::I16 | Spec::I32 | Spec::I64 | Spec::Double | Spec::Binary => {
+                self.skip(spec.kind(), depth)
+            }
+            Spec::List(element) => {
+                let (kind, length) = self.list_header()?;
+                if kind != element.kind() || matches!(element, Spec::Bool) {
+                    return None;
+                }
+                if length > self.bytes.len() as u64 {
+                    return None;
+                }
+                (0..length).try_for_each(|_| self.strict_value(*element, depth))
+            }
+            Spec::Struct(fields) => self.strict_struct(fields, depth),
+        }
+    }
+
     /// Skips the value of a struct's field of type `kind` (a boolean field's value is its
     /// type: no byte follows).
     pub(crate) fn skip_field(&mut self, kind: u8, depth: usize) -> Option<()> {
@@ -121,6 +184,9 @@ impl<'a> Compact<'a> {
             }
             MAP => {
                 let length = self.varint()?;
+                if length > self.bytes.len() as u64 {
+                    return None;
+                }
                 if length == 0 {
                     return Some(());
                 }
@@ -154,5 +220,21 @@ impl<'a> Compact<'a> {
             self.skip(kind, depth)?;
         }
         Some(())
+    }
+}
+
+impl Spec {
+    /// The compact protocol's type of a value of this spec (a boolean's is that of `true`).
+    fn kind(self) -> u8 {
+        match self {
+            Spec::Bool => BOOL_TRUE,
+            Spec::I16 => I16,
+            Spec::I32 => I32,
+            Spec::I64 => I64,
+            Spec::Double => DOUBLE,
+            Spec::Binary => BINARY,
+            Spec::List(_) => LIST,
+            Spec::Struct(_) => STRUCT,
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Page headers the Parquet reader would trust are checked first: two inputs found by fuzzing
-//! `sweep_tables` (kept in the fuzz corpus), refused with the page named.
+//! Parquet files found by fuzzing (kept in the fuzz corpus), refused at once with the problem
+//! named: page headers and footers the Parquet reader would trust are checked first.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +10,21 @@ fn found(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/corpus/sweep_tables")
         .join(name)
+}
+
+/// The first document's error of the corpus file `name` that fuzzing `corpus_parquet` found.
+fn corpus_error(name: &str) -> String {
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus/corpus_parquet")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.parquet"));
+    std::fs::copy(found, &path).unwrap();
+    let started = Instant::now();
+    let corpus = scope_sweep::Corpus::open(&[path], "text").unwrap();
+    let err = corpus.documents().next().unwrap().unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(1), "{name}");
+    err
 }
 
 #[test]
@@ -65,4 +80,18 @@ fn a_dictionary_page_claiming_more_values_than_its_bytes_hold_is_refused() {
             ),
         "{err}"
     );
+}
+
+/// A footer field after the schema that the reader would skip for a second (a list of two
+/// billion values of an unknown type, as one of these holds): the whole footer is read
+/// strictly, not only the schema.
+#[test]
+fn footers_with_lists_past_their_end_are_refused_at_once() {
+    for name in ["footer-list-past-the-end-1", "footer-list-past-the-end-2"] {
+        let err = corpus_error(name);
+        assert!(
+            err.contains(name) && err.contains("does not have the types the Parquet format"),
+            "{err}"
+        );
+    }
 }
