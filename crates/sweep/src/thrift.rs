@@ -238,3 +238,45 @@ impl Spec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAIR: &[(i16, Spec)] = &[(1, Spec::I32), (2, Spec::List(&Spec::Binary))];
+
+    fn read(bytes: &[u8]) -> Option<()> {
+        Compact::new(bytes).strict_struct(PAIR, MAX_VALUE_DEPTH)
+    }
+
+    #[test]
+    fn a_struct_of_the_declared_types_reads() {
+        // { 1: i32 7, 2: ["a"], 5: unknown i64 3 }
+        assert_eq!(
+            read(&[0x15, 0x0e, 0x19, 0x18, 0x01, b'a', 0x36, 0x06, 0x00]),
+            Some(())
+        );
+    }
+
+    #[test]
+    fn a_known_field_of_another_type_is_refused() {
+        // { 1: i64 7 }
+        assert_eq!(read(&[0x16, 0x0e, 0x00]), None);
+        // { 2: [i32 1] }
+        assert_eq!(read(&[0x29, 0x15, 0x02, 0x00]), None);
+    }
+
+    #[test]
+    fn a_list_longer_than_the_bytes_left_is_refused() {
+        // { 2: a list of 2^31 binaries }, and an unknown field 3 holding a list of 2^31
+        // values of type 14, which the protocol does not have
+        assert_eq!(
+            read(&[0x29, 0xf8, 0x80, 0x80, 0x80, 0x80, 0x08, 0x00]),
+            None
+        );
+        assert_eq!(
+            read(&[0x39, 0xfe, 0x80, 0x80, 0x80, 0x80, 0x08, 0x00]),
+            None
+        );
+    }
+}
