@@ -192,13 +192,20 @@ fn report(root: &Path, target: &str, out: &Path) -> Result {
         stat("saved_crashes"),
         stat("saved_hangs"),
     );
+    // Findings already in the corpus (under any name: a fixed one is renamed for what it
+    // shows) are not findings again.
+    let known: std::collections::BTreeSet<String> = inputs_named(&corpus(root, target), |_| true)
+        .iter()
+        .map(|p| short_hash(&std::fs::read(p).unwrap_or_default()))
+        .collect();
     let mut kept = Vec::new();
     for (kind, dir) in [("crash", "crashes"), ("hang", "hangs")] {
         for input in inputs(&findings.join(dir)) {
-            let name = format!(
-                "{kind}-{}",
-                short_hash(&std::fs::read(&input).unwrap_or_default())
-            );
+            let hash = short_hash(&std::fs::read(&input).unwrap_or_default());
+            if known.contains(&hash) {
+                continue;
+            }
+            let name = format!("{kind}-{hash}");
             let to = corpus(root, target).join(&name);
             std::fs::copy(&input, &to)
                 .map_err(|e| Failure::new(format!("{}: {e}", to.display())))?;
@@ -228,13 +235,15 @@ fn read_stats(path: &Path) -> BTreeMap<String, String> {
 
 /// The files of AFL++'s `crashes/` or `hangs/` (not its README).
 fn inputs(dir: &Path) -> Vec<PathBuf> {
+    inputs_named(dir, |name| name.starts_with("id:"))
+}
+
+/// The files of `dir` whose names `keep` accepts, sorted.
+fn inputs_named(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    found.retain(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("id:"))
-    });
+    found.retain(|p| p.file_name().is_some_and(|n| keep(&n.to_string_lossy())));
     found.sort();
     found
 }
