@@ -31,8 +31,11 @@ use crate::thrift::{Compact, BOOL_FALSE, BOOL_TRUE, I32, MAX_VALUE_DEPTH, STOP, 
 const MAX_COMPRESSION_RATIO: i64 = 1032;
 
 /// The first read of a page header; a header that does not fit (long statistics) is read
-/// again with 16 times as much, up to the end of its column chunk.
+/// again with 16 times as much, up to the end of its column chunk or [`MAX_HEADER`].
 const FIRST_HEADER_READ: u64 = 4096;
+
+/// Longer page headers are refused: writers cap the statistics in them at a few KiB.
+const MAX_HEADER: u64 = 64 << 20;
 
 /// `Err(why)` when a page of a column chunk in `metadata` (the footer of `file`) has a header
 /// the Parquet reader would misread, or numbers that do not fit the bytes it has.
@@ -96,7 +99,7 @@ fn check_chunk(file: &mut File, file_size: u64, chunk: &ColumnChunkMetaData) -> 
 fn read_header(file: &mut File, at: u64, end: u64) -> Result<(u64, PageHeader), String> {
     let mut window = FIRST_HEADER_READ;
     loop {
-        let length = window.min(end - at);
+        let length = window.min(end - at).min(MAX_HEADER);
         let mut bytes = vec![0u8; usize::try_from(length).map_err(|e| e.to_string())?];
         file.seek(SeekFrom::Start(at))
             .and_then(|_| file.read_exact(&mut bytes))
@@ -105,11 +108,11 @@ fn read_header(file: &mut File, at: u64, end: u64) -> Result<(u64, PageHeader), 
         if let Some(header) = input.page_header() {
             return Ok((length - input.remaining() as u64, header));
         }
-        if length == end - at {
+        if length == end - at || length == MAX_HEADER {
             return Err(format!(
                 "the page header at byte {at} is not one the Parquet format allows (a field of \
-                 another type, a number out of range, or a length past its column chunk): a \
-                 damaged file?"
+                 another type, a number out of range, a length past its column chunk, or more \
+                 than 64 MiB): a damaged file?"
             ));
         }
         window = window.saturating_mul(16);
