@@ -41,8 +41,8 @@ pub(crate) fn check_schema(file: &mut File) -> Result<(), String> {
         Found(children) => check_tree(&children),
         Absent => Ok(()),
         Unreadable => Err(
-            "its footer's schema does not have the types the Parquet format \
-                           gives its fields (a damaged file?)"
+            "its footer does not have the types the Parquet format gives its \
+                           fields, or holds a list longer than itself (a damaged file?)"
                 .to_string(),
         ),
     }
