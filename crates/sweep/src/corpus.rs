@@ -343,7 +343,7 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// The one way scope opens a Parquet file: its footer's schema checked first
+/// The one way scope opens a Parquet file: its footer read strictly and its schema checked first
 /// ([`crate::footer`]), then the reader behind the boundary that turns its panics into errors,
 /// then every page header checked before the reader reads a page ([`crate::pages`]).
 pub(crate) fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
