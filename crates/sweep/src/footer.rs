@@ -23,9 +23,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use crate::thrift::{
-    Compact, Spec, BINARY, BOOL_FALSE, BOOL_TRUE, BYTE, I32, LIST, MAX_VALUE_DEPTH, STOP, STRUCT,
-};
+use crate::thrift::{Compact, Spec, BINARY, I32, LIST, MAX_VALUE_DEPTH, STOP, STRUCT};
 
 /// Deeper schemas are refused. A corpus needs one level (a text column under the root);
 /// datasets with nested lists and structs use a handful.
@@ -180,6 +178,36 @@ const GEOSPATIAL_STATISTICS: Spec = Spec::Struct(&[
     (2, Spec::List(&Spec::I32)),
 ]);
 
+/// A `SchemaElement`'s `LogicalType`: one of its variants, each a struct.
+const LOGICAL_TYPE: Spec = Spec::Union(&[
+    (1, EMPTY),
+    (2, EMPTY),
+    (3, EMPTY),
+    (4, EMPTY),
+    (5, Spec::Struct(&[(1, Spec::I32), (2, Spec::I32)])),
+    (6, EMPTY),
+    (7, TIME),
+    (8, TIME),
+    (10, Spec::Struct(&[(1, Spec::Byte), (2, Spec::Bool)])),
+    (11, EMPTY),
+    (12, EMPTY),
+    (13, EMPTY),
+    (14, EMPTY),
+    (15, EMPTY),
+    (16, Spec::Struct(&[(1, Spec::Byte)])),
+    (17, Spec::Struct(&[(1, Spec::Binary)])),
+    (18, Spec::Struct(&[(1, Spec::Binary), (2, Spec::I32)])),
+]);
+
+const EMPTY: Spec = Spec::Struct(&[]);
+
+/// `TimeType` and `TimestampType`: whether adjusted to UTC, and a `TimeUnit` (milliseconds,
+/// microseconds or nanoseconds).
+const TIME: Spec = Spec::Struct(&[
+    (1, Spec::Bool),
+    (2, Spec::Union(&[(1, EMPTY), (2, EMPTY), (3, EMPTY)])),
+]);
+
 /// What the footer says of its schema.
 #[derive(Debug, PartialEq)]
 enum Schema {
@@ -268,62 +296,11 @@ impl Compact<'_> {
                 (5, I32) => children = Some(self.zigzag()?),
                 (4, BINARY) => self.skip(BINARY, 1)?,
                 (1..=9, I32) => self.skip(I32, 1)?,
-                (10, STRUCT) => self.logical_type()?,
+                (10, STRUCT) => self.strict_value(LOGICAL_TYPE, MAX_VALUE_DEPTH)?,
                 (1..=10, _) => return None,
                 (_, kind) => self.skip_field(kind, MAX_VALUE_DEPTH)?,
             }
         }
-    }
-
-    /// A `LogicalType`: a union, one known variant (a struct of known fields) and the end.
-    fn logical_type(&mut self) -> Option<()> {
-        let mut last_id = 0i16;
-        let (variant, kind) = self.field_header(&mut last_id)?;
-        if kind != STRUCT {
-            return None;
-        }
-        // Each variant's fields and their types (variants without fields: none).
-        let fields: &[(i16, &[u8])] = match variant {
-            1..=4 | 6 | 11..=15 => &[],
-            5 => &[(1, &[I32]), (2, &[I32])],
-            7 | 8 => &[(1, &[BOOL_TRUE, BOOL_FALSE]), (2, &[STRUCT])],
-            10 => &[(1, &[BYTE]), (2, &[BOOL_TRUE, BOOL_FALSE])],
-            16 => &[(1, &[BYTE])],
-            17 => &[(1, &[BINARY])],
-            18 => &[(1, &[BINARY]), (2, &[I32])],
-            _ => return None,
-        };
-        self.known_struct(fields, variant == 7 || variant == 8)?;
-        let (_, end) = self.field_header(&mut last_id)?;
-        (end == STOP).then_some(())
-    }
-
-    /// A struct whose fields named in `fields` must have one of their types (the time unit of
-    /// a time or timestamp, field 2 when `time`, is itself a union of empty structs).
-    fn known_struct(&mut self, fields: &[(i16, &[u8])], time: bool) -> Option<()> {
-        let mut last_id = 0i16;
-        loop {
-            let (id, kind) = self.field_header(&mut last_id)?;
-            if kind == STOP {
-                return Some(());
-            }
-            match fields.iter().find(|(known, _)| *known == id) {
-                Some((_, kinds)) if !kinds.contains(&kind) => return None,
-                Some((2, _)) if time => self.time_unit()?,
-                _ => self.skip_field(kind, MAX_VALUE_DEPTH)?,
-            }
-        }
-    }
-
-    /// A `TimeUnit`: one of three empty structs, and the end.
-    fn time_unit(&mut self) -> Option<()> {
-        let mut last_id = 0i16;
-        match self.field_header(&mut last_id)? {
-            (1..=3, STRUCT) => self.known_struct(&[], false)?,
-            _ => return None,
-        }
-        let (_, end) = self.field_header(&mut last_id)?;
-        (end == STOP).then_some(())
     }
 }
 
@@ -366,6 +343,27 @@ mod tests {
         let mut fits = vec![Some(1); MAX_SCHEMA_DEPTH];
         fits.push(None);
         assert!(check_tree(&fits).is_ok());
+    }
+
+    #[test]
+    fn a_logical_type_is_one_known_variant() {
+        let read = |bytes: &[u8]| Compact::new(bytes).strict_value(LOGICAL_TYPE, MAX_VALUE_DEPTH);
+        // TIMESTAMP { 1: adjusted true, 2: TimeUnit { 2: MICROS {} } }
+        let timestamp = [0x8c, 0x11, 0x1c, 0x2c, 0x00, 0x00, 0x00, 0x00];
+        assert_eq!(read(&timestamp), Some(()));
+        // a TimeUnit of two units (MILLIS, MICROS)
+        assert_eq!(
+            read(&[0x8c, 0x11, 0x1c, 0x1c, 0x00, 0x1c, 0x00, 0x00, 0x00, 0x00]),
+            None
+        );
+        // STRING and DECIMAL { 1: scale 2, 2: precision 9 }, then a second variant
+        assert_eq!(read(&[0x1c, 0x00, 0x00]), Some(()));
+        assert_eq!(read(&[0x5c, 0x15, 0x04, 0x15, 0x12, 0x00, 0x00]), Some(()));
+        assert_eq!(read(&[0x1c, 0x00, 0x1c, 0x00, 0x00]), None);
+        // variant 9 (none), an INTEGER whose bit width is an i32, no variant at all
+        assert_eq!(read(&[0x9c, 0x00, 0x00]), None);
+        assert_eq!(read(&[0xac, 0x15, 0x10, 0x00, 0x00]), None);
+        assert_eq!(read(&[0x00]), None);
     }
 
     #[test]

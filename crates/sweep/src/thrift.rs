@@ -22,12 +22,14 @@ pub(crate) const MAP: u8 = 11;
 pub(crate) const STRUCT: u8 = 12;
 pub(crate) const UUID: u8 = 13;
 
-/// What a format gives a field: its Thrift type and, for a list or a struct, what it holds.
-/// A struct's fields not named in its list are the format's later additions or a writer's
-/// own: they are skipped by their declared type, as a Thrift reader skips them.
+/// What a format gives a field: its Thrift type and, for a list, a struct or a union, what it
+/// holds. A struct's fields not named in its list are the format's later additions or a
+/// writer's own: they are skipped by their declared type, as a Thrift reader skips them. A
+/// union holds exactly one of its fields, a named one.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Spec {
     Bool,
+    Byte,
     I16,
     I32,
     I64,
@@ -35,6 +37,7 @@ pub(crate) enum Spec {
     Binary,
     List(&'static Spec),
     Struct(&'static [(i16, Spec)]),
+    Union(&'static [(i16, Spec)]),
 }
 
 /// A reader of Thrift's compact protocol over a slice; every method returns `None` where
@@ -140,7 +143,7 @@ impl<'a> Compact<'a> {
     pub(crate) fn strict_value(&mut self, spec: Spec, depth: usize) -> Option<()> {
         match spec {
             Spec::Bool => Some(()),
-            Spec::I16 | Spec::I32 | Spec::I64 | Spec::Double | Spec::Binary => {
+            Spec::Byte | Spec::I16 | Spec::I32 | Spec::I64 | Spec::Double | Spec::Binary => {
                 self.skip(spec.kind(), depth)
             }
             Spec::List(element) => {
@@ -154,7 +157,19 @@ impl<'a> Compact<'a> {
                 (0..length).try_for_each(|_| self.strict_value(*element, depth))
             }
             Spec::Struct(fields) => self.strict_struct(fields, depth),
+            Spec::Union(fields) => self.strict_union(fields, depth),
         }
+    }
+
+    /// A union: one field named in `fields`, of the type given there, and the end.
+    fn strict_union(&mut self, fields: &[(i16, Spec)], depth: usize) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        let mut last_id = 0i16;
+        let (id, kind) = self.field_header(&mut last_id)?;
+        let &(_, spec) = fields.iter().find(|(known, _)| *known == id)?;
+        self.strict_field(spec, kind, depth)?;
+        let (_, end) = self.field_header(&mut last_id)?;
+        (end == STOP).then_some(())
     }
 
     /// Skips the value of a struct's field of type `kind` (a boolean field's value is its
@@ -228,13 +243,14 @@ impl Spec {
     fn kind(self) -> u8 {
         match self {
             Spec::Bool => BOOL_TRUE,
+            Spec::Byte => BYTE,
             Spec::I16 => I16,
             Spec::I32 => I32,
             Spec::I64 => I64,
             Spec::Double => DOUBLE,
             Spec::Binary => BINARY,
             Spec::List(_) => LIST,
-            Spec::Struct(_) => STRUCT,
+            Spec::Struct(_) | Spec::Union(_) => STRUCT,
         }
     }
 }
