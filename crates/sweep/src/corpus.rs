@@ -122,7 +122,8 @@ impl Corpus {
         for path in &self.files {
             let documents = match Format::of(path) {
                 Some(Format::Parquet) => {
-                    let rows = parquet_reader(path)?.metadata().file_metadata().num_rows();
+                    let (reader, _) = footer_reader(path)?;
+                    let rows = reader.metadata().file_metadata().num_rows();
                     usize::try_from(rows).map_err(|_| Error::Parquet {
                         path: path.to_path_buf(),
                         message: format!("its footer claims {rows} rows"),
@@ -343,26 +344,35 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// The one way scope opens a Parquet file: its footer read strictly and its schema checked first
-/// ([`crate::footer`]), then the reader behind the boundary that turns its panics into errors,
-/// then every page header checked before the reader reads a page ([`crate::pages`]).
+/// The one way scope opens a Parquet file to read its rows: [`footer_reader`], then every
+/// page header checked before the reader reads a page ([`crate::pages`]).
 pub(crate) fn parquet_reader(path: &Path) -> Result<SerializedFileReader<File>> {
+    let (reader, mut file) = footer_reader(path)?;
+    crate::pages::check_pages(&mut file, reader.metadata()).map_err(|message| Error::Parquet {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(reader)
+}
+
+/// A Parquet file's reader for its footer alone (no page is read): the footer read strictly
+/// and its schema checked first ([`crate::footer`]), then the reader behind the boundary that
+/// turns its panics into errors. Also the file, for checks of its pages.
+fn footer_reader(path: &Path) -> Result<(SerializedFileReader<File>, File)> {
     let io_error = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let refused = |message| Error::Parquet {
+    let mut file = File::open(path).map_err(io_error)?;
+    crate::footer::check_schema(&mut file).map_err(|message| Error::Parquet {
         path: path.to_path_buf(),
         message,
-    };
-    let mut file = File::open(path).map_err(io_error)?;
-    crate::footer::check_schema(&mut file).map_err(refused)?;
+    })?;
     let for_reader = file.try_clone().map_err(io_error)?;
     let reader = guarded(path, || {
         SerializedFileReader::new(for_reader).map_err(|e| parquet_error(path, e))
     })?;
-    crate::pages::check_pages(&mut file, reader.metadata()).map_err(refused)?;
-    Ok(reader)
+    Ok((reader, file))
 }
 
 /// `read()` behind the boundary that turns the Parquet reader's panics into an error naming
