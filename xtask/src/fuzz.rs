@@ -136,43 +136,38 @@ fn ensure_cargo_afl() -> Result {
     )
 }
 
-/// Builds the instrumented harness; returns its path. cargo-afl sets `RUSTFLAGS`, which
-/// replaces the workspace's rpath flags, so the harness finds libtorch by `LD_LIBRARY_PATH`.
-fn build(root: &Path) -> Result<PathBuf> {
+/// Builds an instrumented binary into `target/fuzz-build` with `cargo afl build --release`
+/// and `what` (the package's arguments); returns the path of its `binary`. cargo-afl sets
+/// `RUSTFLAGS`, which replaces the workspace's rpath flags, so the binary finds libtorch by
+/// `LD_LIBRARY_PATH`.
+fn afl_build(root: &Path, what: &[std::ffi::OsString], binary: &str) -> Result<PathBuf> {
     let target_dir = root.join("target/fuzz-build");
     run_checked(
         cargo()
             .current_dir(root)
-            .args(["afl", "build", "--release", "--quiet", "--manifest-path"])
-            .arg(root.join("fuzz/Cargo.toml"))
+            .args(["afl", "build", "--release", "--quiet"])
+            .args(what)
             .arg("--target-dir")
             .arg(&target_dir),
-        "cargo afl build (fuzz/)",
+        &format!("cargo afl build ({binary})"),
     )?;
-    Ok(target_dir.join("release/scope-fuzz"))
+    Ok(target_dir.join("release").join(binary))
 }
 
-/// Builds the instrumented `scope` binary beside the harness; returns its path.
+/// The instrumented harness (`fuzz/`).
+fn build(root: &Path) -> Result<PathBuf> {
+    let manifest = root.join("fuzz/Cargo.toml");
+    afl_build(
+        root,
+        &["--manifest-path".into(), manifest.into()],
+        "scope-fuzz",
+    )
+}
+
+/// The instrumented `scope` binary, beside the harness.
 fn build_scope(root: &Path) -> Result<PathBuf> {
-    let target_dir = root.join("target/fuzz-build");
-    run_checked(
-        cargo()
-            .current_dir(root)
-            .args([
-                "afl",
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "scope-cli",
-                "--bin",
-                "scope",
-            ])
-            .arg("--target-dir")
-            .arg(&target_dir),
-        "cargo afl build (scope)",
-    )?;
-    Ok(target_dir.join("release/scope"))
+    let package = ["-p", "scope-cli", "--bin", "scope"];
+    afl_build(root, &package.map(Into::into), "scope")
 }
 
 /// Prints the run's statistics and copies its crashes and hangs into the corpus.
