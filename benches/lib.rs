@@ -200,6 +200,69 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The bytes of weights a decode step of `model` reads: every matrix and norm, the
+/// unembedding once (the embedding's one row per token is left out).
+pub fn decode_weight_bytes(model: &GemmaModel) -> Result<u64> {
+    use scope_engine::DecoderModel;
+    let w = model
+        .fused_weights()
+        .map_err(|why| anyhow!("the decode step's weights: {why}"))?;
+    let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    let layers: u64 = w
+        .layers
+        .iter()
+        .map(|l| {
+            let norms = [
+                l.input_norm,
+                l.post_attention_norm,
+                l.pre_feedforward_norm,
+                l.post_feedforward_norm,
+            ];
+            [l.qkv, l.o, l.gate_up, l.down]
+                .into_iter()
+                .chain(norms)
+                .map(bytes)
+                .sum::<u64>()
+        })
+        .sum();
+    Ok(layers + bytes(w.unembed) + bytes(w.final_norm))
+}
+
+/// The memory read bandwidth of `threads` threads in GB/s: the best of three passes of
+/// summing a 2 GiB buffer, split between the threads (STREAM's "read" kernel, which no
+/// decode step can beat by much: the roofline of a step bound by reading its weights).
+pub fn read_bandwidth_gb_per_s(threads: usize) -> f64 {
+    const BYTES: usize = 2 << 30;
+    let words = vec![1u64; BYTES / 8];
+    let threads = threads.max(1);
+    let per = words.len().div_ceil(threads);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = words
+                .chunks(per)
+                .map(|part| s.spawn(move || sum_words(part)))
+                .collect();
+            parts.into_iter().map(|p| p.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    BYTES as f64 / best / 1e9
+}
+
+/// `part`'s sum in eight independent lanes, so that the loads, not the adds, set the pace.
+fn sum_words(part: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    for chunk in part.chunks_exact(8) {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.wrapping_add(x);
+        }
+    }
+    lanes.iter().fold(0, |a, &b| a.wrapping_add(b))
+}
+
 /// The process' peak resident set size in GiB (`VmHWM`), Linux only.
 pub fn peak_rss_gib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

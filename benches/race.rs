@@ -38,9 +38,10 @@ use anyhow::{bail, Context, Result};
 use gemma_model::{Batch, DTypeSpec, DecodeMode, GemmaModel, LoadOptions};
 use scope::SaeAt;
 use scope_benches::{
-    id_vec, mean_l0, median, parse_device, parse_dtype, peak_rss_gib, run_steer_batch,
-    steer_batch_jobs, sync, timed, top_k_indices, write_sweep_inputs, Size, Workbench, PROMPT_LEN,
-    STEER_BATCH_REQUESTS, STEER_LATENT, STEER_MAGNITUDE,
+    decode_weight_bytes, id_vec, mean_l0, median, parse_device, parse_dtype, peak_rss_gib,
+    read_bandwidth_gb_per_s, run_steer_batch, steer_batch_jobs, sync, timed, top_k_indices,
+    write_sweep_inputs, Size, Workbench, PROMPT_LEN, STEER_BATCH_REQUESTS, STEER_LATENT,
+    STEER_MAGNITUDE,
 };
 use scope_engine::{Engine, EngineMode, Limits};
 use scope_sweep::{Corpus, Sweep, SweepOptions, SweepSae, SweepState};
@@ -163,6 +164,33 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+/// How close plain generation's decode steps come to reading the weights at the
+/// machine's read bandwidth: a step's time is the generation's (`t_gen`, `a.new` tokens)
+/// less the prompt's (a one-token generation), over the steps after the first token.
+fn decode_roofline(
+    bench: &Workbench,
+    prompt: &Batch,
+    a: &Args,
+    reps: usize,
+    t_gen: f64,
+) -> Result<()> {
+    let (t_prompt, _) = timed(Device::Cpu, reps, || {
+        bench.generate_plain(prompt, 1, a.decode)
+    })?;
+    let step_s = (t_gen - t_prompt) / (a.new - 1) as f64;
+    let weights_gb = decode_weight_bytes(&bench.model)? as f64 / 1e9;
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let read = read_bandwidth_gb_per_s(threads);
+    let step_gb_per_s = weights_gb / step_s;
+    emit(json!({
+        "what": "decode_roofline", "prompt_s": round(t_prompt, 3), "step_s": round(step_s, 4),
+        "weights_gb": round(weights_gb, 3), "step_gb_per_s": round(step_gb_per_s, 1),
+        "read_gb_per_s": round(read, 1), "fraction": round(step_gb_per_s / read, 2),
+        "roofline_tok_per_s": round(read / weights_gb, 1),
+    }));
+    Ok(())
+}
+
 /// The first new tokens of row 0, to compare decode modes across runs.
 fn first_tokens(out: &gemma_model::Generated) -> Vec<i64> {
     out.new_tokens
@@ -280,6 +308,9 @@ fn run() -> Result<()> {
             "decode": out.decode.name(), "first_tokens": first_tokens(&out),
             "graph_fallback": out.graph_fallback,
         }));
+        if device == Device::Cpu && a.new > 1 {
+            decode_roofline(&bench, &prompt, &a, gen_reps, t_gen)?;
+        }
     }
 
     if a.runs("interchange") {

@@ -623,6 +623,7 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
             race.seq, race.batch
         );
     }
+    print_roofline(ours);
     for (what, against, meaning) in SCOPE_RATIOS {
         let value = |m: &Measurements, w: &str| m.get(w).and_then(|f| f.get("tok_per_s")).copied();
         let ratios: Vec<f64> = ours
@@ -649,6 +650,42 @@ fn print_ratios(race: &Race, ours: &[Measurements], peer: &[Measurements]) {
             show(against),
             ratio,
             range
+        );
+    }
+}
+
+/// Scope's decode steps against the machine's read bandwidth (the race's `decode_roofline`,
+/// CPU only), medians over the rounds.
+fn print_roofline(ours: &[Measurements]) {
+    let field = |name: &str| {
+        let mut v: Vec<f64> = ours
+            .iter()
+            .filter_map(|o| o.get("decode_roofline").and_then(|f| f.get(name)).copied())
+            .collect();
+        median(&mut v)
+    };
+    let (Some(step), Some(gb), Some(rate), Some(read), Some(fraction), Some(prompt)) = (
+        field("step_s"),
+        field("weights_gb"),
+        field("step_gb_per_s"),
+        field("read_gb_per_s"),
+        field("fraction"),
+        field("prompt_s"),
+    ) else {
+        return;
+    };
+    println!(
+        "
+scope's decode steps (generate_plain): {step:.4} s a step over {gb:.2} GB of weights = \
+         {rate:.1} GB/s, {:.0}% of this machine's read bandwidth ({read:.1} GB/s, summing 2 GiB \
+         on the same threads; {:.1} tok/s at 100%); the prompt took {prompt:.3} s",
+        100.0 * fraction,
+        read / gb
+    );
+    if fraction > 1.0 {
+        println!(
+            "(above the read bandwidth: the weights stay in the CPU's caches between steps, so \
+             this is no roofline for them)"
         );
     }
 }

@@ -446,7 +446,8 @@ impl<'m> Engine<'m> {
     }
 
     /// Moves waiting requests into free slots, running each one's prompt in a call of its
-    /// own; returns those done after their first token.
+    /// own (on the fused kernels where they take it, `FusedDecoder::takes_prompt`, else
+    /// through the model); returns those done after their first token.
     fn admit(&mut self) -> Result<Vec<Finished>> {
         let mut done = Vec::new();
         while let Some(slot) = self.slots.iter().position(Option::is_none) {
@@ -460,10 +461,12 @@ impl<'m> Engine<'m> {
             }
             let prompt = running.request.prompt.clone();
             let scores = match &mut self.runner {
-                Runner::Fused { decoder, cache } => {
+                Runner::Fused { decoder, cache } if decoder.takes_prompt(prompt.len()) => {
                     call_slots(decoder, cache, &[slot], &mut [&mut running], &prompt)?
                 }
-                Runner::Batched { cache, .. } => prefill(self.model, cache, slot, &mut running)?,
+                Runner::Fused { cache, .. } | Runner::Batched { cache, .. } => {
+                    prefill(self.model, cache, slot, &mut running)?
+                }
                 Runner::Sequential => {
                     return Err(Error::Limits(
                         "a batched call on a sequential engine".into(),

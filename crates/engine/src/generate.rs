@@ -349,9 +349,9 @@ impl<'m> Decoder<'m> {
     }
 
     /// Runs the prompt into the empty `cache`: the last position's logits (`[B, 1, vocab]`).
-    /// Short prompts of a fused generation run on its kernels (the same numbers to float
-    /// rounding, in three quarters of the time for the benchmark's 14 tokens), all others
-    /// through libtorch.
+    /// A fused generation's short float32 prompts run on its kernels (the same numbers to
+    /// float rounding, in three quarters of the time for the benchmark's 14 tokens), all
+    /// others through libtorch (`FusedDecoder::takes_prompt`).
     fn prompt(
         &mut self,
         model: &dyn DecoderModel,

@@ -142,7 +142,8 @@ pub struct GenerationArgs {
     /// CPU, per-step calls otherwise), eager (per-step libtorch calls, bit-identical to
     /// transformers), fixed (fixed-shape steps, what the graph replays), graph or fused (an
     /// error where they cannot be used; fused also runs a bf16 model on the CPU, about twice
-    /// as fast as f32, as accurate as transformers' bf16 but not bit-identical to it).
+    /// as fast as f32: its prompt bit-identical to transformers' bf16, its decode steps as
+    /// accurate but not bit-identical).
     #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
 }

@@ -1,17 +1,20 @@
 //! bfloat16 on the fused kernels. A bf16 model's weights and KV cache stay in bf16 (read as
-//! `u16` bit patterns and widened to f32 as they are loaded, which is exact); activations
-//! live in the f32 buffers and are rounded to bf16 wherever libtorch's bf16 path stores a bf16
-//! tensor: after every product, norm, sum, rotation, soft-cap step and softmax. So each
-//! operation computes in f32 from the same bf16 inputs libtorch's kernels read, and rounds
-//! its result as they do (to nearest, ties to even).
+//! `u16` bit patterns, multiplied by AVX512-BF16's `vdpbf16ps` where the CPU has it and
+//! widened to f32 as they are loaded otherwise, both exact); activations live in the f32
+//! buffers and are rounded to bf16 wherever libtorch's bf16 path stores a bf16 tensor: after
+//! every product, norm, sum, rotation, soft-cap step and softmax. So each operation computes
+//! in f32 from the same bf16 inputs libtorch's kernels read, and rounds its result as they do
+//! (to nearest, ties to even).
 //!
-//! The results are not bit-identical to libtorch's: its bf16 matrix products (oneDNN's)
-//! accumulate their f32 sums in another order than [`super::matvec`]'s lanes, and where a sum
-//! lands within a rounding of a bf16 boundary the two round it one bf16 step apart (a relative
-//! 2^-8). In a decoder such flips spread from layer to layer. On the test fixtures the result
-//! is as far from transformers' f32 logits as transformers' bf16 is, and further from
-//! transformers' bf16 than the tolerance the eager path meets; so `DecodeMode::Auto` keeps bf16
-//! models on libtorch, and these kernels run them when asked for.
+//! A bf16 model's prompts do not run here but through libtorch (`FusedDecoder::takes_prompt`),
+//! so their logits and cache are transformers' bf16 ones bit for bit. The decode steps are
+//! not: libtorch's bf16 matrix products (oneDNN's, on AMX tiles where the CPU has them)
+//! accumulate their f32 sums in an order no kernel of ours reproduces, and where a sum lands
+//! within a rounding of a bf16 boundary the two round it one bf16 step apart (a relative
+//! 2^-8). In a decoder such flips spread from layer to layer. On the test fixtures the steps'
+//! logits are as far from transformers' f32 logits as transformers' bf16 ones are, and the
+//! greedy and steered tokens are transformers' and pyvene's; `DecodeMode::Auto` still keeps
+//! bf16 models on libtorch, and these kernels run them when asked for.
 
 /// Whether the buffers hold f32 values or bf16 values carried in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,6 +24,11 @@ pub(crate) enum Isa {
     /// 16 lanes (x86-64 with AVX-512F).
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 with its bf16 dot-product instruction (AVX512-BF16: Cooper Lake, Sapphire
+    /// Rapids and later Xeons, Zen 4): bf16 matrices are multiplied by `vdpbf16ps`, 32 weights
+    /// an instruction, instead of being widened to f32 first; everything else as `Avx512`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
     /// 8 lanes with fused multiply-add (x86-64 with AVX2 and FMA).
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -37,6 +42,9 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    return Isa::Avx512Bf16;
+                }
                 return Isa::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -56,7 +64,7 @@ impl Isa {
     pub(crate) fn tile_inputs(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => 6,
+            Isa::Avx512 | Isa::Avx512Bf16 => 6,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => 2,
             Isa::Portable => 1,
@@ -82,6 +90,9 @@ impl Isa {
             Isa::Avx512 => unsafe { W::tile_avx512::<N>(w, xs, prefetch) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => unsafe { W::tile_avx512_bf16::<N>(w, xs, prefetch) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { W::tile_avx2::<N>(w, xs, prefetch) },
             Isa::Portable => std::array::from_fn(|j| {
                 let _ = prefetch;
@@ -97,7 +108,7 @@ impl Isa {
         match self {
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { W::dot_avx512(a, b) },
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { W::dot_avx512(a, b) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { W::dot_avx2(a, b) },
@@ -119,6 +130,19 @@ pub(crate) trait Weight: Widen {
         xs: &[f32],
         prefetch: bool,
     ) -> [[f32; BLOCK]; N];
+    /// [`Isa::dot_tile`] on AVX-512 with AVX512-BF16: [`Weight::tile_avx512`] but for bf16.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx512_bf16<const N: usize>(
+        w: &[Self],
+        xs: &[f32],
+        prefetch: bool,
+    ) -> [[f32; BLOCK]; N] {
+        // SAFETY: the caller's, and AVX-512F is all `tile_avx512` needs.
+        unsafe { Self::tile_avx512::<N>(w, xs, prefetch) }
+    }
     /// [`Isa::dot_tile`] on AVX2.
     ///
     /// # Safety
@@ -145,8 +169,19 @@ pub(crate) trait Weight: Widen {
 
 /// Implements [`Weight`] for `$w` with its four kernels in `x86`.
 macro_rules! weight {
-    ($w:ty, $tile512:ident, $tile2:ident, $dot512:ident, $dot2:ident) => {
+    ($w:ty, $tile512:ident, $tile2:ident, $dot512:ident, $dot2:ident $(, $tile512bf16:ident)?) => {
         impl Weight for $w {
+            $(
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn tile_avx512_bf16<const N: usize>(
+                w: &[Self],
+                xs: &[f32],
+                prefetch: bool,
+            ) -> [[f32; BLOCK]; N] {
+                // SAFETY: the caller's.
+                unsafe { x86::$tile512bf16::<N>(w, xs, prefetch) }
+            }
+            )?
             #[cfg(target_arch = "x86_64")]
             unsafe fn tile_avx512<const N: usize>(
                 w: &[Self],
@@ -185,7 +220,8 @@ weight!(
     dot_tile_avx512_bf16,
     dot_tile_avx2_bf16,
     dot_avx512_bf16,
-    dot_avx2_bf16
+    dot_avx2_bf16,
+    dot_tile_avx512_dpbf16
 );
 
 /// A matrix of the model: `[rows, k]`, row-major, in f32 or bf16.
@@ -476,6 +512,62 @@ mod x86 {
         sum256
     );
 
+    /// [`dot_tile_avx512_bf16`] by `vdpbf16ps`: each instruction multiplies 32 weights of a
+    /// row by 32 inputs (cast to bf16, exact for the bf16 values a bf16 model's products
+    /// read) and adds each lane's pair of products to that lane's f32 sum, so a row's sum
+    /// runs over 16 lanes of pairs instead of 16 lanes of single products.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn dot_tile_avx512_dpbf16<const N: usize>(
+        w: &[u16],
+        xs: &[f32],
+        prefetch: bool,
+    ) -> [[f32; BLOCK]; N] {
+        const LANES: usize = 32;
+        let k = xs.len() / N;
+        let whole = k / LANES * LANES;
+        let (pw, px) = (w.as_ptr(), xs.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); BLOCK]; N];
+        let mut rows = [_mm512_setzero_si512(); BLOCK];
+        let mut i = 0;
+        while i < whole {
+            // SAFETY: `i + 32 <= k`; row `r` of `w` and input `j` have `k` values at `r * k`
+            // and `j * k`.
+            unsafe {
+                for (r, row) in rows.iter_mut().enumerate() {
+                    let at = pw.add(r * k + i);
+                    if prefetch {
+                        // The next block's line: a hint, never dereferenced.
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
+                    }
+                    *row = _mm512_loadu_si512(at.cast());
+                }
+                for (j, sums) in acc.iter_mut().enumerate() {
+                    let low = _mm512_loadu_ps(px.add(j * k + i));
+                    let high = _mm512_loadu_ps(px.add(j * k + i + 16));
+                    let x = _mm512_cvtne2ps_pbh(high, low);
+                    for (a, row) in sums.iter_mut().zip(rows) {
+                        *a = _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(row), x);
+                    }
+                }
+            }
+            i += LANES;
+        }
+        let mut out = [[0f32; BLOCK]; N];
+        for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
+            for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
+                let tail = tail_dot(
+                    &w[r * k + whole..(r + 1) * k],
+                    &xs[j * k + whole..(j + 1) * k],
+                );
+                *value = sum512(sum) + tail;
+            }
+        }
+        out
+    }
+
     /// Sixteen bf16 values widened to f32 (each bit pattern shifted into the high half).
     ///
     /// # Safety
@@ -575,6 +667,9 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 isas.push(Isa::Avx512);
             }
+            if std::arch::is_x86_feature_detected!("avx512bf16") {
+                isas.push(Isa::Avx512Bf16);
+            }
         }
         isas
     }
@@ -622,11 +717,16 @@ mod tests {
                 let w16 = bf16(&w);
                 let widened: Vec<f32> = w16.iter().map(|b| b.widen()).collect();
                 let xs = values(batch * k, 2);
-                for (matrix, exact) in [(Matrix::F32(&w), &w), (Matrix::Bf16(&w16), &widened)] {
-                    let want = reference(exact, k, &xs);
+                // A bf16 model's products read bf16 values, which AVX512-BF16 casts exactly.
+                let xs16: Vec<f32> = xs.iter().map(|&x| u16::narrow(x).widen()).collect();
+                for (matrix, exact, xs) in [
+                    (Matrix::F32(&w), &w, &xs),
+                    (Matrix::Bf16(&w16), &widened, &xs16),
+                ] {
+                    let want = reference(exact, k, xs);
                     for &isa in &isas {
                         let mut out = vec![f32::NAN; batch * rows];
-                        matvec(&pool, isa, matrix, k, &xs, &mut out)?;
+                        matvec(&pool, isa, matrix, k, xs, &mut out)?;
                         for (i, (got, want)) in out.iter().zip(&want).enumerate() {
                             let err = (f64::from(*got) - want).abs();
                             assert!(

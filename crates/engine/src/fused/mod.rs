@@ -1,8 +1,8 @@
 //! Generation on the CPU in float32 or bfloat16 on scope's own kernels instead of one
 //! libtorch operation at a time ([`DecodeMode::Fused`](crate::DecodeMode::Fused)): every
-//! decode step, and prompts of up to [`MAX_FUSED_PROMPT`] tokens. A bf16 model keeps its
-//! weights and cache in bf16 and rounds its activations as libtorch's bf16 path does
-//! (the `bf16` module).
+//! decode step, and a float32 model's prompts of up to [`MAX_FUSED_PROMPT`] tokens
+//! ([`FusedDecoder::takes_prompt`]). A bf16 model keeps its weights and cache in bf16 and
+//! rounds its activations as libtorch's bf16 path does (the `bf16` module).
 //!
 //! A decode step of the `small` benchmark model reads its ~191 MB of weights through 33
 //! matrix-vector products and does about 440 tiny operations. Through libtorch the products
@@ -43,8 +43,8 @@ use pool::Pool;
 /// weights, the model is float32, and the CPU has the vector instructions they are written
 /// for. (Measured on the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6,
 /// libtorch 8.3.) A bf16 model runs on them when asked for (`DecodeMode::Fused`), not by
-/// default: its numbers are as far from transformers' f32 as transformers' bf16 are, but not
-/// within the bf16 parity tolerance of transformers' bf16 itself (see the `bf16` module).
+/// default: its decode steps are as far from transformers' f32 as transformers' bf16 are,
+/// but not bit for bit transformers' bf16 (see the `bf16` module).
 pub fn preferred(model: &dyn DecoderModel) -> bool {
     Isa::detect() != Isa::Portable
         && model
@@ -100,9 +100,19 @@ impl<'m> FusedDecoder<'m> {
         Self::new(model, Vec::new())
     }
 
-    /// Whether [`Self::prompt`] is the faster way to run a prompt of `tokens` tokens in all.
-    pub(crate) fn takes_prompt(&self, tokens: usize) -> bool {
-        tokens <= MAX_FUSED_PROMPT && self.isa.tile_inputs() > 1
+    /// Whether a prompt of `tokens` tokens in all runs here ([`Self::prompt`],
+    /// [`Self::forward_slots`]) rather than through the model's own forward: a float32
+    /// model's short prompts, where the CPU has the registers for tiles of tokens.
+    ///
+    /// A bf16 model's prompts run through libtorch, whose products (oneDNN's, on AMX tiles
+    /// where the CPU has them) and attention are transformers' own: the prompt's logits and
+    /// cache are transformers' bf16 ones bit for bit, where these kernels' other summation
+    /// order would move them (the `bf16` module), and AMX runs a prompt's tokens faster than
+    /// these tiles.
+    pub fn takes_prompt(&self, tokens: usize) -> bool {
+        self.weights.precision == Precision::F32
+            && tokens <= MAX_FUSED_PROMPT
+            && self.isa.tile_inputs() > 1
     }
 
     /// Runs a prompt (`[B, T]` tokens with a `[B, T]` attention mask and position ids) into

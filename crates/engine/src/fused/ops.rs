@@ -59,7 +59,7 @@ fn map_all<F: Fn(f32) -> f32>(isa: Isa, xs: &mut [f32], f: F) {
     match isa {
         // SAFETY: `Isa::detect` found the instruction set on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { map_avx512(xs, f) },
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { map_avx512(xs, f) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { map_avx2(xs, f) },

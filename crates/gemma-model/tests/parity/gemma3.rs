@@ -229,17 +229,22 @@ fn bf16_logits_and_residuals_match_hf_bf16() {
 }
 
 /// HF's bf16 greedy tokens (`cases_bf16`: every prompt and the padded batch, past both
-/// windows), exact, for both models in the auto, eager and fixed-shape decode modes. The bf16
-/// step logits tie exactly at some steps (see index.json
+/// windows), exact, for both models in the auto, eager, fixed-shape and fused decode modes.
+/// The bf16 step logits tie exactly at some steps (see index.json
 /// `bf16_greedy_steps_with_exact_top1_top2_tie`), where HF's argmax takes the lower id: exact
 /// tokens need HF's logits bit for bit there. (tiny-gemma3-mm's bf16 tokens differ from its
 /// f32 ones.) Auto does not pick the fused CPU kernels for a bf16 model (on the CPU it
-/// decodes eagerly); asked for, they run it (their bf16 is not bit for bit libtorch's, so
-/// their tokens are checked for accuracy, not here).
+/// decodes eagerly); asked for, they run it: the prompt through libtorch, bit for bit, and
+/// the steps on their own bf16 products, whose sums run in another order than libtorch's.
 #[test]
-fn bf16_greedy_tokens_match_hf_in_auto_eager_and_fixed_shape_modes() {
+fn bf16_greedy_tokens_match_hf_in_every_cpu_decode_mode() {
     for name in MODELS {
-        for mode in [DecodeMode::Auto, DecodeMode::Eager, DecodeMode::FixedShape] {
+        for mode in [
+            DecodeMode::Auto,
+            DecodeMode::Eager,
+            DecodeMode::FixedShape,
+            DecodeMode::Fused,
+        ] {
             check_cases_with(name, Kind::BFloat16, "cases_bf16", mode);
         }
         let model = load(name, Kind::BFloat16);

@@ -71,7 +71,8 @@ fn greedy_fixed_shape_steps_match_hf() {
 }
 
 /// The fused CPU kernels (prompt and steps) give HF's tokens, on the padded batch and past
-/// the sliding window, for the f32 model and the bf16 checkpoint loaded in f32.
+/// the sliding window, for the f32 model, the bf16 checkpoint loaded in f32, and in bf16
+/// (there the prompt runs through libtorch, the steps on the kernels' bf16 products).
 #[test]
 fn greedy_fused_steps_match_hf() {
     check_cases_with("tiny-f32", Kind::Float, "cases", DecodeMode::Fused);
@@ -79,6 +80,12 @@ fn greedy_fused_steps_match_hf() {
         "tiny-bf16-sharded",
         Kind::Float,
         "cases_f32",
+        DecodeMode::Fused,
+    );
+    check_cases_with(
+        "tiny-bf16-sharded",
+        Kind::BFloat16,
+        "cases",
         DecodeMode::Fused,
     );
 }
