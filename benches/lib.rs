@@ -229,10 +229,11 @@ pub fn decode_weight_bytes(model: &GemmaModel) -> Result<u64> {
 }
 
 /// The memory read bandwidth of `threads` threads in GB/s: the best of three passes of
-/// summing a 2 GiB buffer, split between the threads (STREAM's "read" kernel, which no
-/// decode step can beat by much: the roofline of a step bound by reading its weights).
+/// summing a 1 GiB buffer (far larger than CPU caches), split between the threads. This is
+/// STREAM's "read" kernel, which no decode step can beat by much: the roofline of a step
+/// bound by reading its weights.
 pub fn read_bandwidth_gb_per_s(threads: usize) -> f64 {
-    const BYTES: usize = 2 << 30;
+    const BYTES: usize = 1 << 30;
     let words = vec![1u64; BYTES / 8];
     let threads = threads.max(1);
     let per = words.len().div_ceil(threads);

@@ -59,17 +59,14 @@ fn main() -> Result<()> {
     // A refused request (a latent out of range, too long a prompt) comes back as an error and
     // leaves the others running; the first error of printing is kept and returned at the end.
     let mut failed: Result<()> = Ok(());
-    scope::steer_many(
-        &model,
-        Some(&sae),
-        &requests,
-        limits,
-        &mut |request, done| {
-            if failed.is_ok() {
-                failed = report(&tokenizer, request, done);
-            }
-        },
-    )?;
+    // The engine picks how its steps run for this model and CPU (`Engine::with_mode` takes
+    // one: the fused kernels, libtorch's batched steps, one request at a time).
+    let mut engine = scope_engine::Engine::new(&model, limits)?;
+    scope::steer_many(&mut engine, Some(&sae), &requests, &mut |request, done| {
+        if failed.is_ok() {
+            failed = report(&tokenizer, request, done);
+        }
+    })?;
     failed
 }
 

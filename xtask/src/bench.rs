@@ -677,7 +677,7 @@ fn print_roofline(ours: &[Measurements]) {
     println!(
         "
 scope's decode steps (generate_plain): {step:.4} s a step over {gb:.2} GB of weights = \
-         {rate:.1} GB/s, {:.0}% of this machine's read bandwidth ({read:.1} GB/s, summing 2 GiB \
+         {rate:.1} GB/s, {:.0}% of this machine's read bandwidth ({read:.1} GB/s, summing 1 GiB \
          on the same threads; {:.1} tok/s at 100%); the prompt took {prompt:.3} s",
         100.0 * fraction,
         read / gb

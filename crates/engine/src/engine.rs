@@ -111,6 +111,40 @@ impl EngineMode {
         }
     }
 
+    /// The mode whose decode steps run as `decode` asks, as [`generate`](crate::generate)
+    /// takes it: `auto` is [`Self::preferred`], `eager` runs one request at a time through
+    /// the model's own calls, `fixed` and `graph` libtorch's fixed-shape step over every slot
+    /// (which a GPU records as a CUDA graph; `graph` is refused elsewhere), `fused` the fused
+    /// kernels ([`Engine::with_mode`] says why where they cannot run the model).
+    pub fn for_decode(model: &dyn DecoderModel, decode: DecodeMode) -> Result<Self> {
+        Ok(match decode {
+            DecodeMode::Auto => Self::preferred(model),
+            DecodeMode::Eager => EngineMode::Sequential,
+            DecodeMode::FixedShape => EngineMode::Batched,
+            DecodeMode::CudaGraph if model.spec().device.is_cuda() => EngineMode::Batched,
+            DecodeMode::CudaGraph => {
+                return Err(Error::Cuda(format!(
+                    "CUDA graphs need the model on a GPU; it is on the {}",
+                    match model.spec().device {
+                        tch::Device::Cpu => "CPU".to_string(),
+                        other => format!("{other:?} device"),
+                    }
+                )))
+            }
+            DecodeMode::Fused => EngineMode::Fused,
+        })
+    }
+
+    /// The `decode` a report of this mode's requests names: `fused`, `fixed` (one
+    /// fixed-shape libtorch step over every slot) or `eager`.
+    pub fn decode_name(self) -> &'static str {
+        match self {
+            EngineMode::Fused => "fused",
+            EngineMode::Batched => "fixed",
+            EngineMode::Sequential => "eager",
+        }
+    }
+
     /// `fused`, `batched` or `sequential`.
     pub fn name(self) -> &'static str {
         match self {

@@ -577,3 +577,35 @@ fn gemma3_requests_give_transformers_greedy_tokens() {
 fn model_eos(model: &GemmaModel) -> Vec<i64> {
     model.config().eos_token_ids.clone()
 }
+
+/// `--decode` names pick the engine's mode as they pick generation's: auto the preferred one
+/// (the fused kernels for a float32 CPU model, libtorch's batched steps for a bf16 one),
+/// eager one request at a time, fixed libtorch's batched steps, fused the fused kernels, and
+/// graph is refused off a GPU.
+#[test]
+fn decode_modes_pick_the_engine_mode() {
+    use scope_engine::DecodeMode;
+    let f32_model = tiny_f32();
+    let bf16_model = GemmaModel::from_dir(
+        fixtures().join("models/tiny-bf16-sharded"),
+        Kind::BFloat16,
+        Device::Cpu,
+    )
+    .expect("bf16 model");
+    let mode = |model: &GemmaModel, decode| EngineMode::for_decode(model, decode).expect("mode");
+    assert_eq!(
+        mode(&f32_model, DecodeMode::Auto),
+        EngineMode::preferred(&f32_model)
+    );
+    assert_eq!(mode(&bf16_model, DecodeMode::Auto), EngineMode::Batched);
+    for model in [&f32_model, &bf16_model] {
+        assert_eq!(mode(model, DecodeMode::Eager), EngineMode::Sequential);
+        assert_eq!(mode(model, DecodeMode::FixedShape), EngineMode::Batched);
+        assert_eq!(mode(model, DecodeMode::Fused), EngineMode::Fused);
+        let refused = EngineMode::for_decode(model, DecodeMode::CudaGraph).expect_err("graph");
+        assert!(refused.to_string().contains("on the CPU"), "{refused}");
+    }
+    assert_eq!(EngineMode::Fused.decode_name(), "fused");
+    assert_eq!(EngineMode::Batched.decode_name(), "fixed");
+    assert_eq!(EngineMode::Sequential.decode_name(), "eager");
+}

@@ -143,7 +143,8 @@ pub struct GenerationArgs {
     /// transformers), fixed (fixed-shape steps, what the graph replays), graph or fused (an
     /// error where they cannot be used; fused also runs a bf16 model on the CPU, about twice
     /// as fast as f32: its prompt bit-identical to transformers' bf16, its decode steps as
-    /// accurate but not bit-identical).
+    /// accurate but not bit-identical). With --requests: how the engine runs them all (eager:
+    /// one request at a time; fixed or graph: libtorch's batched steps).
     #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
 }
@@ -482,6 +483,11 @@ pub struct ServeArgs {
     /// The KV cache's budget in GiB: fewer rows than --max-batch when they do not fit.
     #[arg(long, default_value_t = 4.0)]
     pub cache_gib: f64,
+    /// How decode steps run (see `scope generate --help`): auto, eager (one request at a
+    /// time), fixed or graph (libtorch's batched steps), fused (the fused CPU kernels; for a
+    /// bf16 model on the CPU, about twice as fast as f32).
+    #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
+    pub decode: String,
     /// The largest request body accepted, in KiB (larger get 413).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub max_body_kib: u64,

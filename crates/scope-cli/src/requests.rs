@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::args::GenerationArgs;
 use crate::output::{GenerateReport, LatentValue, SteeringReport};
-use crate::session::{engine_limits, sampling, Session};
+use crate::session::{engine_limits, engine_mode, sampling, Session};
 
 /// One line of the file.
 #[derive(Debug, Deserialize)]
@@ -101,7 +101,10 @@ pub fn run(
         .unwrap_or(1)
         .min(requests.len().max(1));
     let limits = engine_limits(&session.model, rows, context, args.cache_gib)?;
-    let decode = decode_name(&session.model);
+    let mode = engine_mode(&session.model, &args.decode)?;
+    let mut engine =
+        scope_engine::Engine::with_mode(&session.model, limits, mode).context("--decode")?;
+    let decode = mode.decode_name();
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} requests {msg}")
@@ -109,35 +112,29 @@ pub fn run(
     );
     let (start, mut tokens) = (Instant::now(), 0usize);
     let mut outcome = Ok(());
-    scope::steer_many(
-        &session.model,
-        sae,
-        &requests,
-        limits,
-        &mut |request, result| {
-            let index = requests
-                .iter()
-                .position(|r| std::ptr::eq(r, request))
-                .unwrap_or(0);
-            let printed = match result {
-                Ok(finished) => {
-                    done += 1;
-                    tokens += finished.tokens.len();
-                    report(session, request, finished, decode)
-                }
-                Err(e) => {
-                    failed += 1;
-                    print_failure(Some(&request.id), lines[index], &anyhow::Error::new(e))
-                }
-            };
-            if let Err(e) = printed {
-                outcome = Err(e);
+    scope::steer_many(&mut engine, sae, &requests, &mut |request, result| {
+        let index = requests
+            .iter()
+            .position(|r| std::ptr::eq(r, request))
+            .unwrap_or(0);
+        let printed = match result {
+            Ok(finished) => {
+                done += 1;
+                tokens += finished.tokens.len();
+                report(session, request, finished, decode)
             }
-            bar.inc(1);
-            let seconds = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.1} tok/s", tokens as f64 / seconds));
-        },
-    )?;
+            Err(e) => {
+                failed += 1;
+                print_failure(Some(&request.id), lines[index], &anyhow::Error::new(e))
+            }
+        };
+        if let Err(e) = printed {
+            outcome = Err(e);
+        }
+        bar.inc(1);
+        let seconds = start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.1} tok/s", tokens as f64 / seconds));
+    })?;
     bar.finish_and_clear();
     outcome?;
     if failed > 0 {
@@ -148,16 +145,6 @@ pub fn run(
         );
     }
     Ok(())
-}
-
-/// The `decode` the reports of the engine's requests name: how its steps run on `model`.
-pub fn decode_name(model: &gemma_model::GemmaModel) -> &'static str {
-    match scope_engine::EngineMode::preferred(model) {
-        scope_engine::EngineMode::Fused => "fused",
-        // One fixed-shape libtorch step over every slot.
-        scope_engine::EngineMode::Batched => "fixed",
-        scope_engine::EngineMode::Sequential => "eager",
-    }
 }
 
 /// A line parsed, encoded and checked into a request.

@@ -184,3 +184,12 @@ pub fn engine_limits(
     let budget = (cache_gib * f64::from(1u32 << 30)) as u64;
     scope_engine::Limits::within_budget(model, rows, context, budget).context("--cache-gib")
 }
+
+/// How the engine runs `model`'s decode steps for `--decode NAME`.
+pub fn engine_mode(
+    model: &gemma_model::GemmaModel,
+    decode: &str,
+) -> Result<scope_engine::EngineMode> {
+    let decode = gemma_model::DecodeMode::parse(decode).context("--decode")?;
+    scope_engine::EngineMode::for_decode(model, decode).context("--decode")
+}

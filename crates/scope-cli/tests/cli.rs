@@ -905,19 +905,25 @@ fn run_requests(
 }
 
 /// Greedy steered requests through `--requests`, several at once in 2 slots, give pyvene's
-/// single-request steered tokens exactly, on both fixtures (f32: batched on the fused
-/// kernels; bf16: sequential). A bad line gets its own error line, the others still run, and
-/// the command then exits 1.
+/// single-request steered tokens exactly, on both fixtures and in the decode modes that batch
+/// them (f32: `auto` is the fused kernels; bf16: `auto` is libtorch's fixed-shape steps, and
+/// `--decode fused` the fused kernels). A bad line gets its own error line, the others still
+/// run, and the command then exits 1.
 #[test]
 fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
-    for (model, sae, expected, dtype) in [
-        (F32_MODEL, F32_SAE, "expected/tiny-f32", "f32"),
+    let bf16 = "models/tiny-bf16-sharded";
+    let bf16_expected = "expected/tiny-bf16-sharded";
+    for (model, sae, expected, dtype, decode, ran) in [
         (
-            "models/tiny-bf16-sharded",
-            BF16_SAE,
-            "expected/tiny-bf16-sharded",
-            "bf16",
+            F32_MODEL,
+            F32_SAE,
+            "expected/tiny-f32",
+            "f32",
+            "auto",
+            "fused",
         ),
+        (bf16, BF16_SAE, bf16_expected, "bf16", "auto", "fixed"),
+        (bf16, BF16_SAE, bf16_expected, "bf16", "fused", "fused"),
     ] {
         let spec = read_json(&format!("{expected}/pyvene.json"));
         let case = spec["cases"]
@@ -949,6 +955,8 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
                 "20",
                 "--dtype",
                 dtype,
+                "--decode",
+                decode,
             ],
             &lines,
         );
@@ -958,7 +966,9 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
                 &format!("steer_generate.{which}.output_ids"),
             );
             let want = Vec::<i64>::try_from(&want.flatten(0, -1)).expect("ids");
-            assert_eq!(ints(&out[which]["output_ids"]), want, "{expected}: {which}");
+            let what = format!("{expected} --decode {decode}: {which}");
+            assert_eq!(ints(&out[which]["output_ids"]), want, "{what}");
+            assert_eq!(out[which]["decode"], ran, "{what}");
         }
         assert!(out["far"]["error"]
             .as_str()
@@ -972,7 +982,7 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("2 of 5 requests"), "{stderr}");
     }
-    println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots)|exact|0");
+    println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots; bf16 also on the fused kernels)|exact|0");
 }
 
 /// `top_latents` reads the SAE where each new token is predicted: the first token's reading

@@ -3,7 +3,7 @@
 
 use gemma_model::{Batch, GemmaModel, Generated, GenerationConfig, Sampling};
 use intervene::{CallOptions, IntervenableModel, RepresentationConfig, Sources};
-use scope_engine::{Engine, Finished, Limits, Request};
+use scope_engine::{Engine, Finished, Request};
 
 use crate::error::{Error, Result};
 use crate::sae_at::{check_steering, SaeAt, TopLatents};
@@ -70,18 +70,17 @@ impl SteerRequest {
     }
 }
 
-/// Runs every request through one [`Engine`] with `limits` (continuous batching; each
-/// request's tokens are those it gets alone), handing each result to `on_done` as it
-/// finishes: the finished request, or its refusal (a latent out of range, steering without
-/// an SAE, too many positions, ...), which leaves the others running.
+/// Runs every request through `engine` (continuous batching; each request's tokens are
+/// those it gets alone; [`Engine::new`] picks how its steps run, [`Engine::with_mode`] takes
+/// a mode), handing each result to `on_done` as it finishes: the finished request, or its
+/// refusal (a latent out of range, steering without an SAE, too many positions, ...), which
+/// leaves the others running.
 pub fn steer_many(
-    model: &GemmaModel,
+    engine: &mut Engine<'_>,
     sae: Option<&SaeAt>,
     requests: &[SteerRequest],
-    limits: Limits,
     on_done: &mut dyn FnMut(&SteerRequest, Result<Finished>),
 ) -> Result<()> {
-    let mut engine = Engine::new(model, limits)?;
     // The engine knows each request by its index: ids need not be unique.
     for (index, request) in requests.iter().enumerate() {
         let submitted = request.to_engine(sae).and_then(|mut r| {

@@ -200,7 +200,8 @@ fn steering_matches_sae2_fixture() {
             context: 64,
         };
         let mut finished = Vec::new();
-        scope::steer_many(&m, Some(&at), &[request], limits, &mut |_, r| {
+        let mut engine = scope_engine::Engine::new(&m, limits).unwrap();
+        scope::steer_many(&mut engine, Some(&at), &[request], &mut |_, r| {
             finished.push(r.unwrap())
         })
         .unwrap();

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use gemma_model::guard::catching_panics;
 use gemma_model::ChatMessage;
-use scope_engine::{Engine, Finished, Limits, Progress};
+use scope_engine::{Engine, EngineMode, Finished, Limits, Progress};
 use serde::Serialize;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
@@ -160,6 +160,7 @@ pub fn start(args: &ServeArgs) -> Result<(mpsc::Sender<Job>, Info, JoinHandle<Re
     let sae_specs = args.saes.clone();
     let (layer, site, sae_dtype) = (args.layer, args.site.clone(), args.sae_dtype.clone());
     let (max_batch, context, cache_gib) = (args.max_batch, args.context, args.cache_gib);
+    let decode = args.decode.clone();
     let counts = Arc::new(Counts::default());
     let worker_counts = Arc::clone(&counts);
     let worker = std::thread::Builder::new()
@@ -172,8 +173,12 @@ pub fn start(args: &ServeArgs) -> Result<(mpsc::Sender<Job>, Info, JoinHandle<Re
                     return Ok(());
                 }
             };
-            let limits = match limits(&loaded, max_batch, context, cache_gib) {
-                Ok(limits) => limits,
+            let worker = limits(&loaded, max_batch, context, cache_gib).and_then(|limits| {
+                let mode = crate::session::engine_mode(&loaded.session.model, &decode)?;
+                Worker::new(&loaded, limits, mode, worker_counts)
+            });
+            let worker = match worker {
+                Ok(worker) => worker,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return Ok(());
@@ -183,7 +188,7 @@ pub fn start(args: &ServeArgs) -> Result<(mpsc::Sender<Job>, Info, JoinHandle<Re
             if ready_tx.send(Ok(names)).is_err() {
                 return Ok(());
             }
-            Worker::new(&loaded, limits, worker_counts)?.run(jobs)
+            worker.run(jobs)
         })
         .context("cannot start the model thread")?;
     let saes = match ready.recv() {
@@ -295,11 +300,16 @@ struct Worker<'m> {
 }
 
 impl<'m> Worker<'m> {
-    fn new(loaded: &'m Loaded, limits: Limits, counts: Arc<Counts>) -> Result<Self> {
+    fn new(
+        loaded: &'m Loaded,
+        limits: Limits,
+        mode: EngineMode,
+        counts: Arc<Counts>,
+    ) -> Result<Self> {
         Ok(Worker {
             counts,
-            engine: Engine::new(&loaded.session.model, limits)?,
-            decode: crate::requests::decode_name(&loaded.session.model),
+            engine: Engine::with_mode(&loaded.session.model, limits, mode).context("--decode")?,
+            decode: mode.decode_name(),
             loaded,
             limits,
             streams: HashMap::new(),
@@ -458,7 +468,8 @@ impl<'m> Worker<'m> {
             let failure = ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, message);
             let _ = stream.events.send(Event::Done(Err(failure)));
         }
-        match Engine::new(&self.loaded.session.model, self.limits) {
+        let mode = self.engine.mode();
+        match Engine::with_mode(&self.loaded.session.model, self.limits, mode) {
             Ok(engine) => self.engine = engine,
             Err(e) => eprintln!("error: cannot restart the engine: {e}"),
         }
