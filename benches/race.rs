@@ -345,18 +345,22 @@ fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
         .unwrap_or(1);
     let new_tokens: usize = jobs.iter().map(|j| j.new_tokens).sum();
     let prompt_tokens: usize = jobs.iter().map(|j| j.prompt.len()).sum();
-    let mut engine = Engine::new(
+    // `--decode` picks the engine's mode as `scope steer --requests --decode` does.
+    let mode = EngineMode::for_decode(&bench.model, a.decode)?;
+    let mut engine = Engine::with_mode(
         &bench.model,
         Limits {
             max_rows: a.rows,
             context,
         },
+        mode,
     )?;
     if a.only.is_empty() && engine.mode() != EngineMode::Fused {
         emit(json!({
             "what": "steer_batch_skipped",
-            "why": "the engine runs requests one by one here (not a float32 model on an AVX2 CPU); \
-                    --only steer_batch runs it anyway",
+            "why": "the engine does not batch on the fused kernels here (auto picks them for a \
+                    float32 model on an AVX2 CPU, --decode fused asks for them); --only \
+                    steer_batch runs it anyway",
         }));
         return Ok(());
     }
@@ -391,12 +395,13 @@ fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
     }));
     drop(engine);
 
-    let mut serial = Engine::new(
+    let mut serial = Engine::with_mode(
         &bench.model,
         Limits {
             max_rows: 1,
             context,
         },
+        mode,
     )?;
     let (t_serial, alone) = timed(device, gen_reps, || {
         run_steer_batch(&mut serial, bench.steer_requests(&jobs)?, true)
