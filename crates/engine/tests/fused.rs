@@ -282,10 +282,12 @@ fn fused_bf16_prompts_match_hf_bf16() {
 /// transformers' bf16 logits are, within 10% (the spread of one summation order against
 /// another). The distance to transformers' bf16 is printed, against the eager path's bf16
 /// tolerance for whole prompts (5% of transformers' own bf16-vs-f32 gap), which steps on
-/// these kernels do not meet.
+/// these kernels do not meet, next to that of libtorch's own one-token steps (the eager
+/// path's), which are not always transformers' full forward either.
 #[test]
 fn fused_bf16_steps_are_as_accurate_as_hf_bf16() {
     let (mut worst_ratio, mut worst_to_bf16, mut worst_gap_share) = (0f64, 0f64, 0f64);
+    let mut worst_eager_share = 0f64;
     for (fixture, model) in Bf16Fixture::all() {
         for p in 0..5 {
             let Some((tokens, hf_bf16, hf_f32)) = fixture.prompt(p) else {
@@ -293,26 +295,32 @@ fn fused_bf16_steps_are_as_accurate_as_hf_bf16() {
             };
             let t = tokens.len() as i64;
             let mut cache = model.new_cache(1, t).expect("cache");
+            let mut eager_cache = model.new_cache(1, t).expect("cache");
             let mut steps = FusedDecoder::for_slots(&model).expect("fused bf16");
-            let (mut ours, mut theirs, mut to_bf16) = (0f64, 0f64, 0f64);
+            let (mut ours, mut theirs, mut to_bf16, mut eager) = (0f64, 0f64, 0f64, 0f64);
             for (position, &token) in tokens.iter().enumerate() {
                 let got = fused_call(&mut steps, &mut cache, &[token], position);
+                let step = Batch::from_ids(&[token])
+                    .with_position_ids(Tensor::from_slice(&[position as i64]).view([1, 1]));
+                let libtorch = eager_call(&model, &mut eager_cache, &step);
                 let at = |t: &Tensor| t.narrow(1, position as i64, 1);
                 ours = ours.max(max_abs(&got, &at(hf_f32)));
                 theirs = theirs.max(max_abs(&at(hf_bf16), &at(hf_f32)));
                 to_bf16 = to_bf16.max(max_abs(&got, &at(hf_bf16)));
+                eager = eager.max(max_abs(&libtorch, &at(hf_bf16)));
             }
             eprintln!(
                 "{} p{p}: from HF f32, fused bf16 {ours:.3} and HF bf16 {theirs:.3}; \
-                 fused from HF bf16 {to_bf16:.3}",
+                 from HF bf16, fused {to_bf16:.3} and libtorch's own steps {eager:.3}",
                 fixture.name
             );
             worst_ratio = worst_ratio.max(ours / theirs.max(1e-6));
             worst_to_bf16 = worst_to_bf16.max(to_bf16);
             worst_gap_share = worst_gap_share.max(to_bf16 / theirs.max(1e-6));
+            worst_eager_share = worst_eager_share.max(eager / theirs.max(1e-6));
         }
     }
     println!("PARITY|fused bf16 step logits from HF f32, over HF bf16's (3 bf16 fixtures, 14 prompts, every step)|1.10|{worst_ratio:.3}");
-    println!("PARITY|fused bf16 step logits from HF bf16 (not a bound: whole prompts meet 5% of the bf16-f32 gap)|-|{worst_to_bf16:.3} ({:.0}% of the gap)", 100.0 * worst_gap_share);
+    println!("PARITY|fused bf16 step logits from HF bf16 (not a bound: whole prompts meet 5% of the bf16-f32 gap; libtorch's own one-token steps reach {:.0}%)|-|{worst_to_bf16:.3} ({:.0}% of the gap)", 100.0 * worst_eager_share, 100.0 * worst_gap_share);
     assert!(worst_ratio <= 1.10, "{worst_ratio}");
 }
