@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use crate::batch::Batch;
 use crate::cache::KvCache;
 use crate::fused::{self, FusedDecoder, SlotCall};
-use crate::generate::{generate, DecodeMode, GenerationConfig, Sampler, Sampling};
+use crate::generate::{
+    generate, graphs_need_a_gpu, DecodeMode, GenerationConfig, Sampler, Sampling,
+};
 use crate::model::DecoderModel;
 use crate::model::{last_position, Call};
 use intervene::Site;
@@ -122,15 +124,7 @@ impl EngineMode {
             DecodeMode::Eager => EngineMode::Sequential,
             DecodeMode::FixedShape => EngineMode::Batched,
             DecodeMode::CudaGraph if model.spec().device.is_cuda() => EngineMode::Batched,
-            DecodeMode::CudaGraph => {
-                return Err(Error::Cuda(format!(
-                    "CUDA graphs need the model on a GPU; it is on the {}",
-                    match model.spec().device {
-                        tch::Device::Cpu => "CPU".to_string(),
-                        other => format!("{other:?} device"),
-                    }
-                )))
-            }
+            DecodeMode::CudaGraph => return Err(graphs_need_a_gpu(model.spec().device)),
             DecodeMode::Fused => EngineMode::Fused,
         })
     }

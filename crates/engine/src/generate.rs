@@ -266,13 +266,7 @@ fn decode_mode(
                 DecodeMode::Eager
             },
         ),
-        DecodeMode::CudaGraph if !on_gpu => Err(Error::Cuda(format!(
-            "CUDA graphs need the model on a GPU; it is on the {}",
-            match device {
-                Device::Cpu => "CPU".to_string(),
-                other => format!("{other:?} device"),
-            }
-        ))),
+        DecodeMode::CudaGraph if !on_gpu => Err(graphs_need_a_gpu(device)),
         DecodeMode::CudaGraph if !hooks.decode_steps_replayable() => Err(Error::Cuda(
             "the hooks of this generation cannot be replayed (a collect, or an \
                      intervention that does not declare itself replayable): use eager decoding"
@@ -280,6 +274,17 @@ fn decode_mode(
         )),
         other => Ok(other),
     }
+}
+
+/// Why [`DecodeMode::CudaGraph`] cannot run a model on `device`.
+pub(crate) fn graphs_need_a_gpu(device: Device) -> Error {
+    Error::Cuda(format!(
+        "CUDA graphs need the model on a GPU; it is on the {}",
+        match device {
+            Device::Cpu => "CPU".to_string(),
+            other => format!("{other:?} device"),
+        }
+    ))
 }
 
 /// The logits of a forward call that must have them.
