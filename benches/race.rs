@@ -14,8 +14,8 @@
 //! `--rows` slots (`steer_batch`), and again one after another on an engine of one row
 //! (`steer_batch_serial`); `tok_per_s` is the requests' new tokens (all generated: no stop
 //! tokens) over the wall time. `--batch`, `--seq` and `--new` do not change it. Without
-//! `--only` it runs only where the engine batches (a float32 model on a CPU with AVX2 or
-//! AVX-512); elsewhere the engine runs requests one by one anyway, so ask for it by name.
+//! `--only` it runs only where the engine batches (a float32 or bf16 model on a CPU with AVX2
+//! or AVX-512); elsewhere the engine runs requests one by one anyway, so ask for it by name.
 //!
 //! The `sweep` group (peer: `benches/peer_sweep.py`) runs `scope_sweep::Sweep` (what `scope
 //! sweep` runs: one SAE, top 20 examples, outputs written) over a synthetic corpus of
@@ -359,7 +359,7 @@ fn steer_batch(a: &Args, bench: &Workbench) -> Result<()> {
         emit(json!({
             "what": "steer_batch_skipped",
             "why": "the engine does not batch on the fused kernels here (auto picks them for a \
-                    float32 model on an AVX2 CPU, --decode fused asks for them); --only \
+                    float32 or bf16 model on an AVX2 CPU, --decode fused asks for them); --only \
                     steer_batch runs it anyway",
         }));
         return Ok(());

@@ -71,7 +71,7 @@ struct Race {
     /// `benches/peer_gemma3.py`.
     gemma3: bool,
     /// `--decode`: scope's decode mode (race's `--decode`; `auto` when absent), for example
-    /// `fused` for a bf16 model on the CPU, which `auto` keeps on libtorch.
+    /// `eager` for libtorch's own steps.
     decode: Option<String>,
     /// `--peer-dtype`: the peer's dtype, where it is not `dtype`.
     peer_dtype: Option<String>,

@@ -39,8 +39,8 @@ pub enum Sampling {
 pub enum DecodeMode {
     /// [`DecodeMode::CudaGraph`] when the model is on a GPU, graphs are available here and
     /// the hooks allow it ([`Hooks::decode_steps_replayable`]), with a fall-back to
-    /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Fused`] for a float32
-    /// model on a CPU with AVX2 or AVX-512; [`DecodeMode::Eager`] otherwise.
+    /// [`DecodeMode::FixedShape`] if recording fails; [`DecodeMode::Fused`] for a float32 or
+    /// bf16 model on a CPU with AVX2 or AVX-512; [`DecodeMode::Eager`] otherwise.
     #[default]
     Auto,
     /// One forward call per step over the positions cached so far (transformers' dynamic
@@ -54,11 +54,12 @@ pub enum DecodeMode {
     /// step: one launch per token instead of one per kernel. An error when graphs cannot be
     /// used (no GPU, hooks that are not replayable).
     CudaGraph,
-    /// Scope's own CPU kernels (float32 models on the CPU) for every decode step and for
-    /// prompts of up to 64 tokens: the weights streamed by matrix-vector products on
-    /// libtorch's OpenMP threads, everything else in plain loops, no libtorch call per
-    /// operation. Hooks see every site they want, as in [`DecodeMode::Eager`], which it
-    /// matches to float rounding (the summation order of dot products).
+    /// Scope's own CPU kernels (float32 and bf16 models on the CPU) for every decode step and
+    /// for a float32 model's prompts of up to 64 tokens: the weights streamed by
+    /// matrix-vector products on libtorch's OpenMP threads, everything else in plain loops, no
+    /// libtorch call per operation. Hooks see every site they want, as in
+    /// [`DecodeMode::Eager`], which it matches to float rounding (the summation order of dot
+    /// products).
     Fused,
 }
 

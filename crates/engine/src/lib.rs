@@ -11,7 +11,7 @@
 //! | [`mask`] | the one attention-mask rule, for prompts, decode steps, fixed-shape steps and cache slots |
 //! | [`cache`] | the preallocated KV cache |
 //! | [`generate`] | transformers' `generate()` loop, sampling, and the [`DecodeMode`]s: eager, fixed-shape, CUDA graph, fused CPU kernels |
-//! | [`fused`] | scope's own CPU kernels for float32 models |
+//! | [`fused`] | scope's own CPU kernels for float32 and bf16 models |
 //! | [`cuda`] | CUDA graphs and GPU memory statistics through a small C++ shim |
 //! | [`Engine`] | continuous batching with per-request interventions |
 //!
@@ -24,8 +24,8 @@
 //! [`Edit`]s (vectors added at sites, such as SAE steering at several layers) and
 //! [`Readout`]s (values read where each new token is predicted, such as an SAE's top latents).
 //!
-//! **Batch invariance.** In [`EngineMode::Fused`] (a float32 model on a CPU with AVX2 or
-//! AVX-512, on the fused kernels) every row of a call is computed as it would be alone: the
+//! **Batch invariance.** In [`EngineMode::Fused`] (a float32 or bf16 model on a CPU with AVX2
+//! or AVX-512, on the fused kernels) every row of a call is computed as it would be alone: the
 //! matrix products sum each row in one fixed order whatever the other rows are, attention,
 //! norms and edits run row by row, and each request samples from its own seeded generator. A
 //! request's tokens and logits are therefore bit-identical whether it runs alone or among any

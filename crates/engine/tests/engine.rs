@@ -45,11 +45,39 @@ fn block_output(layer: usize) -> Site {
     Site::new(layer, SiteKind::BlockOutput)
 }
 
-/// 18 requests: prompts of 1 to 22 tokens (past the fixture's sliding window of 6), 1 to
+/// What the varied requests of a model fixture draw on: its prompts (`p0`..`p3` of its
+/// forward fixture) and the SAE that steers it, with its width and layer.
+struct Varied {
+    forward: &'static str,
+    sae: &'static str,
+    latents: i64,
+    layer: usize,
+}
+
+const F32_VARIED: Varied = Varied {
+    forward: "expected/tiny-f32/forward.safetensors",
+    sae: F32_SAE,
+    latents: 256,
+    layer: 2,
+};
+
+const BF16_VARIED: Varied = Varied {
+    forward: "expected/tiny-bf16-sharded/forward.safetensors",
+    sae: BF16_SAE,
+    latents: 192,
+    layer: 3,
+};
+
+/// [`varied_requests_on`] tiny-f32.
+fn varied_requests() -> Vec<Request> {
+    varied_requests_on(&F32_VARIED)
+}
+
+/// 18 requests: prompts of 1 to 22 tokens (past the fixtures' sliding window of 6), 1 to
 /// 24 new tokens, no steering, one edit or two at two layers, greedy or sampled with their
 /// own seeds. Every one keeps its scores.
-fn varied_requests() -> Vec<Request> {
-    let forward = read_st(fixtures().join("expected/tiny-f32/forward.safetensors"));
+fn varied_requests_on(varied: &Varied) -> Vec<Request> {
+    let forward = read_st(fixtures().join(varied.forward));
     let prompts: Vec<Vec<i64>> = (0..4)
         .map(|p| Vec::<i64>::try_from(forward[&format!("p{p}.input_ids")].flatten(0, -1)).unwrap())
         .collect();
@@ -61,17 +89,17 @@ fn varied_requests() -> Vec<Request> {
             let mut request = Request::greedy(format!("r{i}"), source[..len].to_vec(), max_new);
             request.keep_scores = true;
             if i % 3 != 0 {
-                let latent = (i as i64 * 13) % 256;
+                let latent = (i as i64 * 13) % varied.latents;
                 let magnitude = [8.0, -4.0, 0.5, 16.0][i % 4];
                 request = request.with_edit(Edit {
-                    site: block_output(2),
-                    vector: steering(F32_SAE, latent, magnitude),
+                    site: block_output(varied.layer),
+                    vector: steering(varied.sae, latent, magnitude),
                 });
             }
             if i % 4 == 1 {
                 request = request.with_edit(Edit {
                     site: block_output(0),
-                    vector: steering(F32_SAE, 7, -6.0),
+                    vector: steering(varied.sae, 7, -6.0),
                 });
             }
             if i % 2 == 1 {
@@ -84,7 +112,7 @@ fn varied_requests() -> Vec<Request> {
             }
             if i % 5 == 2 {
                 request.readouts.push(Box::new(LargestDims {
-                    site: block_output(2),
+                    site: block_output(varied.layer),
                     k: 4,
                 }));
             }
@@ -160,9 +188,18 @@ fn assert_same(what: &str, solo: &Finished, got: &Finished) {
     }
 }
 
-/// Each of the varied requests on an engine of one slot, by id.
+/// Each of tiny-f32's varied requests on an engine of one slot, by id.
 fn solo_runs(model: &GemmaModel, mode: EngineMode) -> HashMap<String, Finished> {
-    varied_requests()
+    solo_runs_on(model, mode, &F32_VARIED)
+}
+
+/// Each of `varied`'s requests on an engine of one slot, by id.
+fn solo_runs_on(
+    model: &GemmaModel,
+    mode: EngineMode,
+    varied: &Varied,
+) -> HashMap<String, Finished> {
+    varied_requests_on(varied)
         .into_iter()
         .map(|request| {
             let (mut done, _) = run(model, mode, 1, vec![request]);
@@ -172,26 +209,42 @@ fn solo_runs(model: &GemmaModel, mode: EngineMode) -> HashMap<String, Finished> 
         .collect()
 }
 
+/// On the fused kernels, in float32 and in bf16, every request's logits are bit-identical
+/// alone, in 5 slots and among all 18 in reverse order.
 #[test]
 fn requests_give_the_same_logits_alone_and_batched() {
-    let model = tiny_f32();
-    let solo = solo_runs(&model, EngineMode::Fused);
-    assert_eq!(solo.len(), 18);
-    let lengths: Vec<usize> = solo.values().map(|f| f.tokens.len()).collect();
-    assert!(lengths.iter().any(|&n| n > 20) && lengths.contains(&1));
+    let bf16 = GemmaModel::from_dir(
+        fixtures().join("models/tiny-bf16-sharded"),
+        Kind::BFloat16,
+        Device::Cpu,
+    )
+    .expect("bf16 model");
+    for (model, varied, name) in [
+        (tiny_f32(), &F32_VARIED, "f32"),
+        (bf16, &BF16_VARIED, "bf16"),
+    ] {
+        let solo = solo_runs_on(&model, EngineMode::Fused, varied);
+        assert_eq!(solo.len(), 18);
+        let lengths: Vec<usize> = solo.values().map(|f| f.tokens.len()).collect();
+        assert!(lengths.iter().any(|&n| n > 20) && lengths.contains(&1));
 
-    let (five_slots, widest) = run(&model, EngineMode::Fused, 5, varied_requests());
-    assert_eq!(widest, 5, "the requests shared calls");
-    let mut reversed = varied_requests();
-    reversed.reverse();
-    let (all_slots, widest_all) = run(&model, EngineMode::Fused, 18, reversed);
-    assert!(widest_all >= 12, "most requests in one call ({widest_all})");
-    for (id, alone) in &solo {
-        assert_same("5 slots", alone, &five_slots[id]);
-        assert_same("18 slots, reversed", alone, &all_slots[id]);
+        let (five_slots, widest) = run(&model, EngineMode::Fused, 5, varied_requests_on(varied));
+        assert_eq!(widest, 5, "the requests shared calls");
+        let mut reversed = varied_requests_on(varied);
+        reversed.reverse();
+        let (all_slots, widest_all) = run(&model, EngineMode::Fused, 18, reversed);
+        assert!(widest_all >= 12, "most requests in one call ({widest_all})");
+        for (id, alone) in &solo {
+            assert_same(&format!("{name}, 5 slots"), alone, &five_slots[id]);
+            assert_same(
+                &format!("{name}, 18 slots, reversed"),
+                alone,
+                &all_slots[id],
+            );
+        }
+        let steps: usize = solo.values().map(|f| f.scores.len()).sum();
+        println!("PARITY|engine (fused, {name}): 18 requests' logits alone vs in 5 slots and 18 reversed ({steps} steps)|exact|0");
     }
-    let steps: usize = solo.values().map(|f| f.scores.len()).sum();
-    println!("PARITY|engine (fused): 18 requests' logits alone vs in 5 slots and 18 reversed ({steps} steps)|exact|0");
 }
 
 /// The fixture's steering cases: (name, [(layer, latent, magnitude)]).
@@ -579,7 +632,7 @@ fn model_eos(model: &GemmaModel) -> Vec<i64> {
 }
 
 /// `--decode` names pick the engine's mode as they pick generation's: auto the preferred one
-/// (the fused kernels for a float32 CPU model, libtorch's batched steps for a bf16 one),
+/// (the fused kernels for a float32 or bf16 CPU model),
 /// eager one request at a time, fixed libtorch's batched steps, fused the fused kernels, and
 /// graph is refused off a GPU.
 #[test]
@@ -597,7 +650,7 @@ fn decode_modes_pick_the_engine_mode() {
         mode(&f32_model, DecodeMode::Auto),
         EngineMode::preferred(&f32_model)
     );
-    assert_eq!(mode(&bf16_model, DecodeMode::Auto), EngineMode::Batched);
+    assert_eq!(mode(&bf16_model, DecodeMode::Auto), EngineMode::Fused);
     for model in [&f32_model, &bf16_model] {
         assert_eq!(mode(model, DecodeMode::Eager), EngineMode::Sequential);
         assert_eq!(mode(model, DecodeMode::FixedShape), EngineMode::Batched);

@@ -138,12 +138,12 @@ pub struct GenerationArgs {
     #[arg(long)]
     pub chat: bool,
     /// How decode steps run: auto (a CUDA graph replayed per token on a GPU when the
-    /// interventions allow it, scope's fused kernels for a float32 model on an AVX2 or AVX-512
-    /// CPU, per-step calls otherwise), eager (per-step libtorch calls, bit-identical to
+    /// interventions allow it, scope's fused kernels for a float32 or bf16 model on an AVX2 or
+    /// AVX-512 CPU, per-step calls otherwise), eager (per-step libtorch calls, bit-identical to
     /// transformers), fixed (fixed-shape steps, what the graph replays), graph or fused (an
-    /// error where they cannot be used; fused also runs a bf16 model on the CPU, about twice
-    /// as fast as f32: its prompt bit-identical to transformers' bf16, its decode steps as
-    /// accurate but not bit-identical). With --requests: how the engine runs them all (eager:
+    /// error where they cannot be used). On the fused kernels a bf16 model runs about twice as
+    /// fast as f32, its prompt bit-identical to transformers' bf16, its decode steps as
+    /// accurate but not bit-identical. With --requests: how the engine runs them all (eager:
     /// one request at a time; fixed or graph: libtorch's batched steps).
     #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
@@ -484,8 +484,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4.0)]
     pub cache_gib: f64,
     /// How decode steps run (see `scope generate --help`): auto, eager (one request at a
-    /// time), fixed or graph (libtorch's batched steps), fused (the fused CPU kernels; for a
-    /// bf16 model on the CPU, about twice as fast as f32).
+    /// time), fixed or graph (libtorch's batched steps), fused (the fused CPU kernels, which
+    /// auto picks for a float32 or bf16 model on an AVX2 or AVX-512 CPU).
     #[arg(long, default_value = "auto", value_parser = gemma_model::DecodeMode::NAMES)]
     pub decode: String,
     /// The largest request body accepted, in KiB (larger get 413).

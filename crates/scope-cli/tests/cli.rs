@@ -906,8 +906,8 @@ fn run_requests(
 
 /// Greedy steered requests through `--requests`, several at once in 2 slots, give pyvene's
 /// single-request steered tokens exactly, on both fixtures and in the decode modes that batch
-/// them (f32: `auto` is the fused kernels; bf16: `auto` is libtorch's fixed-shape steps, and
-/// `--decode fused` the fused kernels). A bad line gets its own error line, the others still
+/// them (`auto` is the fused kernels for both; bf16 also on libtorch's fixed-shape steps,
+/// `--decode fixed`). A bad line gets its own error line, the others still
 /// run, and the command then exits 1.
 #[test]
 fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
@@ -922,8 +922,8 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
             "auto",
             "fused",
         ),
-        (bf16, BF16_SAE, bf16_expected, "bf16", "auto", "fixed"),
-        (bf16, BF16_SAE, bf16_expected, "bf16", "fused", "fused"),
+        (bf16, BF16_SAE, bf16_expected, "bf16", "auto", "fused"),
+        (bf16, BF16_SAE, bf16_expected, "bf16", "fixed", "fixed"),
     ] {
         let spec = read_json(&format!("{expected}/pyvene.json"));
         let case = spec["cases"]
@@ -982,7 +982,7 @@ fn requests_give_pyvenes_steered_tokens_on_every_fixture() {
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("2 of 5 requests"), "{stderr}");
     }
-    println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots; bf16 also on the fused kernels)|exact|0");
+    println!("PARITY|cli steer --requests greedy tokens vs pyvene (3 cases x 2 fixtures, 2 slots; bf16 also on libtorch's fixed steps)|exact|0");
 }
 
 /// `top_latents` reads the SAE where each new token is predicted: the first token's reading

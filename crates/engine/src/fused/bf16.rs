@@ -13,8 +13,8 @@
 //! within a rounding of a bf16 boundary the two round it one bf16 step apart (a relative
 //! 2^-8). In a decoder such flips spread from layer to layer. On the test fixtures the steps'
 //! logits are as far from transformers' f32 logits as transformers' bf16 ones are, and the
-//! greedy and steered tokens are transformers' and pyvene's; `DecodeMode::Auto` still keeps
-//! bf16 models on libtorch, and these kernels run them when asked for.
+//! greedy and steered tokens are transformers' and pyvene's. `DecodeMode::Auto` runs bf16
+//! models here, as it runs float32 ones; `DecodeMode::Eager` keeps libtorch's bits.
 
 /// Whether the buffers hold f32 values or bf16 values carried in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,17 +40,17 @@ use ops::{attend_one, gelu_tanh_all, rms_norm, rotate, soft_cap, OneQuery};
 use pool::Pool;
 
 /// Whether `DecodeMode::Auto` decodes `model` on the fused kernels: they can read its
-/// weights, the model is float32, and the CPU has the vector instructions they are written
-/// for. (Measured on the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust 13.6,
-/// libtorch 8.3.) A bf16 model runs on them when asked for (`DecodeMode::Fused`), not by
-/// default: its decode steps are as far from transformers' f32 as transformers' bf16 are,
-/// but not bit for bit transformers' bf16 (see the `bf16` module).
+/// weights (a float32 or bf16 CPU model) and the CPU has the vector instructions they are
+/// written for. (Measured on the `small` model: AVX-512 5.7 ms a step, AVX2 6.2, plain Rust
+/// 13.6, libtorch 8.3.) As the f32 steps are MKL's to float rounding, the bf16 steps are as
+/// far from transformers' f32 as transformers' bf16 are, not bit for bit transformers' bf16
+/// (see the `bf16` module); `DecodeMode::Eager` is the bit-for-bit path.
 pub fn preferred(model: &dyn DecoderModel) -> bool {
     Isa::detect() != Isa::Portable
         && model
             .fused_weights()
             .and_then(|view| Weights::of(&view))
-            .is_ok_and(|weights| weights.precision == Precision::F32)
+            .is_ok()
 }
 
 /// A generation on the fused kernels: the weights as slices, the threads, the buffers.

@@ -233,9 +233,9 @@ fn bf16_logits_and_residuals_match_hf_bf16() {
 /// The bf16 step logits tie exactly at some steps (see index.json
 /// `bf16_greedy_steps_with_exact_top1_top2_tie`), where HF's argmax takes the lower id: exact
 /// tokens need HF's logits bit for bit there. (tiny-gemma3-mm's bf16 tokens differ from its
-/// f32 ones.) Auto does not pick the fused CPU kernels for a bf16 model (on the CPU it
-/// decodes eagerly); asked for, they run it: the prompt through libtorch, bit for bit, and
-/// the steps on their own bf16 products, whose sums run in another order than libtorch's.
+/// f32 ones.) Auto picks the fused CPU kernels for a bf16 model, as for a float32 one: the
+/// prompt through libtorch, bit for bit, and the steps on their own bf16 products, whose sums
+/// run in another order than libtorch's.
 #[test]
 fn bf16_greedy_tokens_match_hf_in_every_cpu_decode_mode() {
     for name in MODELS {
@@ -260,7 +260,7 @@ fn bf16_greedy_tokens_match_hf_in_every_cpu_decode_mode() {
             .expect("auto");
         assert_eq!(
             auto.decode,
-            DecodeMode::Eager,
+            DecodeMode::Fused,
             "{name}: auto on a bf16 CPU model"
         );
         let fused = model.generate(&batch, &config(DecodeMode::Fused));
