@@ -388,14 +388,16 @@ mod x86 {
 
     use super::{Widen, BLOCK};
 
-    /// The tile and dot-product kernels of one instruction set, from its lane width and
-    /// intrinsics: the same code for AVX-512 and AVX2.
-    macro_rules! kernels {
-        ($feature:literal, $lanes:literal, $tile:ident, $dot:ident, $w:ty, $wload:ident,
-         $zero:ident, $load:ident, $fmadd:ident, $sum:ident) => {
-            #[doc = concat!("Four rows against `N` inputs in ", stringify!($lanes), " lanes \
-                (", $feature, "), one accumulator per pair, prefetching the next four rows; \
-                `N > 1` shares each load of a row between inputs.")]
+    /// The tile kernel of one instruction set, from its lane width and intrinsics: the same
+    /// code for AVX-512, AVX2 and AVX512-BF16. `$wload` loads `$lanes` weights into a row
+    /// register (`$rzero` its zero), `$xload` `$lanes` inputs, and `$madd(row, x, acc)` adds
+    /// their products to an accumulator (`$zero` its zero, `$sum` its total).
+    macro_rules! tile {
+        ($feature:literal, $lanes:literal, $tile:ident, $w:ty, $wload:ident, $rzero:ident,
+         $xload:ident, $madd:ident, $zero:ident, $sum:ident) => {
+            #[doc = concat!("Four rows against `N` inputs in ", stringify!($lanes), " weights \
+                an instruction (", $feature, "), one accumulator per pair, prefetching the \
+                next four rows; `N > 1` shares each load of a row between inputs.")]
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $tile<const N: usize>(
                 w: &[$w],
@@ -406,7 +408,7 @@ mod x86 {
                 let whole = k / $lanes * $lanes;
                 let (pw, px) = (w.as_ptr(), xs.as_ptr());
                 let mut acc = [[$zero(); BLOCK]; N];
-                let mut rows = [$zero(); BLOCK];
+                let mut rows = [$rzero(); BLOCK];
                 let mut i = 0;
                 while i < whole {
                     // SAFETY: `i + lanes <= k`; row `r` of `w` and input `j` have `k` values at
@@ -414,17 +416,17 @@ mod x86 {
                     unsafe {
                         for (r, row) in rows.iter_mut().enumerate() {
                             let at = pw.add(r * k + i);
-                            // The same place in the next block, once per 64-byte line: a
-                            // hint, never dereferenced.
+                            // The same place in the next block, at least once per 64-byte
+                            // line: a hint, never dereferenced.
                             if prefetch && i % 16 == 0 {
                                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
                             }
                             *row = $wload(at);
                         }
                         for (j, sums) in acc.iter_mut().enumerate() {
-                            let xv = $load(px.add(j * k + i));
+                            let xv = $xload(px.add(j * k + i));
                             for (a, row) in sums.iter_mut().zip(rows) {
-                                *a = $fmadd(row, xv, *a);
+                                *a = $madd(row, xv, *a);
                             }
                         }
                     }
@@ -442,7 +444,13 @@ mod x86 {
                 }
                 out
             }
+        };
+    }
 
+    /// The dot-product kernel of one instruction set (the loads and sums of `tile!`).
+    macro_rules! dot {
+        ($feature:literal, $lanes:literal, $dot:ident, $w:ty, $wload:ident, $xload:ident,
+         $madd:ident, $zero:ident, $sum:ident) => {
             #[doc = concat!("`a · b` in ", stringify!($lanes), " lanes (", $feature, ").")]
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $dot(a: &[$w], b: &[f32]) -> f32 {
@@ -454,7 +462,7 @@ mod x86 {
                 while i < whole {
                     // SAFETY: `i + lanes <= n`.
                     unsafe {
-                        acc = $fmadd($wload(pa.add(i)), $load(pb.add(i)), acc);
+                        acc = $madd($wload(pa.add(i)), $xload(pb.add(i)), acc);
                     }
                     i += $lanes;
                 }
@@ -463,109 +471,147 @@ mod x86 {
         };
     }
 
-    kernels!(
+    tile!(
         "avx512f",
         16,
         dot_tile_avx512,
-        dot_avx512,
         f32,
         _mm512_loadu_ps,
         _mm512_setzero_ps,
         _mm512_loadu_ps,
         _mm512_fmadd_ps,
+        _mm512_setzero_ps,
         sum512
     );
-    kernels!(
+    dot!(
+        "avx512f",
+        16,
+        dot_avx512,
+        f32,
+        _mm512_loadu_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_setzero_ps,
+        sum512
+    );
+    tile!(
         "avx2,fma",
         8,
         dot_tile_avx2,
-        dot_avx2,
         f32,
         _mm256_loadu_ps,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
+        _mm256_setzero_ps,
         sum256
     );
-    kernels!(
+    dot!(
+        "avx2,fma",
+        8,
+        dot_avx2,
+        f32,
+        _mm256_loadu_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_setzero_ps,
+        sum256
+    );
+    tile!(
         "avx512f",
         16,
         dot_tile_avx512_bf16,
-        dot_avx512_bf16,
         u16,
         load_bf16_512,
         _mm512_setzero_ps,
         _mm512_loadu_ps,
         _mm512_fmadd_ps,
+        _mm512_setzero_ps,
         sum512
     );
-    kernels!(
+    dot!(
+        "avx512f",
+        16,
+        dot_avx512_bf16,
+        u16,
+        load_bf16_512,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_setzero_ps,
+        sum512
+    );
+    tile!(
         "avx2,fma",
         8,
         dot_tile_avx2_bf16,
-        dot_avx2_bf16,
         u16,
         load_bf16_256,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
+        _mm256_setzero_ps,
         sum256
     );
+    dot!(
+        "avx2,fma",
+        8,
+        dot_avx2_bf16,
+        u16,
+        load_bf16_256,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_setzero_ps,
+        sum256
+    );
+    // `vdpbf16ps`: each instruction multiplies 32 weights of a row by 32 inputs (cast to
+    // bf16, exact for the bf16 values a bf16 model's products read) and adds each lane's
+    // pair of products to that lane's f32 sum, so a row's sum runs over 16 lanes of pairs
+    // instead of 16 lanes of single products.
+    tile!(
+        "avx512f,avx512bf16",
+        32,
+        dot_tile_avx512_dpbf16,
+        u16,
+        load_bf16_pairs,
+        zero_bf16_pairs,
+        load_f32_as_bf16_pairs,
+        dpbf16_madd,
+        _mm512_setzero_ps,
+        sum512
+    );
 
-    /// [`dot_tile_avx512_bf16`] by `vdpbf16ps`: each instruction multiplies 32 weights of a
-    /// row by 32 inputs (cast to bf16, exact for the bf16 values a bf16 model's products
-    /// read) and adds each lane's pair of products to that lane's f32 sum, so a row's sum
-    /// runs over 16 lanes of pairs instead of 16 lanes of single products.
+    /// Thirty-two bf16 values as they are, in pairs per f32 lane.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and AVX512-BF16.
+    /// `p` points at thirty-two readable `u16`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn dot_tile_avx512_dpbf16<const N: usize>(
-        w: &[u16],
-        xs: &[f32],
-        prefetch: bool,
-    ) -> [[f32; BLOCK]; N] {
-        const LANES: usize = 32;
-        let k = xs.len() / N;
-        let whole = k / LANES * LANES;
-        let (pw, px) = (w.as_ptr(), xs.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); BLOCK]; N];
-        let mut rows = [_mm512_setzero_si512(); BLOCK];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 32 <= k`; row `r` of `w` and input `j` have `k` values at `r * k`
-            // and `j * k`.
-            unsafe {
-                for (r, row) in rows.iter_mut().enumerate() {
-                    let at = pw.add(r * k + i);
-                    if prefetch {
-                        // The next block's line: a hint, never dereferenced.
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(BLOCK * k) as *const i8);
-                    }
-                    *row = _mm512_loadu_si512(at.cast());
-                }
-                for (j, sums) in acc.iter_mut().enumerate() {
-                    let low = _mm512_loadu_ps(px.add(j * k + i));
-                    let high = _mm512_loadu_ps(px.add(j * k + i + 16));
-                    let x = _mm512_cvtne2ps_pbh(high, low);
-                    for (a, row) in sums.iter_mut().zip(rows) {
-                        *a = _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(row), x);
-                    }
-                }
-            }
-            i += LANES;
-        }
-        let mut out = [[0f32; BLOCK]; N];
-        for (j, (values, sums)) in out.iter_mut().zip(acc).enumerate() {
-            for (r, (value, sum)) in values.iter_mut().zip(sums).enumerate() {
-                let tail = tail_dot(
-                    &w[r * k + whole..(r + 1) * k],
-                    &xs[j * k + whole..(j + 1) * k],
-                );
-                *value = sum512(sum) + tail;
-            }
-        }
-        out
+    unsafe fn load_bf16_pairs(p: *const u16) -> __m512bh {
+        // SAFETY: the caller's; a bf16 vector is 32 bf16 bit patterns.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())) }
+    }
+
+    /// A vector of 32 bf16 zeros.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn zero_bf16_pairs() -> __m512bh {
+        // SAFETY: all-zero bits are 32 bf16 zeros.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()) }
+    }
+
+    /// Thirty-two f32 values rounded to bf16 (exact for values that are bf16 already).
+    ///
+    /// # Safety
+    /// `p` points at thirty-two readable `f32`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn load_f32_as_bf16_pairs(p: *const f32) -> __m512bh {
+        // SAFETY: the caller's.
+        let (low, high) = unsafe { (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))) };
+        _mm512_cvtne2ps_pbh(high, low)
+    }
+
+    /// `acc` plus each lane's pair of products of `row` and `x`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn dpbf16_madd(row: __m512bh, x: __m512bh, acc: __m512) -> __m512 {
+        _mm512_dpbf16_ps(acc, row, x)
     }
 
     /// Sixteen bf16 values widened to f32 (each bit pattern shifted into the high half).
