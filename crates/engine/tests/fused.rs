@@ -18,6 +18,14 @@ fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
 }
 
+/// The largest absolute difference of `a` and `b`, in f64.
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
 fn forward_fixture() -> HashMap<String, Tensor> {
     Tensor::read_safetensors(fixtures().join("expected/tiny-f32/forward.safetensors"))
         .expect("forward.safetensors")
@@ -117,12 +125,6 @@ fn fused_prompts_are_as_accurate_as_hf_f32() {
     let model = tiny_f32();
     let exact = GemmaModel::from_dir(&dir, Kind::Double, Device::Cpu).expect("f64 model");
     let expected = forward_fixture();
-    let gap = |a: &Tensor, b: &Tensor| -> f64 {
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
-    };
     let (mut worst_hf, mut worst_ratio) = (0f64, 0f64);
     for name in ["p0", "p1", "p2", "p3"] {
         let ids = &expected[&format!("{name}.input_ids")];
@@ -143,12 +145,12 @@ fn fused_prompts_are_as_accurate_as_hf_f32() {
             .expect("logits")
             .narrow(1, t - 1, 1);
         let hf = hf.narrow(1, t - 1, 1);
-        let (fused_err, hf_err) = (gap(&got, &truth), gap(&hf, &truth));
+        let (fused_err, hf_err) = (max_abs(&got, &truth), max_abs(&hf, &truth));
         eprintln!(
             "{name}: fused {fused_err:.2e}, HF f32 {hf_err:.2e} from f64; fused vs HF {:.2e}",
-            gap(&got, &hf)
+            max_abs(&got, &hf)
         );
-        worst_hf = worst_hf.max(gap(&got, &hf));
+        worst_hf = worst_hf.max(max_abs(&got, &hf));
         worst_ratio = worst_ratio.max(fused_err / hf_err.max(1e-6));
     }
     println!("PARITY|fused prompt logits vs HF (tiny-f32, 4 prompts; error vs the f64 answer at most 3x HF f32's)|1e-3|{worst_hf:.2e} (error ratio {worst_ratio:.2})");
@@ -220,13 +222,6 @@ impl Bf16Fixture {
         let f32 = &self.expected[&format!("{}p{p}.logits", self.f32)];
         Some((tokens, bf16, f32))
     }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 /// A bf16 model's prompts on the fused engine run through libtorch
