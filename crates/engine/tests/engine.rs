@@ -149,6 +149,15 @@ fn tiny_f32() -> GemmaModel {
         .expect("tiny-f32")
 }
 
+fn tiny_bf16() -> GemmaModel {
+    GemmaModel::from_dir(
+        fixtures().join("models/tiny-bf16-sharded"),
+        Kind::BFloat16,
+        Device::Cpu,
+    )
+    .expect("tiny-bf16-sharded")
+}
+
 /// Runs `requests` on an engine of `rows` slots; the results by id, and the most requests
 /// that ran at once.
 fn run(
@@ -213,12 +222,7 @@ fn solo_runs_on(
 /// alone, in 5 slots and among all 18 in reverse order.
 #[test]
 fn requests_give_the_same_logits_alone_and_batched() {
-    let bf16 = GemmaModel::from_dir(
-        fixtures().join("models/tiny-bf16-sharded"),
-        Kind::BFloat16,
-        Device::Cpu,
-    )
-    .expect("bf16 model");
+    let bf16 = tiny_bf16();
     for (model, varied, name) in [
         (tiny_f32(), &F32_VARIED, "f32"),
         (bf16, &BF16_VARIED, "bf16"),
@@ -639,12 +643,7 @@ fn model_eos(model: &GemmaModel) -> Vec<i64> {
 fn decode_modes_pick_the_engine_mode() {
     use scope_engine::DecodeMode;
     let f32_model = tiny_f32();
-    let bf16_model = GemmaModel::from_dir(
-        fixtures().join("models/tiny-bf16-sharded"),
-        Kind::BFloat16,
-        Device::Cpu,
-    )
-    .expect("bf16 model");
+    let bf16_model = tiny_bf16();
     let mode = |model: &GemmaModel, decode| EngineMode::for_decode(model, decode).expect("mode");
     assert_eq!(
         mode(&f32_model, DecodeMode::Auto),
